@@ -1,0 +1,114 @@
+/**
+ * The one error catalogue. Every error a user can meet has a stable code, a message (Qubes' wording
+ * where Qubes has one) and, where it helps, a hint. Two roots, as in Qubes: `DevgateError` is safe to
+ * show a user; `DriverContractError` means a plugin broke the driver contract and names the driver.
+ */
+
+export class DevgateError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly hint?: string,
+    /** Usage errors exit 2 (as argparse does), runtime errors exit 1. */
+    readonly kind: 'usage' | 'runtime' = 'runtime',
+  ) {
+    super(message);
+    this.name = 'DevgateError';
+  }
+}
+
+export class DriverContractError extends Error {
+  readonly code = 'DG_DRIVER_CONTRACT';
+  constructor(
+    readonly driverId: string,
+    message: string,
+  ) {
+    super(`driver '${driverId}': ${message}`);
+    this.name = 'DriverContractError';
+  }
+}
+
+type Template<P> = (params: P) => string;
+interface Entry<P> {
+  readonly code: string;
+  readonly message: Template<P>;
+  readonly hint?: Template<P>;
+  readonly kind?: 'usage' | 'runtime';
+}
+
+function define<P = void>(entry: Entry<P>): ((params: P) => DevgateError) & { readonly code: string } {
+  const make = (params: P) =>
+    new DevgateError(entry.code as ErrorCode, entry.message(params), entry.hint?.(params), entry.kind);
+  return Object.assign(make, { code: entry.code });
+}
+
+export const Errors = {
+  // -- arguments and configuration
+  badDeviceArgument: define<{ arg: string }>({
+    code: 'DG_BAD_DEVICE_ARGUMENT',
+    kind: 'usage',
+    message: (p) => `expected a backend vm, port id and [optional] device id combination like foo:bar[:baz] got ${p.arg}`,
+  }),
+  unknownDeviceClass: define<{ devclass: string; known: readonly string[] }>({
+    code: 'DG_UNKNOWN_DEVICE_CLASS',
+    kind: 'usage',
+    message: (p) => `unknown device class '${p.devclass}'`,
+    hint: (p) => `known classes: ${p.known.join(', ')}`,
+  }),
+  badOption: define<{ option: string; reason: string }>({
+    code: 'DG_BAD_OPTION',
+    kind: 'usage',
+    message: (p) => `${p.option}: ${p.reason}`,
+  }),
+  recordingUnreadable: define<{ file: string; reason: string }>({
+    code: 'DG_RECORDING_UNREADABLE',
+    message: (p) => `cannot read recording '${p.file}': ${p.reason}`,
+    hint: () => 'a recording is a umockdev file, a `udevadm info --export-db` dump or an lsblk sysfs tarball',
+  }),
+  sysrootUnreadable: define<{ root: string; reason: string }>({
+    code: 'DG_SYSROOT_UNREADABLE',
+    message: (p) => `cannot read host tree '${p.root}': ${p.reason}`,
+    hint: () => 'the directory must hold sys/ (and may hold dev/, proc/ and run/udev/), as for lsblk --sysroot',
+  }),
+
+  // -- devices and domains
+  noSuchBackend: define<{ backend: string }>({
+    code: 'DG_NO_SUCH_BACKEND',
+    message: (p) => `no backend vm '${p.backend}'`,
+  }),
+  unknownDevice: define<{ backend: string; devclass: string; port: string; suggestion?: string }>({
+    code: 'DG_UNKNOWN_DEVICE',
+    message: (p) => `backend vm ${p.backend} doesn't expose ${p.devclass} device '${p.port}'`,
+    hint: (p) => (p.suggestion ? `did you mean '${p.suggestion}'?` : `run 'devgate list --class ${p.devclass}'`),
+  }),
+
+  // -- the plugin framework
+  duplicateDriver: define<{ id: string }>({
+    code: 'DG_DUPLICATE_DRIVER',
+    message: (p) => `a driver with id '${p.id}' is already registered`,
+  }),
+  missingDependency: define<{ id: string; dependency: string }>({
+    code: 'DG_MISSING_DEPENDENCY',
+    message: (p) => `driver '${p.id}' depends on '${p.dependency}', which is not registered`,
+  }),
+  incompatibleDriver: define<{ id: string; wants: number; kernel: number }>({
+    code: 'DG_INCOMPATIBLE_DRIVER',
+    message: (p) => `driver '${p.id}' targets plugin API ${p.wants}, this kernel provides ${p.kernel}`,
+  }),
+  unsupported: define<{ driverId: string; operation: string }>({
+    code: 'DG_UNSUPPORTED',
+    message: (p) => `${p.driverId} driver does not support ${p.operation}`,
+  }),
+  kernelNotStarted: define({
+    code: 'DG_KERNEL_NOT_STARTED',
+    message: () => 'the device manager is not started',
+  }),
+} as const;
+
+export type ErrorCode = string & { readonly __errorCode?: never };
+
+/** The code of any error, for logs and API responses. */
+export function errorCode(error: unknown): string {
+  if (error instanceof DevgateError || error instanceof DriverContractError) return error.code;
+  return 'DG_INTERNAL';
+}

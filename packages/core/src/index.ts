@@ -1,0 +1,13 @@
+// @devgate/core: the device model, the plugin API and the kernel every driver and app composes.
+export * from './errors.js';
+export * from './sanitize.js';
+export * from './disposable.js';
+export * from './interfaces.js';
+export * from './device-model.js';
+export * from './assignments.js';
+export * from './host-tree.js';
+export * from './identity.js';
+export * from './events.js';
+export * from './plugin-api.js';
+export * from './device-manager.js';
+export * from './kernel.js';

@@ -1,0 +1,53 @@
+/**
+ * Untrusted device strings (USB descriptors, udev properties, sysfs attributes) are sanitized once,
+ * at the parser boundary, and carry the `SafeText` brand after it. What survives is printable text
+ * only: no control characters, no terminal escape sequences, no bidi overrides, bounded length.
+ */
+
+export type SafeText = string & { readonly __safeText: unique symbol };
+
+export const MAX_TEXT_LENGTH = 128;
+
+// ESC-introduced sequences: CSI (ESC [ ... final), OSC (ESC ] ... BEL or ST), and two-byte escapes.
+// eslint-disable-next-line no-control-regex
+const ESCAPE_SEQUENCE = /\u001b(?:\[[0-?]*[ -/]*[@-~]|\][^\u0007\u001b]*(?:\u0007|\u001b\\)?|[@-Z\\-_])?/g;
+// C0, DEL, C1 (which includes the 8-bit CSI \u009b), and the Unicode format characters that reorder
+// or hide text (bidi overrides and isolates, zero-width characters, BOM).
+// eslint-disable-next-line no-control-regex
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]/g;
+
+export function sanitizeText(raw: string | undefined | null, maxLength = MAX_TEXT_LENGTH): SafeText | undefined {
+  if (raw === undefined || raw === null) return undefined;
+  let text = raw.replace(ESCAPE_SEQUENCE, '').replace(UNPRINTABLE, ' ');
+  text = text.replace(/\s+/g, ' ').trim();
+  if (text.length === 0) return undefined;
+  if (text.length > maxLength) {
+    // Do not cut a surrogate pair in half.
+    const chars = Array.from(text);
+    if (chars.length > maxLength) text = chars.slice(0, maxLength - 1).join('') + '…';
+  }
+  return text as SafeText;
+}
+
+/** For strings devgate itself builds from already safe parts. */
+export function trusted(text: string): SafeText {
+  return text as SafeText;
+}
+
+/**
+ * udev's `*_ENC` properties escape unsafe bytes as `\xNN`; decode them (as UTF-8) before sanitizing.
+ */
+export function decodeUdevEscapes(raw: string): string {
+  if (!raw.includes('\\x')) return raw;
+  const bytes: number[] = [];
+  for (let i = 0; i < raw.length; i++) {
+    const m = /^\\x([0-9a-fA-F]{2})/.exec(raw.slice(i, i + 4));
+    if (m) {
+      bytes.push(parseInt(m[1], 16));
+      i += 3;
+    } else {
+      bytes.push(...Buffer.from(raw[i], 'utf8'));
+    }
+  }
+  return Buffer.from(bytes).toString('utf8');
+}
