@@ -61,7 +61,9 @@ export function describeDevice(device: DeviceInfo): string {
     device.name ??
     device.serial ??
     (device.parent ? `sub-device of ${portLabel(device.parent)}` : `unknown ${device.port.devclass} device`);
-  return `${deviceCategory(interfaces)}: ${vendor} ${product}`;
+  // Qubes falls back to the interface itself when no category fits (hwdata names come later).
+  const category = deviceCategory(interfaces);
+  return `${category === 'Other' ? interfaces[0] : category}: ${vendor} ${product}`;
 }
 
 /** A `BACKEND:PORT[:DEVICE_ID]` argument as the user typed it. `*` is a wildcard. */

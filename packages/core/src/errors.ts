@@ -103,6 +103,68 @@ export const Errors = {
     code: 'DG_KERNEL_NOT_STARTED',
     message: () => 'the device manager is not started',
   }),
+
+  // -- hypervisor (QEMU)
+  qmpUnreachable: define<{ socket: string; reason: string }>({
+    code: 'DG_QMP_UNREACHABLE',
+    message: (p) => `cannot connect to QMP socket '${p.socket}': ${p.reason}`,
+    hint: () => 'is the QEMU process running, and was it started with -qmp unix:<path>,server=on,wait=off?',
+  }),
+  qmpTimeout: define<{ socket: string; waitingFor: string; timeoutMs: number }>({
+    code: 'DG_QMP_TIMEOUT',
+    message: (p) => `QMP socket '${p.socket}': no answer to ${p.waitingFor} within ${p.timeoutMs} ms`,
+    hint: (p) =>
+      p.waitingFor === 'the greeting'
+        ? 'a QMP socket serves one client at a time: is another client (devgated, a qmp-shell) connected?'
+        : 'the QEMU process may be stopped (SIGSTOP) or stuck in a long-running command',
+  }),
+  qmpDisconnected: define<{ socket: string; reason: string }>({
+    code: 'DG_QMP_DISCONNECTED',
+    message: (p) => `QMP socket '${p.socket}' disconnected: ${p.reason}`,
+  }),
+  qmpProtocol: define<{ socket: string; reason: string }>({
+    code: 'DG_QMP_PROTOCOL',
+    message: (p) => `QMP socket '${p.socket}' does not speak QMP: ${p.reason}`,
+  }),
+  qmpCommandFailed: define<{ command: string; errorClass: string; desc: string }>({
+    code: 'DG_QMP_COMMAND_FAILED',
+    message: (p) => `QMP command '${p.command}' failed: ${p.errorClass}: ${p.desc}`,
+  }),
+  domainNotRunning: define<{ domain: string; role: 'backend' | 'frontend' }>({
+    code: 'DG_DOMAIN_NOT_RUNNING',
+    // Qubes' wording for a backend; the frontend wording is devgate's own.
+    message: (p) =>
+      p.role === 'backend'
+        ? `Domain ${p.domain} needs to be running to attach device from it`
+        : `domain ${p.domain} is not running`,
+  }),
+  noSuchDomain: define<{ domain: string; file: string }>({
+    code: 'DG_NO_SUCH_DOMAIN',
+    message: (p) => `no such domain: '${p.domain}'`,
+    hint: (p) => `domains are listed in ${p.file}`,
+  }),
+  invalidDomainName: define<{ name: string }>({
+    code: 'DG_INVALID_DOMAIN_NAME',
+    kind: 'usage',
+    message: (p) => `invalid domain name '${p.name}'`,
+    hint: () => 'at most 31 characters: a letter, then letters, digits, _ . or -',
+  }),
+  registryInvalid: define<{ file: string; path: string; reason: string }>({
+    code: 'DG_REGISTRY_INVALID',
+    message: (p) => `domain registry ${p.file}: ${p.path}: ${p.reason}`,
+  }),
+  domainExists: define<{ domain: string; file: string }>({
+    code: 'DG_DOMAIN_EXISTS',
+    message: (p) => `domain '${p.domain}' already exists in ${p.file}`,
+  }),
+  notLabDomain: define<{ domain: string }>({
+    code: 'DG_NOT_LAB_DOMAIN',
+    message: (p) => `domain '${p.domain}' was not started by 'devgate lab up'; refusing to stop it`,
+  }),
+  labStartFailed: define<{ domain: string; reason: string }>({
+    code: 'DG_LAB_START_FAILED',
+    message: (p) => `cannot start lab domain '${p.domain}': ${p.reason}`,
+  }),
 } as const;
 
 export type ErrorCode = string & { readonly __errorCode?: never };

@@ -57,6 +57,7 @@ export function snapshotsToEvents(): OperatorFunction<readonly DeviceInfo[], Dev
   };
 }
 
+/** Equal apart from the attachment, which has events of its own. */
 function sameDevice(a: DeviceInfo, b: DeviceInfo): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
+  return JSON.stringify({ ...a, attachment: undefined }) === JSON.stringify({ ...b, attachment: undefined });
 }

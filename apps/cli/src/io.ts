@@ -1,0 +1,13 @@
+/** Where a command writes; tests capture it, `runAsMain` binds it to the process. */
+export interface Io {
+  out(text: string): void;
+  err(text: string): void;
+  /** Qubes prints table headers only when stdout is a terminal. */
+  readonly isTTY: boolean;
+}
+
+export const processIo: Io = {
+  out: (text) => process.stdout.write(text),
+  err: (text) => process.stderr.write(text),
+  isTTY: Boolean(process.stdout.isTTY),
+};

@@ -1,0 +1,69 @@
+import 'reflect-metadata';
+import * as path from 'node:path';
+import { Command, CommanderError, Option } from 'commander';
+import { DevgateError, DriverContractError } from '@devgate/core';
+import { type Io, processIo } from './io.js';
+import { devgateProgram } from './devgate-command.js';
+import { qvmDeviceProgram } from './qvm-device-command.js';
+
+export const PROGRAMS = ['devgate', 'qvm-device', 'qvm-block', 'qvm-usb', 'qvm-pci'] as const;
+export type ProgramName = (typeof PROGRAMS)[number];
+
+/**
+ * Runs one command line and returns its exit code: 0 success, 1 runtime error, 2 usage error
+ * (as Qubes' argparse-based tools do).
+ */
+export async function run(prog: ProgramName, argv: readonly string[], io: Io = processIo): Promise<number> {
+  const program =
+    prog === 'devgate'
+      ? devgateProgram(io)
+      : qvmDeviceProgram(prog, prog === 'qvm-device' ? undefined : prog.slice('qvm-'.length), io);
+  try {
+    await program.parseAsync([...argv], { from: 'user' });
+    return 0;
+  } catch (error) {
+    return reportError(prog, program, error, io);
+  }
+}
+
+function reportError(prog: string, program: Command, error: unknown, io: Io): number {
+  if (error instanceof CommanderError) {
+    if (error.exitCode === 0) return 0; // --help, --version
+    io.err(`usage: ${prog} ${program.usage()}\n${prog}: error: ${error.message.replace(/^error: /, '')}\n`);
+    return 2;
+  }
+  if (error instanceof DevgateError) {
+    if (error.kind === 'usage') io.err(`usage: ${prog} ${program.usage()}\n`);
+    io.err(`${prog}: error: ${error.message}\n`);
+    if (error.hint) io.err(`${prog}: hint: ${error.hint}\n`);
+    return error.kind === 'usage' ? 2 : 1;
+  }
+  const detail = error instanceof DriverContractError ? error.message : String((error as Error)?.stack ?? error);
+  io.err(`${prog}: error: internal error, please report it: ${detail}\n`);
+  return 1;
+}
+
+/** Options every program takes to choose where devices are read from. */
+export function addHostOptions(command: Command): Command {
+  return command
+    .addOption(new Option('--sysroot <dir>', 'read sys/, dev/, proc/ and run/udev/ under DIR instead of /'))
+    .addOption(
+      new Option('--recording <file>', 'read a recorded host (umockdev, udevadm export-db, sysfs tarball)').conflicts(
+        'sysroot',
+      ),
+    )
+    .addOption(new Option('--backend <name>', 'the backend domain name of these devices').default('dom0'));
+}
+
+/** The launcher's entry: `bin/<name>.cjs` calls this with its own name. */
+export function runAsMain(fallback: ProgramName): void {
+  const invoked = path.basename(process.argv[1] ?? '').replace(/\.c?js$/, '');
+  const prog = (PROGRAMS as readonly string[]).includes(invoked) ? (invoked as ProgramName) : fallback;
+  run(prog, process.argv.slice(2)).then(
+    (code) => (process.exitCode = code),
+    (error) => {
+      process.stderr.write(`${prog}: error: ${String(error)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}

@@ -1,0 +1,178 @@
+/**
+ * Block devices of one backend, from its host tree. This is the boundary where the block class's
+ * untrusted strings (udev properties, sysfs attributes) are sanitized.
+ */
+import {
+  type DeviceInfo,
+  type HostTree,
+  type Port,
+  type RawDeviceRecord,
+  decodeUdevEscapes,
+  portLabel,
+  sanitizeText,
+  sysname,
+  trusted,
+  usbDeviceAbove,
+  usbDeviceId,
+  usbInterfaceAbove,
+  usbInterfaceNumber,
+  usbPortId,
+} from '@devgate/core';
+
+/** Qubes' port-name rule; names that fail it are not offered. */
+const PORT_NAME = /^[a-z0-9-]{1,12}$/;
+/** Never exported: compressed RAM, RAM disks, and Xen frontends (a VM's own received disks). */
+const SKIPPED = /^(zram|ram)\d+$/;
+const XEN_FRONTEND_MAJOR = '202';
+/** Partitions that make their disk busy when they are busy. */
+const BUSY_REASONS = /^(mounted|swap|in use by)/;
+
+export const BLOCK_INTERFACES = ['b******'];
+
+interface Parsed {
+  readonly record: RawDeviceRecord;
+  readonly name: string;
+  readonly isPartition: boolean;
+  readonly disk?: RawDeviceRecord;
+  hidden?: string;
+}
+
+export function parseBlockDevices(tree: HostTree, backend: string): DeviceInfo[] {
+  const parsed: Parsed[] = [];
+  for (const record of tree.devices('block')) {
+    const name = kernelName(record);
+    if (!PORT_NAME.test(name) || SKIPPED.test(name)) continue;
+    if (record.properties.MAJOR === XEN_FRONTEND_MAJOR) continue;
+    const isPartition =
+      record.properties.DEVTYPE === 'partition' ||
+      (record.properties.DEVTYPE === undefined && record.attribute('partition') !== undefined);
+    const disk = isPartition ? tree.parent(record) : undefined;
+    parsed.push({ record, name, isPartition, disk, hidden: ownHiddenReason(tree, record, name) });
+  }
+  // A disk is one resource with its partitions: while one partition is busy, the disk is too.
+  for (const entry of parsed) {
+    if (entry.hidden || entry.isPartition) continue;
+    const busy = parsed.find((p) => p.disk === entry.record && p.hidden && BUSY_REASONS.test(p.hidden));
+    if (busy) entry.hidden = `partition ${busy.name} is in use`;
+  }
+  const ids = new Map<RawDeviceRecord, string>();
+  const result: DeviceInfo[] = [];
+  for (const entry of parsed.sort((a, b) => Number(a.isPartition) - Number(b.isPartition))) {
+    result.push(toDeviceInfo(tree, backend, entry, ids));
+  }
+  return result;
+}
+
+function kernelName(record: RawDeviceRecord): string {
+  const devname = record.properties.DEVNAME;
+  return devname ? devname.replace(/^\/dev\//, '') : sysname(record.devpath);
+}
+
+function ownHiddenReason(tree: HostTree, record: RawDeviceRecord, name: string): string | undefined {
+  const majmin = majorMinor(record);
+  if (majmin && tree.usage.mounted.has(majmin)) return 'mounted';
+  if (tree.usage.swaps.has(`/dev/${name}`)) return 'swap';
+  const holders = record.entries?.('holders') ?? [];
+  if (holders.length > 0) return `in use by ${holders.join(', ')}`;
+  const size = record.attribute('size');
+  if (/^loop\d+$/.test(name) && (size === '0' || (size === undefined && !record.attribute('loop/backing_file')))) {
+    if (size === '0' || !record.properties.ID_FS_TYPE) return 'empty loop device';
+  }
+  if (/^sr\d+$/.test(name)) {
+    const noMedia = record.properties.ID_CDROM !== undefined ? record.properties.ID_CDROM_MEDIA !== '1' : size === '0';
+    if (noMedia) return 'no medium';
+  }
+  if (/^nbd\d+$/.test(name) && record.attribute('pid') === undefined) return 'not connected';
+  const dmName = record.properties.DM_NAME ?? record.attribute('dm/name');
+  if (dmName !== undefined && /^(snapshot-|origin-)/.test(dmName)) return 'internal device-mapper device';
+  return undefined;
+}
+
+function majorMinor(record: RawDeviceRecord): string | undefined {
+  const { MAJOR, MINOR } = record.properties;
+  if (MAJOR !== undefined && MINOR !== undefined) return `${MAJOR}:${MINOR}`;
+  return record.attribute('dev');
+}
+
+function toDeviceInfo(tree: HostTree, backend: string, entry: Parsed, ids: Map<RawDeviceRecord, string>): DeviceInfo {
+  const { record, name, isPartition, disk } = entry;
+  const diskRecord = disk ?? record;
+  const props = record.properties;
+  const usbInterface = isPartition ? undefined : usbInterfaceAbove(tree, record);
+  const usbDevice = usbInterface ? usbDeviceAbove(tree, usbInterface) : undefined;
+
+  const parent: Port | undefined =
+    isPartition && disk
+      ? { devclass: 'block', backend, portId: kernelName(disk) }
+      : usbDevice
+        ? { devclass: 'usb', backend, portId: usbPortId(usbDevice) }
+        : undefined;
+
+  const selfId = usbInterface && usbDevice ? usbInterfaceNumber(usbInterface) : (/(\d+)$/.exec(name)?.[1] ?? 'None');
+  const parentId = isPartition && disk ? ids.get(disk) : usbDevice ? usbDeviceId(tree, usbDevice) : undefined;
+  const deviceId = `${parentId ?? '0000:0000::?******'}:${selfId}`;
+  ids.set(record, deviceId);
+
+  const model = sanitizeText(decodeEnc(props.ID_MODEL_ENC) ?? props.ID_MODEL ?? inherited(tree, diskRecord, 'model'));
+  const rawModel = sanitizeText(props.ID_MODEL ?? inherited(tree, diskRecord, 'model')?.trim().replace(/\s+/g, '_'));
+  const vendor = sanitizeText(decodeEnc(props.ID_VENDOR_ENC) ?? props.ID_VENDOR ?? inherited(tree, diskRecord, 'vendor'));
+  const serial = sanitizeText(props.ID_SERIAL_SHORT ?? inherited(tree, diskRecord, 'serial'));
+  const label = sanitizeText(decodeEnc(props.ID_FS_LABEL_ENC) ?? props.ID_FS_LABEL);
+  const backingFile = sanitizeText((disk ?? record).attribute('loop/backing_file'), 4096);
+  const dmName = sanitizeText(props.DM_NAME ?? record.attribute('dm/name'));
+  const size = Number(record.attribute('size'));
+  const readOnly = record.attribute('ro') === '1' || (/^sr\d+$/.test(name) && props.ID_CDROM_MEDIA === '1');
+
+  // Qubes' block description: the loop's backing file, the dm name, or "model (label)".
+  const described = backingFile ?? dmName;
+  const legacyDescription = described ?? trusted(`${rawModel ?? ''} (${label ?? ''})`);
+  const productName = described ?? (model && label ? trusted(`${model} (${label})`) : (model ?? label));
+
+  const data: Record<string, string | number | boolean> = {
+    kind: isPartition ? 'partition' : 'disk',
+    'read-only': readOnly,
+    removable: record.attribute('removable') === '1',
+    devnode: `/dev/${name}`,
+  };
+  if (Number.isFinite(size) && record.attribute('size') !== undefined) data.size = size * 512;
+  const majmin = majorMinor(record);
+  if (majmin) data['major-minor'] = majmin;
+  const partition = props.PARTN ?? record.attribute('partition');
+  if (isPartition && partition) data.partition = Number(partition);
+  const fsType = sanitizeText(props.ID_FS_TYPE);
+  if (fsType) data['fs-type'] = fsType;
+  if (label) data.label = label;
+  if (model) data.model = model;
+  if (vendor) data.vendor = vendor;
+  if (backingFile) data['backing-file'] = backingFile;
+  if (usbInterface) data['usb-interface'] = sysname(usbInterface.devpath);
+
+  return {
+    port: { devclass: 'block', backend, portId: name },
+    deviceId,
+    manufacturer: trusted(parent ? `sub-device of ${portLabel(parent)}` : `hosted by ${backend}`),
+    name: productName,
+    serial,
+    interfaces: BLOCK_INTERFACES,
+    parent,
+    hiddenReason: entry.hidden,
+    legacyDescription,
+    data,
+  };
+}
+
+/** An attribute of the nearest device that has it: a SCSI disk's model sits on its SCSI device. */
+function inherited(tree: HostTree, record: RawDeviceRecord, attribute: string): string | undefined {
+  const own = record.attribute(`device/${attribute}`);
+  if (own !== undefined) return own;
+  for (const ancestor of tree.ancestors(record)) {
+    if (ancestor.subsystem === 'usb' || ancestor.subsystem === 'pci') break;
+    const value = ancestor.attribute(attribute);
+    if (value !== undefined) return value;
+  }
+  return undefined;
+}
+
+function decodeEnc(value: string | undefined): string | undefined {
+  return value === undefined ? undefined : decodeUdevEscapes(value);
+}

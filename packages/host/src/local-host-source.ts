@@ -1,0 +1,199 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { execFile } from 'node:child_process';
+import { Observable, shareReplay } from 'rxjs';
+import { type DeviceSource, HostTree, type RawDeviceRecord } from '@devgate/core';
+import { type HostRoots, LOCAL_ROOTS, readHostTree } from './sysfs-reader.js';
+import { parseKeyValueLines } from './parse-udev-data.js';
+import { UeventMonitor } from './uevent-monitor.js';
+
+export type HotplugMechanism = 'uevent' | 'fs.watch' | 'poll' | 'static';
+
+export interface LocalHostOptions {
+  readonly backend?: string;
+  readonly roots?: HostRoots;
+  /** `auto` picks the best mechanism available (see `chooseHotplug`). */
+  readonly hotplug?: HotplugMechanism | 'auto';
+  readonly pollIntervalMs?: number;
+  /**
+   * Probe block devices with `blkid -p` for labels and filesystem types when udev has no record
+   * of them (hosts without udevd). Needs read access to the device nodes; default: only as root
+   * on the real host.
+   */
+  readonly probeBlock?: boolean;
+}
+
+/** The directories whose entries appear and vanish on hotplug in a tree laid out like `/`. */
+const WATCHED_LISTS = ['class/block', 'bus/usb/devices', 'class/input', 'bus/pci/devices'];
+
+/**
+ * A backend's devices read from sysfs. Hotplug, in order of preference: kernel uevents (real
+ * /sys with udevadm installed: 1-3 ms latency, full properties); fs.watch on /dev (devtmpfs) and,
+ * for a --sysroot tree, on its class and bus directories; polling when neither can run.
+ */
+export class LocalHostSource implements DeviceSource {
+  readonly id: string;
+  readonly backend: string;
+  readonly trees$: Observable<HostTree>;
+  hotplug: HotplugMechanism;
+  private readonly roots: HostRoots;
+  private readonly probes = new Map<string, Record<string, string> | 'pending'>();
+  private readonly probeBlock: boolean;
+  private probesRunning = 0;
+  /** Rescans of the live subscriptions, run when a probe finds something. */
+  private readonly probeListeners = new Set<() => void>();
+  private readonly probeWaiters: (() => void)[] = [];
+
+  constructor(private readonly options: LocalHostOptions = {}) {
+    this.roots = options.roots ?? LOCAL_ROOTS;
+    this.backend = options.backend ?? 'dom0';
+    this.id = `local:${this.roots.sys}`;
+    const isRealHost = this.roots.sys === '/sys';
+    this.probeBlock = options.probeBlock ?? (isRealHost && process.getuid?.() === 0);
+    this.hotplug = chooseHotplug(options.hotplug ?? 'auto', isRealHost);
+    this.trees$ = new Observable<HostTree>((subscriber) => {
+      let pending: NodeJS.Immediate | undefined;
+      const rescan = () => {
+        if (pending) return;
+        // Coalesce a burst of events (a disk and its partitions) into one rescan.
+        pending = setImmediate(() => {
+          pending = undefined;
+          try {
+            subscriber.next(this.read());
+          } catch (error) {
+            subscriber.error(error);
+          }
+        });
+      };
+      this.probeListeners.add(rescan);
+      subscriber.next(this.read());
+      const stop = this.watch(rescan);
+      return () => {
+        this.probeListeners.delete(rescan);
+        if (pending) clearImmediate(pending);
+        stop();
+      };
+    }).pipe(shareReplay({ bufferSize: 1, refCount: true }));
+  }
+
+  /** Resolves once no blkid probe is running (at most `timeoutMs` later). */
+  whenProbed(timeoutMs = 3000): Promise<void> {
+    if (this.probesRunning === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      this.probeWaiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  /** A fresh tree, without subscribing: what a one-shot command needs. */
+  snapshot(): HostTree {
+    return this.read();
+  }
+
+  private read(): HostTree {
+    const tree = readHostTree(this.roots);
+    if (!this.probeBlock) return tree;
+    return new HostTree(
+      tree.devices().map((record) => this.withProbe(record)),
+      tree.usage,
+    );
+  }
+
+  /** Adds blkid's findings to block devices udev knows nothing about; probes run in the background. */
+  private withProbe(record: RawDeviceRecord): RawDeviceRecord {
+    if (record.subsystem !== 'block' || record.properties.ID_FS_TYPE || record.properties.ID_PART_TABLE_TYPE) {
+      return record;
+    }
+    const devname = record.properties.DEVNAME;
+    if (!devname) return record;
+    const key = `${record.devpath}|${record.properties.DISKSEQ ?? ''}|${record.attribute('size') ?? ''}`;
+    const known = this.probes.get(key);
+    if (known === undefined) {
+      this.probes.set(key, 'pending');
+      this.probesRunning++;
+      const node = path.join(this.roots.dev, devname);
+      execFile('blkid', ['-p', '-o', 'export', node], { timeout: 5000 }, (_error, stdout) => {
+        const found = parseKeyValueLines(stdout ?? '');
+        const properties: Record<string, string> = {};
+        for (const [k, v] of Object.entries(found)) if (k !== 'DEVNAME') properties[`ID_${k}`] = v;
+        // blkid names them TYPE/LABEL/PART_ENTRY_*; udev's names are ID_FS_TYPE/ID_FS_LABEL/ID_PART_ENTRY_*.
+        if (found.TYPE) properties.ID_FS_TYPE = found.TYPE;
+        if (found.LABEL) properties.ID_FS_LABEL = found.LABEL;
+        if (found.PTTYPE) properties.ID_PART_TABLE_TYPE = found.PTTYPE;
+        this.probes.set(key, properties);
+        if (Object.keys(found).length > 0) this.probeListeners.forEach((rescan) => rescan());
+        if (--this.probesRunning === 0) this.probeWaiters.splice(0).forEach((wake) => wake());
+      });
+      return record;
+    }
+    if (known === 'pending') return record;
+    return { ...record, properties: { ...known, ...record.properties } };
+  }
+
+  private watch(rescan: () => void): () => void {
+    switch (this.hotplug) {
+      case 'uevent': {
+        const monitor = new UeventMonitor(rescan, () => {
+          // udevadm went away: fall back rather than go blind.
+          this.hotplug = 'fs.watch';
+          stopFallback = this.watch(rescan);
+        });
+        let stopFallback = () => {};
+        monitor.start();
+        // udevadm needs a moment to bind its socket; catch what changed in between.
+        const settle = setTimeout(rescan, 250);
+        settle.unref();
+        return () => {
+          clearTimeout(settle);
+          monitor.stop();
+          stopFallback();
+        };
+      }
+      case 'fs.watch': {
+        const watchers: fs.FSWatcher[] = [];
+        const dirs = [this.roots.dev, ...WATCHED_LISTS.map((list) => path.join(this.roots.sys, list))];
+        for (const dir of dirs) {
+          try {
+            watchers.push(fs.watch(dir, { persistent: false }, rescan));
+          } catch {
+            // Missing directories are normal (no USB bus here); the others still report.
+          }
+        }
+        if (watchers.length > 0) return () => watchers.forEach((w) => w.close());
+        this.hotplug = 'poll';
+        return this.watch(rescan);
+      }
+      case 'poll': {
+        const timer = setInterval(rescan, this.options.pollIntervalMs ?? 1000);
+        timer.unref();
+        return () => clearInterval(timer);
+      }
+      case 'static':
+        return () => {};
+    }
+  }
+
+  dispose(): void {
+    this.probes.clear();
+  }
+}
+
+function chooseHotplug(wanted: HotplugMechanism | 'auto', isRealHost: boolean): HotplugMechanism {
+  if (wanted !== 'auto') return wanted;
+  if (isRealHost && hasExecutable('udevadm')) return 'uevent';
+  return 'fs.watch';
+}
+
+function hasExecutable(name: string): boolean {
+  return (process.env.PATH ?? '').split(':').some((dir) => {
+    try {
+      fs.accessSync(path.join(dir, name), fs.constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}

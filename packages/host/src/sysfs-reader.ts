@@ -1,0 +1,161 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Errors, HostTree, type HostUsage, type RawDeviceRecord } from '@devgate/core';
+import { parseKeyValueLines, parseMountinfo, parseSwaps, parseUdevDataFile } from './parse-udev-data.js';
+
+/** Where a host's trees are. Every path is configurable so tests and `--sysroot` can redirect it. */
+export interface HostRoots {
+  readonly sys: string;
+  readonly dev: string;
+  readonly proc: string;
+  /** udev's database directory (`/run/udev/data`); absent on hosts without udevd. */
+  readonly udevData: string;
+}
+
+export const LOCAL_ROOTS: HostRoots = { sys: '/sys', dev: '/dev', proc: '/proc', udevData: '/run/udev/data' };
+
+/** The roots under a directory laid out like `/`, as lsblk's `--sysroot` reads them. */
+export function rootsUnder(dir: string): HostRoots {
+  return {
+    sys: path.join(dir, 'sys'),
+    dev: path.join(dir, 'dev'),
+    proc: path.join(dir, 'proc'),
+    udevData: path.join(dir, 'run/udev/data'),
+  };
+}
+
+/** The class and bus directories whose members are devices the drivers care about. */
+const DEVICE_LISTS = ['class/block', 'bus/usb/devices', 'class/input', 'bus/pci/devices'];
+
+const MAX_ATTRIBUTE_BYTES = 64 * 1024;
+
+/**
+ * Reads a host's devices from sysfs: every device listed under the class and bus directories above,
+ * plus all of their ancestors. Attributes are read lazily, on first use.
+ */
+export function readHostTree(roots: HostRoots): HostTree {
+  const devicesDir = path.join(roots.sys, 'devices');
+  if (!isDirectory(devicesDir)) throw Errors.sysrootUnreadable({ root: roots.sys, reason: 'no devices/ directory' });
+  const devpaths = new Set<string>();
+  for (const list of DEVICE_LISTS) {
+    for (const entry of readdirOrEmpty(path.join(roots.sys, list))) {
+      const real = realpathOrUndefined(path.join(roots.sys, list, entry));
+      if (!real || !real.startsWith(devicesDir + '/')) continue;
+      // Include every ancestor, so drivers can walk up to USB and PCI parents.
+      for (let dir = real; dir.length > devicesDir.length; dir = path.dirname(dir)) {
+        const devpath = '/devices' + dir.slice(devicesDir.length);
+        if (devpaths.has(devpath)) break;
+        if (fs.existsSync(path.join(dir, 'uevent'))) devpaths.add(devpath);
+      }
+    }
+  }
+  const records: RawDeviceRecord[] = [];
+  for (const devpath of devpaths) records.push(sysfsRecord(roots, devpath));
+  return new HostTree(records, readUsage(roots));
+}
+
+export function readUsage(roots: HostRoots): HostUsage {
+  return {
+    mounted: parseMountinfo(readOrEmpty(path.join(roots.proc, 'self/mountinfo'))),
+    swaps: parseSwaps(readOrEmpty(path.join(roots.proc, 'swaps'))),
+  };
+}
+
+function sysfsRecord(roots: HostRoots, devpath: string): RawDeviceRecord {
+  const dir = path.join(roots.sys, devpath);
+  const properties = parseKeyValueLines(readOrEmpty(path.join(dir, 'uevent')));
+  const subsystemLink = readlinkOrUndefined(path.join(dir, 'subsystem'));
+  const subsystem = subsystemLink ? path.basename(subsystemLink) : (properties.SUBSYSTEM ?? '');
+  const udev = readUdevData(roots, subsystem, properties, path.basename(devpath));
+  const attributes = new Map<string, string | undefined>();
+  return {
+    devpath,
+    subsystem,
+    properties: { ...udev, ...properties, SUBSYSTEM: subsystem },
+    attribute(name) {
+      if (!attributes.has(name)) attributes.set(name, readAttribute(dir, name));
+      return attributes.get(name);
+    },
+    entries(name) {
+      const sub = safeJoin(dir, name);
+      return sub && isDirectory(sub) ? readdirOrEmpty(sub) : undefined;
+    },
+  };
+}
+
+/** udev names its database files `b8:1` / `c189:3` for device nodes and `+usb:1-1:1.0` otherwise. */
+function readUdevData(
+  roots: HostRoots,
+  subsystem: string,
+  properties: Record<string, string>,
+  name: string,
+): Record<string, string> {
+  const id =
+    properties.MAJOR !== undefined && properties.MINOR !== undefined
+      ? `${subsystem === 'block' ? 'b' : 'c'}${properties.MAJOR}:${properties.MINOR}`
+      : `+${subsystem}:${name}`;
+  return parseUdevDataFile(readOrEmpty(path.join(roots.udevData, id)));
+}
+
+function readAttribute(dir: string, name: string): string | undefined {
+  const file = safeJoin(dir, name);
+  if (!file) return undefined;
+  try {
+    const fd = fs.openSync(file, 'r');
+    try {
+      const buffer = Buffer.alloc(MAX_ATTRIBUTE_BYTES);
+      const n = fs.readSync(fd, buffer, 0, buffer.length, 0);
+      return buffer.subarray(0, n).toString('utf8').replace(/\n$/, '');
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return undefined;
+  }
+}
+
+/** Attribute names come from drivers; never let one escape the device directory. */
+function safeJoin(dir: string, name: string): string | undefined {
+  if (name.split('/').some((part) => part === '..' || part === '')) return undefined;
+  return path.join(dir, name);
+}
+
+function readOrEmpty(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+function readdirOrEmpty(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
+
+function realpathOrUndefined(file: string): string | undefined {
+  try {
+    return fs.realpathSync(file);
+  } catch {
+    return undefined;
+  }
+}
+
+function readlinkOrUndefined(file: string): string | undefined {
+  try {
+    return fs.readlinkSync(file);
+  } catch {
+    return undefined;
+  }
+}
+
+function isDirectory(file: string): boolean {
+  try {
+    return fs.statSync(file).isDirectory();
+  } catch {
+    return false;
+  }
+}
