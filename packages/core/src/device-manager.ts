@@ -1,15 +1,45 @@
 import EventEmitter from 'eventemitter3';
-import { type Observable, Subject, type Subscription, catchError, defer, retry, timer, EMPTY } from 'rxjs';
-import { type DeviceClassId, type DeviceInfo, type DomainName, type Port, portKey } from './device-model.js';
+import {
+  BehaviorSubject,
+  type Observable,
+  Subject,
+  type Subscription,
+  EMPTY,
+  catchError,
+  combineLatest,
+  defer,
+  map,
+  retry,
+  timer,
+} from 'rxjs';
+import {
+  type Attachment,
+  type DeviceClassId,
+  type DeviceInfo,
+  type DomainName,
+  type Port,
+  portKey,
+  portLabel,
+} from './device-model.js';
 import { type DeviceEvent, snapshotsToEvents } from './events.js';
-import { type DeviceClassDriver, type DeviceSource, type PolicyHook } from './plugin-api.js';
+import { type Connector, type DeviceClassDriver, type DeviceSource, type PolicyHook } from './plugin-api.js';
 import { type Disposable } from './disposable.js';
+import { Errors } from './errors.js';
 
 export interface ListFilter {
   readonly devclass?: DeviceClassId;
   readonly backend?: DomainName;
   /** Also list devices hidden because they are in use in their backend. */
   readonly includeHidden?: boolean;
+}
+
+export interface AttachRequestInput {
+  readonly frontend: DomainName;
+  readonly port: Port;
+  /** When given, the device in the port must be this one (Qubes' `BACKEND:PORT:DEVICE_ID`). */
+  readonly deviceId?: string;
+  readonly options?: Readonly<Record<string, string>>;
+  readonly requestedBy?: string;
 }
 
 type EventMap = { [T in DeviceEvent['type']]: (event: Extract<DeviceEvent, { type: T }>) => void };
@@ -20,21 +50,34 @@ export interface DriverFault {
   readonly error: Error;
 }
 
+interface LiveAttachment extends Attachment {
+  readonly port: Port;
+  /** The device's own key and its ancestors' (partition, disk, USB device): its resource chain. */
+  readonly chain: readonly string[];
+  readonly connector: Connector;
+}
+
 /**
- * The kernel's live view of every backend's devices. Listing is synchronous, from a cache that the
- * drivers' discovery streams keep fresh; one driver failing never silences the others.
+ * The kernel's live view of every backend's devices, and the owner of every invariant of attach and
+ * detach. Listing is synchronous, from a cache that the drivers' discovery streams keep fresh; one
+ * driver failing never silences the others. What is attached comes from the hypervisors.
  */
 export class DeviceManager extends EventEmitter<EventMap> implements Disposable {
   private readonly cache = new Map<string, DeviceInfo>();
   private readonly eventsSubject = new Subject<DeviceEvent>();
   private readonly subscriptions: Subscription[] = [];
   private readonly lastFaults = new Map<string, DriverFault>();
+  private readonly attachments = new Map<string, LiveAttachment>();
+  private readonly attachmentsChanged = new BehaviorSubject<void>(undefined);
+  /** Resource chains with an attach or detach in flight: what makes concurrent attaches safe. */
+  private readonly inFlight = new Set<readonly string[]>();
   readonly events$: Observable<DeviceEvent> = this.eventsSubject.asObservable();
 
   constructor(
     readonly drivers: readonly DeviceClassDriver[],
     readonly sources: readonly DeviceSource[],
     readonly policyHooks: readonly PolicyHook[] = [],
+    readonly connectors: readonly Connector[] = [],
     private readonly faultRetryMs = 1000,
   ) {
     super();
@@ -49,7 +92,8 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
 
   private watch(driver: DeviceClassDriver, source: DeviceSource): Subscription {
     const pairKey = `${driver.id}@${source.id}`;
-    const isolated = defer(() => driver.discover(source)).pipe(
+    const isolated = combineLatest([defer(() => driver.discover(source)), this.attachmentsChanged]).pipe(
+      map(([snapshot]) => snapshot.map((device) => this.withAttachment(device))),
       snapshotsToEvents(),
       catchError((error: unknown) => {
         const fault = { driverId: driver.id, sourceId: source.id, error: asError(error) };
@@ -64,6 +108,11 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
     return isolated.subscribe((event) => this.apply(event));
   }
 
+  private withAttachment(device: DeviceInfo): DeviceInfo {
+    const live = this.attachments.get(portKey(device.port));
+    return live ? { ...device, attachment: { frontend: live.frontend, options: live.options } } : device;
+  }
+
   private apply(event: DeviceEvent): void {
     if (event.type !== 'driver-fault') {
       const key = portKey(event.device.port);
@@ -71,6 +120,27 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
       else this.cache.set(key, event.device);
     }
     this.publish(event);
+    // Surprise removal: a device that vanished while attached is detached by the kernel itself.
+    if (event.type === 'removed' && this.attachments.has(portKey(event.device.port))) {
+      void this.reclaim(event.device.port);
+    }
+  }
+
+  private async reclaim(port: Port): Promise<void> {
+    const live = this.attachments.get(portKey(port));
+    if (!live) return;
+    this.attachments.delete(portKey(port));
+    this.attachmentsChanged.next();
+    try {
+      await live.connector.detach(live.frontend, port);
+    } catch (error) {
+      this.publish({
+        type: 'driver-fault',
+        driverId: live.connector.id,
+        sourceId: live.frontend,
+        error: asError(error),
+      });
+    }
   }
 
   private publish(event: DeviceEvent): void {
@@ -83,7 +153,7 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
     for (const device of this.cache.values()) {
       if (filter.devclass !== undefined && device.port.devclass !== filter.devclass) continue;
       if (filter.backend !== undefined && device.port.backend !== filter.backend) continue;
-      if (!filter.includeHidden && device.hiddenReason !== undefined) continue;
+      if (!filter.includeHidden && device.hiddenReason !== undefined && !device.attachment) continue;
       result.push(device);
     }
     return result;
@@ -98,11 +168,145 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
     return [...this.lastFaults.values()];
   }
 
+  /** Every domain a connector manages, plus the backends. */
+  domains(): DomainName[] {
+    const names = new Set<DomainName>(this.sources.map((s) => s.backend));
+    for (const connector of this.connectors) for (const domain of connector.domains()) names.add(domain);
+    return [...names];
+  }
+
+  /**
+   * Reads what is attached back from every hypervisor, and detaches what no longer has a device
+   * behind it. Run at start: after a restart nothing is stale and nothing is forgotten.
+   */
+  async syncAttachments(): Promise<void> {
+    for (const connector of this.connectors) {
+      const reported = await connector.attachments();
+      for (const [key, live] of this.attachments) if (live.connector === connector) this.attachments.delete(key);
+      for (const attachment of reported) {
+        const device = this.get(attachment.port);
+        if (!device) {
+          // Attached, but its device is gone from the backend: undo it rather than show it stale.
+          await connector.detach(attachment.frontend, attachment.port).catch(() => undefined);
+          continue;
+        }
+        this.attachments.set(portKey(attachment.port), { ...attachment, chain: this.chainOf(device), connector });
+      }
+    }
+    this.attachmentsChanged.next();
+  }
+
+  /** Attaches a device to a frontend, checking every invariant first, in a fixed order. */
+  async attach(request: AttachRequestInput): Promise<DeviceInfo> {
+    const { frontend, port } = request;
+    const label = portLabel(port);
+    const driver = this.drivers.find((d) => d.id === port.devclass);
+    if (!driver) throw Errors.unknownDeviceClass({ devclass: port.devclass, known: this.drivers.map((d) => d.id) });
+    if (!driver.attachSpec) throw Errors.unsupported({ driverId: driver.id, operation: 'attach' });
+    if (!this.sources.some((s) => s.backend === port.backend)) throw Errors.noSuchBackend({ backend: port.backend });
+    const device = this.get(port);
+    if (!device) throw Errors.unknownDevice({ backend: port.backend, devclass: port.devclass, port: port.portId });
+    if (request.deviceId !== undefined && request.deviceId !== '*' && request.deviceId !== device.deviceId) {
+      throw Errors.unrecognizedIdentity({ port: label, expected: request.deviceId, actual: device.deviceId });
+    }
+    const attached = this.attachments.get(portKey(port));
+    if (attached) throw Errors.alreadyAttached({ device: label, frontend: attached.frontend });
+    const chain = this.chainOf(device);
+    for (const live of this.attachments.values()) {
+      if (overlaps(chain, live.chain)) {
+        throw Errors.overlap({ device: label, other: portLabel(live.port), frontend: live.frontend });
+      }
+    }
+    if (device.hiddenReason) throw Errors.deviceInUse({ device: label, reason: device.hiddenReason });
+    for (const busy of this.inFlight) if (overlaps(chain, busy)) throw Errors.attachInProgress({ device: label });
+    const connector = this.connectors.find((c) => c.manages(frontend));
+    if (!connector) throw Errors.noConnector({ domain: frontend });
+    // Everything above ran synchronously: of two concurrent attaches, exactly one gets here.
+    this.inFlight.add(chain);
+    try {
+      const spec = driver.attachSpec(device, request.options ?? {});
+      if (!(await connector.isRunning(frontend))) throw Errors.domainNotRunning({ domain: frontend, role: 'frontend' });
+      for (const hook of this.policyHooks) {
+        const verdict = await hook.preAttach?.({
+          device,
+          frontend,
+          options: spec.options,
+          requestedBy: request.requestedBy ?? 'unknown',
+        });
+        if (verdict && verdict.verdict !== 'allow') {
+          throw Errors.policyDenied({
+            device: label,
+            frontend,
+            reason: verdict.reason ?? (verdict.verdict === 'ask' ? 'it needs an answer, and nobody can ask' : hook.id),
+          });
+        }
+      }
+      const result = await connector.attach(frontend, port, spec);
+      if (!this.get(port)) {
+        // Pulled while we were attaching: do not leave the VM holding a device that is gone.
+        await connector.detach(frontend, port).catch(() => undefined);
+        throw Errors.deviceGone({ device: label });
+      }
+      this.attachments.set(portKey(port), { ...result, chain, connector });
+      this.attachmentsChanged.next();
+      for (const hook of this.policyHooks)
+        hook.onAttached?.({ device, frontend, options: spec.options, requestedBy: request.requestedBy ?? 'unknown' });
+      return this.get(port)!;
+    } finally {
+      this.inFlight.delete(chain);
+    }
+  }
+
+  /**
+   * Detaches one device from a frontend, or with no port every device of that class attached to it.
+   * Returns the ports detached.
+   */
+  async detach(frontend: DomainName, port?: Port, devclass?: DeviceClassId): Promise<Port[]> {
+    const targets = port
+      ? [this.attachments.get(portKey(port))].filter((live) => live !== undefined)
+      : [...this.attachments.values()].filter(
+          (live) => live.frontend === frontend && (devclass === undefined || live.port.devclass === devclass),
+        );
+    if (port && (targets.length === 0 || targets[0]!.frontend !== frontend)) {
+      throw Errors.notAttached({ device: portLabel(port), frontend: port ? frontend : undefined });
+    }
+    const done: Port[] = [];
+    for (const live of targets) {
+      if ([...this.inFlight].some((busy) => overlaps(live.chain, busy))) {
+        throw Errors.attachInProgress({ device: portLabel(live.port) });
+      }
+      this.inFlight.add(live.chain);
+      try {
+        await live.connector.detach(live.frontend, live.port);
+        this.attachments.delete(portKey(live.port));
+        this.attachmentsChanged.next();
+        done.push(live.port);
+      } finally {
+        this.inFlight.delete(live.chain);
+      }
+    }
+    return done;
+  }
+
+  /** The device's key and its ancestors', following `parent` links across classes. */
+  private chainOf(device: DeviceInfo): string[] {
+    const chain = [portKey(device.port)];
+    for (let parent = device.parent; parent && chain.length < 16; parent = this.get(parent)?.parent) {
+      chain.push(portKey(parent));
+    }
+    return chain;
+  }
+
   dispose(): void {
     for (const subscription of this.subscriptions.splice(0)) subscription.unsubscribe();
     this.eventsSubject.complete();
     this.removeAllListeners();
   }
+}
+
+/** Two resources overlap when one is the other or sits inside it. */
+function overlaps(a: readonly string[], b: readonly string[]): boolean {
+  return a.includes(b[0]) || b.includes(a[0]);
 }
 
 function asError(error: unknown): Error {

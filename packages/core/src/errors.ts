@@ -47,7 +47,8 @@ export const Errors = {
   badDeviceArgument: define<{ arg: string }>({
     code: 'DG_BAD_DEVICE_ARGUMENT',
     kind: 'usage',
-    message: (p) => `expected a backend vm, port id and [optional] device id combination like foo:bar[:baz] got ${p.arg}`,
+    message: (p) =>
+      `expected a backend vm, port id and [optional] device id combination like foo:bar[:baz] got ${p.arg}`,
   }),
   unknownDeviceClass: define<{ devclass: string; known: readonly string[] }>({
     code: 'DG_UNKNOWN_DEVICE_CLASS',
@@ -80,6 +81,58 @@ export const Errors = {
     code: 'DG_UNKNOWN_DEVICE',
     message: (p) => `backend vm ${p.backend} doesn't expose ${p.devclass} device '${p.port}'`,
     hint: (p) => (p.suggestion ? `did you mean '${p.suggestion}'?` : `run 'devgate list --class ${p.devclass}'`),
+  }),
+
+  // -- attach and detach: the kernel's invariants, in the order it checks them
+  unrecognizedIdentity: define<{ port: string; expected: string; actual: string }>({
+    code: 'DG_UNRECOGNIZED_IDENTITY',
+    message: (p) => `Unrecognized identity, skipping attachment of device from the port ${p.port}`,
+    hint: (p) => `the device in that port is ${p.actual}, not ${p.expected}`,
+  }),
+  deviceInUse: define<{ device: string; reason: string }>({
+    code: 'DG_DEVICE_IN_USE',
+    message: (p) => `Device ${p.device} is in use in its backend (${p.reason})`,
+    hint: () => 'unmount it (or stop what holds it) in the backend first',
+  }),
+  alreadyAttached: define<{ device: string; frontend: string }>({
+    code: 'DG_ALREADY_ATTACHED',
+    message: (p) => `Device ${p.device} already attached to ${p.frontend}`,
+    hint: (p) => `detach it first: qvm-block detach ${p.frontend} ${p.device}`,
+  }),
+  overlap: define<{ device: string; other: string; frontend: string }>({
+    code: 'DG_OVERLAP',
+    message: (p) => `Device ${p.device} overlaps ${p.other}, which is attached to ${p.frontend}`,
+    hint: () => 'a disk and its partitions, and a USB device and the disks under it, are one resource',
+  }),
+  attachInProgress: define<{ device: string }>({
+    code: 'DG_ATTACH_IN_PROGRESS',
+    message: (p) => `Device ${p.device} (or a device it overlaps) is being attached or detached right now`,
+  }),
+  readOnlyDevice: define({
+    code: 'DG_READ_ONLY_DEVICE',
+    message: () => 'This device can be attached only read-only',
+    hint: () => 'use --ro',
+  }),
+  policyDenied: define<{ device: string; frontend: string; reason: string }>({
+    code: 'DG_POLICY_DENIED',
+    message: (p) => `Attaching ${p.device} to ${p.frontend} is denied: ${p.reason}`,
+  }),
+  unsupportedOption: define<{ option: string; message?: string }>({
+    code: 'DG_UNSUPPORTED_OPTION',
+    message: (p) => p.message ?? `Unsupported option ${p.option}`,
+  }),
+  notAttached: define<{ device: string; frontend?: string }>({
+    code: 'DG_NOT_ATTACHED',
+    message: (p) => (p.frontend ? `device ${p.device} not attached to ${p.frontend}` : `${p.device} is not attached.`),
+  }),
+  deviceGone: define<{ device: string }>({
+    code: 'DG_DEVICE_GONE',
+    message: (p) => `Device ${p.device} was removed while it was being attached; the attachment was undone`,
+  }),
+  noConnector: define<{ domain: string }>({
+    code: 'DG_NO_CONNECTOR',
+    message: (p) => `no such domain: '${p.domain}'`,
+    hint: () => "start a lab VM with 'devgate lab up NAME', or add the domain to domains.json",
   }),
 
   // -- the plugin framework

@@ -44,8 +44,10 @@ function hex4(value: string | undefined): string | undefined {
 export function usbIds(record: RawDeviceRecord): { vendorId: string; productId: string } {
   const product = record.properties.PRODUCT?.split('/');
   return {
-    vendorId: hex4(record.properties.ID_VENDOR_ID) ?? hex4(record.attribute('idVendor')) ?? hex4(product?.[0]) ?? '0000',
-    productId: hex4(record.properties.ID_MODEL_ID) ?? hex4(record.attribute('idProduct')) ?? hex4(product?.[1]) ?? '0000',
+    vendorId:
+      hex4(record.properties.ID_VENDOR_ID) ?? hex4(record.attribute('idVendor')) ?? hex4(product?.[0]) ?? '0000',
+    productId:
+      hex4(record.properties.ID_MODEL_ID) ?? hex4(record.attribute('idProduct')) ?? hex4(product?.[1]) ?? '0000',
   };
 }
 

@@ -3,6 +3,7 @@ import { DeviceManager } from './device-manager.js';
 import { Disposable, DisposableCollection } from './disposable.js';
 import { Errors } from './errors.js';
 import {
+  Connector,
   DeviceClassDriver,
   type DevgateModule,
   DeviceSource,
@@ -20,6 +21,7 @@ export class Kernel implements ModuleRegistry, Disposable {
   private readonly drivers = new Map<string, DeviceClassDriver>();
   private readonly sources: DeviceSource[] = [];
   private readonly hooks: PolicyHook[] = [];
+  private readonly connectors: Connector[] = [];
   private readonly owned = new DisposableCollection();
   private manager?: DeviceManager;
 
@@ -56,6 +58,13 @@ export class Kernel implements ModuleRegistry, Disposable {
     return Disposable.create(() => remove(this.hooks, hook));
   }
 
+  registerConnector(connector: Connector): Disposable {
+    this.connectors.push(connector);
+    this.container.register(Connector, { useValue: connector });
+    this.owned.push(connector);
+    return Disposable.create(() => remove(this.connectors, connector));
+  }
+
   /** Checks every manifest, then starts discovery. */
   start(): DeviceManager {
     if (this.manager) return this.manager;
@@ -64,7 +73,12 @@ export class Kernel implements ModuleRegistry, Disposable {
         if (!this.drivers.has(dependency)) throw Errors.missingDependency({ id: driver.id, dependency });
       }
     }
-    const manager = new DeviceManager([...this.drivers.values()], [...this.sources], [...this.hooks]);
+    const manager = new DeviceManager(
+      [...this.drivers.values()],
+      [...this.sources],
+      [...this.hooks],
+      [...this.connectors],
+    );
     this.container.registerInstance(DeviceManager, manager);
     this.owned.push(manager);
     manager.start();

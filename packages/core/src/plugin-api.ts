@@ -5,7 +5,7 @@
  */
 import { type InjectionToken } from 'tsyringe';
 import { type Observable } from 'rxjs';
-import { type DeviceClassId, type DeviceInfo, type DomainName } from './device-model.js';
+import { type DeviceClassId, type DeviceInfo, type DomainName, type Port } from './device-model.js';
 import { type Disposable } from './disposable.js';
 import { type HostTree } from './host-tree.js';
 
@@ -30,6 +30,12 @@ export interface DeviceClassDriver {
    * diffs successive snapshots into events, so a driver never tracks what changed.
    */
   discover(source: DeviceSource): Observable<readonly DeviceInfo[]>;
+  /**
+   * Optional: how to hand this device to a VM. Validates and normalizes the user's options (Qubes'
+   * messages for bad ones) and returns what the frontend's connector must do. Never checks
+   * invariants: the kernel has done that before it calls.
+   */
+  attachSpec?(device: DeviceInfo, options: Readonly<Record<string, string>>): AttachSpec;
 }
 export const DeviceClassDriver: InjectionToken<DeviceClassDriver> = Symbol.for('devgate.DeviceClassDriver');
 
@@ -61,10 +67,34 @@ export interface PolicyHook {
 }
 export const PolicyHook: InjectionToken<PolicyHook> = Symbol.for('devgate.PolicyHook');
 
+/** What a connector must do to attach one device: class-specific parameters, chosen by the driver. */
+export interface AttachSpec {
+  /** `block`, `usb-host`, ...: a connector refuses kinds it does not know. */
+  readonly kind: string;
+  readonly params: Readonly<Record<string, string | number | boolean>>;
+  /** The options to report for the attachment (Qubes shows them in USED BY). */
+  readonly options: Readonly<Record<string, string>>;
+}
+
+/** An attachment as a hypervisor reports it. */
+export interface HypervisorAttachment {
+  readonly port: Port;
+  readonly frontend: DomainName;
+  readonly options: Readonly<Record<string, string>>;
+}
+
 /** A hypervisor connection (QEMU QMP, libvirt, xl) that performs attach specs on frontends. */
 export interface Connector extends Disposable {
   readonly id: string;
+  /** Whether this connector manages the domain (from its registry; cheap). */
+  manages(domain: DomainName): boolean;
+  /** Domains it manages, for listings and completion. */
+  domains(): readonly DomainName[];
   isRunning(domain: DomainName): Promise<boolean>;
+  attach(frontend: DomainName, port: Port, spec: AttachSpec): Promise<HypervisorAttachment>;
+  detach(frontend: DomainName, port: Port): Promise<void>;
+  /** Everything attached through devgate, read back from the hypervisor: the truth after a restart. */
+  attachments(): Promise<readonly HypervisorAttachment[]>;
 }
 export const Connector: InjectionToken<Connector> = Symbol.for('devgate.Connector');
 
@@ -85,4 +115,5 @@ export interface ModuleRegistry {
   registerDriver(driver: DeviceClassDriver): Disposable;
   registerSource(source: DeviceSource): Disposable;
   registerPolicyHook(hook: PolicyHook): Disposable;
+  registerConnector(connector: Connector): Disposable;
 }
