@@ -13,6 +13,7 @@ export function devgateProgram(io: Io): Command {
     .description('Qubes OS-style device handling for Linux hosts that run virtual machines')
     .version(packageVersion())
     .exitOverride()
+    .enablePositionalOptions()
     .configureOutput({ writeOut: io.out, writeErr: () => undefined });
 
   const list = program

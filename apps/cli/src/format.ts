@@ -45,9 +45,7 @@ export function compareRows(a: readonly string[], b: readonly string[]): number 
 
 /** Qubes 4.3's `qvm-device CLASS list`. */
 export function formatQubesTable(devices: readonly DeviceInfo[], withHeader: boolean): string {
-  const rows = devices
-    .map((d) => [portLabel(d.port), describeDevice(d), formatUsedBy(d.attachment)])
-    .sort(compareRows);
+  const rows = devices.map((d) => [portLabel(d.port), describeDevice(d), formatUsedBy(d.attachment)]).sort(compareRows);
   return formatColumns(withHeader ? [['BACKEND:DEVID', 'DESCRIPTION', 'USED BY'], ...rows] : rows);
 }
 

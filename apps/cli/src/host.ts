@@ -25,22 +25,21 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
   }
   const backend = options.backend ?? 'dom0';
   let source: DeviceSource;
-  let settled: Promise<void> = Promise.resolve();
+  let local: LocalHostSource | undefined;
   if (options.recording) {
     source = new RecordedHostSource(options.recording, backend);
   } else {
-    const local = new LocalHostSource({
+    local = new LocalHostSource({
       backend,
       hotplug: 'static',
       roots: options.sysroot ? rootsUnder(options.sysroot) : undefined,
     });
     source = local;
-    settled = local.whenProbed();
   }
   const kernel = new Kernel().load(...MODULES);
   kernel.registerSource(source);
   const manager = kernel.start();
-  await settled;
+  await local?.whenProbed();
   // In-process there is nobody to retry for: a driver that failed fails the command.
   const fault = manager.faults()[0];
   if (fault) {

@@ -19,6 +19,7 @@ export function qvmDeviceProgram(prog: string, devclass: string | undefined, io:
       .option('--list-device-classes', 'list device classes')
       .argument('[class]', 'device class')
       .argument('[args...]')
+      .enablePositionalOptions()
       .passThroughOptions()
       .allowUnknownOption()
       .helpOption('-h, --help')

@@ -1,5 +1,12 @@
 import { type Observable, map } from 'rxjs';
-import { type DeviceClassDriver, type DeviceInfo, type DeviceSource, PLUGIN_API_VERSION } from '@devgate/core';
+import {
+  type AttachSpec,
+  type DeviceClassDriver,
+  type DeviceInfo,
+  type DeviceSource,
+  PLUGIN_API_VERSION,
+} from '@devgate/core';
+import { blockAttachSpec } from './block-attach.js';
 import { parseBlockDevices } from './parse-block-devices.js';
 
 /** Disks and partitions: sd, nvme, mmcblk, vd, loop, sr, dm. */
@@ -9,5 +16,9 @@ export class BlockDriver implements DeviceClassDriver {
 
   discover(source: DeviceSource): Observable<readonly DeviceInfo[]> {
     return source.trees$.pipe(map((tree) => parseBlockDevices(tree, source.backend)));
+  }
+
+  attachSpec(device: DeviceInfo, options: Readonly<Record<string, string>>): AttachSpec {
+    return blockAttachSpec(device, options);
   }
 }

@@ -115,10 +115,13 @@ function toDeviceInfo(tree: HostTree, backend: string, entry: Parsed, ids: Map<R
 
   const model = sanitizeText(decodeEnc(props.ID_MODEL_ENC) ?? props.ID_MODEL ?? inherited(tree, diskRecord, 'model'));
   const rawModel = sanitizeText(props.ID_MODEL ?? inherited(tree, diskRecord, 'model')?.trim().replace(/\s+/g, '_'));
-  const vendor = sanitizeText(decodeEnc(props.ID_VENDOR_ENC) ?? props.ID_VENDOR ?? inherited(tree, diskRecord, 'vendor'));
+  const vendor = sanitizeText(
+    decodeEnc(props.ID_VENDOR_ENC) ?? props.ID_VENDOR ?? inherited(tree, diskRecord, 'vendor'),
+  );
   const serial = sanitizeText(props.ID_SERIAL_SHORT ?? inherited(tree, diskRecord, 'serial'));
   const label = sanitizeText(decodeEnc(props.ID_FS_LABEL_ENC) ?? props.ID_FS_LABEL);
-  const backingFile = sanitizeText((disk ?? record).attribute('loop/backing_file'), 4096);
+  // Only the loop device itself has a backing file; its partitions are described like any other.
+  const backingFile = sanitizeText(record.attribute('loop/backing_file'), 4096);
   const dmName = sanitizeText(props.DM_NAME ?? record.attribute('dm/name'));
   const size = Number(record.attribute('size'));
   const readOnly = record.attribute('ro') === '1' || (/^sr\d+$/.test(name) && props.ID_CDROM_MEDIA === '1');
@@ -126,7 +129,10 @@ function toDeviceInfo(tree: HostTree, backend: string, entry: Parsed, ids: Map<R
   // Qubes' block description: the loop's backing file, the dm name, or "model (label)".
   const described = backingFile ?? dmName;
   const legacyDescription = described ?? trusted(`${rawModel ?? ''} (${label ?? ''})`);
-  const productName = described ?? (model && label ? trusted(`${model} (${label})`) : (model ?? label));
+  const parentBackingFile = disk ? sanitizeText(disk.attribute('loop/backing_file'), 4096) : undefined;
+  const productName =
+    described ??
+    (label ? trusted(model ? `${model} (${label})` : `(${label})`) : (model ?? parentBackingFile ?? trusted(name)));
 
   const data: Record<string, string | number | boolean> = {
     kind: isPartition ? 'partition' : 'disk',

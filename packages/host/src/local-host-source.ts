@@ -125,7 +125,8 @@ export class LocalHostSource implements DeviceSource {
         if (found.PTTYPE) properties.ID_PART_TABLE_TYPE = found.PTTYPE;
         this.probes.set(key, properties);
         if (Object.keys(found).length > 0) this.probeListeners.forEach((rescan) => rescan());
-        if (--this.probesRunning === 0) this.probeWaiters.splice(0).forEach((wake) => wake());
+        // Wake waiters after the rescans just scheduled (setImmediate runs in order).
+        if (--this.probesRunning === 0) setImmediate(() => this.probeWaiters.splice(0).forEach((wake) => wake()));
       });
       return record;
     }

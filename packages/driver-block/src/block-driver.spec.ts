@@ -1,0 +1,128 @@
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { firstValueFrom, filter, timeout } from 'rxjs';
+import { type DeviceInfo, Kernel, describeDevice } from '@devgate/core';
+import { LocalHostSource, LOCAL_ROOTS, readHostTree } from '@devgate/host';
+import { type LoopDisk, createLoopDisk, disposeAllLoopDisks } from '@devgate/testkit';
+import { blockModule } from './block-module';
+import { parseBlockDevices } from './parse-block-devices';
+
+// These tests use real kernel loop devices: they need root, util-linux, fdisk and e2fsprogs,
+// which .ci/run installs.
+afterAll(() => disposeAllLoopDisks());
+
+function byPort(devices: readonly DeviceInfo[]): Map<string, DeviceInfo> {
+  return new Map(devices.map((d) => [d.port.portId, d]));
+}
+
+describe('block devices on this host (real loop devices)', () => {
+  let disk: LoopDisk;
+  afterEach(() => disk?.dispose());
+
+  it('finds a disk and its partitions with sizes, numbers, parents and ids', () => {
+    disk = createLoopDisk({ sizeMiB: 64, partitions: [{ sizeMiB: 30 }, {}] });
+    const devices = byPort(parseBlockDevices(readHostTree(LOCAL_ROOTS), 'dom0'));
+    const whole = devices.get(disk.name)!;
+    const [p1, p2] = disk.partitions.map((p) => devices.get(p)!);
+    expect(whole.data).toMatchObject({ kind: 'disk', size: 64 * 1024 * 1024, 'read-only': false });
+    expect(whole.data['backing-file']).toBe(disk.image);
+    expect(whole.legacyDescription).toBe(disk.image);
+    expect(whole.hiddenReason).toBeUndefined();
+    expect(p1.data).toMatchObject({ kind: 'partition', partition: 1, size: 30 * 1024 * 1024 });
+    expect(p2.data.partition).toBe(2);
+    expect(p1.parent).toEqual({ devclass: 'block', backend: 'dom0', portId: disk.name });
+    const loopNumber = disk.name.replace('loop', '');
+    expect(whole.deviceId).toBe(`0000:0000::?******:${loopNumber}`);
+    expect(p1.deviceId).toBe(`${whole.deviceId}:1`);
+    // A partition with neither model nor label is named after its loop device's backing file.
+    expect(describeDevice(p1)).toBe(`Block_Storage: sub-device of dom0:${disk.name} ${disk.image}`);
+    expect(p1.legacyDescription).toBe(' ()');
+    expect(describeDevice(whole)).toBe(`Block_Storage: hosted by dom0 ${disk.image}`);
+  });
+
+  it('hides a mounted partition, and its disk with it, but not the sibling', () => {
+    disk = createLoopDisk({ sizeMiB: 64, partitions: [{ sizeMiB: 30, label: 'MOUNTME' }, {}] });
+    const mountpoint = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-mnt-'));
+    execFileSync('mount', [`/dev/${disk.partitions[0]}`, mountpoint]);
+    try {
+      const devices = byPort(parseBlockDevices(readHostTree(LOCAL_ROOTS), 'dom0'));
+      expect(devices.get(disk.partitions[0])!.hiddenReason).toBe('mounted');
+      expect(devices.get(disk.name)!.hiddenReason).toBe(`partition ${disk.partitions[0]} is in use`);
+      expect(devices.get(disk.partitions[1])!.hiddenReason).toBeUndefined();
+    } finally {
+      execFileSync('umount', [mountpoint]);
+      fs.rmdirSync(mountpoint);
+    }
+  });
+
+  it('reports a read-only loop device as read-only', () => {
+    disk = createLoopDisk({ sizeMiB: 16, readOnly: true });
+    const device = byPort(parseBlockDevices(readHostTree(LOCAL_ROOTS), 'dom0')).get(disk.name)!;
+    expect(device.data['read-only']).toBe(true);
+  });
+
+  it('hides the host’s own mounted root disk and never lists zram', () => {
+    const devices = parseBlockDevices(readHostTree(LOCAL_ROOTS), 'dom0');
+    expect(devices.some((d) => d.port.portId.startsWith('zram'))).toBe(false);
+    const rootMajMin = fs
+      .readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .find((l) => l.split(' ')[4] === '/')
+      ?.split(' ')[2];
+    const root = devices.find((d) => d.data['major-minor'] === rootMajMin);
+    expect(root?.hiddenReason ?? 'mounted').toBe('mounted');
+  });
+});
+
+describe('BlockDriver through the kernel (hotplug and probing)', () => {
+  let disk: LoopDisk | undefined;
+  let kernel: Kernel;
+  afterEach(() => {
+    kernel?.dispose();
+    disk?.dispose();
+    disk = undefined;
+  });
+
+  it('reports an added loop disk, labels found by probing, and its removal, from kernel uevents', async () => {
+    const source = new LocalHostSource({ hotplug: 'uevent' });
+    kernel = new Kernel().load(blockModule);
+    kernel.registerSource(source);
+    const manager = kernel.start();
+    expect(source.hotplug).toBe('uevent');
+    await new Promise((r) => setTimeout(r, 300)); // let udevadm bind its socket
+
+    const added = firstValueFrom(
+      manager.events$.pipe(
+        filter((e) => e.type === 'added' && e.device.port.portId.endsWith('p1')),
+        timeout(5000),
+      ),
+    );
+    disk = createLoopDisk({ sizeMiB: 32, partitions: [{ label: 'DEVGATE' }] });
+    const event = await added;
+    expect(event.type === 'added' && event.device.port.portId).toBe(disk.partitions[0]);
+
+    // The label comes from a blkid probe in the background, as a `changed` event.
+    const partition = { devclass: 'block', backend: 'dom0', portId: disk.partitions[0] };
+    for (let i = 0; i < 100 && manager.get(partition)?.data.label !== 'DEVGATE'; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(manager.get(partition)?.data.label).toBe('DEVGATE');
+    expect(manager.get(partition)?.legacyDescription).toBe(' (DEVGATE)');
+
+    // A detached loop device stays in /sys, empty: its partitions go, and it is hidden.
+    const removed = firstValueFrom(
+      manager.events$.pipe(
+        filter((e) => e.type === 'removed' && e.device.port.portId === partition.portId),
+        timeout(5000),
+      ),
+    );
+    disk.dispose();
+    await removed;
+    const whole = manager.get({ devclass: 'block', backend: 'dom0', portId: disk.name });
+    expect(whole?.hiddenReason ?? 'gone').toMatch(/^(empty loop device|gone)$/);
+    expect(manager.list().some((d) => d.port.portId.startsWith(disk!.name))).toBe(false);
+    disk = undefined;
+  }, 15_000);
+});

@@ -1,0 +1,110 @@
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+export interface LoopPartitionSpec {
+  readonly sizeMiB?: number; // the last one may take the rest
+  readonly name?: string;
+  readonly label?: string; // formats it ext4 with this label
+}
+
+export interface LoopDiskSpec {
+  readonly sizeMiB: number;
+  readonly partitions?: readonly LoopPartitionSpec[];
+  readonly readOnly?: boolean;
+  /** Label of an ext4 filesystem on the whole disk (only without partitions). */
+  readonly label?: string;
+}
+
+export interface LoopDisk {
+  /** `/dev/loopN`, whatever N the kernel chose. */
+  readonly device: string;
+  /** `loopN` */
+  readonly name: string;
+  /** `loopNp1`, ... */
+  readonly partitions: readonly string[];
+  readonly image: string;
+  dispose(): void;
+}
+
+const live = new Set<LoopDisk>();
+
+/**
+ * A real kernel block device backed by a sparse file, with a GPT and partitions. This kernel has
+ * no partition parsers, so partitions are added with `partx -a` (BLKPG). Needs root, util-linux,
+ * fdisk (sfdisk) and e2fsprogs. Never assume which /dev/loopN is returned.
+ */
+export function createLoopDisk(spec: LoopDiskSpec): LoopDisk {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-loop-'));
+  const image = path.join(dir, 'disk.img');
+  fs.writeFileSync(image, '');
+  fs.truncateSync(image, spec.sizeMiB * 1024 * 1024);
+  const parts = spec.partitions ?? [];
+  if (parts.length > 0) {
+    const table = ['label: gpt', ...parts.map((p, i) => partitionLine(p, i))].join('\n') + '\n';
+    execFileSync('sfdisk', ['--quiet', image], { input: table });
+  }
+  // Filesystems are made on the image before it becomes a (possibly read-only) loop device.
+  let device = '';
+  let disk: LoopDisk | undefined;
+  try {
+    device = execFileSync('losetup', ['-f', '--show', ...(spec.readOnly ? ['-r'] : []), image], {
+      encoding: 'utf8',
+    }).trim();
+    const name = path.basename(device);
+    if (parts.length > 0) execFileSync('partx', ['-a', device]);
+    const partitions = parts.map((_p, i) => `${name}p${i + 1}`);
+    disk = {
+      device,
+      name,
+      partitions,
+      image,
+      dispose: () => {
+        live.delete(disk!);
+        detachQuietly(device);
+        fs.rmSync(dir, { recursive: true, force: true });
+      },
+    };
+    live.add(disk);
+    if (!spec.readOnly) {
+      parts.forEach((p, i) => p.label && mkfs(`/dev/${partitions[i]}`, p.label));
+      if (spec.label && parts.length === 0) mkfs(device, spec.label);
+    }
+    return disk;
+  } catch (error) {
+    if (disk) disk.dispose();
+    else {
+      if (device) detachQuietly(device);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+    throw error;
+  }
+}
+
+/** Detaches every loop disk this process created and has not disposed (for afterAll). */
+export function disposeAllLoopDisks(): void {
+  for (const disk of [...live]) disk.dispose();
+}
+
+function partitionLine(p: LoopPartitionSpec, i: number): string {
+  const fields = [p.sizeMiB ? `size=${p.sizeMiB}M` : undefined, 'type=L', `name=${p.name ?? `p${i + 1}`}`];
+  return fields.filter(Boolean).join(', ');
+}
+
+function mkfs(node: string, label: string): void {
+  execFileSync('mkfs.ext4', ['-q', '-F', '-L', label, node]);
+}
+
+function detachQuietly(device: string): void {
+  try {
+    execFileSync('partx', ['-d', device], { stdio: 'ignore' });
+  } catch {
+    // No partitions, or already gone.
+  }
+  try {
+    execFileSync('losetup', ['-d', device], { stdio: 'ignore' });
+  } catch {
+    // Already detached.
+  }
+}
