@@ -1,6 +1,6 @@
 import 'reflect-metadata';
 import * as path from 'node:path';
-import { Command, CommanderError, Option } from 'commander';
+import { type Command, CommanderError, Option } from 'commander';
 import { DevgateError, DriverContractError } from '@devgate/core';
 import { type Io, processIo } from './io.js';
 import { devgateProgram } from './devgate-command.js';

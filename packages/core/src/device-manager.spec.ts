@@ -147,14 +147,14 @@ describe('DeviceManager attach and detach', () => {
       'DG_UNRECOGNIZED_IDENTITY',
     );
     expect(await codeOf(manager.attach({ frontend: 'work', port: port('sdc') }))).toBe('DG_DEVICE_IN_USE');
-    expect(
-      await codeOf(manager.attach({ frontend: 'work', port: port('sr0'), options: { 'read-only': 'no' } })),
-    ).toBe('DG_READ_ONLY_DEVICE');
+    expect(await codeOf(manager.attach({ frontend: 'work', port: port('sr0'), options: { 'read-only': 'no' } }))).toBe(
+      'DG_READ_ONLY_DEVICE',
+    );
     expect(await codeOf(manager.attach({ frontend: 'nosuch', port: port('sdb') }))).toBe('DG_NO_CONNECTOR');
     expect(await codeOf(manager.attach({ frontend: 'halted', port: port('sdb') }))).toBe('DG_DOMAIN_NOT_RUNNING');
-    expect(
-      await codeOf(manager.attach({ frontend: 'work', port: { ...port('sdb'), backend: 'sys-usb' } })),
-    ).toBe('DG_NO_SUCH_BACKEND');
+    expect(await codeOf(manager.attach({ frontend: 'work', port: { ...port('sdb'), backend: 'sys-usb' } }))).toBe(
+      'DG_NO_SUCH_BACKEND',
+    );
     expect(connector.attached.size).toBe(0);
     kernel.dispose();
   });

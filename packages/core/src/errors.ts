@@ -183,6 +183,19 @@ export const Errors = {
     code: 'DG_QMP_COMMAND_FAILED',
     message: (p) => `QMP command '${p.command}' failed: ${p.errorClass}: ${p.desc}`,
   }),
+  detachTimeout: define<{ domain: string; device: string; timeoutMs: number }>({
+    code: 'DG_DETACH_TIMEOUT',
+    message: (p) => `${p.domain} did not release ${p.device} within ${p.timeoutMs} ms`,
+    hint: () => 'the guest must acknowledge the unplug (PCI devices need a running guest OS); it stays attached',
+  }),
+  noFreeFrontend: define<{ domain: string; what: string }>({
+    code: 'DG_NO_FREE_FRONTEND',
+    message: (p) => `${p.domain} has no free ${p.what}`,
+  }),
+  frontendDevInUse: define<{ domain: string; dev: string }>({
+    code: 'DG_FRONTEND_DEV_IN_USE',
+    message: (p) => `${p.dev} is already used in ${p.domain}`,
+  }),
   domainNotRunning: define<{ domain: string; role: 'backend' | 'frontend' }>({
     code: 'DG_DOMAIN_NOT_RUNNING',
     // Qubes' wording for a backend; the frontend wording is devgate's own.

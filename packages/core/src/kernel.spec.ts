@@ -1,6 +1,6 @@
 import { BehaviorSubject, type Observable, map } from 'rxjs';
 import { type DeviceInfo } from './device-model';
-import { DevgateError } from './errors';
+import { type DevgateError } from './errors';
 import { HostTree, recordOf } from './host-tree';
 import { Kernel } from './kernel';
 import { type DeviceClassDriver, type DeviceSource, PLUGIN_API_VERSION } from './plugin-api';

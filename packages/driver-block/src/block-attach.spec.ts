@@ -1,4 +1,4 @@
-import { type DeviceInfo, DevgateError } from '@devgate/core';
+import { type DeviceInfo, type DevgateError } from '@devgate/core';
 import { blockAttachSpec } from './block-attach';
 
 const device = (readOnly: boolean): DeviceInfo => ({

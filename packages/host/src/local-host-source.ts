@@ -114,7 +114,7 @@ export class LocalHostSource implements DeviceSource {
     if (known === undefined) {
       this.probes.set(key, 'pending');
       this.probesRunning++;
-      const node = path.join(this.roots.dev, devname);
+      const node = path.join(this.roots.dev, devname.replace(/^\/dev\//, ''));
       execFile('blkid', ['-p', '-o', 'export', node], { timeout: 5000 }, (_error, stdout) => {
         const found = parseKeyValueLines(stdout ?? '');
         const properties: Record<string, string> = {};

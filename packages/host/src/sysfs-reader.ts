@@ -64,6 +64,8 @@ export function readUsage(roots: HostRoots): HostUsage {
 function sysfsRecord(roots: HostRoots, devpath: string): RawDeviceRecord {
   const dir = path.join(roots.sys, devpath);
   const properties = parseKeyValueLines(readOrEmpty(path.join(dir, 'uevent')));
+  // The kernel writes DEVNAME relative to /dev; udev (and so every recording) writes it absolute.
+  if (properties.DEVNAME && !properties.DEVNAME.startsWith('/')) properties.DEVNAME = `/dev/${properties.DEVNAME}`;
   const subsystemLink = readlinkOrUndefined(path.join(dir, 'subsystem'));
   const subsystem = subsystemLink ? path.basename(subsystemLink) : (properties.SUBSYSTEM ?? '');
   const udev = readUdevData(roots, subsystem, properties, path.basename(devpath));

@@ -1,0 +1,291 @@
+/**
+ * The QEMU connector: attaches and detaches devices over QMP and reads attachments back from QEMU.
+ * Domains and their sockets come from the domain registry, re-read on every call so `lab up` and
+ * `lab down` are seen at once. One QMP connection per socket is kept open and reused: QEMU serves
+ * one QMP client at a time, so the connector (in devgated) is meant to be that client.
+ */
+import {
+  type AttachSpec,
+  type Connector,
+  DevgateError,
+  type DomainName,
+  Errors,
+  type HypervisorAttachment,
+  type Port,
+} from '@devgate/core';
+import { defaultRegistryFile, getDomain, readRegistry, readRegistrySync } from './domain-registry.js';
+import { QmpClient, type QmpClientOptions } from './qmp-client.js';
+import {
+  type AttachmentRecord,
+  cdTransportId,
+  chooseFrontendDev,
+  decodeQdevId,
+  planBlockAttach,
+  toHypervisorAttachment,
+} from './qemu-attach.js';
+
+export const QEMU_CONNECTOR_ID = 'qemu';
+
+export interface QemuConnectorOptions extends QmpClientOptions {
+  /** Default: `defaultRegistryFile()`, resolved when the connector is created. */
+  readonly registryFile?: string;
+  /** How long a guest has to acknowledge an unplug (DEVICE_DELETED). Default 5 s. */
+  readonly unplugTimeoutMs?: number;
+}
+
+/** `query-status`. `status` is QEMU's RunState: prelaunch, running, paused, shutdown, ... */
+export interface QemuStatus {
+  readonly status: string;
+  readonly running: boolean;
+  readonly singlestep?: boolean;
+}
+
+/** One `query-block` entry (the fields devgate reads; QEMU sends more). */
+export interface QemuBlockInfo {
+  readonly device: string;
+  readonly qdev?: string;
+  readonly removable: boolean;
+  readonly locked: boolean;
+  readonly tray_open?: boolean;
+  readonly inserted?: {
+    readonly 'node-name'?: string;
+    readonly file: string;
+    readonly drv: string;
+    readonly ro: boolean;
+  };
+  readonly [key: string]: unknown;
+}
+
+/** One `query-pci` bus (the fields devgate reads; QEMU sends more). */
+export interface QemuPciBus {
+  readonly bus: number;
+  readonly devices: readonly QemuPciDevice[];
+}
+
+export interface QemuPciDevice {
+  readonly bus: number;
+  readonly slot: number;
+  readonly function: number;
+  readonly qdev_id: string;
+  readonly class_info: { readonly class: number; readonly desc?: string };
+  readonly id: { readonly vendor: number; readonly device: number };
+  readonly pci_bridge?: { readonly devices?: readonly QemuPciDevice[]; readonly [key: string]: unknown };
+  readonly [key: string]: unknown;
+}
+
+/** Run states in which the QEMU process exists but the machine is gone (only with -no-shutdown). */
+const NOT_RUNNING_STATES = new Set(['shutdown']);
+
+export class QemuConnector implements Connector {
+  readonly id = QEMU_CONNECTOR_ID;
+  readonly registryFile: string;
+  private readonly clients = new Map<string, Promise<QmpClient>>();
+  private disposed = false;
+
+  constructor(private readonly options: QemuConnectorOptions = {}) {
+    this.registryFile = options.registryFile ?? defaultRegistryFile();
+  }
+
+  /** Whether the registry lists `domain` (dom0 is never a QEMU domain). Reads the file each time. */
+  manages(domain: DomainName): boolean {
+    return Object.hasOwn(readRegistrySync(this.registryFile).domains, domain);
+  }
+
+  /** The registry's domains, without dom0. */
+  domains(): readonly DomainName[] {
+    return Object.keys(readRegistrySync(this.registryFile).domains);
+  }
+
+  /**
+   * True while the domain's QEMU process exists and its machine has not shut down. A paused or
+   * not-yet-started (`-S`, prelaunch) machine counts as running: the frontend exists and accepts
+   * device_add. dom0 is always running. Unknown domains are DG_NO_SUCH_DOMAIN.
+   */
+  async isRunning(domain: DomainName): Promise<boolean> {
+    try {
+      const status = await this.queryStatus(domain);
+      return !NOT_RUNNING_STATES.has(status.status);
+    } catch (error) {
+      if (error instanceof DevgateError && error.code === Errors.domainNotRunning.code) return false;
+      throw error;
+    }
+  }
+
+  /** `query-status`; dom0 reports itself as running. */
+  async queryStatus(domain: DomainName): Promise<QemuStatus> {
+    if (await this.isDom0(domain)) return { status: 'running', running: true };
+    return this.execute<QemuStatus>(domain, 'query-status');
+  }
+
+  queryBlock(domain: DomainName): Promise<QemuBlockInfo[]> {
+    return this.execute<QemuBlockInfo[]>(domain, 'query-block');
+  }
+
+  queryPci(domain: DomainName): Promise<QemuPciBus[]> {
+    return this.execute<QemuPciBus[]>(domain, 'query-pci');
+  }
+
+  /**
+   * Any QMP command on a domain. DG_DOMAIN_NOT_RUNNING when nothing answers on its socket;
+   * QMP errors come through as DG_QMP_COMMAND_FAILED.
+   */
+  async execute<T = unknown>(
+    domain: DomainName,
+    command: string,
+    args?: Readonly<Record<string, unknown>>,
+  ): Promise<T> {
+    const client = await this.client(domain);
+    try {
+      return await client.execute<T>(command, args);
+    } catch (error) {
+      // QEMU went away between connecting and answering (killed, or `quit`).
+      if (error instanceof DevgateError && error.code === Errors.qmpDisconnected.code) {
+        throw Errors.domainNotRunning({ domain, role: 'frontend' });
+      }
+      throw error;
+    }
+  }
+
+  /** Attaches a block device (usb-storage by default, virtio-blk or a USB CD when asked). */
+  async attach(frontend: DomainName, port: Port, spec: AttachSpec): Promise<HypervisorAttachment> {
+    if (spec.kind !== 'block') throw Errors.unsupported({ driverId: this.id, operation: `attach (${spec.kind})` });
+    const existing = await this.devgateDevices(frontend);
+    const used = new Set(existing.map(([, record]) => record.o['frontend-dev']).filter(Boolean));
+    const frontendDev = chooseFrontendDev(frontend, spec, used);
+    const rootPort = spec.params.bus === 'virtio' ? await this.freeRootPort(frontend) : undefined;
+    const plan = planBlockAttach(port, spec, frontendDev, rootPort);
+    await this.execute(frontend, 'blockdev-add', plan.blockdev);
+    const added: string[] = [];
+    try {
+      for (const device of plan.devices) {
+        await this.execute(frontend, 'device_add', device);
+        added.push(String(device.id));
+      }
+    } catch (error) {
+      // Leave the VM as it was: unplug what was added, then drop the block node.
+      if (added.length > 0) await this.unplug(frontend, added[0]).catch(() => undefined);
+      await this.execute(frontend, 'blockdev-del', { 'node-name': plan.nodeName }).catch(() => undefined);
+      throw error;
+    }
+    return { port, frontend, options: plan.options };
+  }
+
+  /** device_del, wait for QEMU's DEVICE_DELETED (bounded), then blockdev-del. */
+  async detach(frontend: DomainName, port: Port): Promise<void> {
+    const found = (await this.devgateDevices(frontend)).find(
+      ([, r]) => r.c === port.devclass && r.b === port.backend && r.p === port.portId,
+    );
+    if (!found) throw Errors.notAttached({ device: `${port.backend}:${port.portId}`, frontend });
+    const [qdevId, record] = found;
+    const frontendDev = record.o['frontend-dev'];
+    await this.unplug(frontend, record.o.devtype === 'cdrom' && frontendDev ? cdTransportId(frontendDev) : qdevId);
+    if (frontendDev) await this.execute(frontend, 'blockdev-del', { 'node-name': `dg-${frontendDev}` });
+  }
+
+  /** Every devgate attachment in every running domain, decoded from the qdev ids. */
+  async attachments(): Promise<readonly HypervisorAttachment[]> {
+    const result: HypervisorAttachment[] = [];
+    for (const domain of this.domains()) {
+      if (!(await this.isRunning(domain).catch(() => false))) continue;
+      const devices = await this.devgateDevices(domain).catch(() => []);
+      for (const [, record] of devices) result.push(toHypervisorAttachment(domain, record));
+    }
+    return result;
+  }
+
+  private async unplug(frontend: DomainName, qdevId: string): Promise<void> {
+    const client = await this.client(frontend);
+    const timeoutMs = this.options.unplugTimeoutMs ?? 5_000;
+    // Listen before asking, so a fast DEVICE_DELETED is not missed.
+    const deleted = client.waitForEvent(
+      'DEVICE_DELETED',
+      (event) => (event.data as { device?: string } | undefined)?.device === qdevId,
+      timeoutMs,
+    );
+    deleted.catch(() => undefined);
+    await this.execute(frontend, 'device_del', { id: qdevId });
+    try {
+      await deleted;
+    } catch (error) {
+      if (error instanceof DevgateError && error.code === Errors.qmpTimeout.code) {
+        throw Errors.detachTimeout({ domain: frontend, device: qdevId, timeoutMs });
+      }
+      throw error;
+    }
+  }
+
+  /** devgate's devices in a domain: `qom-list /machine/peripheral`, decoded. */
+  private async devgateDevices(domain: DomainName): Promise<[string, AttachmentRecord][]> {
+    const children = await this.execute<{ name: string; type: string }[]>(domain, 'qom-list', {
+      path: '/machine/peripheral',
+    });
+    const result: [string, AttachmentRecord][] = [];
+    for (const child of children) {
+      const record = decodeQdevId(child.name);
+      if (record) result.push([child.name, record]);
+    }
+    return result;
+  }
+
+  /**
+   * A PCIe root port with nothing plugged in, for virtio-blk. query-pci cannot see behind bridges of
+   * a machine whose firmware has not run (`-S`), so occupancy comes from each device's parent bus.
+   */
+  private async freeRootPort(domain: DomainName): Promise<string | undefined> {
+    const children = await this.execute<{ name: string; type: string }[]>(domain, 'qom-list', {
+      path: '/machine/peripheral',
+    });
+    const rootPorts = children.filter((c) => c.type === 'child<pcie-root-port>').map((c) => c.name);
+    const used = new Set<string>();
+    for (const child of children) {
+      if (!child.type.startsWith('child<virtio-')) continue;
+      const bus = await this.execute<string>(domain, 'qom-get', {
+        path: `/machine/peripheral/${child.name}`,
+        property: 'parent_bus',
+      });
+      used.add(bus.split('/').at(-1) ?? '');
+    }
+    return rootPorts.sort().find((name) => !used.has(name));
+  }
+
+  dispose(): void {
+    this.disposed = true;
+    for (const pending of this.clients.values())
+      pending.then(
+        (c) => c.destroy(),
+        () => {},
+      );
+    this.clients.clear();
+  }
+
+  private async isDom0(domain: DomainName): Promise<boolean> {
+    return (await readRegistry(this.registryFile)).dom0 === domain;
+  }
+
+  /** The open connection to the domain's socket, opening one if needed. */
+  private async client(domain: DomainName): Promise<QmpClient> {
+    if (this.disposed) throw Errors.qmpDisconnected({ socket: domain, reason: 'the connector is disposed' });
+    const registry = await readRegistry(this.registryFile);
+    if (registry.dom0 === domain) throw Errors.unsupported({ driverId: this.id, operation: 'QMP on dom0' });
+    const socket = getDomain(registry, domain, this.registryFile).qmp;
+
+    const cached = this.clients.get(socket);
+    if (cached) {
+      const client = await cached.catch(() => undefined);
+      if (client?.connected) return client;
+      if (this.clients.get(socket) === cached) this.clients.delete(socket);
+    }
+    const opening = QmpClient.connect(socket, this.options);
+    this.clients.set(socket, opening);
+    try {
+      return await opening;
+    } catch (error) {
+      if (this.clients.get(socket) === opening) this.clients.delete(socket);
+      // Nothing listens: the socket is gone or stale, so QEMU is not running.
+      if (error instanceof DevgateError && error.code === Errors.qmpUnreachable.code) {
+        throw Errors.domainNotRunning({ domain, role: 'frontend' });
+      }
+      throw error;
+    }
+  }
+}
