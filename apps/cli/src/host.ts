@@ -1,12 +1,16 @@
 import { type DeviceManager, type DeviceSource, Errors, Kernel } from '@devgate/core';
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
+import { defaultRegistryFile, qemuModule } from '@devgate/backend-qemu';
+import { withCliLock } from './cli-lock.js';
 
 /** Where the devices come from: this host, a tree laid out like `/`, or a recording. */
 export interface HostOptions {
   readonly sysroot?: string;
   readonly recording?: string;
   readonly backend?: string;
+  /** The domain registry (default: $DEVGATE_DOMAINS, else the user's state directory). */
+  readonly domains?: string;
 }
 
 export interface OpenHost {
@@ -16,9 +20,12 @@ export interface OpenHost {
 }
 
 /** Every class driver the CLI knows; the module files list what each package contributes. */
-const MODULES = [blockModule];
+const DRIVER_MODULES = [blockModule];
 
-/** Runs the kernel in-process for one command: no daemon, no hotplug, one snapshot. */
+/**
+ * Runs the kernel in-process for one command: no daemon, no hotplug, one snapshot of the host,
+ * and the attachments read back from every running VM.
+ */
 export async function openHost(options: HostOptions): Promise<OpenHost> {
   if (options.sysroot && options.recording) {
     throw Errors.badOption({ option: '--recording', reason: 'not allowed with argument --sysroot' });
@@ -36,15 +43,31 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
     });
     source = local;
   }
-  const kernel = new Kernel().load(...MODULES);
+  const kernel = new Kernel().load(...DRIVER_MODULES, qemuModule({ registryFile: options.domains }));
   kernel.registerSource(source);
   const manager = kernel.start();
-  await local?.whenProbed();
-  // In-process there is nobody to retry for: a driver that failed fails the command.
-  const fault = manager.faults()[0];
-  if (fault) {
+  try {
+    await local?.whenProbed();
+    // In-process there is nobody to retry for: a driver that failed fails the command.
+    const fault = manager.faults()[0];
+    if (fault) throw fault.error;
+    await manager.syncAttachments();
+  } catch (error) {
     kernel.dispose();
-    throw fault.error;
+    throw error;
   }
   return { manager, backends: [backend], close: () => kernel.dispose() };
+}
+
+/** Opens the host, runs `work`, and always closes it; commands take turns through the CLI lock. */
+export async function withHost<T>(options: HostOptions, work: (host: OpenHost) => Promise<T> | T): Promise<T> {
+  const lock = `${options.domains ?? defaultRegistryFile()}.lock`;
+  return withCliLock(lock, async () => {
+    const host = await openHost(options);
+    try {
+      return await work(host);
+    } finally {
+      host.close();
+    }
+  });
 }

@@ -52,7 +52,8 @@ export function addHostOptions(command: Command): Command {
         'sysroot',
       ),
     )
-    .addOption(new Option('--backend <name>', 'the backend domain name of these devices').default('dom0'));
+    .addOption(new Option('--backend <name>', 'the backend domain name of these devices').default('dom0'))
+    .addOption(new Option('--domains <file>', 'the domain registry').env('DEVGATE_DOMAINS'));
 }
 
 /** The launcher's entry: `bin/<name>.cjs` calls this with its own name. */

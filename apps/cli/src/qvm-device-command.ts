@@ -1,7 +1,8 @@
 import { Command, Option } from 'commander';
 import { type DeviceInfo, Errors, describeDevice, parseDeviceArgument, portLabel } from '@devgate/core';
 import { type Io } from './io.js';
-import { type HostOptions, openHost } from './host.js';
+import { type HostOptions, withHost } from './host.js';
+import { attachDevice, detachDevice } from './device-actions.js';
 import { formatLegacyBlockList, formatQubesTable } from './format.js';
 import { addHostOptions } from './main.js';
 
@@ -43,11 +44,30 @@ function checkClass(devclass: string): string {
 export function classProgram(prog: string, devclass: string, io: Io): Command {
   const program = quiet(new Command(prog), io)
     .description(`list and manage ${devclass} devices`)
+    // Options after a subcommand are the subcommand's (`attach -o ...` is not the old `-o`).
+    .enablePositionalOptions()
     .addOption(new Option('-v, --verbose', 'increase verbosity'))
     .addOption(new Option('-q, --quiet', 'decrease verbosity'))
-    .addOption(new Option('-l, --list', 'list devices (old form)').hideHelp());
+    // The seed's flag form: -l, -a VM DEVICE, -d [VM] [DEVICE].
+    .addOption(new Option('-l, --list', 'list devices (old form)').hideHelp())
+    .addOption(new Option('-a, --attach', 'attach VM DEVICE (old form)').hideHelp())
+    .addOption(new Option('-d, --detach', 'detach [VM] [DEVICE] (old form)').hideHelp())
+    .addOption(new Option('--ro', 'attach read-only (old form)').hideHelp())
+    .addOption(new Option('-o, --option <name=value>', 'attach option (old form)').argParser(collect).hideHelp())
+    .argument('[args...]');
   addHostOptions(program);
-  program.action(async (options: HostOptions & { list?: boolean }) => {
+  program.action(async (args: string[], options: LegacyFlags & HostOptions) => {
+    if (options.attach) {
+      if (args.length !== 2) throw usage('-a/--attach takes VMNAME BACKEND:DEVICE');
+      return attachDevice(devclass, args[0], args[1], options, options);
+    }
+    if (options.detach) {
+      if (args.length < 1 || args.length > 2) throw usage('-d/--detach takes [VMNAME] [BACKEND:DEVICE]');
+      const device = args.find((a) => a.includes(':'));
+      const vm = args.find((a) => !a.includes(':'));
+      return detachDevice(devclass, vm, device, options);
+    }
+    if (args.length > 0) throw usage(`invalid choice: '${args[0]}' (choose from list, attach, detach, info)`);
     if (options.list) return legacyList(devclass, options, io);
     return list(devclass, [], {}, options, io);
   });
@@ -65,6 +85,28 @@ export function classProgram(prog: string, devclass: string, io: Io): Command {
     return list(devclass, vms, options, { ...program.opts(), ...options }, io);
   });
 
+  const attachCommand = program
+    .command('attach')
+    .aliases(['at', 'a'])
+    .description('Attach device to domain')
+    .argument('VMNAME', 'the frontend domain')
+    .argument('BACKEND:PORT_ID[:DEVICE_ID]', 'the device')
+    .option('-o, --option <name=value>', 'an attach option (frontend-dev, read-only, devtype, bus)', collect, [])
+    .option('--ro', 'attach read-only');
+  addHostOptions(attachCommand).action(async (vm: string, device: string, options: LegacyFlags & HostOptions) => {
+    return attachDevice(devclass, vm, device, options, { ...program.opts(), ...options });
+  });
+
+  const detachCommand = program
+    .command('detach')
+    .aliases(['dt', 'd'])
+    .description('Detach device from domain')
+    .argument('VMNAME', 'the frontend domain')
+    .argument('[BACKEND:PORT_ID[:DEVICE_ID]]', 'the device (default: every device of this class)');
+  addHostOptions(detachCommand).action(async (vm: string, device: string | undefined, options: HostOptions) => {
+    return detachDevice(devclass, vm, device, { ...program.opts(), ...options });
+  });
+
   const infoCommand = program
     .command('info')
     .alias('i')
@@ -74,6 +116,18 @@ export function classProgram(prog: string, devclass: string, io: Io): Command {
     return info(devclass, device, { ...program.opts(), ...options }, io);
   });
   return program;
+}
+
+interface LegacyFlags {
+  readonly list?: boolean;
+  readonly attach?: boolean;
+  readonly detach?: boolean;
+  readonly ro?: boolean;
+  readonly option?: string[];
+}
+
+function usage(reason: string): Error {
+  return Errors.badOption({ option: 'arguments', reason });
 }
 
 interface ListOptions {
@@ -86,9 +140,8 @@ async function list(devclass: string, vms: string[], options: ListOptions, host:
   if (options.exclude?.length && !options.all) {
     throw Errors.badOption({ option: '--exclude', reason: '--exclude can only be used with --all' });
   }
-  const opened = await openHost(host);
-  try {
-    const known = new Set(opened.backends);
+  await withHost(host, (opened) => {
+    const known = new Set(opened.manager.domains());
     const devices = opened.manager.list({ devclass });
     for (const device of devices) if (device.attachment) known.add(device.attachment.frontend);
     for (const vm of vms) {
@@ -101,24 +154,18 @@ async function list(devclass: string, vms: string[], options: ListOptions, host:
       return vms.includes(d.port.backend) || (d.attachment !== undefined && vms.includes(d.attachment.frontend));
     });
     io.out(formatQubesTable(shown, io.isTTY));
-  } finally {
-    opened.close();
-  }
+  });
 }
 
 async function legacyList(devclass: string, host: HostOptions, io: Io): Promise<void> {
-  const opened = await openHost(host);
-  try {
+  await withHost(host, (opened) => {
     const devices = opened.manager.list({ devclass });
     io.out(devclass === 'block' ? formatLegacyBlockList(devices) : formatQubesTable(devices, false));
-  } finally {
-    opened.close();
-  }
+  });
 }
 
 async function info(devclass: string, arg: string | undefined, host: HostOptions, io: Io): Promise<void> {
-  const opened = await openHost(host);
-  try {
+  await withHost(host, (opened) => {
     let devices = opened.manager.list({ devclass, includeHidden: true });
     if (arg !== undefined) {
       const wanted = parseDeviceArgument(arg);
@@ -129,9 +176,7 @@ async function info(devclass: string, arg: string | undefined, host: HostOptions
       }
     }
     io.out(devices.map(formatInfo).join('\n'));
-  } finally {
-    opened.close();
-  }
+  });
 }
 
 /** Qubes' `info`: the description, the device id, then one `key: value` line per data item. */
@@ -142,7 +187,7 @@ function formatInfo(device: DeviceInfo): string {
   return lines.join('\n') + '\n';
 }
 
-function collect(value: string, previous: string[]): string[] {
+function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
 }
 

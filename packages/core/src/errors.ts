@@ -129,10 +129,77 @@ export const Errors = {
     code: 'DG_DEVICE_GONE',
     message: (p) => `Device ${p.device} was removed while it was being attached; the attachment was undone`,
   }),
+  busy: define<{ what: string }>({
+    code: 'DG_BUSY',
+    message: (p) => `another devgate command holds ${p.what}`,
+    hint: () => 'try again in a moment',
+  }),
   noConnector: define<{ domain: string }>({
     code: 'DG_NO_CONNECTOR',
     message: (p) => `no such domain: '${p.domain}'`,
     hint: () => "start a lab VM with 'devgate lab up NAME', or add the domain to domains.json",
+  }),
+
+  // -- state (SQLite store)
+  stateUnavailable: define<{ file: string; reason: string }>({
+    code: 'DG_STATE_UNAVAILABLE',
+    message: (p) => `state database '${p.file}' is unavailable: ${p.reason}`,
+    hint: () => 'is it a devgated state database, with space left and a writable directory?',
+  }),
+  stateTooNew: define<{ file: string; version: number; supported: number }>({
+    code: 'DG_STATE_TOO_NEW',
+    message: (p) =>
+      `state database '${p.file}' has schema version ${p.version}; this devgated knows versions up to ${p.supported}`,
+    hint: () => 'run the newer devgated that wrote it, or restore a backup made by this version',
+  }),
+  stateMigrationFailed: define<{ file: string; version: number; reason: string }>({
+    code: 'DG_STATE_MIGRATION_FAILED',
+    message: (p) => `state database '${p.file}': migration to version ${p.version} failed: ${p.reason}`,
+    hint: () => 'the database was left at the previous version',
+  }),
+  stateBusy: define<{ file: string }>({
+    code: 'DG_STATE_BUSY',
+    message: (p) => `state database '${p.file}' is locked by another process`,
+    hint: () => 'is another devgated running on the same state directory?',
+  }),
+  stateClosed: define({
+    code: 'DG_STATE_CLOSED',
+    message: () => 'the state store is closed',
+  }),
+  invalidStateValue: define<{ field: string; value: string; reason: string }>({
+    code: 'DG_INVALID_STATE_VALUE',
+    kind: 'usage',
+    message: (p) => `invalid ${p.field} '${p.value}': ${p.reason}`,
+  }),
+  invalidInterfacePattern: define<{ pattern: string }>({
+    code: 'DG_INVALID_INTERFACE_PATTERN',
+    kind: 'usage',
+    // Qubes' wording (devices_denied), with devgate's extra class letters.
+    message: (p) =>
+      `invalid interface code '${p.pattern}': interface code list should be in the form chhhhhhchhhhhh..., ` +
+      'where c is one of "b", "u", "m", "p", "i", "?", "*" and h is a hexdigit or "*".',
+  }),
+  manualNotAssignable: define({
+    code: 'DG_MANUAL_NOT_ASSIGNABLE',
+    kind: 'usage',
+    message: () => 'Only auto-attachable devices can be assigned.',
+    hint: () => "use mode 'auto-attach', 'ask-to-attach' or 'required', or attach without assigning",
+  }),
+  alreadyAssigned: define<{ devclass: string; device: string; frontend: string }>({
+    code: 'DG_ALREADY_ASSIGNED',
+    message: (p) => `${p.devclass} device ${p.device} already assigned to ${p.frontend}`,
+  }),
+  notAssigned: define<{ devclass: string; device: string; frontend: string }>({
+    code: 'DG_NOT_ASSIGNED',
+    message: (p) => `${p.devclass} device ${p.device} is not assigned to ${p.frontend}`,
+  }),
+  journalEntryNotPending: define<{ id: number; state: string }>({
+    code: 'DG_JOURNAL_NOT_PENDING',
+    message: (p) => `attachment journal entry ${p.id} is ${p.state}, not pending`,
+  }),
+  stateConstraint: define<{ constraint: string; reason: string }>({
+    code: 'DG_STATE_CONSTRAINT',
+    message: (p) => `state database refused a write (${p.constraint}): ${p.reason}`,
   }),
 
   // -- the plugin framework
