@@ -120,10 +120,12 @@ describe('qdev ids', () => {
   it('round-trip the attachment and ignore foreign ids', () => {
     const record = { c: 'block', b: 'sys-usb', p: 'sda1', o: { 'read-only': 'no', 'frontend-dev': 'xvdi' } };
     const id = encodeQdevId(record);
-    expect(id).toMatch(/^dg-[0-9a-f]+$/);
+    expect(id).toMatch(/^dg-[A-Za-z0-9_-]+$/);
+    expect(id.length).toBeLessThan(80);
     expect(decodeQdevId(id)).toEqual(record);
     expect(decodeQdevId('xhci')).toBeUndefined();
     expect(decodeQdevId('dg-zz')).toBeUndefined();
+    expect(decodeQdevId('dg-bot-xvdd')).toBeUndefined();
   });
 
   it('name frontends in Qubes order: xvdi..xvdz, xvdaa.., xvda..xvdh last', () => {

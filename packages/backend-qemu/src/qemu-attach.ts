@@ -1,34 +1,39 @@
-/**
- * How devgate attachments look inside QEMU. Every device devgate adds has a qdev id that carries
- * the attachment itself (`dg-` + hex of a small JSON record), so `attachments()` reads the truth
- * back from QEMU after any restart: nothing is kept only in devgate's memory.
- */
 import { type AttachSpec, type DomainName, Errors, type HypervisorAttachment, type Port } from '@devgate/core';
 
+/**
+ * How devgate attachments look inside QEMU. Every device devgate adds has a qdev id that carries
+ * the attachment itself, so `attachments()` reads the truth back from QEMU after any restart:
+ * nothing is kept only in devgate's memory. The id is `dg-` + base64url of the fields joined by
+ * tabs: QEMU accepts that alphabet in ids, and it is short (device_add slows with long ids).
+ */
 export interface AttachmentRecord {
   /** devclass, backend, port id */
   readonly c: string;
   readonly b: string;
   readonly p: string;
-  /** options reported in USED BY */
+  /** options reported in USED BY, in order */
   readonly o: Readonly<Record<string, string>>;
 }
 
 const PREFIX = 'dg-';
+const SEPARATOR = '\t';
 
 export function encodeQdevId(record: AttachmentRecord): string {
-  return PREFIX + Buffer.from(JSON.stringify(record), 'utf8').toString('hex');
+  const fields = [record.c, record.b, record.p, ...Object.entries(record.o).map(([k, v]) => `${k}=${v}`)];
+  return PREFIX + Buffer.from(fields.join(SEPARATOR), 'utf8').toString('base64url');
 }
 
 export function decodeQdevId(id: string): AttachmentRecord | undefined {
-  if (!id.startsWith(PREFIX)) return undefined;
-  try {
-    const record = JSON.parse(Buffer.from(id.slice(PREFIX.length), 'hex').toString('utf8')) as AttachmentRecord;
-    const strings = [record.c, record.b, record.p].every((v) => typeof v === 'string');
-    return strings && record.o && typeof record.o === 'object' ? record : undefined;
-  } catch {
-    return undefined;
+  if (!id.startsWith(PREFIX) || !/^[A-Za-z0-9_-]+$/.test(id.slice(PREFIX.length))) return undefined;
+  const [c, b, p, ...options] = Buffer.from(id.slice(PREFIX.length), 'base64url').toString('utf8').split(SEPARATOR);
+  if (!c || !b || !p) return undefined;
+  const o: Record<string, string> = {};
+  for (const option of options) {
+    const eq = option.indexOf('=');
+    if (eq <= 0) return undefined;
+    o[option.slice(0, eq)] = option.slice(eq + 1);
   }
+  return { c, b, p, o };
 }
 
 export function toHypervisorAttachment(frontend: DomainName, record: AttachmentRecord): HypervisorAttachment {

@@ -13,7 +13,9 @@ import {
   type HypervisorAttachment,
   type Port,
 } from '@devgate/core';
-import { defaultRegistryFile, getDomain, readRegistry, readRegistrySync } from './domain-registry.js';
+import * as fs from 'node:fs';
+import { isQemuAlive } from './lab.js';
+import { type DomainRegistryData, defaultRegistryFile, getDomain, readRegistrySync } from './domain-registry.js';
 import { QmpClient, type QmpClientOptions } from './qmp-client.js';
 import {
   type AttachmentRecord,
@@ -81,6 +83,9 @@ export class QemuConnector implements Connector {
   readonly registryFile: string;
   private readonly clients = new Map<string, Promise<QmpClient>>();
   private disposed = false;
+  private cachedRegistry?: { version: string; data: DomainRegistryData };
+  private readonly peripherals = new WeakMap<QmpClient, Map<string, AttachmentRecord>>();
+  private readonly shutDown = new WeakMap<QmpClient, boolean>();
 
   constructor(private readonly options: QemuConnectorOptions = {}) {
     this.registryFile = options.registryFile ?? defaultRegistryFile();
@@ -88,12 +93,12 @@ export class QemuConnector implements Connector {
 
   /** Whether the registry lists `domain` (dom0 is never a QEMU domain). Reads the file each time. */
   manages(domain: DomainName): boolean {
-    return Object.hasOwn(readRegistrySync(this.registryFile).domains, domain);
+    return Object.hasOwn(this.registry().domains, domain);
   }
 
   /** The registry's domains, without dom0. */
   domains(): readonly DomainName[] {
-    return Object.keys(readRegistrySync(this.registryFile).domains);
+    return Object.keys(this.registry().domains);
   }
 
   /**
@@ -103,8 +108,24 @@ export class QemuConnector implements Connector {
    */
   async isRunning(domain: DomainName): Promise<boolean> {
     try {
-      const status = await this.queryStatus(domain);
-      return !NOT_RUNNING_STATES.has(status.status);
+      if (await this.isDom0(domain)) return true;
+      // A known pid answers at once, even before the dead process's socket is seen closing.
+      const entry = getDomain(this.registry(), domain, this.registryFile);
+      if (entry.pid !== undefined && !isQemuAlive(entry.pid, entry.qmp)) return false;
+      // On an open connection the answer is known without a round trip: the machine is there
+      // until QEMU reports SHUTDOWN (or the connection closes, which drops the cached state).
+      const client = await this.client(domain);
+      let shutDown = this.shutDown.get(client);
+      if (shutDown === undefined) {
+        const status = await client.execute<QemuStatus>('query-status');
+        shutDown = NOT_RUNNING_STATES.has(status.status);
+        this.shutDown.set(client, shutDown);
+        client.events$.subscribe((event) => {
+          if (event.event === 'SHUTDOWN') this.shutDown.set(client, true);
+          if (event.event === 'RESET' || event.event === 'RESUME') this.shutDown.set(client, false);
+        });
+      }
+      return !shutDown;
     } catch (error) {
       if (error instanceof DevgateError && error.code === Errors.domainNotRunning.code) return false;
       throw error;
@@ -167,6 +188,7 @@ export class QemuConnector implements Connector {
       await this.execute(frontend, 'blockdev-del', { 'node-name': plan.nodeName }).catch(() => undefined);
       throw error;
     }
+    await this.noteDevice(frontend, plan.qdevId, decodeQdevId(plan.qdevId));
     return { port, frontend, options: plan.options };
   }
 
@@ -179,6 +201,7 @@ export class QemuConnector implements Connector {
     const [qdevId, record] = found;
     const frontendDev = record.o['frontend-dev'];
     await this.unplug(frontend, record.o.devtype === 'cdrom' && frontendDev ? cdTransportId(frontendDev) : qdevId);
+    await this.noteDevice(frontend, qdevId);
     if (frontendDev) await this.execute(frontend, 'blockdev-del', { 'node-name': `dg-${frontendDev}` });
   }
 
@@ -214,17 +237,41 @@ export class QemuConnector implements Connector {
     }
   }
 
-  /** devgate's devices in a domain: `qom-list /machine/peripheral`, decoded. */
+  /**
+   * devgate's devices in a domain, decoded from `qom-list /machine/peripheral`. While devgate holds
+   * the domain's only QMP connection nobody else can add devices, so the list is kept per
+   * connection and updated by devgate's own changes and by QEMU's DEVICE_DELETED events.
+   */
   private async devgateDevices(domain: DomainName): Promise<[string, AttachmentRecord][]> {
-    const children = await this.execute<{ name: string; type: string }[]>(domain, 'qom-list', {
-      path: '/machine/peripheral',
-    });
-    const result: [string, AttachmentRecord][] = [];
-    for (const child of children) {
-      const record = decodeQdevId(child.name);
-      if (record) result.push([child.name, record]);
+    const client = await this.client(domain);
+    let known = this.peripherals.get(client);
+    if (!known) {
+      const children = await this.execute<{ name: string; type: string }[]>(domain, 'qom-list', {
+        path: '/machine/peripheral',
+      });
+      const found = new Map<string, AttachmentRecord>();
+      for (const child of children) {
+        const record = decodeQdevId(child.name);
+        if (record) found.set(child.name, record);
+      }
+      known = found;
+      this.peripherals.set(client, found);
+      client.events$.subscribe({
+        next: (event) => {
+          if (event.event === 'DEVICE_DELETED') found.delete((event.data as { device?: string }).device ?? '');
+        },
+        complete: () => this.peripherals.delete(client),
+      });
     }
-    return result;
+    return [...known];
+  }
+
+  /** Records (or forgets) a device in the domain's known list after devgate changed it. */
+  private async noteDevice(domain: DomainName, qdevId: string, record?: AttachmentRecord): Promise<void> {
+    const known = this.peripherals.get(await this.client(domain));
+    if (!known) return;
+    if (record) known.set(qdevId, record);
+    else known.delete(qdevId);
   }
 
   /**
@@ -258,14 +305,27 @@ export class QemuConnector implements Connector {
     this.clients.clear();
   }
 
+  /**
+   * The registry, re-read only when the file changed: `lab up` and `lab down` are seen at once, and
+   * an attach does not parse the file for each of its QMP commands.
+   */
+  private registry(): DomainRegistryData {
+    const stat = fs.statSync(this.registryFile, { throwIfNoEntry: false });
+    const version = stat ? `${stat.mtimeMs}:${stat.size}:${stat.ino}` : 'missing';
+    if (this.cachedRegistry?.version !== version) {
+      this.cachedRegistry = { version, data: readRegistrySync(this.registryFile) };
+    }
+    return this.cachedRegistry.data;
+  }
+
   private async isDom0(domain: DomainName): Promise<boolean> {
-    return (await readRegistry(this.registryFile)).dom0 === domain;
+    return this.registry().dom0 === domain;
   }
 
   /** The open connection to the domain's socket, opening one if needed. */
   private async client(domain: DomainName): Promise<QmpClient> {
     if (this.disposed) throw Errors.qmpDisconnected({ socket: domain, reason: 'the connector is disposed' });
-    const registry = await readRegistry(this.registryFile);
+    const registry = this.registry();
     if (registry.dom0 === domain) throw Errors.unsupported({ driverId: this.id, operation: 'QMP on dom0' });
     const socket = getDomain(registry, domain, this.registryFile).qmp;
 
