@@ -67,6 +67,17 @@ export function formatLegacyBlockList(devices: readonly DeviceInfo[]): string {
   return formatColumns(rows);
 }
 
+/** The old one-line form of other classes: `sys-usb:2-5     058f:3822 058f_USB_2.0_Camera`. */
+export function formatLegacyList(devices: readonly DeviceInfo[]): string {
+  const rows = devices
+    .map((d) => {
+      const attached = d.attachment ? ` (attached to ${d.attachment.frontend})` : '';
+      return [portLabel(d.port), `${d.legacyDescription ?? describeDevice(d)}${attached}`];
+    })
+    .sort(compareRows);
+  return formatColumns(rows);
+}
+
 /** `devgate list`: every class, with why hidden devices are hidden when asked. */
 export function formatDevgateTable(devices: readonly DeviceInfo[], showHidden: boolean): string {
   const header = ['BACKEND:DEVID', 'CLASS', 'DESCRIPTION', 'USED BY', ...(showHidden ? ['HIDDEN'] : [])];

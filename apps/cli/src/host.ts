@@ -1,6 +1,7 @@
 import { type DeviceManager, type DeviceSource, Errors, Kernel } from '@devgate/core';
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
+import { usbModule } from '@devgate/driver-usb';
 import { defaultRegistryFile, qemuModule } from '@devgate/backend-qemu';
 import { withCliLock } from './cli-lock.js';
 
@@ -20,7 +21,7 @@ export interface OpenHost {
 }
 
 /** Every class driver the CLI knows; the module files list what each package contributes. */
-const DRIVER_MODULES = [blockModule];
+const DRIVER_MODULES = [blockModule, usbModule];
 
 /**
  * Runs the kernel in-process for one command: no daemon, no hotplug, one snapshot of the host,

@@ -90,7 +90,7 @@ describe('argument errors, as argparse reports them', () => {
     const { code, err } = await runCaptured('qvm-device', ['floppy', 'list']);
     expect(code).toBe(2);
     expect(err).toContain("unknown device class 'floppy'");
-    expect(err).toContain('known classes: block');
+    expect(err).toContain('known classes: block, usb');
   });
 
   it('--sysroot and --recording exclude each other; an unreadable sysroot is a coded runtime error', async () => {

@@ -3,11 +3,11 @@ import { type DeviceInfo, Errors, describeDevice, parseDeviceArgument, portLabel
 import { type Io } from './io.js';
 import { type HostOptions, withHost } from './host.js';
 import { attachDevice, detachDevice } from './device-actions.js';
-import { formatLegacyBlockList, formatQubesTable } from './format.js';
+import { formatLegacyBlockList, formatLegacyList, formatQubesTable } from './format.js';
 import { addHostOptions } from './main.js';
 
 /** Device classes with a driver in this build. */
-export const DEVICE_CLASSES = ['block'] as const;
+export const DEVICE_CLASSES = ['block', 'usb'] as const;
 
 /**
  * `qvm-device CLASS ...`, and `qvm-block` / `qvm-usb` / `qvm-pci`, which fix the class: Qubes 4.3's
@@ -160,7 +160,7 @@ async function list(devclass: string, vms: string[], options: ListOptions, host:
 async function legacyList(devclass: string, host: HostOptions, io: Io): Promise<void> {
   await withHost(host, (opened) => {
     const devices = opened.manager.list({ devclass });
-    io.out(devclass === 'block' ? formatLegacyBlockList(devices) : formatQubesTable(devices, false));
+    io.out(devclass === 'block' ? formatLegacyBlockList(devices) : formatLegacyList(devices));
   });
 }
 

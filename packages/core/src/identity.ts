@@ -93,3 +93,28 @@ export function usbDeviceId(tree: HostTree, device: RawDeviceRecord): string {
 export function usbPortId(device: RawDeviceRecord): string {
   return sysname(device.devpath);
 }
+
+/** Where a device sits under USB: the USB device's port and record, and the interface it hangs off. */
+export interface UsbPlacement {
+  readonly portId: string;
+  readonly interfaceNumber: string;
+  /** Absent when the recording holds no record for the USB device itself. */
+  readonly device?: RawDeviceRecord;
+}
+
+const INTERFACE_SEGMENT = /^(\d+-\d+(?:\.\d+)*):(\d+\.\d+)$/;
+
+/**
+ * The USB interface a device (a SCSI disk, an input device) sits under. Read from the sysfs path,
+ * so it works when a recording left the interface record out (udevadm dumps often do).
+ */
+export function usbPlacement(tree: HostTree, record: RawDeviceRecord): UsbPlacement | undefined {
+  const segments = record.devpath.split('/');
+  for (let i = segments.length - 1; i >= 0; i--) {
+    const match = INTERFACE_SEGMENT.exec(segments[i]);
+    if (!match) continue;
+    const devicePath = segments.slice(0, i).join('/');
+    return { portId: match[1], interfaceNumber: match[2], device: tree.device(devicePath) };
+  }
+  return undefined;
+}

@@ -12,11 +12,8 @@ import {
   sanitizeText,
   sysname,
   trusted,
-  usbDeviceAbove,
   usbDeviceId,
-  usbInterfaceAbove,
-  usbInterfaceNumber,
-  usbPortId,
+  usbPlacement,
 } from '@devgate/core';
 
 /** Qubes' port-name rule; names that fail it are not offered. */
@@ -98,18 +95,17 @@ function toDeviceInfo(tree: HostTree, backend: string, entry: Parsed, ids: Map<R
   const { record, name, isPartition, disk } = entry;
   const diskRecord = disk ?? record;
   const props = record.properties;
-  const usbInterface = isPartition ? undefined : usbInterfaceAbove(tree, record);
-  const usbDevice = usbInterface ? usbDeviceAbove(tree, usbInterface) : undefined;
+  const usb = isPartition ? undefined : usbPlacement(tree, record);
 
   const parent: Port | undefined =
     isPartition && disk
       ? { devclass: 'block', backend, portId: kernelName(disk) }
-      : usbDevice
-        ? { devclass: 'usb', backend, portId: usbPortId(usbDevice) }
+      : usb
+        ? { devclass: 'usb', backend, portId: usb.portId }
         : undefined;
 
-  const selfId = usbInterface && usbDevice ? usbInterfaceNumber(usbInterface) : (/(\d+)$/.exec(name)?.[1] ?? 'None');
-  const parentId = isPartition && disk ? ids.get(disk) : usbDevice ? usbDeviceId(tree, usbDevice) : undefined;
+  const selfId = usb ? usb.interfaceNumber : (/(\d+)$/.exec(name)?.[1] ?? 'None');
+  const parentId = isPartition && disk ? ids.get(disk) : usb?.device ? usbDeviceId(tree, usb.device) : undefined;
   const deviceId = `${parentId ?? '0000:0000::?******'}:${selfId}`;
   ids.set(record, deviceId);
 
@@ -143,7 +139,9 @@ function toDeviceInfo(tree: HostTree, backend: string, entry: Parsed, ids: Map<R
   if (Number.isFinite(size) && record.attribute('size') !== undefined) data.size = size * 512;
   const majmin = majorMinor(record);
   if (majmin) data['major-minor'] = majmin;
-  const partition = props.PARTN ?? record.attribute('partition');
+  // Kernels name partitions after their number (sda1, nvme0n1p2) when nothing else says it.
+  const partition =
+    props.PARTN ?? record.attribute('partition') ?? props.ID_PART_ENTRY_NUMBER ?? /(\d+)$/.exec(name)?.[1];
   if (isPartition && partition) data.partition = Number(partition);
   const fsType = sanitizeText(props.ID_FS_TYPE);
   if (fsType) data['fs-type'] = fsType;
@@ -151,7 +149,7 @@ function toDeviceInfo(tree: HostTree, backend: string, entry: Parsed, ids: Map<R
   if (model) data.model = model;
   if (vendor) data.vendor = vendor;
   if (backingFile) data['backing-file'] = backingFile;
-  if (usbInterface) data['usb-interface'] = sysname(usbInterface.devpath);
+  if (usb) data['usb-interface'] = `${usb.portId}:${usb.interfaceNumber}`;
 
   return {
     port: { devclass: 'block', backend, portId: name },

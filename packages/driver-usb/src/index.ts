@@ -1,3 +1,5 @@
-// @devgate/driver-usb: USB devices and USB authorization. Discovery and passthrough arrive with
-// issue #5; until then the package only holds its place in the layout.
-export const USB_DRIVER_ID = 'usb';
+// @devgate/driver-usb: the USB device class (discovery; passthrough and authorization to come).
+export * from './usb-module.js';
+export * from './usb-driver.js';
+export * from './parse-usb-devices.js';
+export * from './usb-ids.js';

@@ -90,7 +90,8 @@ function indexVendors(text: string): Map<string, VendorEntry> {
     if (open && !vendors.has(open.id)) vendors.set(open.id, { name: open.name, start: open.start, end });
     open = undefined;
   };
-  for (let at = 0; at < text.length; ) {
+  let at = 0;
+  while (at < text.length) {
     const newline = text.indexOf('\n', at);
     const next = newline < 0 ? text.length : newline + 1;
     const first = text[at];
