@@ -15,7 +15,11 @@ let disk: LoopDisk;
 let roDisk: LoopDisk;
 
 const port = (portId: string): Port => ({ devclass: 'block', backend: 'dom0', portId });
-const spec = (path: string, params: Record<string, string | boolean> = {}, options = { 'read-only': 'no' }) => ({
+const spec = (
+  path: string,
+  params: Record<string, string | boolean> = {},
+  options: Record<string, string> = { 'read-only': 'no' },
+) => ({
   kind: 'block',
   params: { path, readOnly: false, devtype: 'disk', bus: 'usb', ...params },
   options,
