@@ -1,0 +1,17 @@
+import { type Observable, map } from 'rxjs';
+import { type DeviceClassDriver, type DeviceInfo, type DeviceSource, PLUGIN_API_VERSION } from '@devgate/core';
+import { parseUsbDevices } from './parse-usb-devices.js';
+import { type UsbNames, systemUsbNames } from './usb-ids.js';
+
+/** Whole USB devices by busid (hubs and root hubs excluded). Passthrough comes later. */
+export class UsbDriver implements DeviceClassDriver {
+  readonly id = 'usb';
+  readonly manifest = { apiVersion: PLUGIN_API_VERSION, description: 'USB devices, by port (busid)' };
+
+  /** `names` defaults to the host's usb.ids, read on the first device that needs a name. */
+  constructor(private readonly names: UsbNames = systemUsbNames()) {}
+
+  discover(source: DeviceSource): Observable<readonly DeviceInfo[]> {
+    return source.trees$.pipe(map((tree) => parseUsbDevices(tree, source.backend, this.names)));
+  }
+}
