@@ -202,6 +202,13 @@ export const Errors = {
     message: (p) => `state database refused a write (${p.constraint}): ${p.reason}`,
   }),
 
+  // -- USB authorization (USBGuard rules)
+  ruleSyntax: define<{ file: string; line: number; column: number; what: string }>({
+    code: 'DG_RULE_SYNTAX',
+    message: (p) => `${p.file}:${p.line}:${p.column}: ${p.what}`,
+    hint: () => 'the supported USBGuard rule language is described in docs/usbguard-rules.md',
+  }),
+
   // -- the plugin framework
   duplicateDriver: define<{ id: string }>({
     code: 'DG_DUPLICATE_DRIVER',

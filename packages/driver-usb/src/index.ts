@@ -3,3 +3,5 @@ export * from './usb-module.js';
 export * from './usb-driver.js';
 export * from './parse-usb-devices.js';
 export * from './usb-ids.js';
+export * from './usbguard/parse-usbguard-rules.js';
+export * from './usbguard/evaluate-rules.js';
