@@ -3,11 +3,10 @@ import * as path from 'node:path';
 import { Command, Option } from 'commander';
 import { labDown, labList, labUp } from '@devgate/backend-qemu';
 import { type Io } from './io.js';
-import { type HostOptions, withHost } from './host.js';
-import { deviceToJson, formatColumns, formatDevgateTable } from './format.js';
+import { type AccessOptions, holderOf, withAccess } from './device-access.js';
+import { formatColumns, formatDevgateTable } from './format.js';
 import { addHostOptions } from './main.js';
-import { DEVICE_CLASSES, classProgram } from './qvm-device-command.js';
-import { type AttachFlags, attachDevice, detachDevice } from './device-actions.js';
+import { DEVICE_CLASSES, attachOptions, classProgram } from './qvm-device-command.js';
 
 /** `devgate`: devgate's own commands, plus `devgate <class> ...` for the Qubes-compatible ones. */
 export function devgateProgram(io: Io): Command {
@@ -20,41 +19,112 @@ export function devgateProgram(io: Io): Command {
   const classOption = () =>
     new Option('--class <class>', 'the device class').choices([...DEVICE_CLASSES]).default('block');
 
-  const list = program
-    .command('list')
-    .description('list devices of every class')
+  addHostOptions(program.command('list').description('list devices of every class'))
     .addOption(new Option('--class <class>', 'only this device class').choices([...DEVICE_CLASSES]))
     .option('--json', 'print JSON (one array of devices)')
-    .option('--all', 'also list devices hidden because they are in use, with the reason');
-  addHostOptions(list).action((options: HostOptions & { class?: string; json?: boolean; all?: boolean }) =>
-    withHost(options, ({ manager }) => {
-      const devices = manager.list({ devclass: options.class, includeHidden: options.all });
-      if (options.json) io.out(JSON.stringify(devices.map(deviceToJson), null, 2) + '\n');
-      else io.out(formatDevgateTable(devices, Boolean(options.all)));
-    }),
-  );
+    .option('--all', 'also list devices hidden because they are in use, with the reason')
+    .action((options: AccessOptions & { class?: string; json?: boolean; all?: boolean }) =>
+      withAccess(options, io, async (access) => {
+        const devices = await access.list({ devclass: options.class, all: options.all });
+        io.out(
+          options.json ? JSON.stringify(devices, null, 2) + '\n' : formatDevgateTable(devices, Boolean(options.all)),
+        );
+      }),
+    );
 
-  const attach = program
-    .command('attach')
-    .description('attach a device to a VM')
+  addHostOptions(program.command('attach').description('attach a device to a VM'))
     .argument('VMNAME')
     .argument('BACKEND:PORT_ID[:DEVICE_ID]')
     .addOption(classOption())
     .option('-o, --option <name=value>', 'an attach option', (v: string, p: string[] = []) => [...p, v], [])
-    .option('--ro', 'attach read-only');
-  addHostOptions(attach).action((vm: string, device: string, options: AttachFlags & HostOptions & { class: string }) =>
-    attachDevice(options.class, vm, device, options, options),
-  );
+    .option('--ro', 'attach read-only')
+    .action((vm: string, device: string, options: AccessOptions & { class: string; option?: string[]; ro?: boolean }) =>
+      withAccess(options, io, (access) => access.attach(options.class, vm, device, attachOptions(options))),
+    );
 
-  const detach = program
-    .command('detach')
-    .description('detach a device from a VM (every device of the class without one)')
+  addHostOptions(program.command('detach').description('detach a device from a VM (all of the class without one)'))
     .argument('VMNAME')
     .argument('[BACKEND:PORT_ID[:DEVICE_ID]]')
-    .addOption(classOption());
-  addHostOptions(detach).action((vm: string, device: string | undefined, options: HostOptions & { class: string }) =>
-    detachDevice(options.class, vm, device, options),
+    .addOption(classOption())
+    .action((vm: string, device: string | undefined, options: AccessOptions & { class: string }) =>
+      withAccess(options, io, async (access) =>
+        access.detach(
+          options.class,
+          vm.includes(':') ? await holderOf(access, options.class, vm) : vm,
+          vm.includes(':') ? vm : device,
+        ),
+      ),
+    );
+
+  addHostOptions(program.command('audit').description('query the audit log (devgated)'))
+    .option('--since <time>', 'ISO 8601 time, inclusive')
+    .option('--until <time>', 'ISO 8601 time, exclusive')
+    .option('--action <action>', 'attach, detach, assign, unassign, policy, ask, answer, auto-attach, ...')
+    .option('--frontend <vm>', 'only this frontend')
+    .addOption(new Option('--class <class>', 'only this device class').choices([...DEVICE_CLASSES]))
+    .option('--limit <n>', 'at most this many entries', '100')
+    .option('--json', 'print JSON')
+    .action((options: AccessOptions & Record<string, string | boolean | undefined>) =>
+      withAccess(options, io, async (access) => {
+        const query = new URLSearchParams({ order: 'desc' });
+        for (const key of ['since', 'until', 'action', 'frontend', 'class', 'limit'] as const) {
+          if (typeof options[key] === 'string') query.set(key, options[key] as string);
+        }
+        const { entries } = await access.daemon<{ entries: AuditRow[] }>('GET', `/v1/audit?${query}`);
+        if (options.json) return io.out(JSON.stringify(entries, null, 2) + '\n');
+        const rows = entries.map((e) => [
+          e.at,
+          e.actor,
+          e.action,
+          e.backend && e.portId ? `${e.backend}:${e.portId}` : '-',
+          e.frontend ?? '-',
+          e.outcome + (e.code ? ` (${e.code})` : ''),
+          e.reason ?? '',
+        ]);
+        io.out(formatColumns([['TIME', 'WHO', 'ACTION', 'DEVICE', 'FRONTEND', 'OUTCOME', 'WHY'], ...rows]));
+      }),
+    );
+
+  const ask = program.command('ask').description('questions devgated is waiting on');
+  addHostOptions(ask.command('list').description('list pending questions')).action((options: AccessOptions) =>
+    withAccess(options, io, async (access) => {
+      const { asks } = await access.daemon<{ asks: AskRow[] }>('GET', '/v1/asks');
+      io.out(
+        formatColumns([
+          ['ID', 'DEVICE', 'DESCRIPTION', 'TO', 'EXPIRES'],
+          ...asks.map((a) => [a.id, a.device, a.description, a.candidates.join(','), a.expiresAt]),
+        ]),
+      );
+    }),
   );
+  addHostOptions(ask.command('answer').description('answer a question'))
+    .argument('ID')
+    .addArgument(new Command().createArgument('VERDICT', 'allow or deny').choices(['allow', 'deny']))
+    .option('--frontend <vm>', 'which of the candidate VMs (default: the first)')
+    .option('--remember', 'remember the answer as a rule')
+    .action((id: string, verdict: string, options: AccessOptions & { frontend?: string; remember?: boolean }) =>
+      withAccess(options, io, async (access) => {
+        await access.daemon('POST', `/v1/asks/${encodeURIComponent(id)}/answer`, {
+          verdict,
+          ...(options.frontend ? { frontend: options.frontend } : {}),
+          ...(options.remember ? { remember: true } : {}),
+        });
+      }),
+    );
+
+  program
+    .command('config')
+    .description('devgated configuration')
+    .command('check')
+    .description('check a devgated configuration file; problems are printed as FILE:LINE:COLUMN')
+    .argument('FILE')
+    .action(async (file: string) => {
+      const { checkConfig, formatIssue } = await import('@devgate/daemon');
+      const { issues } = checkConfig(fs.readFileSync(file, 'utf8'), file);
+      if (issues.length === 0) return io.out(`${file}: ok\n`);
+      io.err(issues.map((issue) => formatIssue(issue) + '\n').join(''));
+      throw Object.assign(new Error('invalid configuration'), { exitCode: 1, silent: true });
+    });
 
   const lab = program.command('lab').description('lab VMs: paused QEMU machines for demos and tests');
   const registry = (command: Command) =>
@@ -88,6 +158,26 @@ export function devgateProgram(io: Io): Command {
       });
   }
   return program;
+}
+
+interface AuditRow {
+  at: string;
+  actor: string;
+  action: string;
+  backend?: string;
+  portId?: string;
+  frontend?: string;
+  outcome: string;
+  code?: string;
+  reason?: string;
+}
+
+interface AskRow {
+  id: string;
+  device: string;
+  description: string;
+  candidates: string[];
+  expiresAt: string;
 }
 
 function packageVersion(): string {

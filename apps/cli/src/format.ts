@@ -1,4 +1,16 @@
-import { type Attachment, type DeviceInfo, describeDevice, portLabel } from '@devgate/core';
+// Output formats. They work on the JSON shape of devices (what devgated sends and `deviceToJson`
+// makes in-process), and import nothing at run time, so the quick client stays quick.
+import { type DeviceJson } from '@devgate/core';
+
+export interface AssignmentJson {
+  readonly devclass: string;
+  readonly backend: string;
+  readonly portId: string;
+  readonly deviceId: string;
+  readonly frontend: string;
+  readonly mode: string;
+  readonly options: Readonly<Record<string, string>>;
+}
 
 /** `column -t`: every column but the last padded to its widest cell, two spaces apart. */
 export function formatColumns(rows: readonly (readonly string[])[]): string {
@@ -28,11 +40,14 @@ export function formatSize(bytes: number): string {
   return `${Number.isInteger(rounded) ? rounded.toFixed(0) : rounded.toFixed(1)} ${units[unit]}`;
 }
 
+function withOptions(label: string, options: Readonly<Record<string, string>>): string {
+  const pairs = Object.entries(options).map(([k, v]) => `${k}=${v}`);
+  return pairs.length ? `${label}: ${pairs.join(', ')}` : label;
+}
+
 /** Qubes 4.3's USED BY cell: `vm (attached)` or `vm (attached: k=v, k=v)`. */
-export function formatUsedBy(attachment: Attachment | undefined): string {
-  if (!attachment) return '';
-  const options = Object.entries(attachment.options).map(([k, v]) => `${k}=${v}`);
-  return `${attachment.frontend} (attached${options.length ? ': ' + options.join(', ') : ''})`;
+export function formatUsedBy(attachment: DeviceJson['attachment']): string {
+  return attachment ? `${attachment.frontend} (${withOptions('attached', attachment.options)})` : '';
 }
 
 /** Python sorts rows as tuples of str: by code point, column by column. */
@@ -43,74 +58,86 @@ export function compareRows(a: readonly string[], b: readonly string[]): number 
   return a.length - b.length;
 }
 
-/** Qubes 4.3's `qvm-device CLASS list`. */
-export function formatQubesTable(devices: readonly DeviceInfo[], withHeader: boolean): string {
-  const rows = devices.map((d) => [portLabel(d.port), describeDevice(d), formatUsedBy(d.attachment)]).sort(compareRows);
+/**
+ * Qubes 4.3's `qvm-device CLASS list`. With assignments (`-s`), assigned frontends are added as
+ * `*vm (mode: k=v)`, and an assignment whose device is absent gets a row of its own, described by
+ * its device id.
+ */
+export function formatQubesTable(
+  devices: readonly DeviceJson[],
+  withHeader: boolean,
+  assignments: readonly AssignmentJson[] = [],
+): string {
+  const rows = devices.map((d) => {
+    const assigned = assignments
+      .filter((a) => matches(a, d))
+      .map((a) => `*${a.frontend} (${withOptions(a.mode, a.options)})`);
+    return [d.port, d.description, [formatUsedBy(d.attachment), ...assigned].filter(Boolean).join(', ')];
+  });
+  for (const a of assignments) {
+    if (devices.some((d) => matches(a, d))) continue;
+    const description = a.deviceId === '*' ? 'any device' : a.deviceId;
+    rows.push([`${a.backend}:${a.portId}`, description, `*${a.frontend} (${withOptions(a.mode, a.options)})`]);
+  }
+  rows.sort(compareRows);
   return formatColumns(withHeader ? [['BACKEND:DEVID', 'DESCRIPTION', 'USED BY'], ...rows] : rows);
+}
+
+function matches(a: AssignmentJson, d: DeviceJson): boolean {
+  return (
+    a.devclass === d.class &&
+    a.backend === d.backend &&
+    (a.portId === '*' || a.portId === d.portId) &&
+    (a.deviceId === '*' || a.deviceId === d.deviceId)
+  );
 }
 
 /**
  * The seed's `qvm-block -l` line: `dom0:sdb1     Cruzer () 4 GiB`, and once attached
  * `sys-usb:sda DataTraveler_2.0 () 246 MiB (attached to 'testvm' as 'xvdi')`.
  */
-export function formatLegacyBlockList(devices: readonly DeviceInfo[]): string {
+export function formatLegacyBlockList(devices: readonly DeviceJson[]): string {
   const rows = devices
     .map((d) => {
       const size = typeof d.data.size === 'number' ? ` ${formatSize(d.data.size)}` : '';
-      const attached = d.attachment
-        ? ` (attached to '${d.attachment.frontend}'` +
-          (d.attachment.options['frontend-dev'] ? ` as '${d.attachment.options['frontend-dev']}')` : ')')
-        : '';
-      return [portLabel(d.port), `${d.legacyDescription ?? describeDevice(d)}${size}${attached}`];
+      const dev = d.attachment?.options['frontend-dev'];
+      const attached = d.attachment ? ` (attached to '${d.attachment.frontend}'${dev ? ` as '${dev}'` : ''})` : '';
+      return [d.port, `${d.legacyDescription ?? d.description}${size}${attached}`];
     })
     .sort(compareRows);
   return formatColumns(rows);
 }
 
 /** The old one-line form of other classes: `sys-usb:2-5     058f:3822 058f_USB_2.0_Camera`. */
-export function formatLegacyList(devices: readonly DeviceInfo[]): string {
+export function formatLegacyList(devices: readonly DeviceJson[]): string {
   const rows = devices
     .map((d) => {
       const attached = d.attachment ? ` (attached to ${d.attachment.frontend})` : '';
-      return [portLabel(d.port), `${d.legacyDescription ?? describeDevice(d)}${attached}`];
+      return [d.port, `${d.legacyDescription ?? d.description}${attached}`];
     })
     .sort(compareRows);
   return formatColumns(rows);
 }
 
 /** `devgate list`: every class, with why hidden devices are hidden when asked. */
-export function formatDevgateTable(devices: readonly DeviceInfo[], showHidden: boolean): string {
+export function formatDevgateTable(devices: readonly DeviceJson[], showHidden: boolean): string {
   const header = ['BACKEND:DEVID', 'CLASS', 'DESCRIPTION', 'USED BY', ...(showHidden ? ['HIDDEN'] : [])];
   const rows = devices
     .map((d) => [
-      portLabel(d.port),
-      d.port.devclass,
-      describeDevice(d),
+      d.port,
+      d.class,
+      d.description,
       formatUsedBy(d.attachment) || '-',
-      ...(showHidden ? [d.hiddenReason ?? '-'] : []),
+      ...(showHidden ? [d.hidden ?? '-'] : []),
     ])
     .sort(compareRows);
   return formatColumns([header, ...rows]);
 }
 
-/** The stable JSON shape of `devgate list --json`. */
-export function deviceToJson(d: DeviceInfo): Record<string, unknown> {
-  return {
-    port: portLabel(d.port),
-    class: d.port.devclass,
-    backend: d.port.backend,
-    portId: d.port.portId,
-    deviceId: d.deviceId,
-    description: describeDevice(d),
-    vendor: d.vendor ?? null,
-    product: d.product ?? null,
-    manufacturer: d.manufacturer ?? null,
-    name: d.name ?? null,
-    serial: d.serial ?? null,
-    interfaces: d.interfaces,
-    parent: d.parent ? portLabel(d.parent) : null,
-    attachment: d.attachment ?? null,
-    hidden: d.hiddenReason ?? null,
-    data: d.data,
-  };
+/** Qubes' `info`: the description, the device id, then one `key: value` line per data item. */
+export function formatInfo(device: DeviceJson): string {
+  const lines = [`${device.port}: ${device.description}`, `device ID: ${device.deviceId}`];
+  for (const [key, value] of Object.entries(device.data)) lines.push(`${key.replace(/[-_]/g, ' ')}: ${value}`);
+  if (device.hidden) lines.push(`hidden: ${device.hidden}`);
+  return lines.join('\n') + '\n';
 }

@@ -27,6 +27,7 @@ export async function run(prog: ProgramName, argv: readonly string[], io: Io = p
 }
 
 function reportError(prog: string, program: Command, error: unknown, io: Io): number {
+  if ((error as { silent?: boolean }).silent) return (error as { exitCode?: number }).exitCode ?? 1;
   if (error instanceof CommanderError) {
     if (error.exitCode === 0) return 0; // --help, --version
     io.err(`usage: ${prog} ${program.usage()}\n${prog}: error: ${error.message.replace(/^error: /, '')}\n`);
@@ -53,7 +54,8 @@ export function addHostOptions(command: Command): Command {
       ),
     )
     .addOption(new Option('--backend <name>', 'the backend domain name of these devices').default('dom0'))
-    .addOption(new Option('--domains <file>', 'the domain registry').env('DEVGATE_DOMAINS'));
+    .addOption(new Option('--domains <file>', 'the domain registry').env('DEVGATE_DOMAINS'))
+    .addOption(new Option('--socket <path>', "devgated's API socket").env('DEVGATE_SOCKET'));
 }
 
 /** The launcher's entry: `bin/<name>.cjs` calls this with its own name. */

@@ -1,17 +1,19 @@
 import { Command, Option } from 'commander';
-import { type DeviceInfo, Errors, describeDevice, parseDeviceArgument, portLabel } from '@devgate/core';
+import { Errors, parseDeviceArgument } from '@devgate/core';
 import { type Io } from './io.js';
-import { type HostOptions, withHost } from './host.js';
-import { attachDevice, detachDevice } from './device-actions.js';
-import { formatLegacyBlockList, formatLegacyList, formatQubesTable } from './format.js';
+import { type AccessOptions, type DeviceAccess, holderOf, withAccess } from './device-access.js';
+import { formatInfo, formatLegacyBlockList, formatLegacyList, formatQubesTable } from './format.js';
 import { addHostOptions } from './main.js';
 
 /** Device classes with a driver in this build. */
 export const DEVICE_CLASSES = ['block', 'usb'] as const;
 
+/** Qubes lets only these classes be `required` (USB cannot). */
+const REQUIRABLE = new Set(['block', 'pci']);
+
 /**
  * `qvm-device CLASS ...`, and `qvm-block` / `qvm-usb` / `qvm-pci`, which fix the class: Qubes 4.3's
- * subcommands (list, info, ...) and, for the seed's users, the old flag form.
+ * subcommands and, for the seed's users, the old flag form (`-l`, `-a VM DEV`, `-d [VM] [DEV]`).
  */
 export function qvmDeviceProgram(prog: string, devclass: string | undefined, io: Io): Command {
   if (devclass === undefined) {
@@ -26,7 +28,7 @@ export function qvmDeviceProgram(prog: string, devclass: string | undefined, io:
       .helpOption('-h, --help')
       .action(async (cls: string | undefined, args: string[], options: { listDeviceClasses?: boolean }) => {
         if (options.listDeviceClasses) return io.out(DEVICE_CLASSES.map((c) => c + '\n').join(''));
-        if (!cls) throw Errors.badOption({ option: 'class', reason: 'the following arguments are required: class' });
+        if (!cls) throw usage('the following arguments are required: class');
         await classProgram(`${prog} ${cls}`, checkClass(cls), io).parseAsync(args, { from: 'user' });
       });
     return quiet(program, io);
@@ -41,6 +43,11 @@ function checkClass(devclass: string): string {
   return devclass;
 }
 
+interface AttachFlags {
+  readonly option?: string[];
+  readonly ro?: boolean;
+}
+
 export function classProgram(prog: string, devclass: string, io: Io): Command {
   const program = quiet(new Command(prog), io)
     .description(`list and manage ${devclass} devices`)
@@ -48,7 +55,6 @@ export function classProgram(prog: string, devclass: string, io: Io): Command {
     .enablePositionalOptions()
     .addOption(new Option('-v, --verbose', 'increase verbosity'))
     .addOption(new Option('-q, --quiet', 'decrease verbosity'))
-    // The seed's flag form: -l, -a VM DEVICE, -d [VM] [DEVICE].
     .addOption(new Option('-l, --list', 'list devices (old form)').hideHelp())
     .addOption(new Option('-a, --attach', 'attach VM DEVICE (old form)').hideHelp())
     .addOption(new Option('-d, --detach', 'detach [VM] [DEVICE] (old form)').hideHelp())
@@ -56,135 +62,187 @@ export function classProgram(prog: string, devclass: string, io: Io): Command {
     .addOption(new Option('-o, --option <name=value>', 'attach option (old form)').argParser(collect).hideHelp())
     .argument('[args...]');
   addHostOptions(program);
-  program.action(async (args: string[], options: LegacyFlags & HostOptions) => {
-    if (options.attach) {
-      if (args.length !== 2) throw usage('-a/--attach takes VMNAME BACKEND:DEVICE');
-      return attachDevice(devclass, args[0], args[1], options, options);
-    }
-    if (options.detach) {
-      if (args.length < 1 || args.length > 2) throw usage('-d/--detach takes [VMNAME] [BACKEND:DEVICE]');
-      const device = args.find((a) => a.includes(':'));
-      const vm = args.find((a) => !a.includes(':'));
-      return detachDevice(devclass, vm, device, options);
-    }
-    if (args.length > 0) throw usage(`invalid choice: '${args[0]}' (choose from list, attach, detach, info)`);
-    if (options.list) return legacyList(devclass, options, io);
-    return list(devclass, [], {}, options, io);
-  });
+  const common = <T>(options: T) => ({ ...program.opts<AccessOptions & { quiet?: boolean }>(), ...options });
 
-  const listCommand = program
-    .command('list')
-    .aliases(['ls', 'l'])
-    .description('list devices')
+  program.action(
+    (args: string[], options: AttachFlags & AccessOptions & { list?: boolean; attach?: boolean; detach?: boolean }) =>
+      withAccess(options, io, async (access) => {
+        if (options.attach) {
+          if (args.length !== 2) throw usage('-a/--attach takes VMNAME BACKEND:DEVICE');
+          return access.attach(devclass, args[0], args[1], attachOptions(options));
+        }
+        if (options.detach) {
+          if (args.length < 1 || args.length > 2) throw usage('-d/--detach takes [VMNAME] [BACKEND:DEVICE]');
+          const device = args.find((a) => a.includes(':'));
+          const vm =
+            args.find((a) => !a.includes(':')) ?? (device ? await holderOf(access, devclass, device) : undefined);
+          return access.detach(devclass, vm!, device);
+        }
+        if (args.length > 0)
+          throw usage(`invalid choice: '${args[0]}' (choose from list, attach, detach, assign, unassign, info)`);
+        const devices = await access.list({ devclass });
+        if (options.list) io.out(devclass === 'block' ? formatLegacyBlockList(devices) : formatLegacyList(devices));
+        else io.out(formatQubesTable(devices, io.isTTY));
+      }),
+  );
+
+  subcommand(program, 'list', ['ls', 'l'], 'list devices')
     .argument('[VMNAME...]', 'list only devices of these domains')
     .option('--all', 'list devices of all domains')
     .option('--exclude <vm>', 'exclude a domain from --all', collect, [])
     .option('-s, --assignments', 'also list assignments')
-    .option('--with-sbdf, --resolve-paths', 'show the PCI SBDF (pci only)');
-  addHostOptions(listCommand).action(async (vms: string[], options: ListOptions & HostOptions) => {
-    return list(devclass, vms, options, { ...program.opts(), ...options }, io);
-  });
+    .option('--with-sbdf, --resolve-paths', 'show the PCI SBDF (pci only)')
+    .action((vms: string[], options: ListFlags & AccessOptions) => list(devclass, vms, options, common(options), io));
 
-  const attachCommand = program
-    .command('attach')
-    .aliases(['at', 'a'])
-    .description('Attach device to domain')
+  subcommand(program, 'attach', ['at', 'a'], 'Attach device to domain')
     .argument('VMNAME', 'the frontend domain')
     .argument('BACKEND:PORT_ID[:DEVICE_ID]', 'the device')
     .option('-o, --option <name=value>', 'an attach option (frontend-dev, read-only, devtype, bus)', collect, [])
-    .option('--ro', 'attach read-only');
-  addHostOptions(attachCommand).action(async (vm: string, device: string, options: LegacyFlags & HostOptions) => {
-    return attachDevice(devclass, vm, device, options, { ...program.opts(), ...options });
-  });
+    .option('--ro', 'attach read-only')
+    .option('-p, --persistent', 'also assign it, as required')
+    .action((vm: string, device: string, options: AttachFlags & AccessOptions & { persistent?: boolean }) =>
+      withAccess(common(options), io, async (access) => {
+        const attachOpts = attachOptions(options);
+        if (!options.persistent) return access.attach(devclass, vm, device, attachOpts);
+        // Qubes' --persistent: attach now, then assign as required, even if the attach failed.
+        await access.attach(devclass, vm, device, attachOpts).catch(() => undefined);
+        await access.assign({ devclass, frontend: vm, device, mode: 'required', options: attachOpts });
+      }),
+    );
 
-  const detachCommand = program
-    .command('detach')
-    .aliases(['dt', 'd'])
-    .description('Detach device from domain')
+  subcommand(program, 'detach', ['dt', 'd'], 'Detach device from domain')
     .argument('VMNAME', 'the frontend domain')
-    .argument('[BACKEND:PORT_ID[:DEVICE_ID]]', 'the device (default: every device of this class)');
-  addHostOptions(detachCommand).action(async (vm: string, device: string | undefined, options: HostOptions) => {
-    return detachDevice(devclass, vm, device, { ...program.opts(), ...options });
-  });
+    .argument('[BACKEND:PORT_ID[:DEVICE_ID]]', 'the device (default: every device of this class)')
+    .action((vm: string, device: string | undefined, options: AccessOptions) =>
+      withAccess(common(options), io, (access) => access.detach(devclass, vm, device)),
+    );
 
-  const infoCommand = program
-    .command('info')
-    .alias('i')
-    .description('Show info about device from domain')
-    .argument('[BACKEND:PORT_ID]', 'the device');
-  addHostOptions(infoCommand).action(async (device: string | undefined, options: HostOptions) => {
-    return info(devclass, device, { ...program.opts(), ...options }, io);
-  });
+  subcommand(program, 'assign', ['s'], 'Assign device to domain or edit existing assignment')
+    .argument('VMNAME', 'the frontend domain')
+    .argument('BACKEND:PORT_ID[:DEVICE_ID]', 'the device')
+    .option('-o, --option <name=value>', 'an option used when it is attached', collect, [])
+    .option('--ro', 'attach read-only')
+    .addOption(new Option('--ask, --ask-to-attach', 'ask before attaching').conflicts('required'))
+    .addOption(new Option('-r, --required', 'the domain cannot start without it'))
+    .addOption(new Option('--port, --only-port', 'any device in this port').conflicts('device'))
+    .addOption(new Option('--device, --only-device', 'this device in any port'))
+    .action((vm: string, device: string, options: AssignFlags) =>
+      withAccess(common(options), io, async (access) => {
+        if (options.required && !REQUIRABLE.has(devclass)) {
+          throw Errors.unsupportedOption({
+            option: 'required',
+            message: 'Only pci and block devices can be assigned as required.',
+          });
+        }
+        const mode = options.required ? 'required' : options.askToAttach ? 'ask-to-attach' : 'auto-attach';
+        const only = options.onlyPort ? 'port' : options.onlyDevice ? 'device' : undefined;
+        await access.assign({ devclass, frontend: vm, device, mode, only, options: attachOptions(options) });
+        const { backend, portId } = parseDeviceArgument(device);
+        const now = (await access.list({ devclass, all: true })).find(
+          (d) => d.backend === backend && d.portId === portId,
+        );
+        if (!common(options).quiet && now?.attachment?.frontend !== vm) {
+          const extra = Object.entries(attachOptions(options))
+            .map(([k, v]) => ` -o ${k}=${v}`)
+            .join('');
+          io.out(
+            `Assigned. To attach you can now restart domain or run: \n\tqvm-${devclass} attach${extra} ${vm} ${backend}:${portId}\n`,
+          );
+        }
+      }),
+    );
+
+  subcommand(program, 'unassign', ['u'], 'Remove assignment of device from domain')
+    .argument('VMNAME', 'the frontend domain')
+    .argument('[BACKEND:PORT_ID[:DEVICE_ID]]', 'the device (default: every assignment of this class)')
+    .addOption(new Option('--port, --only-port', 'the assignment of this port').conflicts('device'))
+    .addOption(new Option('--device, --only-device', 'the assignment of this device in any port'))
+    .action((vm: string, device: string | undefined, options: AssignFlags) =>
+      withAccess(common(options), io, async (access) => {
+        const only = options.onlyPort ? 'port' : options.onlyDevice ? 'device' : undefined;
+        await access.unassign({ devclass, frontend: vm, device, only });
+      }),
+    );
+
+  subcommand(program, 'info', ['i'], 'Show info about device from domain')
+    .argument('[BACKEND:PORT_ID]', 'the device')
+    .action((device: string | undefined, options: AccessOptions) =>
+      withAccess(common(options), io, async (access) => {
+        let devices = await access.list({ devclass, all: true });
+        if (device !== undefined) {
+          const wanted = parseDeviceArgument(device);
+          const backends = new Set([...(await access.domains()), ...devices.map((d) => d.backend)]);
+          if (!backends.has(wanted.backend)) throw Errors.noSuchBackend({ backend: wanted.backend });
+          devices = devices.filter((d) => d.backend === wanted.backend && d.portId === wanted.portId);
+          if (devices.length === 0)
+            throw Errors.unknownDevice({ backend: wanted.backend, devclass, port: wanted.portId });
+        }
+        io.out(devices.map(formatInfo).join('\n'));
+      }),
+    );
   return program;
 }
 
-interface LegacyFlags {
-  readonly list?: boolean;
-  readonly attach?: boolean;
-  readonly detach?: boolean;
-  readonly ro?: boolean;
-  readonly option?: string[];
-}
-
-function usage(reason: string): Error {
-  return Errors.badOption({ option: 'arguments', reason });
-}
-
-interface ListOptions {
+interface ListFlags {
   readonly all?: boolean;
   readonly exclude?: string[];
   readonly assignments?: boolean;
 }
 
-async function list(devclass: string, vms: string[], options: ListOptions, host: HostOptions, io: Io): Promise<void> {
-  if (options.exclude?.length && !options.all) {
+interface AssignFlags extends AttachFlags, AccessOptions {
+  readonly askToAttach?: boolean;
+  readonly required?: boolean;
+  readonly onlyPort?: boolean;
+  readonly onlyDevice?: boolean;
+}
+
+function subcommand(program: Command, name: string, aliases: string[], description: string): Command {
+  return addHostOptions(program.command(name).aliases(aliases).description(description));
+}
+
+async function list(devclass: string, vms: string[], flags: ListFlags, options: AccessOptions, io: Io): Promise<void> {
+  if (flags.exclude?.length && !flags.all) {
     throw Errors.badOption({ option: '--exclude', reason: '--exclude can only be used with --all' });
   }
-  await withHost(host, (opened) => {
-    const known = new Set(opened.manager.domains());
-    const devices = opened.manager.list({ devclass });
-    for (const device of devices) if (device.attachment) known.add(device.attachment.frontend);
-    for (const vm of vms) {
-      if (!known.has(vm)) throw Errors.badOption({ option: 'VMNAME', reason: `no such domain: '${vm}'` });
+  await withAccess(options, io, async (access: DeviceAccess) => {
+    const devices = await access.list({ devclass });
+    const known = new Set([...(await access.domains()), ...devices.map((d) => d.backend)]);
+    for (const vm of vms) if (!known.has(vm)) throw usage(`no such domain: '${vm}'`);
+    const excluded = new Set(flags.exclude ?? []);
+    const shown = devices.filter(
+      (d) =>
+        !excluded.has(d.backend) &&
+        (vms.length === 0 || vms.includes(d.backend) || (d.attachment !== null && vms.includes(d.attachment.frontend))),
+    );
+    const assignments = flags.assignments
+      ? (await access.assignments(devclass)).filter((a) => vms.length === 0 || vms.includes(a.frontend))
+      : [];
+    io.out(formatQubesTable(shown, io.isTTY, assignments));
+  });
+}
+
+/** `-o name=value` pairs and `--ro`, normalized as Qubes' client does. */
+export function attachOptions(flags: AttachFlags): Record<string, string> {
+  const options: Record<string, string> = {};
+  for (const pair of flags.option ?? []) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw Errors.badOption({ option: '--option', reason: `expected name=value, got '${pair}'` });
+    let [name, value] = [pair.slice(0, eq), pair.slice(eq + 1)];
+    if (name === 'ro') {
+      name = 'read-only';
+      const bool = value.toLowerCase();
+      if (['true', '1', 'yes'].includes(bool)) value = 'yes';
+      else if (['false', '0', 'no'].includes(bool)) value = 'no';
+      else throw Errors.unsupportedOption({ option: 'ro', message: `Unknown \`read-only\` option value: ${value}` });
     }
-    const excluded = new Set(options.exclude ?? []);
-    const shown = devices.filter((d) => {
-      if (excluded.has(d.port.backend)) return false;
-      if (vms.length === 0) return true;
-      return vms.includes(d.port.backend) || (d.attachment !== undefined && vms.includes(d.attachment.frontend));
-    });
-    io.out(formatQubesTable(shown, io.isTTY));
-  });
+    options[name] = value;
+  }
+  if (flags.ro) options['read-only'] = 'yes';
+  return options;
 }
 
-async function legacyList(devclass: string, host: HostOptions, io: Io): Promise<void> {
-  await withHost(host, (opened) => {
-    const devices = opened.manager.list({ devclass });
-    io.out(devclass === 'block' ? formatLegacyBlockList(devices) : formatLegacyList(devices));
-  });
-}
-
-async function info(devclass: string, arg: string | undefined, host: HostOptions, io: Io): Promise<void> {
-  await withHost(host, (opened) => {
-    let devices = opened.manager.list({ devclass, includeHidden: true });
-    if (arg !== undefined) {
-      const wanted = parseDeviceArgument(arg);
-      if (!opened.backends.includes(wanted.backend)) throw Errors.noSuchBackend({ backend: wanted.backend });
-      devices = devices.filter((d) => d.port.backend === wanted.backend && d.port.portId === wanted.portId);
-      if (devices.length === 0) {
-        throw Errors.unknownDevice({ backend: wanted.backend, devclass, port: wanted.portId });
-      }
-    }
-    io.out(devices.map(formatInfo).join('\n'));
-  });
-}
-
-/** Qubes' `info`: the description, the device id, then one `key: value` line per data item. */
-function formatInfo(device: DeviceInfo): string {
-  const lines = [`${portLabel(device.port)}: ${describeDevice(device)}`, `device ID: ${device.deviceId}`];
-  for (const [key, value] of Object.entries(device.data)) lines.push(`${key.replace(/[-_]/g, ' ')}: ${value}`);
-  if (device.hiddenReason) lines.push(`hidden: ${device.hiddenReason}`);
-  return lines.join('\n') + '\n';
+function usage(reason: string): Error {
+  return Errors.badOption({ option: 'arguments', reason });
 }
 
 function collect(value: string, previous: string[] = []): string[] {
@@ -193,8 +251,5 @@ function collect(value: string, previous: string[] = []): string[] {
 
 /** Commander prints to the process by default; route it through the command's Io. */
 function quiet(command: Command, io: Io): Command {
-  return command
-    .exitOverride()
-    .configureOutput({ writeOut: io.out, writeErr: () => undefined })
-    .showHelpAfterError(false);
+  return command.exitOverride().configureOutput({ writeOut: io.out, writeErr: () => undefined });
 }

@@ -6,10 +6,16 @@ export async function runCaptured(
   prog: ProgramName,
   argv: readonly string[],
   isTTY = false,
-): Promise<{ code: number; out: string; err: string }> {
+): Promise<{ code: number; out: string; err: string; notices: string }> {
   let out = '';
   let err = '';
-  const io: Io = { out: (t) => void (out += t), err: (t) => void (err += t), isTTY };
+  let notices = '';
+  const io: Io = {
+    out: (t) => void (out += t),
+    err: (t) => void (err += t),
+    isTTY,
+    notice: (t) => void (notices += t),
+  };
   const code = await run(prog, argv, io);
-  return { code, out, err };
+  return { code, out, err, notices };
 }

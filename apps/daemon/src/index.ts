@@ -1,3 +1,8 @@
-// devgated: composes the kernel, drivers, sources and connectors, owns state and serves the API.
-// Arrives with issue #4; until then the CLI runs the kernel in-process.
-export const DAEMON_NAME = 'devgated';
+// @devgate/daemon: devgated. Composes the kernel, drivers, sources and connectors from a config
+// file, owns the state (SQLite) and serves the API on Unix sockets.
+export * from './config.js';
+export * from './devgated.js';
+export * from './store/state-store.js';
+export { MIGRATIONS, SCHEMA_VERSION, type Migration, migrate } from './store/migrations.js';
+export { type DaemonEvent } from './services/daemon-events.js';
+export { type Ask } from './services/asks.js';

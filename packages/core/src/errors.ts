@@ -209,6 +209,45 @@ export const Errors = {
     hint: () => 'the supported USBGuard rule language is described in docs/usbguard-rules.md',
   }),
 
+  // -- the daemon and its API
+  configInvalid: define<{ location: string; reason: string }>({
+    code: 'DG_CONFIG_INVALID',
+    message: (p) => `${p.location}: ${p.reason}`,
+    hint: () => "check it with 'devgate config check FILE'",
+  }),
+  daemonUnavailable: define<{ socket: string; reason: string }>({
+    code: 'DG_DAEMON_UNAVAILABLE',
+    message: (p) => `devgated is not reachable at ${p.socket}: ${p.reason}`,
+    hint: () => 'start it (systemctl start devgated), or pass --socket PATH / set DEVGATE_SOCKET',
+  }),
+  notAllowed: define<{ socket: string }>({
+    code: 'DG_NOT_ALLOWED',
+    message: (p) => `you may not change devgate's state (no access to ${p.socket})`,
+    hint: () => "an administrator can add you to the 'access' users or groups of devgated's configuration",
+  }),
+  apiBadRequest: define<{ reason: string }>({
+    code: 'DG_API_BAD_REQUEST',
+    kind: 'usage',
+    message: (p) => `bad request: ${p.reason}`,
+  }),
+  apiNotFound: define<{ method: string; url: string }>({
+    code: 'DG_API_NOT_FOUND',
+    message: (p) => `no such API route: ${p.method} ${p.url}`,
+    hint: () => 'the API is described in docs/openapi.json',
+  }),
+  apiTooLarge: define({
+    code: 'DG_API_TOO_LARGE',
+    message: () => 'request body too large',
+  }),
+  askNotFound: define<{ id: string }>({
+    code: 'DG_ASK_NOT_FOUND',
+    message: (p) => `no pending question '${p.id}'`,
+  }),
+  askDenied: define<{ device: string; frontend: string; reason: string }>({
+    code: 'DG_ASK_DENIED',
+    message: (p) => `Attaching ${p.device} to ${p.frontend} was not allowed: ${p.reason}`,
+  }),
+
   // -- the plugin framework
   duplicateDriver: define<{ id: string }>({
     code: 'DG_DUPLICATE_DRIVER',

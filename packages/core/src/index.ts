@@ -4,6 +4,7 @@ export * from './sanitize.js';
 export * from './disposable.js';
 export * from './interfaces.js';
 export * from './device-model.js';
+export * from './device-json.js';
 export * from './assignments.js';
 export * from './host-tree.js';
 export * from './identity.js';

@@ -1,0 +1,140 @@
+import { type DeviceJson, Errors, deviceToJson, parseDeviceArgument, portLabel } from '@devgate/core';
+import { type AssignmentJson } from './format.js';
+import { type HostOptions, type OpenHost, withHost } from './host.js';
+import { ApiError, callApi, daemonPresent, resolveSocket } from './daemon-client.js';
+import { type Io } from './io.js';
+
+export interface AssignRequest {
+  readonly devclass: string;
+  readonly frontend: string;
+  readonly device: string;
+  readonly mode: 'auto-attach' | 'ask-to-attach' | 'required';
+  readonly only?: 'port' | 'device';
+  readonly options: Readonly<Record<string, string>>;
+}
+
+/** What a command can do, through devgated or, without one, in-process. */
+export interface DeviceAccess {
+  readonly viaDaemon: boolean;
+  list(filter: { devclass?: string; all?: boolean }): Promise<DeviceJson[]>;
+  domains(): Promise<string[]>;
+  attach(devclass: string, frontend: string, device: string, options: Record<string, string>): Promise<void>;
+  /** With no device, every device of the class attached to the frontend. */
+  detach(devclass: string, frontend: string, device?: string): Promise<void>;
+  assignments(devclass?: string): Promise<AssignmentJson[]>;
+  assign(request: AssignRequest): Promise<void>;
+  unassign(request: Omit<AssignRequest, 'mode' | 'options' | 'device'> & { device?: string }): Promise<number>;
+  daemon<T>(method: 'GET' | 'POST', route: string, body?: unknown): Promise<T>;
+}
+
+export interface AccessOptions extends HostOptions {
+  readonly socket?: string;
+}
+
+/**
+ * Runs `work` against devgated when it runs (and the host is this one); otherwise in-process, where
+ * listing and attaching work but persistent state (assignments, asks, audit) needs the daemon.
+ */
+export async function withAccess<T>(
+  options: AccessOptions,
+  io: Io,
+  work: (access: DeviceAccess) => Promise<T>,
+): Promise<T> {
+  const socket = resolveSocket(options.socket);
+  const ownTree = Boolean(options.sysroot || options.recording);
+  if (!ownTree && daemonPresent(socket)) return translate(() => work(daemonAccess(socket)));
+  if (!ownTree) io.notice(`devgated is not running (${socket}); working in-process, without assignments or audit\n`);
+  return withHost(options, (host) => work(inProcessAccess(host)));
+}
+
+function daemonAccess(socket: string): DeviceAccess {
+  const api = <T>(method: 'GET' | 'POST', route: string, body?: unknown) => callApi<T>(socket, method, route, body);
+  return {
+    viaDaemon: true,
+    async list({ devclass, all }) {
+      const query = new URLSearchParams();
+      if (devclass) query.set('class', devclass);
+      if (all) query.set('all', 'true');
+      return (await api<{ devices: DeviceJson[] }>('GET', `/v1/devices?${query}`)).devices;
+    },
+    async domains() {
+      return (await api<{ domains: string[] }>('GET', '/v1/domains')).domains;
+    },
+    async attach(devclass, frontend, device, options) {
+      await api('POST', '/v1/attach', { class: devclass, frontend, device, options });
+    },
+    async detach(devclass, frontend, device) {
+      await api('POST', '/v1/detach', { class: devclass, frontend, ...(device ? { device } : {}) });
+    },
+    async assignments(devclass) {
+      const query = devclass ? `?class=${encodeURIComponent(devclass)}` : '';
+      return (await api<{ assignments: AssignmentJson[] }>('GET', `/v1/assignments${query}`)).assignments;
+    },
+    async assign(request) {
+      const { devclass, ...rest } = request;
+      await api('POST', '/v1/assignments', { class: devclass, ...rest });
+    },
+    async unassign(request) {
+      const { devclass, ...rest } = request;
+      return (await api<{ removed: number }>('POST', '/v1/assignments/remove', { class: devclass, ...rest })).removed;
+    },
+    daemon: api,
+  };
+}
+
+function inProcessAccess(host: OpenHost): DeviceAccess {
+  const needsDaemon = (): never => {
+    throw Errors.daemonUnavailable({ socket: resolveSocket(), reason: 'this needs devgated (it keeps the state)' });
+  };
+  return {
+    viaDaemon: false,
+    async list({ devclass, all }) {
+      return host.manager.list({ devclass, includeHidden: all }).map(deviceToJson);
+    },
+    async domains() {
+      return host.manager.domains();
+    },
+    async attach(devclass, frontend, device, options) {
+      const { backend, portId, deviceId } = parseDeviceArgument(device);
+      await host.manager.attach({
+        frontend,
+        port: { devclass, backend, portId },
+        deviceId,
+        options,
+        requestedBy: `uid ${process.getuid?.() ?? '?'} (cli)`,
+      });
+    },
+    async detach(devclass, frontend, device) {
+      const port = device === undefined ? undefined : { devclass, ...parseDeviceArgument(device) };
+      if (!host.manager.domains().includes(frontend)) throw Errors.noConnector({ domain: frontend });
+      await host.manager.detach(frontend, port?.portId === '*' ? undefined : port, devclass);
+    },
+    async assignments() {
+      return [];
+    },
+    assign: async () => needsDaemon(),
+    unassign: async () => needsDaemon(),
+    daemon: async () => needsDaemon(),
+  };
+}
+
+/** API errors become the CLI's coded errors, with the daemon's message and hint. */
+async function translate<T>(work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    if (error instanceof ApiError) {
+      const { DevgateError } = await import('@devgate/core');
+      throw new DevgateError(error.code, error.message, error.hint, error.status === 400 ? 'usage' : 'runtime');
+    }
+    throw error;
+  }
+}
+
+/** Finds who holds a device, for `qvm-block -d DEVICE` without a VM. */
+export async function holderOf(access: DeviceAccess, devclass: string, device: string): Promise<string> {
+  const { backend, portId } = parseDeviceArgument(device);
+  const found = (await access.list({ devclass, all: true })).find((d) => d.backend === backend && d.portId === portId);
+  if (!found?.attachment) throw Errors.notAttached({ device: portLabel({ backend, portId }) });
+  return found.attachment.frontend;
+}

@@ -1,0 +1,340 @@
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import {
+  ASSIGNMENT_MODES,
+  type DeviceManager,
+  DevgateError,
+  Errors,
+  deviceToJson,
+  errorCode,
+  parseDeviceArgument,
+} from '@devgate/core';
+import { type SqliteStateStore } from '../store/state-store.js';
+import { type AskService } from '../services/asks.js';
+import { type DaemonEvents } from '../services/daemon-events.js';
+import { type DeviceService } from '../services/device-service.js';
+
+export const API_VERSION = 'v1';
+const BODY_LIMIT = 64 * 1024;
+
+export interface ApiContext {
+  readonly manager: DeviceManager;
+  readonly store: SqliteStateStore;
+  readonly devices: DeviceService;
+  readonly asks: AskService;
+  readonly events: DaemonEvents;
+  readonly version: string;
+  readonly startedAt: string;
+}
+
+// JSON schemas: fastify validates every body and query before a handler runs.
+const NAME = { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_.*:+-]+$' } as const;
+const DEVCLASS = { type: 'string', minLength: 1, maxLength: 32, pattern: '^[a-z][a-z0-9-]*$' } as const;
+const DEVICE_ARG = { type: 'string', minLength: 3, maxLength: 512 } as const;
+const OPTIONS = {
+  type: 'object',
+  maxProperties: 16,
+  propertyNames: { maxLength: 64 },
+  additionalProperties: { type: 'string', maxLength: 256 },
+} as const;
+const attachBody = {
+  type: 'object',
+  required: ['class', 'frontend', 'device'],
+  additionalProperties: false,
+  properties: { class: DEVCLASS, frontend: NAME, device: DEVICE_ARG, options: OPTIONS },
+} as const;
+const detachBody = {
+  type: 'object',
+  required: ['class', 'frontend'],
+  additionalProperties: false,
+  properties: { class: DEVCLASS, frontend: NAME, device: DEVICE_ARG },
+} as const;
+const assignBody = {
+  type: 'object',
+  required: ['class', 'frontend', 'device'],
+  additionalProperties: false,
+  properties: {
+    class: DEVCLASS,
+    frontend: NAME,
+    device: DEVICE_ARG,
+    options: OPTIONS,
+    mode: { type: 'string', enum: ASSIGNMENT_MODES.filter((m) => m !== 'manual') },
+    only: { type: 'string', enum: ['port', 'device'] },
+  },
+} as const;
+const unassignBody = {
+  type: 'object',
+  required: ['class', 'frontend'],
+  additionalProperties: false,
+  properties: {
+    class: DEVCLASS,
+    frontend: NAME,
+    device: DEVICE_ARG,
+    only: { type: 'string', enum: ['port', 'device'] },
+  },
+} as const;
+const answerBody = {
+  type: 'object',
+  required: ['verdict'],
+  additionalProperties: false,
+  properties: { verdict: { type: 'string', enum: ['allow', 'deny'] }, frontend: NAME, remember: { type: 'boolean' } },
+} as const;
+
+type Body<T> = FastifyRequest<{ Body: T }>;
+
+/**
+ * The HTTP API on one Unix socket. `readOnly` leaves out every route that changes state: devgated
+ * serves a read-only instance on its main socket and a full one on the `.rw` socket (ADR 0004).
+ */
+export function buildApi(
+  context: ApiContext,
+  options: { readOnly: boolean; actor: (request: FastifyRequest) => string },
+): FastifyInstance {
+  const app = Fastify({
+    bodyLimit: BODY_LIMIT,
+    logger: false,
+    return503OnClosing: true,
+    routerOptions: { maxParamLength: 256 },
+  });
+  const { manager, store, devices, asks } = context;
+
+  app.setErrorHandler((error, _request, reply) => sendError(reply, toApiError(error)));
+  app.setNotFoundHandler((request, reply) =>
+    sendError(reply, toApiError(Errors.apiNotFound({ method: request.method, url: request.url.slice(0, 200) }))),
+  );
+
+  app.get(`/${API_VERSION}/health`, async () => ({
+    version: context.version,
+    api: API_VERSION,
+    startedAt: context.startedAt,
+    readOnly: options.readOnly,
+    sources: manager.sources.map((s) => ({ id: s.id, backend: s.backend, hotplug: s.hotplug })),
+    faults: manager.faults().map((f) => ({ driver: f.driverId, source: f.sourceId, message: f.error.message })),
+  }));
+
+  app.get<{ Querystring: { class?: string; backend?: string; all?: boolean } }>(
+    `/${API_VERSION}/devices`,
+    {
+      schema: {
+        querystring: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { class: DEVCLASS, backend: NAME, all: { type: 'boolean' } },
+        },
+      },
+    },
+    async (request) => ({
+      devices: manager
+        .list({ devclass: request.query.class, backend: request.query.backend, includeHidden: request.query.all })
+        .map(deviceToJson),
+    }),
+  );
+
+  app.get(`/${API_VERSION}/domains`, async () => ({ domains: manager.domains() }));
+
+  app.get<{ Querystring: { class?: string; frontend?: string } }>(
+    `/${API_VERSION}/assignments`,
+    {
+      schema: {
+        querystring: { type: 'object', additionalProperties: false, properties: { class: DEVCLASS, frontend: NAME } },
+      },
+    },
+    async (request) => ({
+      assignments: store.listAssignments({ devclass: request.query.class, frontend: request.query.frontend }),
+    }),
+  );
+
+  app.get(`/${API_VERSION}/asks`, async () => ({ asks: asks.list() }));
+
+  app.get<{ Querystring: Record<string, string | number | undefined> }>(
+    `/${API_VERSION}/audit`,
+    {
+      schema: {
+        querystring: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            since: { type: 'string', format: 'date-time' },
+            until: { type: 'string', format: 'date-time' },
+            action: { type: 'string', maxLength: 32 },
+            frontend: NAME,
+            class: DEVCLASS,
+            limit: { type: 'integer', minimum: 1, maximum: 10_000 },
+            offset: { type: 'integer', minimum: 0 },
+            order: { type: 'string', enum: ['asc', 'desc'] },
+          },
+        },
+      },
+    },
+    async (request) => {
+      const q = request.query;
+      return {
+        entries: store.queryAudit({
+          since: q.since as string | undefined,
+          until: q.until as string | undefined,
+          action: q.action as string | undefined,
+          frontend: q.frontend as string | undefined,
+          devclass: q.class as string | undefined,
+          limit: q.limit as number | undefined,
+          offset: q.offset as number | undefined,
+          order: q.order as 'asc' | 'desc' | undefined,
+        }),
+      };
+    },
+  );
+
+  app.get(`/${API_VERSION}/events`, (request, reply) => streamEvents(context, request, reply));
+
+  if (!options.readOnly) {
+    app.post(`/${API_VERSION}/attach`, { schema: { body: attachBody } }, async (request: Body<AttachBodyT>) => ({
+      device: await devices.attach(fromBody(request.body), options.actor(request)),
+    }));
+    app.post(`/${API_VERSION}/detach`, { schema: { body: detachBody } }, async (request: Body<DetachBodyT>) => ({
+      detached: await devices.detach(
+        { ...fromBody(request.body), device: request.body.device },
+        options.actor(request),
+      ),
+    }));
+    app.post(`/${API_VERSION}/assignments`, { schema: { body: assignBody } }, async (request: Body<AssignBodyT>) => {
+      const body = request.body;
+      parseDeviceArgument(body.device);
+      return {
+        assignment: devices.assign(
+          { ...fromBody(body), mode: body.mode ?? 'auto-attach', only: body.only },
+          options.actor(request),
+        ),
+      };
+    });
+    app.post(
+      `/${API_VERSION}/assignments/remove`,
+      { schema: { body: unassignBody } },
+      async (request: Body<UnassignBodyT>) => ({
+        removed: devices.unassign(
+          {
+            devclass: request.body.class,
+            frontend: request.body.frontend,
+            device: request.body.device,
+            only: request.body.only,
+          },
+          options.actor(request),
+        ),
+      }),
+    );
+    app.post<{ Params: { id: string }; Body: AnswerBodyT }>(
+      `/${API_VERSION}/asks/:id/answer`,
+      {
+        schema: { body: answerBody, params: { type: 'object', properties: { id: { type: 'string', maxLength: 64 } } } },
+      },
+      async (request) => ({
+        ask: asks.answer(request.params.id, { ...request.body, by: options.actor(request) }),
+      }),
+    );
+  }
+  return app;
+}
+
+interface AttachBodyT {
+  class: string;
+  frontend: string;
+  device: string;
+  options?: Record<string, string>;
+}
+type DetachBodyT = Omit<AttachBodyT, 'device' | 'options'> & { device?: string };
+type AssignBodyT = AttachBodyT & { mode?: 'auto-attach' | 'ask-to-attach' | 'required'; only?: 'port' | 'device' };
+type UnassignBodyT = DetachBodyT & { only?: 'port' | 'device' };
+interface AnswerBodyT {
+  verdict: 'allow' | 'deny';
+  frontend?: string;
+  remember?: boolean;
+}
+
+function fromBody(body: AttachBodyT | DetachBodyT) {
+  return {
+    devclass: body.class,
+    frontend: body.frontend,
+    device: (body as AttachBodyT).device,
+    options: (body as AttachBodyT).options,
+  };
+}
+
+/** Server-sent events: every DeviceEvent, ask, answer and audit entry, as they happen. */
+function streamEvents(context: ApiContext, request: FastifyRequest, reply: FastifyReply): void {
+  reply.hijack();
+  const response = reply.raw;
+  response.writeHead(200, {
+    'content-type': 'text/event-stream',
+    'cache-control': 'no-cache',
+    connection: 'keep-alive',
+  });
+  response.write(`: devgated ${context.version}\n\n`);
+  const subscription = context.events.events$.subscribe({
+    next: (event) => response.write(`event: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`),
+    complete: () => response.end(),
+  });
+  const keepAlive = setInterval(() => response.write(': keep-alive\n\n'), 15_000);
+  keepAlive.unref();
+  request.raw.on('close', () => {
+    clearInterval(keepAlive);
+    subscription.unsubscribe();
+  });
+}
+
+interface ApiError {
+  readonly status: number;
+  readonly code: string;
+  readonly message: string;
+  readonly hint?: string;
+}
+
+const STATUS: Record<string, number> = {
+  DG_API_NOT_FOUND: 404,
+  DG_UNKNOWN_DEVICE: 404,
+  DG_NO_SUCH_BACKEND: 404,
+  DG_NO_CONNECTOR: 404,
+  DG_ASK_NOT_FOUND: 404,
+  DG_NOT_ASSIGNED: 404,
+  DG_API_TOO_LARGE: 413,
+  DG_NOT_ALLOWED: 403,
+  DG_POLICY_DENIED: 403,
+  DG_DOMAIN_NOT_RUNNING: 409,
+  DG_ALREADY_ATTACHED: 409,
+  DG_ALREADY_ASSIGNED: 409,
+  DG_OVERLAP: 409,
+  DG_ATTACH_IN_PROGRESS: 409,
+  DG_DEVICE_IN_USE: 409,
+  DG_NOT_ATTACHED: 409,
+  DG_DEVICE_GONE: 409,
+  DG_DETACH_TIMEOUT: 504,
+  DG_QMP_TIMEOUT: 504,
+};
+
+/** Every failure becomes a coded JSON error; nothing reaches the client as a stack trace. */
+function toApiError(error: unknown): ApiError {
+  if (error instanceof DevgateError) {
+    const status = STATUS[error.code] ?? (error.kind === 'usage' ? 400 : 422);
+    return { status, code: error.code, message: error.message, hint: error.hint };
+  }
+  const fastifyError = error as { code?: string; statusCode?: number; message?: string; validation?: unknown };
+  if (fastifyError.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return { status: 413, ...plain(Errors.apiTooLarge()) };
+  if (fastifyError.validation || fastifyError.code?.startsWith('FST_ERR_CTP') || fastifyError.statusCode === 400) {
+    return { status: 400, ...plain(Errors.apiBadRequest({ reason: String(fastifyError.message).slice(0, 300) })) };
+  }
+  if (fastifyError.statusCode && fastifyError.statusCode < 500) {
+    return {
+      status: fastifyError.statusCode,
+      code: 'DG_API_BAD_REQUEST',
+      message: String(fastifyError.message).slice(0, 300),
+    };
+  }
+  return { status: 500, code: errorCode(error), message: 'internal error (logged by devgated)' };
+}
+
+function plain(error: DevgateError): { code: string; message: string; hint?: string } {
+  return { code: error.code, message: error.message, hint: error.hint };
+}
+
+function sendError(reply: FastifyReply, error: ApiError): FastifyReply {
+  return reply
+    .status(error.status)
+    .type('application/json')
+    .send({ error: { code: error.code, message: error.message, ...(error.hint ? { hint: error.hint } : {}) } });
+}

@@ -1,0 +1,179 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { type Node, type ParseError, findNodeAtLocation, parseTree, printParseErrorCode } from 'jsonc-parser';
+import { Errors } from '@devgate/core';
+
+/** Where a backend domain's devices come from. */
+export type BackendSource =
+  { readonly source: 'local' } | { readonly recording: string } | { readonly sysroot: string };
+
+export interface DaemonConfig {
+  /** The read-only API socket; state-changing requests go to `<socket>.rw` (see ADR 0004). */
+  readonly socket: string;
+  readonly stateDir: string;
+  /** The domain registry (VMs and their QMP sockets). */
+  readonly domains?: string;
+  readonly backends: Readonly<Record<string, BackendSource>>;
+  readonly access: {
+    /** Group that may use the read-only socket (mode 0660). */
+    readonly readGroup?: string;
+    /** Users and groups that may change state (the `.rw` socket, by ACL). */
+    readonly users: readonly string[];
+    readonly groups: readonly string[];
+  };
+  /** An unanswered ask is denied after this long. */
+  readonly askTimeoutSeconds: number;
+}
+
+export interface ConfigIssue {
+  readonly file: string;
+  readonly line: number;
+  readonly column: number;
+  readonly message: string;
+}
+
+/** Defaults: the system paths as root, the user's runtime and state directories otherwise. */
+export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfig {
+  const root = process.getuid?.() === 0;
+  const runtime = root ? '/run/devgate' : path.join(env.XDG_RUNTIME_DIR ?? os.tmpdir(), 'devgate');
+  const state = root
+    ? '/var/lib/devgate'
+    : path.join(env.XDG_STATE_HOME ?? path.join(os.homedir(), '.local', 'state'), 'devgate');
+  return {
+    socket: env.DEVGATE_SOCKET ?? path.join(runtime, 'devgate.sock'),
+    stateDir: state,
+    backends: { dom0: { source: 'local' } },
+    access: { readGroup: root ? 'devgate' : undefined, users: [], groups: root ? ['devgate'] : [] },
+    askTimeoutSeconds: 60,
+  };
+}
+
+const TOP_KEYS = new Set(['socket', 'stateDir', 'domains', 'backends', 'access', 'askTimeoutSeconds']);
+const NAME = /^[a-zA-Z][a-zA-Z0-9_.-]{0,30}$/;
+const ACCOUNT = /^[a-z_][a-z0-9_-]{0,31}\$?$/;
+
+/** Every problem of a config file, each located at line:column. */
+export function checkConfig(text: string, file: string): { config?: DaemonConfig; issues: ConfigIssue[] } {
+  const issues: ConfigIssue[] = [];
+  const at = (offset: number, message: string) => issues.push({ file, ...position(text, offset), message });
+  const errors: ParseError[] = [];
+  const tree = parseTree(text, errors, { allowTrailingComma: false, disallowComments: false });
+  for (const error of errors) at(error.offset, `invalid JSON: ${printParseErrorCode(error.error)}`);
+  if (!tree || errors.length > 0) return { issues };
+  if (tree.type !== 'object') {
+    at(tree.offset, 'the configuration must be a JSON object');
+    return { issues };
+  }
+  const base = defaultConfig();
+  const value = (node: Node | undefined) => (node ? nodeValue(node) : undefined);
+  for (const property of tree.children ?? []) {
+    const key = property.children?.[0];
+    if (key && !TOP_KEYS.has(String(key.value))) at(key.offset, `unknown setting '${key.value}'`);
+  }
+  const string = (keyPath: string[], fallback?: string): string | undefined => {
+    const node = findNodeAtLocation(tree, keyPath);
+    if (!node) return fallback;
+    if (node.type !== 'string' || node.value === '') at(node.offset, `${keyPath.join('.')} must be a non-empty string`);
+    return typeof node.value === 'string' ? node.value : fallback;
+  };
+  const socket = string(['socket'], base.socket)!;
+  const stateDir = string(['stateDir'], base.stateDir)!;
+  const domains = string(['domains']);
+
+  const backends: Record<string, BackendSource> = {};
+  const backendsNode = findNodeAtLocation(tree, ['backends']);
+  if (backendsNode && backendsNode.type !== 'object') at(backendsNode.offset, 'backends must be an object');
+  for (const property of backendsNode?.type === 'object' ? (backendsNode.children ?? []) : []) {
+    const [keyNode, valueNode] = property.children ?? [];
+    const name = String(keyNode.value);
+    if (!NAME.test(name)) at(keyNode.offset, `invalid backend name '${name}'`);
+    const source = value(valueNode) as Record<string, unknown> | undefined;
+    if (source && source.source === 'local' && Object.keys(source).length === 1) backends[name] = { source: 'local' };
+    else if (source && typeof source.recording === 'string' && Object.keys(source).length === 1) {
+      backends[name] = { recording: source.recording };
+    } else if (source && typeof source.sysroot === 'string' && Object.keys(source).length === 1) {
+      backends[name] = { sysroot: source.sysroot };
+    } else {
+      at(valueNode.offset, `backend '${name}' must be {"source": "local"}, {"recording": FILE} or {"sysroot": DIR}`);
+    }
+  }
+  if (Object.values(backends).filter((b) => 'source' in b).length > 1) {
+    at(backendsNode!.offset, 'only one backend can be this host ({"source": "local"})');
+  }
+
+  const accounts = (keyPath: string[]): string[] => {
+    const node = findNodeAtLocation(tree, keyPath);
+    if (!node) return [];
+    if (node.type !== 'array') {
+      at(node.offset, `${keyPath.join('.')} must be a list of names`);
+      return [];
+    }
+    return (node.children ?? []).flatMap((item) => {
+      if (item.type === 'string' && ACCOUNT.test(item.value)) return [item.value as string];
+      at(item.offset, `${keyPath.join('.')}: '${String(item.value)}' is not a user or group name`);
+      return [];
+    });
+  };
+  const readGroup = string(['access', 'readGroup'], base.access.readGroup);
+  const users = accounts(['access', 'users']);
+  const groups = findNodeAtLocation(tree, ['access', 'groups']) ? accounts(['access', 'groups']) : base.access.groups;
+
+  let askTimeoutSeconds = base.askTimeoutSeconds;
+  const timeoutNode = findNodeAtLocation(tree, ['askTimeoutSeconds']);
+  if (timeoutNode) {
+    if (timeoutNode.type !== 'number' || !(timeoutNode.value > 0 && timeoutNode.value <= 86_400)) {
+      at(timeoutNode.offset, 'askTimeoutSeconds must be a number of seconds between 0 and 86400');
+    } else askTimeoutSeconds = timeoutNode.value;
+  }
+  if (issues.length > 0) return { issues };
+  return {
+    issues,
+    config: {
+      socket,
+      stateDir,
+      domains,
+      backends: Object.keys(backends).length > 0 ? backends : base.backends,
+      access: { readGroup, users, groups },
+      askTimeoutSeconds,
+    },
+  };
+}
+
+/** Reads and checks a config file; the first problem becomes a coded error naming file:line:column. */
+export function loadConfig(file?: string): DaemonConfig {
+  if (!file) return defaultConfig();
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (error) {
+    throw Errors.configInvalid({ location: file, reason: (error as Error).message });
+  }
+  const { config, issues } = checkConfig(text, file);
+  if (!config) {
+    const first = issues[0];
+    throw Errors.configInvalid({ location: `${first.file}:${first.line}:${first.column}`, reason: first.message });
+  }
+  return config;
+}
+
+export function formatIssue(issue: ConfigIssue): string {
+  return `${issue.file}:${issue.line}:${issue.column}: ${issue.message}`;
+}
+
+function nodeValue(node: Node): unknown {
+  switch (node.type) {
+    case 'object':
+      return Object.fromEntries((node.children ?? []).map((p) => [p.children![0].value, nodeValue(p.children![1])]));
+    case 'array':
+      return (node.children ?? []).map(nodeValue);
+    default:
+      return node.value;
+  }
+}
+
+function position(text: string, offset: number): { line: number; column: number } {
+  const before = text.slice(0, offset);
+  const line = before.split('\n').length;
+  return { line, column: offset - before.lastIndexOf('\n') };
+}

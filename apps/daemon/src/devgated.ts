@@ -1,0 +1,206 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { type FastifyInstance } from 'fastify';
+import pino, { type Logger } from 'pino';
+import {
+  type DeviceManager,
+  type DeviceSource,
+  type Disposable,
+  Kernel,
+  type PolicyHook,
+  isDenied,
+  portLabel,
+} from '@devgate/core';
+import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
+import { blockModule } from '@devgate/driver-block';
+import { usbModule } from '@devgate/driver-usb';
+import { qemuModule } from '@devgate/backend-qemu';
+import { type DaemonConfig } from './config.js';
+import { SqliteStateStore } from './store/state-store.js';
+import { DaemonEvents } from './services/daemon-events.js';
+import { AskService } from './services/asks.js';
+import { DeviceService } from './services/device-service.js';
+import { AutoAttach } from './services/auto-attach.js';
+import { buildApi } from './api/server.js';
+import { applySocketAccess } from './access.js';
+
+export const DAEMON_VERSION = '0.1.0';
+
+/** The socket state-changing requests go to. */
+export function rwSocketPath(socket: string): string {
+  return `${socket}.rw`;
+}
+
+/**
+ * devgated: one process owns the live device graph, the hypervisor connections (a QMP socket takes
+ * one client) and the state, and serves the CLI, the tray and scripts.
+ */
+export class Devgated implements Disposable {
+  private servers: FastifyInstance[] = [];
+
+  private constructor(
+    readonly config: DaemonConfig,
+    readonly kernel: Kernel,
+    readonly manager: DeviceManager,
+    readonly store: SqliteStateStore,
+    readonly events: DaemonEvents,
+    readonly asks: AskService,
+    readonly devices: DeviceService,
+    readonly autoAttach: AutoAttach,
+    readonly log: Logger,
+  ) {}
+
+  static async start(config: DaemonConfig, log: Logger = pino({ level: 'info' })): Promise<Devgated> {
+    fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o750 });
+    const store = new SqliteStateStore(path.join(config.stateDir, 'state.db'));
+    const events = new DaemonEvents();
+    const kernel = new Kernel().load(blockModule, usbModule, qemuModule({ registryFile: config.domains }));
+    for (const [backend, spec] of Object.entries(config.backends)) kernel.registerSource(sourceFor(backend, spec));
+    kernel.registerPolicyHook(denyListHook(store));
+    const manager = kernel.start();
+    const asks = new AskService(store, events, config.askTimeoutSeconds * 1000);
+    const devices = new DeviceService(manager, store, events);
+    const autoAttach = new AutoAttach(manager, store, asks, devices);
+    const daemon = new Devgated(config, kernel, manager, store, events, asks, devices, autoAttach, log);
+    try {
+      await daemon.reconcile();
+      daemon.watch();
+      autoAttach.start();
+      await daemon.listen();
+    } catch (error) {
+      await daemon.stop();
+      throw error;
+    }
+    log.info(
+      { socket: config.socket, state: config.stateDir, sources: manager.sources.map((s) => s.id) },
+      'devgated started',
+    );
+    return daemon;
+  }
+
+  /**
+   * At start: what is attached is read back from the hypervisors, and journal entries left pending
+   * by a crash are settled against that truth and audited.
+   */
+  private async reconcile(): Promise<void> {
+    await this.manager.syncAttachments();
+    for (const entry of this.store.journalPending()) {
+      const device = this.manager.get({ devclass: entry.devclass, backend: entry.backend, portId: entry.portId });
+      const attachedThere = device?.attachment?.frontend === entry.frontend;
+      const happened = entry.op === 'attach' ? attachedThere : !attachedThere;
+      if (happened) this.store.journalComplete(entry.id);
+      else this.store.journalFail(entry.id, 'DG_INTERRUPTED');
+      this.devices.audit({
+        actor: 'devgated',
+        action: 'reconcile',
+        devclass: entry.devclass,
+        backend: entry.backend,
+        portId: entry.portId,
+        deviceId: entry.deviceId,
+        frontend: entry.frontend,
+        outcome: happened ? 'ok' : 'error',
+        reason: `${entry.op} interrupted by a restart: ${happened ? 'it took effect' : 'it did not take effect'}`,
+      });
+    }
+  }
+
+  /** Streams device events, notes new devices, and audits surprise removals. */
+  private watch(): void {
+    this.manager.events$.subscribe((event) => {
+      if (event.type === 'added') {
+        const { isNew } = this.store.noteSeen(event.device);
+        if (isNew) this.log.info({ device: portLabel(event.device.port) }, 'new device');
+      }
+      this.events.publishDevice(event);
+      if (event.type === 'removed' && event.device.attachment) {
+        this.devices.audit({
+          actor: 'devgated',
+          action: 'surprise-removal',
+          devclass: event.device.port.devclass,
+          backend: event.device.port.backend,
+          portId: event.device.port.portId,
+          deviceId: event.device.deviceId,
+          frontend: event.device.attachment.frontend,
+          outcome: 'ok',
+          reason: 'the device disappeared from its backend while attached; it was detached',
+        });
+      }
+      if (event.type === 'driver-fault') this.log.warn({ driver: event.driverId, err: event.error }, 'driver fault');
+    });
+  }
+
+  private async listen(): Promise<void> {
+    const { socket } = this.config;
+    fs.mkdirSync(path.dirname(socket), { recursive: true, mode: 0o755 });
+    const context = {
+      manager: this.manager,
+      store: this.store,
+      devices: this.devices,
+      asks: this.asks,
+      events: this.events,
+      version: DAEMON_VERSION,
+      startedAt: new Date().toISOString(),
+    };
+    const readOnly = buildApi(context, { readOnly: true, actor: () => 'reader' });
+    const full = buildApi(context, {
+      readOnly: false,
+      actor: (request) => actorOf(socket, request.headers['x-devgate-actor']),
+    });
+    this.servers = [readOnly, full];
+    for (const [app, file] of [
+      [readOnly, socket],
+      [full, rwSocketPath(socket)],
+    ] as const) {
+      removeStaleSocket(file);
+      await app.listen({ path: file });
+    }
+    applySocketAccess(this.config, socket, rwSocketPath(socket), { warn: (m) => this.log.warn(m) });
+  }
+
+  async stop(): Promise<void> {
+    this.autoAttach.dispose();
+    this.asks.dispose();
+    for (const server of this.servers.splice(0)) await server.close().catch(() => undefined);
+    this.events.complete();
+    this.kernel.dispose();
+    this.store.dispose();
+    for (const file of [this.config.socket, rwSocketPath(this.config.socket)]) fs.rmSync(file, { force: true });
+  }
+
+  dispose(): void {
+    void this.stop();
+  }
+}
+
+function sourceFor(backend: string, spec: DaemonConfig['backends'][string]): DeviceSource {
+  if ('recording' in spec) return new RecordedHostSource(spec.recording, backend);
+  if ('sysroot' in spec) return new LocalHostSource({ backend, roots: rootsUnder(spec.sysroot) });
+  return new LocalHostSource({ backend });
+}
+
+/** The deny lists: interface patterns a frontend never receives (Qubes R4.3). */
+function denyListHook(store: SqliteStateStore): PolicyHook {
+  return {
+    id: 'deny-list',
+    preAttach: ({ device, frontend }) =>
+      isDenied(store.denyList(frontend), device)
+        ? { verdict: 'deny', reason: `its interfaces are on ${frontend}'s deny list` }
+        : { verdict: 'allow' },
+  };
+}
+
+/**
+ * Who is asking. The socket's permissions decide who can ask at all; Node cannot see the peer's
+ * credentials, so the audit records the client's own claim (the CLI sends `uid=1000(alice)` as
+ * X-Devgate-Actor) and the socket it came through.
+ */
+function actorOf(socket: string, claimed: string | string[] | undefined): string {
+  const who = typeof claimed === 'string' && /^[\w@.:()= -]{1,80}$/.test(claimed) ? claimed : 'unnamed client';
+  return `${who} via ${path.basename(rwSocketPath(socket))}`;
+}
+
+/** A socket file left by a killed devgated would make listen() fail with EADDRINUSE. */
+function removeStaleSocket(file: string): void {
+  const stat = fs.statSync(file, { throwIfNoEntry: false });
+  if (stat?.isSocket()) fs.rmSync(file);
+}

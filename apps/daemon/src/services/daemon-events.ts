@@ -1,0 +1,49 @@
+import { Subject } from 'rxjs';
+import { type DeviceEvent, type DeviceJson, deviceToJson } from '@devgate/core';
+import { type AuditEntry } from '../store/state-store.js';
+import { type Ask } from './asks.js';
+
+/** Everything devgated streams to clients (`GET /v1/events`). */
+export type DaemonEvent =
+  | {
+      readonly type: 'device';
+      readonly event: Exclude<DeviceEvent['type'], 'driver-fault'>;
+      readonly device: DeviceJson;
+      readonly frontend?: string;
+    }
+  | { readonly type: 'driver-fault'; readonly driverId: string; readonly sourceId: string; readonly message: string }
+  | { readonly type: 'ask'; readonly ask: Ask }
+  | { readonly type: 'ask-resolved'; readonly id: string; readonly verdict: 'allow' | 'deny'; readonly by: string }
+  | { readonly type: 'audit'; readonly entry: AuditEntry };
+
+export class DaemonEvents {
+  private readonly subject = new Subject<DaemonEvent>();
+  readonly events$ = this.subject.asObservable();
+
+  publish(event: DaemonEvent): void {
+    this.subject.next(event);
+  }
+
+  publishDevice(event: DeviceEvent): void {
+    if (event.type === 'driver-fault') {
+      this.publish({
+        type: 'driver-fault',
+        driverId: event.driverId,
+        sourceId: event.sourceId,
+        message: event.error.message,
+      });
+      return;
+    }
+    const frontend = event.type === 'attached' || event.type === 'detached' ? event.frontend : undefined;
+    this.publish({
+      type: 'device',
+      event: event.type,
+      device: deviceToJson(event.device),
+      ...(frontend ? { frontend } : {}),
+    });
+  }
+
+  complete(): void {
+    this.subject.complete();
+  }
+}

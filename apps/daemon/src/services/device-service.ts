@@ -1,0 +1,207 @@
+import {
+  type AssignmentMode,
+  type DeviceInfo,
+  type DeviceJson,
+  type DeviceManager,
+  DevgateError,
+  Errors,
+  type Port,
+  deviceToJson,
+  errorCode,
+  parseDeviceArgument,
+  portLabel,
+} from '@devgate/core';
+import { type AuditEntryInput, type SqliteStateStore, type StoredAssignment } from '../store/state-store.js';
+import { type DaemonEvents } from './daemon-events.js';
+
+/** Codes that mean "something broke", as opposed to "devgate said no". */
+const FAILURE_CODES = /^DG_(QMP_|DOMAIN_NOT_RUNNING|DETACH_TIMEOUT|INTERNAL|STATE_)/;
+
+export interface AttachInput {
+  readonly devclass: string;
+  readonly frontend: string;
+  readonly device: string;
+  readonly options?: Readonly<Record<string, string>>;
+}
+
+export interface AssignInput extends AttachInput {
+  readonly mode: Exclude<AssignmentMode, 'manual'>;
+  /** `port`: any device in this port; `device`: this device in any port; neither: both must match. */
+  readonly only?: 'port' | 'device';
+}
+
+/**
+ * The verbs devgated offers, each journaled where it touches a hypervisor and audited whatever its
+ * outcome: who, what, when, why.
+ */
+export class DeviceService {
+  constructor(
+    private readonly manager: DeviceManager,
+    private readonly store: SqliteStateStore,
+    private readonly events: DaemonEvents,
+  ) {}
+
+  audit(entry: AuditEntryInput): void {
+    const stored = this.store.appendAudit(entry);
+    this.events.publish({ type: 'audit', entry: stored });
+  }
+
+  private port(devclass: string, device: string): { port: Port; deviceId?: string } {
+    const { backend, portId, deviceId } = parseDeviceArgument(device);
+    return { port: { devclass, backend, portId }, deviceId };
+  }
+
+  async attach(input: AttachInput, actor: string, action = 'attach'): Promise<DeviceJson> {
+    const { port, deviceId } = this.port(input.devclass, input.device);
+    const known = this.manager.get(port);
+    const journal = this.store.journalBegin({
+      op: 'attach',
+      devclass: port.devclass,
+      backend: port.backend,
+      portId: port.portId,
+      deviceId: known?.deviceId,
+      frontend: input.frontend,
+      options: input.options ?? {},
+    });
+    try {
+      const device = await this.manager.attach({
+        frontend: input.frontend,
+        port,
+        deviceId,
+        options: input.options,
+        requestedBy: actor,
+      });
+      this.store.journalComplete(journal.id);
+      this.audit({
+        ...this.target(device),
+        actor,
+        action,
+        frontend: input.frontend,
+        outcome: 'ok',
+        details: { options: device.attachment?.options ?? {} },
+      });
+      return deviceToJson(device);
+    } catch (error) {
+      this.store.journalFail(journal.id, errorCode(error));
+      this.auditFailure(error, { ...this.target(known, port), actor, action, frontend: input.frontend });
+      throw error;
+    }
+  }
+
+  async detach(input: Omit<AttachInput, 'device'> & { readonly device?: string }, actor: string): Promise<string[]> {
+    const port = input.device === undefined ? undefined : this.port(input.devclass, input.device).port;
+    const wildcard = port?.portId === '*';
+    const known = port && !wildcard ? this.manager.get(port) : undefined;
+    const journal = this.store.journalBegin({
+      op: 'detach',
+      devclass: input.devclass,
+      backend: port?.backend ?? '*',
+      portId: port?.portId ?? '*',
+      frontend: input.frontend,
+    });
+    try {
+      const done = await this.manager.detach(input.frontend, wildcard ? undefined : port, input.devclass);
+      this.store.journalComplete(journal.id);
+      for (const detached of done) {
+        this.audit({
+          ...this.target(this.manager.get(detached), detached),
+          actor,
+          action: 'detach',
+          frontend: input.frontend,
+          outcome: 'ok',
+        });
+      }
+      return done.map(portLabel);
+    } catch (error) {
+      this.store.journalFail(journal.id, errorCode(error));
+      this.auditFailure(error, { ...this.target(known, port), actor, action: 'detach', frontend: input.frontend });
+      throw error;
+    }
+  }
+
+  assign(input: AssignInput, actor: string): StoredAssignment {
+    const key = this.assignmentKey(input);
+    if (key.deviceId === undefined) {
+      throw Errors.unknownDevice({ backend: key.backend, devclass: input.devclass, port: key.portId });
+    }
+    const entry = {
+      devclass: input.devclass,
+      backend: key.backend,
+      portId: key.portId,
+      deviceId: key.deviceId,
+      actor,
+      action: 'assign',
+      frontend: input.frontend,
+    };
+    try {
+      const stored = this.store.assign({
+        ...entry,
+        deviceId: key.deviceId,
+        mode: input.mode,
+        options: input.options ?? {},
+      });
+      this.audit({ ...entry, outcome: 'ok', details: { mode: input.mode, options: input.options ?? {} } });
+      return stored;
+    } catch (error) {
+      this.auditFailure(error, entry);
+      throw error;
+    }
+  }
+
+  /** Removes a frontend's assignments of this device (every one of the class without a device). */
+  unassign(input: Omit<AssignInput, 'device' | 'mode'> & { readonly device?: string }, actor: string): number {
+    const key = input.device === undefined ? undefined : this.assignmentKey({ ...input, device: input.device });
+    const matches = this.store
+      .listAssignments({ devclass: input.devclass, frontend: input.frontend })
+      .filter(
+        (a) =>
+          !key ||
+          (a.backend === key.backend &&
+            a.portId === key.portId &&
+            (key.deviceId === undefined || a.deviceId === key.deviceId)),
+      );
+    if (key && matches.length === 0)
+      throw Errors.notAssigned({ devclass: input.devclass, device: input.device!, frontend: input.frontend });
+    for (const a of matches) {
+      this.store.unassign(a);
+      this.audit({
+        devclass: a.devclass,
+        backend: a.backend,
+        portId: a.portId,
+        deviceId: a.deviceId,
+        actor,
+        action: 'unassign',
+        frontend: a.frontend,
+        outcome: 'ok',
+      });
+    }
+    return matches.length;
+  }
+
+  /** Qubes' rules: `--port` means any device in the port, `--device` this device in any port. */
+  private assignmentKey(input: Pick<AssignInput, 'devclass' | 'device' | 'only'>): {
+    backend: string;
+    portId: string;
+    deviceId?: string;
+  } {
+    const { port, deviceId } = this.port(input.devclass, input.device);
+    if (input.only === 'port') return { backend: port.backend, portId: port.portId, deviceId: '*' };
+    const identity = deviceId ?? this.manager.get(port)?.deviceId;
+    return { backend: port.backend, portId: input.only === 'device' ? '*' : port.portId, deviceId: identity };
+  }
+
+  private target(
+    device: DeviceInfo | undefined,
+    port?: Port,
+  ): Pick<AuditEntryInput, 'devclass' | 'backend' | 'portId' | 'deviceId'> {
+    const p = device?.port ?? port;
+    return { devclass: p?.devclass, backend: p?.backend, portId: p?.portId, deviceId: device?.deviceId };
+  }
+
+  private auditFailure(error: unknown, entry: Omit<AuditEntryInput, 'outcome'>): void {
+    const code = errorCode(error);
+    const outcome =
+      code === 'DG_INTERNAL' || FAILURE_CODES.test(code) || !(error instanceof DevgateError) ? 'error' : 'denied';
+    this.audit({ ...entry, outcome, code, reason: (error as Error).message });
+  }
+}

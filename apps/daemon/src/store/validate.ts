@@ -1,0 +1,139 @@
+/**
+ * Input checks for the state store. Every value is bound as an SQL parameter, so these checks are not
+ * about injection: they keep garbage (and caller bugs) out of a database that outlives the process,
+ * and turn it into coded errors at the call that made it rather than at the next read.
+ */
+import { ASSIGNMENT_MODES, type AssignmentMode, Errors, type InterfaceCode, isInterfaceCode } from '@devgate/core';
+
+// Qubes' VM name rule; packages/backend-qemu's domain registry uses the same one.
+const DOMAIN_NAME = /^[a-zA-Z][a-zA-Z0-9_.-]{0,30}$/;
+const DEVCLASS = /^[a-z][a-z0-9_-]{0,31}$/;
+// USB busids (`1-1.4`), block names (`nvme0n1p2`), PCI paths (`00_08.1-00_00.0`) and BDFs (`0000:00:14.0`).
+const PORT_ID = /^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$/;
+// Qubes' option key characters.
+const OPTION_KEY = /^[0-9A-Za-z_.-]{1,64}$/;
+const ACTION = /^[a-z][a-z0-9-]{0,31}$/;
+const ERROR_CODE = /^[A-Z][A-Z0-9_]{0,63}$/;
+// The only shape `at` columns hold, so that text order is time order.
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
+
+const MAX_DEVICE_ID = 512;
+const MAX_TEXT = 4096;
+const MAX_DETAILS_JSON = 64 * 1024;
+
+export const WILDCARD = '*';
+
+function invalid(field: string, value: unknown, reason: string): Error {
+  return Errors.invalidStateValue({ field, value: String(value).slice(0, 80), reason });
+}
+
+export function domainName(value: string): string {
+  if (typeof value !== 'string' || !DOMAIN_NAME.test(value)) throw Errors.invalidDomainName({ name: String(value) });
+  return value;
+}
+
+export function devclass(value: string): string {
+  if (typeof value !== 'string' || !DEVCLASS.test(value))
+    throw invalid('device class', value, 'expected [a-z][a-z0-9_-]*');
+  return value;
+}
+
+export function portId(value: string, wildcard: boolean): string {
+  if (wildcard && value === WILDCARD) return value;
+  if (typeof value !== 'string' || !PORT_ID.test(value)) throw invalid('port id', value, 'not a port id');
+  return value;
+}
+
+export function deviceId(value: string, wildcard: boolean): string {
+  if (wildcard && value === WILDCARD) return value;
+  if (typeof value !== 'string' || value.length === 0 || value.length > MAX_DEVICE_ID || value === WILDCARD)
+    throw invalid('device id', value, `expected 1 to ${MAX_DEVICE_ID} characters`);
+  if (CONTROL.test(value)) throw invalid('device id', value, 'contains control characters');
+  return value;
+}
+
+/** Qubes forbids `*:*`: an assignment (or a remembered answer) that matches every device. */
+export function notBothWildcards(port: string, device: string): void {
+  if (port === WILDCARD && device === WILDCARD)
+    throw invalid('device', `${port}:${device}`, 'port and device id cannot both be *');
+}
+
+export function assignmentMode(value: string): Exclude<AssignmentMode, 'manual'> {
+  if (value === 'manual') throw Errors.manualNotAssignable();
+  if (!(ASSIGNMENT_MODES as readonly string[]).includes(value))
+    throw invalid(
+      'assignment mode',
+      value,
+      `expected one of ${ASSIGNMENT_MODES.filter((m) => m !== 'manual').join(', ')}`,
+    );
+  return value as Exclude<AssignmentMode, 'manual'>;
+}
+
+export function interfacePattern(value: string): InterfaceCode {
+  if (typeof value !== 'string' || !isInterfaceCode(value))
+    throw Errors.invalidInterfacePattern({ pattern: String(value) });
+  return value;
+}
+
+export function options(value: Readonly<Record<string, string>> | undefined): string {
+  const entries = Object.entries(value ?? {});
+  for (const [key, v] of entries) {
+    if (!OPTION_KEY.test(key)) throw invalid('option name', key, 'expected [0-9A-Za-z_.-]');
+    if (typeof v !== 'string' || v.length > MAX_TEXT || CONTROL.test(v))
+      throw invalid(`option ${key}`, v, 'expected printable text');
+  }
+  // Sorted keys: the same options always serialize the same way.
+  return JSON.stringify(Object.fromEntries(entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))));
+}
+
+export function action(value: string): string {
+  if (typeof value !== 'string' || !ACTION.test(value))
+    throw invalid('audit action', value, 'expected [a-z][a-z0-9-]*');
+  return value;
+}
+
+export function errorCode(value: string): string {
+  if (typeof value !== 'string' || !ERROR_CODE.test(value))
+    throw invalid('error code', value, 'expected [A-Z][A-Z0-9_]*');
+  return value;
+}
+
+/** Free text (actors, reasons): callers pass SafeText; this only bounds it. */
+export function text(field: string, value: string, max = MAX_TEXT): string {
+  if (typeof value !== 'string' || value.length === 0 || value.length > max)
+    throw invalid(field, value, `expected 1 to ${max} characters`);
+  if (CONTROL.test(value)) throw invalid(field, value, 'contains control characters');
+  return value;
+}
+
+export function details(value: Readonly<Record<string, unknown>>): string {
+  let json: string | undefined;
+  try {
+    json = JSON.stringify(value);
+  } catch (error) {
+    throw invalid('audit details', '[object]', (error as Error).message);
+  }
+  if (json === undefined || !json.startsWith('{')) throw invalid('audit details', json, 'expected a JSON object');
+  if (json.length > MAX_DETAILS_JSON)
+    throw invalid('audit details', json, `longer than ${MAX_DETAILS_JSON} characters`);
+  return json;
+}
+
+/** A Date or an ISO string as the `at` columns store it (UTC, milliseconds, `Z`). */
+export function isoTime(field: string, value: Date | string): string {
+  if (value instanceof Date) {
+    if (Number.isNaN(value.getTime())) throw invalid(field, value, 'invalid date');
+    return value.toISOString();
+  }
+  if (typeof value !== 'string' || !ISO_TIME.test(value) || Number.isNaN(Date.parse(value)))
+    throw invalid(field, value, 'expected YYYY-MM-DDTHH:MM:SS.mmmZ');
+  return value;
+}
+
+export function count(field: string, value: number, max: number): number {
+  if (!Number.isInteger(value) || value < 0 || value > max)
+    throw invalid(field, value, `expected an integer 0..${max}`);
+  return value;
+}
