@@ -1,0 +1,128 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import pino from 'pino';
+import { labDown, labUp } from '@devgate/backend-qemu';
+import { Devgated, defaultConfig } from '@devgate/daemon';
+import { type LoopDisk, createLoopDisk, disposeAllLoopDisks } from '@devgate/testkit';
+import { runCaptured } from './test-io';
+
+// The CLI as devgated's client: the same commands, with assignments, asks and the audit log.
+jest.setTimeout(60_000);
+
+let dir: string;
+let daemon: Devgated;
+let disk: LoopDisk;
+
+beforeAll(async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-client-'));
+  const domains = path.join(dir, 'domains.json');
+  await labUp(['work'], { registryFile: domains, stateDir: path.join(dir, 'lab') });
+  disk = createLoopDisk({ sizeMiB: 16, partitions: [{ label: 'CLIENT' }] });
+  const socket = path.join(dir, 'devgate.sock');
+  process.env.DEVGATE_SOCKET = socket;
+  process.env.DEVGATE_DOMAINS = domains;
+  daemon = await Devgated.start(
+    { ...defaultConfig(), socket, stateDir: path.join(dir, 'state'), domains, access: { users: [], groups: [] } },
+    pino({ level: 'silent' }),
+  );
+  // The label arrives from a background probe.
+  for (let i = 0; i < 100; i++) {
+    const found = daemon.manager.list().find((d) => d.port.portId === disk.partitions[0]);
+    if (found?.data.label) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+});
+
+afterAll(async () => {
+  await daemon?.stop();
+  delete process.env.DEVGATE_SOCKET;
+  await labDown(undefined, { registryFile: process.env.DEVGATE_DOMAINS });
+  delete process.env.DEVGATE_DOMAINS;
+  disposeAllLoopDisks();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+const p1 = () => `dom0:${disk.partitions[0]}`;
+
+describe('the CLI through devgated', () => {
+  it('lists through the daemon, without the in-process notice', async () => {
+    const listed = await runCaptured('qvm-block', ['-l']);
+    expect(listed.notices).toBe('');
+    expect(listed.out).toMatch(new RegExp(`^${p1()} +\\(CLIENT\\) \\d+ MiB$`, 'm'));
+  });
+
+  it('assigns and shows the assignment as Qubes does (list -s), then unassigns', async () => {
+    const assigned = await runCaptured('qvm-block', ['assign', '--ask', 'work', p1()]);
+    expect(assigned.err).toBe('');
+    expect(assigned.code).toBe(0);
+    const listed = await runCaptured('qvm-block', ['list', '-s']);
+    expect(listed.out).toMatch(new RegExp(`^${p1()} .*\\*work \\(ask-to-attach\\)$`, 'm'));
+
+    // The ask that the assignment raised, answered from the CLI.
+    let asks = '';
+    for (let i = 0; i < 100 && !asks.includes(p1()); i++) {
+      asks = (await runCaptured('devgate', ['ask', 'list'])).out;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const id = asks
+      .split('\n')
+      .find((l) => l.includes(p1()))!
+      .split(/\s+/)[0];
+    expect((await runCaptured('devgate', ['ask', 'answer', id, 'deny'])).code).toBe(0);
+    expect((await runCaptured('qvm-block', ['list'])).out).not.toMatch(/work \(attached/);
+
+    expect((await runCaptured('qvm-block', ['unassign', 'work', p1()])).code).toBe(0);
+    expect((await runCaptured('qvm-block', ['list', '-s'])).out).not.toContain('*work');
+    const again = await runCaptured('qvm-block', ['unassign', 'work', p1()]);
+    expect(again.code).toBe(1);
+    expect(again.err).toContain('is not assigned to work');
+  });
+
+  it('refuses USB as required, as Qubes does', async () => {
+    const result = await runCaptured('qvm-usb', ['assign', '--required', 'work', 'dom0:1-1']);
+    expect(result.code).toBe(1);
+    expect(result.err).toContain('Only pci and block devices can be assigned as required.');
+  });
+
+  it('attaches and detaches through the daemon, and devgate audit shows both with who and why', async () => {
+    expect((await runCaptured('qvm-block', ['attach', 'work', p1()])).code).toBe(0);
+    expect((await runCaptured('qvm-block', ['-l'])).out).toMatch(/\(attached to 'work' as 'xvdi'\)/);
+    expect((await runCaptured('qvm-block', ['-d', p1()])).code).toBe(0);
+    const audit = await runCaptured('devgate', ['audit', '--frontend', 'work', '--limit', '5']);
+    expect(audit.out.split('\n')[0]).toMatch(/^TIME +WHO +ACTION +DEVICE +FRONTEND +OUTCOME +WHY$/);
+    expect(audit.out).toMatch(new RegExp(`uid=0\\(root\\) via devgate\\.sock\\.rw +detach +${p1()} +work +ok`));
+    expect(audit.out).toMatch(new RegExp(`attach +${p1()} +work +ok`));
+    const json = JSON.parse((await runCaptured('devgate', ['audit', '--json', '--action', 'answer'])).out);
+    expect(json[0]).toMatchObject({ action: 'answer', outcome: 'denied', frontend: 'work' });
+  });
+
+  it('devgate config check reports located errors', async () => {
+    const bad = path.join(dir, 'bad.json');
+    fs.writeFileSync(bad, '{\n  "socket": 5,\n  "colour": "red"\n}\n');
+    const result = await runCaptured('devgate', ['config', 'check', bad]);
+    expect(result.code).toBe(1);
+    expect(result.err).toContain(`${bad}:2:13: socket must be a non-empty string`);
+    expect(result.err).toContain(`${bad}:3:3: unknown setting 'colour'`);
+    const good = path.join(dir, 'good.json');
+    fs.writeFileSync(good, '{ "askTimeoutSeconds": 30 }');
+    expect((await runCaptured('devgate', ['config', 'check', good])).out).toBe(`${good}: ok\n`);
+  });
+});
+
+describe('without devgated', () => {
+  it('works in-process, says so, and refuses what needs the daemon', async () => {
+    const socket = process.env.DEVGATE_SOCKET;
+    process.env.DEVGATE_SOCKET = path.join(dir, 'nobody-here.sock');
+    try {
+      const listed = await runCaptured('qvm-block', ['list']);
+      expect(listed.code).toBe(0);
+      expect(listed.notices).toContain('devgated is not running');
+      const assign = await runCaptured('qvm-block', ['assign', 'work', p1()]);
+      expect(assign.code).toBe(1);
+      expect(assign.err).toContain('devgated is not reachable');
+    } finally {
+      process.env.DEVGATE_SOCKET = socket;
+    }
+  });
+});
