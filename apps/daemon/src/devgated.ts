@@ -147,13 +147,17 @@ export class Devgated implements Disposable {
       actor: (request) => actorOf(socket, request.headers['x-devgate-actor']),
     });
     this.servers = [readOnly, full];
-    for (const [app, file] of [
-      [readOnly, socket],
-      [full, rwSocketPath(socket)],
-    ] as const) {
-      removeStaleSocket(file);
-      await app.listen({ path: file });
+    // Started by devgated.socket, the read-only socket is already open as fd 3 (sd_listen_fds).
+    const activated = Number(process.env.LISTEN_PID) === process.pid && Number(process.env.LISTEN_FDS) >= 1;
+    if (activated) {
+      await readOnly.ready();
+      await new Promise<void>((resolve) => readOnly.server.listen({ fd: 3 }, resolve));
+    } else {
+      removeStaleSocket(socket);
+      await readOnly.listen({ path: socket });
     }
+    removeStaleSocket(rwSocketPath(socket));
+    await full.listen({ path: rwSocketPath(socket) });
     applySocketAccess(this.config, socket, rwSocketPath(socket), { warn: (m) => this.log.warn(m) });
   }
 
