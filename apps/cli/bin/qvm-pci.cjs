@@ -1,3 +1,10 @@
 #!/usr/bin/env node
 'use strict';
-require('../dist/main.js').runAsMain('qvm-pci');
+// The quick path answers common listings from devgated without loading the whole CLI.
+require('../dist/quick.js')
+  .quick('qvm-pci', process.argv.slice(2))
+  .then((handled) => handled || require('../dist/main.js').runAsMain('qvm-pci'))
+  .catch((error) => {
+    process.stderr.write(`qvm-pci: error: ${error.message}\n`);
+    process.exitCode = 1;
+  });

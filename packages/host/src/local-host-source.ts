@@ -23,6 +23,8 @@ export interface LocalHostOptions {
   readonly probeBlock?: boolean;
 }
 
+const MAX_PARALLEL_PROBES = 4;
+
 /** The directories whose entries appear and vanish on hotplug in a tree laid out like `/`. */
 const WATCHED_LISTS = ['class/block', 'bus/usb/devices', 'class/input', 'bus/pci/devices'];
 
@@ -40,6 +42,8 @@ export class LocalHostSource implements DeviceSource {
   private readonly probes = new Map<string, Record<string, string> | 'pending'>();
   private readonly probeBlock: boolean;
   private probesRunning = 0;
+  private probesActive = 0;
+  private readonly probeQueue: (() => void)[] = [];
   /** Rescans of the live subscriptions, run when a probe finds something. */
   private readonly probeListeners = new Set<() => void>();
   private readonly probeWaiters: (() => void)[] = [];
@@ -115,23 +119,38 @@ export class LocalHostSource implements DeviceSource {
       this.probes.set(key, 'pending');
       this.probesRunning++;
       const node = path.join(this.roots.dev, devname.replace(/^\/dev\//, ''));
-      execFile('blkid', ['-p', '-o', 'export', node], { timeout: 5000 }, (_error, stdout) => {
-        const found = parseKeyValueLines(stdout ?? '');
-        const properties: Record<string, string> = {};
-        for (const [k, v] of Object.entries(found)) if (k !== 'DEVNAME') properties[`ID_${k}`] = v;
-        // blkid names them TYPE/LABEL/PART_ENTRY_*; udev's names are ID_FS_TYPE/ID_FS_LABEL/ID_PART_ENTRY_*.
-        if (found.TYPE) properties.ID_FS_TYPE = found.TYPE;
-        if (found.LABEL) properties.ID_FS_LABEL = found.LABEL;
-        if (found.PTTYPE) properties.ID_PART_TABLE_TYPE = found.PTTYPE;
-        this.probes.set(key, properties);
-        if (Object.keys(found).length > 0) this.probeListeners.forEach((rescan) => rescan());
-        // Wake waiters after the rescans just scheduled (setImmediate runs in order).
-        if (--this.probesRunning === 0) setImmediate(() => this.probeWaiters.splice(0).forEach((wake) => wake()));
-      });
+      this.probeQueue.push(() => this.probe(key, node));
+      this.drainProbes();
       return record;
     }
     if (known === 'pending') return record;
     return { ...record, properties: { ...known, ...record.properties } };
+  }
+
+  /** Runs queued probes a few at a time: a disk with 256 partitions must not fork 256 blkids at once. */
+  private drainProbes(): void {
+    while (this.probesActive < MAX_PARALLEL_PROBES && this.probeQueue.length > 0) {
+      this.probesActive++;
+      this.probeQueue.shift()!();
+    }
+  }
+
+  private probe(key: string, node: string): void {
+    execFile('blkid', ['-p', '-o', 'export', node], { timeout: 5000 }, (_error, stdout) => {
+      const found = parseKeyValueLines(stdout ?? '');
+      const properties: Record<string, string> = {};
+      for (const [k, v] of Object.entries(found)) if (k !== 'DEVNAME') properties[`ID_${k}`] = v;
+      // blkid names them TYPE/LABEL/PART_ENTRY_*; udev's names are ID_FS_TYPE/ID_FS_LABEL/ID_PART_ENTRY_*.
+      if (found.TYPE) properties.ID_FS_TYPE = found.TYPE;
+      if (found.LABEL) properties.ID_FS_LABEL = found.LABEL;
+      if (found.PTTYPE) properties.ID_PART_TABLE_TYPE = found.PTTYPE;
+      this.probes.set(key, properties);
+      if (Object.keys(found).length > 0) this.probeListeners.forEach((rescan) => rescan());
+      this.probesActive--;
+      this.drainProbes();
+      // Wake waiters after the rescans just scheduled (setImmediate runs in order).
+      if (--this.probesRunning === 0) setImmediate(() => this.probeWaiters.splice(0).forEach((wake) => wake()));
+    });
   }
 
   private watch(rescan: () => void): () => void {

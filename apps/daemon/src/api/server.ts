@@ -96,6 +96,9 @@ export function buildApi(
     routerOptions: { maxParamLength: 256 },
   });
   const { manager, store, devices, asks } = context;
+  const listCache = new Map<string, Buffer>();
+  const listChanges = manager.events$.subscribe(() => listCache.clear());
+  app.addHook('onClose', async () => listChanges.unsubscribe());
 
   app.setErrorHandler((error, _request, reply) => sendError(reply, toApiError(error)));
   app.setNotFoundHandler((request, reply) =>
@@ -122,11 +125,20 @@ export function buildApi(
         },
       },
     },
-    async (request) => ({
-      devices: manager
-        .list({ devclass: request.query.class, backend: request.query.backend, includeHidden: request.query.all })
-        .map(deviceToJson),
-    }),
+    async (request, reply) => {
+      // Listing is the hot path (every CLI call, every tray refresh): the serialized answer is kept
+      // until the next device event, so a list of 10,000 devices is one buffer write.
+      const key = `${request.query.class ?? ''}|${request.query.backend ?? ''}|${request.query.all === true}`;
+      let body = listCache.get(key);
+      if (!body) {
+        const devices = manager
+          .list({ devclass: request.query.class, backend: request.query.backend, includeHidden: request.query.all })
+          .map(deviceToJson);
+        body = Buffer.from(JSON.stringify({ devices }));
+        listCache.set(key, body);
+      }
+      return reply.type('application/json').send(body);
+    },
   );
 
   app.get(`/${API_VERSION}/domains`, async () => ({ domains: manager.domains() }));
