@@ -11,6 +11,10 @@ const { Kernel } = require('@devgate/core');
 const { blockModule } = require('@devgate/driver-block');
 const { LocalHostSource } = require('@devgate/host');
 const { QmpClient, labUp, labDown, qemuModule } = require('@devgate/backend-qemu');
+const http = require('node:http');
+const { spawn } = require('node:child_process');
+
+const ROOT = path.join(__dirname, '..');
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 60);
 const WARMUP = 5;
@@ -95,6 +99,206 @@ async function attachLatency(dir) {
   }
 }
 
+/** Starts a built devgated as a child process and waits for its socket to answer. */
+async function startDaemon(dir, name, backends) {
+  const socket = path.join(dir, `${name}.sock`);
+  const configFile = path.join(dir, `${name}.json`);
+  fs.writeFileSync(
+    configFile,
+    JSON.stringify({
+      socket,
+      stateDir: path.join(dir, `${name}-state`),
+      domains: path.join(dir, 'domains.json'),
+      backends,
+      access: { users: [], groups: [] },
+    }),
+  );
+  const extra = process.env.BENCH_DAEMON_ARGS ? process.env.BENCH_DAEMON_ARGS.split(' ') : [];
+  const child = spawn(
+    process.execPath,
+    [...extra, path.join(ROOT, 'apps/daemon/bin/devgated.cjs'), '--config', configFile],
+    {
+      stdio: ['ignore', 'ignore', 'inherit'],
+      env: { ...process.env, DEVGATE_LOG_LEVEL: 'warn' },
+    },
+  );
+  for (let i = 0; i < 300; i++) {
+    if (fs.existsSync(socket)) {
+      try {
+        await get(socket, '/v1/health');
+        return { socket, stop: () => new Promise((resolve) => (child.once('exit', resolve), child.kill('SIGTERM'))) };
+      } catch {
+        // not listening yet
+      }
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  child.kill('SIGKILL');
+  throw new Error('devgated did not start');
+}
+
+function get(socketPath, route) {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ socketPath, path: route }, (response) => {
+        const chunks = [];
+        response.on('data', (c) => chunks.push(c));
+        response.on('end', () => resolve(Buffer.concat(chunks)));
+      })
+      .on('error', reject);
+  });
+}
+
+function run(command, args, env) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: 'ignore', env });
+    child.on('exit', (code) =>
+      code === 0 ? resolve() : reject(new Error(`${command} ${args.join(' ')} exited ${code}`)),
+    );
+  });
+}
+
+/** `devgate list` through devgated against starting Node itself: what a CLI call costs. */
+async function cliStartup(dir) {
+  const daemon = await startDaemon(dir, 'cli', { dom0: { source: 'local' } });
+  try {
+    const env = { ...process.env, DEVGATE_SOCKET: daemon.socket };
+    const cli = path.join(ROOT, 'apps/cli/bin/devgate.cjs');
+    const ours = [];
+    const node = [];
+    for (let i = 0; i < ROUNDS + WARMUP; i++) {
+      const a = await time(() => run(process.execPath, [cli, 'list'], env));
+      const b = await time(() => run(process.execPath, ['-e', '0'], env));
+      if (i < WARMUP) continue;
+      ours.push(a);
+      node.push(b);
+    }
+    report('devgate list (through devgated)', median(ours), median(node), 'node -e 0', 1.15);
+  } finally {
+    await daemon.stop();
+  }
+}
+
+/** One API list call with 10,000 devices, from a generated recording. */
+async function bigList(dir) {
+  const recording = path.join(dir, 'big.txt');
+  const records = [];
+  for (let i = 0; i < 10_000; i++) {
+    records.push(
+      [
+        `P: /devices/virtual/block/loop${i}`,
+        `N: loop${i}`,
+        'E: SUBSYSTEM=block',
+        `E: DEVNAME=/dev/loop${i}`,
+        'E: DEVTYPE=disk',
+        'E: MAJOR=7',
+        `E: MINOR=${i}`,
+        'E: ID_FS_TYPE=ext4',
+        `E: ID_FS_LABEL=DISK${i}`,
+      ].join('\n'),
+    );
+  }
+  fs.writeFileSync(recording, records.join('\n\n') + '\n');
+  const daemon = await startDaemon(dir, 'big', { dom0: { recording } });
+  try {
+    const first = await time(() => get(daemon.socket, '/v1/devices?class=block'));
+    const warm = [];
+    let body;
+    for (let i = 0; i < ROUNDS; i++)
+      warm.push(await time(async () => (body = await get(daemon.socket, '/v1/devices?class=block'))));
+    const count = JSON.parse(body).devices.length;
+    const verdict = (ms) => (ms < 5 ? 'met' : 'NOT met');
+    console.log(
+      `${'API list, 10,000 devices'.padEnd(34)} first ${first.toFixed(2)} ms, then median ${median(warm).toFixed(2)} ms (${count} devices, ${(body.length / 1e6).toFixed(1)} MB)  (target < 5 ms: ${verdict(median(warm))})`,
+    );
+  } finally {
+    await daemon.stop();
+  }
+}
+
+/** Kernel uevent to SSE event, while a disk with 256 partitions appears at once. */
+async function ueventLatency(dir) {
+  const daemon = await startDaemon(dir, 'sse', { dom0: { source: 'local' } });
+  // A disk holds at most 255 partitions here; two disks of 128 appear at once.
+  const images = [0, 1].map((n) => {
+    const image = path.join(dir, `parts${n}.img`);
+    fs.writeFileSync(image, '');
+    fs.truncateSync(image, 160 * 1024 * 1024);
+    const table = ['label: gpt', 'table-length: 128', ...Array.from({ length: 128 }, () => 'size=1M, type=L')];
+    execFileSync('sfdisk', ['--quiet', image], { input: table.join('\n') + '\n' });
+    return image;
+  });
+  const uevents = new Map();
+  const seen = new Map();
+  const monitor = spawn('udevadm', ['monitor', '--kernel', '--property', '--subsystem-match=block'], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  let buffer = '';
+  monitor.stdout.on('data', (chunk) => {
+    const now = performance.now();
+    buffer += chunk;
+    let end;
+    while ((end = buffer.indexOf('\n\n')) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      if (/ACTION=add/.test(block)) {
+        const name = /DEVNAME=(?:\/dev\/)?(\S+)/.exec(block)?.[1];
+        if (name && !uevents.has(name)) uevents.set(name, now);
+      }
+    }
+  });
+  const sse = http.get({ socketPath: daemon.socket, path: '/v1/events' }, (response) => {
+    let pending = '';
+    response.on('data', (chunk) => {
+      const now = performance.now();
+      pending += chunk;
+      let end;
+      while ((end = pending.indexOf('\n\n')) >= 0) {
+        const frame = pending.slice(0, end);
+        pending = pending.slice(end + 2);
+        const data = /^data: (.*)$/m.exec(frame)?.[1];
+        if (!data) continue;
+        const event = JSON.parse(data);
+        if (event.type === 'device' && event.event === 'added' && !seen.has(event.device.portId))
+          seen.set(event.device.portId, now);
+      }
+    });
+  });
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  const loops = images.map((image) => execFileSync('losetup', ['-f', '--show', image], { encoding: 'utf8' }).trim());
+  try {
+    for (const loop of loops) execFileSync('partx', ['-a', loop]);
+    const partitions = loops.flatMap((loop) =>
+      Array.from({ length: 128 }, (_, i) => `${path.basename(loop)}p${i + 1}`),
+    );
+    const deadline = Date.now() + 10_000;
+    while (partitions.some((p) => !seen.has(p)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    const latencies = partitions
+      .filter((p) => seen.has(p) && uevents.has(p))
+      .map((p) => seen.get(p) - uevents.get(p))
+      .sort((a, b) => a - b);
+    const lost = partitions.filter((p) => !seen.has(p)).length;
+    const p50 = latencies[Math.floor(latencies.length * 0.5)];
+    const p99 = latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * 0.99))];
+    const verdict = p99 <= 20 && lost === 0 ? 'met' : 'NOT met';
+    console.log(
+      `${'uevent -> SSE, 256 partitions'.padEnd(34)} p50 ${p50?.toFixed(1)} ms, p99 ${p99?.toFixed(1)} ms, lost ${lost}  (target p99 <= 20 ms, zero lost: ${verdict})`,
+    );
+  } finally {
+    sse.destroy();
+    monitor.kill();
+    for (const loop of loops) {
+      try {
+        execFileSync('partx', ['-d', loop], { stdio: 'ignore' });
+      } catch {
+        // no partitions left
+      }
+      execFileSync('losetup', ['-d', loop]);
+    }
+    await daemon.stop();
+  }
+}
+
 async function main() {
   if (process.getuid?.() !== 0) throw new Error('the benchmarks need root (loop devices, QEMU)');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-bench-'));
@@ -102,7 +306,9 @@ async function main() {
     `devgate benchmarks: median of ${ROUNDS} rounds each, ${os.cpus().length} cores, node ${process.version}`,
   );
   try {
-    await attachLatency(dir);
+    const only = process.env.BENCH_ONLY;
+    const benches = { attachLatency, cliStartup, bigList, ueventLatency };
+    for (const [name, bench] of Object.entries(benches)) if (!only || only === name) await bench(dir);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

@@ -1,9 +1,13 @@
-// The client side of devgated's API. Only node:http at run time, so commands that go through the
-// daemon start as fast as Node itself.
-import * as http from 'node:http';
+// The client side of devgated's API, and the quick path: the most common read-only commands
+// answered from devgated with nothing loaded but this file, node:net and the formatters, so
+// `devgate list` costs little more than starting Node. Anything else (or no daemon) falls through
+// to the full CLI.
+import * as net from 'node:net';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { type DeviceJson } from '@devgate/core';
+import type * as formats from './format.js';
 
 export class ApiError extends Error {
   constructor(
@@ -29,6 +33,10 @@ export function daemonPresent(socket: string): boolean {
   return fs.statSync(socket, { throwIfNoEntry: false })?.isSocket() ?? false;
 }
 
+/**
+ * One request to devgated. Plain HTTP/1.1 over `net` rather than `node:http`: a CLI call makes one
+ * request, and http's lazily loaded machinery costs more than the whole exchange (see the bench).
+ */
 export function callApi<T>(
   socket: string,
   method: 'GET' | 'POST',
@@ -38,41 +46,40 @@ export function callApi<T>(
 ): Promise<T> {
   // State changes go to the `.rw` socket, which only allowed users can open.
   const socketPath = method === 'GET' ? socket : `${socket}.rw`;
-  const payload = body === undefined ? undefined : JSON.stringify(body);
+  const payload = body === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(body));
+  const head = [
+    `${method} ${route} HTTP/1.1`,
+    'host: devgated',
+    'connection: close',
+    // Who is asking, for the audit log of state changes (a claim: see ADR 0004).
+    ...(method === 'GET' ? [] : [`x-devgate-actor: ${actor()}`]),
+    ...(body === undefined ? [] : ['content-type: application/json', `content-length: ${payload.length}`]),
+  ];
   return new Promise((resolve, reject) => {
-    const request = http.request(
-      {
-        socketPath,
-        method,
-        path: route,
-        headers: {
-          ...(payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}),
-          'x-devgate-actor': actor(),
-        },
-        timeout: timeoutMs,
-      },
-      (response) => {
-        const chunks: Buffer[] = [];
-        response.on('data', (chunk: Buffer) => chunks.push(chunk));
-        response.on('end', () => {
-          let parsed: { error?: { code: string; message: string; hint?: string } } & Record<string, unknown>;
-          try {
-            parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-          } catch {
-            return reject(
-              new ApiError('DG_DAEMON_UNAVAILABLE', `devgated sent a malformed answer (${response.statusCode})`),
-            );
-          }
-          if (parsed.error) {
-            const { code, message, hint } = parsed.error;
-            return reject(new ApiError(code, message, hint, response.statusCode));
-          }
-          resolve(parsed as T);
-        });
-      },
+    const connection = net.connect(socketPath);
+    const chunks: Buffer[] = [];
+    connection.setTimeout(timeoutMs, () => connection.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+    // Write without half-closing: Node's HTTP server drops a request whose client ends its side;
+    // `connection: close` makes the server close once it has answered.
+    connection.on('connect', () =>
+      connection.write(Buffer.concat([Buffer.from(head.join('\r\n') + '\r\n\r\n'), payload])),
     );
-    request.on('timeout', () => request.destroy(new Error(`no answer within ${timeoutMs} ms`)));
-    request.on('error', (error: NodeJS.ErrnoException) => {
+    connection.on('data', (chunk: Buffer) => chunks.push(chunk));
+    connection.on('end', () => {
+      let parsed: { error?: { code: string; message: string; hint?: string } } & Record<string, unknown>;
+      const response = parseResponse(Buffer.concat(chunks));
+      try {
+        parsed = JSON.parse(response.body.toString('utf8'));
+      } catch {
+        return reject(new ApiError('DG_DAEMON_UNAVAILABLE', `devgated sent a malformed answer (${response.status})`));
+      }
+      if (parsed.error) {
+        const { code, message, hint } = parsed.error;
+        return reject(new ApiError(code, message, hint, response.status));
+      }
+      resolve(parsed as T);
+    });
+    connection.on('error', (error: NodeJS.ErrnoException) => {
       if (error.code === 'EACCES' && method !== 'GET') {
         reject(
           new ApiError(
@@ -91,8 +98,28 @@ export function callApi<T>(
         );
       }
     });
-    request.end(payload);
   });
+}
+
+/** Status and body of an HTTP/1.1 response read to the end (`connection: close`). */
+export function parseResponse(raw: Buffer): { status: number; body: Buffer } {
+  const split = raw.indexOf('\r\n\r\n');
+  if (split < 0) return { status: 0, body: Buffer.alloc(0) };
+  const lines = raw.subarray(0, split).toString('latin1').split('\r\n');
+  const status = Number(lines[0].split(' ')[1]);
+  let body = raw.subarray(split + 4);
+  if (lines.some((line) => /^transfer-encoding:\s*chunked/i.test(line))) {
+    const parts: Buffer[] = [];
+    for (let at = 0; at < body.length;) {
+      const eol = body.indexOf('\r\n', at);
+      const size = parseInt(body.subarray(at, eol).toString('latin1'), 16);
+      if (!(size > 0)) break;
+      parts.push(body.subarray(eol + 2, eol + 2 + size));
+      at = eol + 2 + size + 2;
+    }
+    body = Buffer.concat(parts);
+  }
+  return { status, body };
 }
 
 function actor(): string {
@@ -104,4 +131,58 @@ function actor(): string {
     // no passwd entry for this uid
   }
   return name ? `uid=${uid}(${name})` : `uid=${uid}`;
+}
+
+type Formats = typeof formats;
+type Plan = { path: string; render: (devices: DeviceJson[], formats: Formats) => string };
+
+function plan(prog: string, argv: readonly string[]): Plan | undefined {
+  if (prog === 'devgate') {
+    if (argv[0] !== 'list') return undefined;
+    const flags = new Set<string>();
+    let devclass: string | undefined;
+    for (let i = 1; i < argv.length; i++) {
+      if (argv[i] === '--json' || argv[i] === '--all') flags.add(argv[i]);
+      else if (argv[i] === '--class' && /^[a-z][a-z0-9-]*$/.test(argv[i + 1] ?? '')) devclass = argv[++i];
+      else return undefined;
+    }
+    const query = new URLSearchParams();
+    if (devclass) query.set('class', devclass);
+    if (flags.has('--all')) query.set('all', 'true');
+    return {
+      path: `/v1/devices?${query}`,
+      render: (devices, f) =>
+        flags.has('--json')
+          ? JSON.stringify(devices, null, 2) + '\n'
+          : f.formatDevgateTable(devices, flags.has('--all')),
+    };
+  }
+  const devclass = prog.startsWith('qvm-') && prog !== 'qvm-device' ? prog.slice(4) : undefined;
+  if (!devclass || argv.length > 1) return undefined;
+  const path = `/v1/devices?class=${devclass}`;
+  if (argv[0] === '-l' || argv[0] === '--list' || (devclass === 'usb' && argv.length === 0)) {
+    return { path, render: (d, f) => (devclass === 'block' ? f.formatLegacyBlockList(d) : f.formatLegacyList(d)) };
+  }
+  if (argv.length === 0 || ['list', 'ls', 'l'].includes(argv[0])) {
+    return { path, render: (d, f) => f.formatQubesTable(d, Boolean(process.stdout.isTTY)) };
+  }
+  return undefined;
+}
+
+/** Handles the command if it can; resolves false to let the full CLI run it. */
+export async function quick(prog: string, argv: readonly string[]): Promise<boolean> {
+  const wanted = plan(prog, argv);
+  const socket = resolveSocket();
+  if (!wanted || !daemonPresent(socket)) return false;
+  try {
+    const answer = callApi<{ devices: DeviceJson[] }>(socket, 'GET', wanted.path);
+    // Load the formatters while the daemon answers (require: `import()` would start the ESM loader).
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const formats = require('./format.js') as Formats;
+    process.stdout.write(wanted.render((await answer).devices, formats));
+    return true;
+  } catch (error) {
+    if (error instanceof ApiError && error.code === 'DG_DAEMON_UNAVAILABLE') return false;
+    throw error;
+  }
 }

@@ -4,6 +4,7 @@ import { type Io } from './io.js';
 import { type AccessOptions, type DeviceAccess, holderOf, withAccess } from './device-access.js';
 import { formatInfo, formatLegacyBlockList, formatLegacyList, formatQubesTable } from './format.js';
 import { addHostOptions } from './main.js';
+import { addUsbAuthorizationCommands } from './usb-command.js';
 
 /** Device classes with a driver in this build. */
 export const DEVICE_CLASSES = ['block', 'usb'] as const;
@@ -81,8 +82,10 @@ export function classProgram(prog: string, devclass: string, io: Io): Command {
         if (args.length > 0)
           throw usage(`invalid choice: '${args[0]}' (choose from list, attach, detach, assign, unassign, info)`);
         const devices = await access.list({ devclass });
-        if (options.list) io.out(devclass === 'block' ? formatLegacyBlockList(devices) : formatLegacyList(devices));
-        else io.out(formatQubesTable(devices, io.isTTY));
+        // The seed's `qvm-usb` alone prints the old lines; a bare `qvm-block` prints Qubes 4.3's table.
+        if (options.list || devclass === 'usb') {
+          io.out(devclass === 'block' ? formatLegacyBlockList(devices) : formatLegacyList(devices));
+        } else io.out(formatQubesTable(devices, io.isTTY));
       }),
   );
 
@@ -163,6 +166,9 @@ export function classProgram(prog: string, devclass: string, io: Io): Command {
         await access.unassign({ devclass, frontend: vm, device, only });
       }),
     );
+
+  // devgate's USB authorization (USBGuard-compatible): allow, block, reject, generate-policy, rules.
+  if (devclass === 'usb') addUsbAuthorizationCommands(program, io);
 
   subcommand(program, 'info', ['i'], 'Show info about device from domain')
     .argument('[BACKEND:PORT_ID]', 'the device')

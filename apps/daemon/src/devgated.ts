@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { type FastifyInstance } from 'fastify';
 import pino, { type Logger } from 'pino';
 import {
+  type DeviceInfo,
   type DeviceManager,
   type DeviceSource,
   type Disposable,
@@ -106,12 +107,21 @@ export class Devgated implements Disposable {
 
   /** Streams device events, notes new devices, and audits surprise removals. */
   private watch(): void {
+    // Devices seen are written in one transaction per burst, after the events went out: a disk
+    // with 256 partitions must not wait for 256 synchronous commits.
+    let seen: DeviceInfo[] = [];
+    const noteSeen = () => {
+      const batch = seen;
+      seen = [];
+      this.store.transaction(() => {
+        for (const device of batch) {
+          if (this.store.noteSeen(device).isNew) this.log.info({ device: portLabel(device.port) }, 'new device');
+        }
+      });
+    };
     this.manager.events$.subscribe((event) => {
-      if (event.type === 'added') {
-        const { isNew } = this.store.noteSeen(event.device);
-        if (isNew) this.log.info({ device: portLabel(event.device.port) }, 'new device');
-      }
       this.events.publishDevice(event);
+      if (event.type === 'added' && seen.push(event.device) === 1) setImmediate(noteSeen);
       if (event.type === 'removed' && event.device.attachment) {
         this.devices.audit({
           actor: 'devgated',
@@ -164,8 +174,9 @@ export class Devgated implements Disposable {
   async stop(): Promise<void> {
     this.autoAttach.dispose();
     this.asks.dispose();
-    for (const server of this.servers.splice(0)) await server.close().catch(() => undefined);
+    // End the event streams first: a server closes only once its open responses have ended.
     this.events.complete();
+    for (const server of this.servers.splice(0)) await server.close().catch(() => undefined);
     this.kernel.dispose();
     this.store.dispose();
     for (const file of [this.config.socket, rwSocketPath(this.config.socket)]) fs.rmSync(file, { force: true });

@@ -1,4 +1,11 @@
-import { type AttachSpec, type DomainName, Errors, type HypervisorAttachment, type Port } from '@devgate/core';
+import {
+  type AttachSpec,
+  type DomainName,
+  DriverContractError,
+  Errors,
+  type HypervisorAttachment,
+  type Port,
+} from '@devgate/core';
 
 /**
  * How devgate attachments look inside QEMU. Every device devgate adds has a qdev id that carries
@@ -108,4 +115,40 @@ export function planBlockAttach(port: Port, spec: AttachSpec, frontendDev: strin
     devices = [{ driver: 'usb-storage', id: qdevId, drive: nodeName, bus: 'xhci.0', removable: true }];
   }
   return { qdevId, nodeName, blockdev, devices, options: ordered };
+}
+
+/** The QMP `device_add` that passes a host USB device through, on the xHCI controller. */
+export interface UsbHostPlan {
+  readonly qdevId: string;
+  readonly device: Record<string, unknown>;
+  readonly options: Readonly<Record<string, string>>;
+}
+
+const HOST_PORT = /^\d{1,3}(\.\d{1,3}){0,6}$/;
+
+/**
+ * `usb-host` by physical port (`hostbus` + `hostport`, QEMU's "any device in that port") or by id
+ * (`vendorid` + `productid`, "this device whenever it shows up"). QEMU reads 0 as a wildcard in
+ * every one of these, so zeros are refused: a spec must name one device. The qdev id carries the
+ * attachment, as for block devices, so the attachment is read back from QEMU.
+ */
+export function planUsbHostAttach(port: Port, spec: AttachSpec): UsbHostPlan {
+  const { hostbus, hostport, vendorid, productid } = spec.params;
+  const isId = (v: unknown) => typeof v === 'number' && Number.isInteger(v) && v > 0 && v <= 0xffff;
+  let selector: Record<string, number | string>;
+  if (vendorid !== undefined || productid !== undefined) {
+    if (!isId(vendorid) || !isId(productid) || hostbus !== undefined || hostport !== undefined) {
+      throw new DriverContractError(port.devclass, 'usb-host by id needs vendorid and productid (1 to 0xffff) only');
+    }
+    selector = { vendorid: vendorid as number, productid: productid as number };
+  } else {
+    const busOk = typeof hostbus === 'number' && Number.isInteger(hostbus) && hostbus > 0 && hostbus < 1000;
+    if (!busOk || typeof hostport !== 'string' || !HOST_PORT.test(hostport)) {
+      throw new DriverContractError(port.devclass, 'usb-host needs hostbus (a bus number) and hostport (like 1.4)');
+    }
+    selector = { hostbus, hostport };
+  }
+  const options = { ...spec.options };
+  const qdevId = encodeQdevId({ c: port.devclass, b: port.backend, p: port.portId, o: options });
+  return { qdevId, device: { driver: 'usb-host', id: qdevId, bus: 'xhci.0', ...selector }, options };
 }

@@ -23,6 +23,7 @@ import {
   chooseFrontendDev,
   decodeQdevId,
   planBlockAttach,
+  planUsbHostAttach,
   toHypervisorAttachment,
 } from './qemu-attach.js';
 
@@ -167,8 +168,12 @@ export class QemuConnector implements Connector {
     }
   }
 
-  /** Attaches a block device (usb-storage by default, virtio-blk or a USB CD when asked). */
+  /**
+   * Attaches a block device (usb-storage by default, virtio-blk or a USB CD when asked), or passes a
+   * host USB device through (`usb-host`).
+   */
   async attach(frontend: DomainName, port: Port, spec: AttachSpec): Promise<HypervisorAttachment> {
+    if (spec.kind === 'usb-host') return this.attachUsbHost(frontend, port, spec);
     if (spec.kind !== 'block') throw Errors.unsupported({ driverId: this.id, operation: `attach (${spec.kind})` });
     const existing = await this.devgateDevices(frontend);
     const used = new Set(existing.map(([, record]) => record.o['frontend-dev']).filter(Boolean));
@@ -192,7 +197,17 @@ export class QemuConnector implements Connector {
     return { port, frontend, options: plan.options };
   }
 
-  /** device_del, wait for QEMU's DEVICE_DELETED (bounded), then blockdev-del. */
+  /** `device_add usb-host` on the xHCI controller; QEMU accepts it even before the device is there. */
+  private async attachUsbHost(frontend: DomainName, port: Port, spec: AttachSpec): Promise<HypervisorAttachment> {
+    const plan = planUsbHostAttach(port, spec);
+    // Read the domain's devices first, so the one added below is known when it comes back.
+    await this.devgateDevices(frontend);
+    await this.execute(frontend, 'device_add', plan.device);
+    await this.noteDevice(frontend, plan.qdevId, decodeQdevId(plan.qdevId));
+    return { port, frontend, options: plan.options };
+  }
+
+  /** device_del, wait for QEMU's DEVICE_DELETED (bounded), then blockdev-del for block devices. */
   async detach(frontend: DomainName, port: Port): Promise<void> {
     const found = (await this.devgateDevices(frontend)).find(
       ([, r]) => r.c === port.devclass && r.b === port.backend && r.p === port.portId,
@@ -256,6 +271,7 @@ export class QemuConnector implements Connector {
       }
       known = found;
       this.peripherals.set(client, found);
+      await this.dropOrphanNodes(domain, found);
       client.events$.subscribe({
         next: (event) => {
           if (event.event === 'DEVICE_DELETED') found.delete((event.data as { device?: string }).device ?? '');
@@ -264,6 +280,22 @@ export class QemuConnector implements Connector {
       });
     }
     return [...known];
+  }
+
+  /**
+   * Block nodes devgate added that no device uses: left by a devgate killed between blockdev-add
+   * and device_add, or between device_del and blockdev-del. They would hold the host device open
+   * and make the next attach under that name fail, so they go as soon as devgate connects.
+   */
+  private async dropOrphanNodes(domain: DomainName, devices: ReadonlyMap<string, AttachmentRecord>): Promise<void> {
+    const used = new Set([...devices.values()].map((r) => `dg-${r.o['frontend-dev']}`));
+    const nodes = await this.execute<{ 'node-name'?: string }[]>(domain, 'query-named-block-nodes', { flat: true });
+    for (const node of nodes) {
+      const name = node['node-name'];
+      if (name?.startsWith('dg-') && !used.has(name)) {
+        await this.execute(domain, 'blockdev-del', { 'node-name': name }).catch(() => undefined);
+      }
+    }
   }
 
   /** Records (or forgets) a device in the domain's known list after devgate changed it. */

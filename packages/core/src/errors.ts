@@ -248,6 +248,41 @@ export const Errors = {
     message: (p) => `Attaching ${p.device} to ${p.frontend} was not allowed: ${p.reason}`,
   }),
 
+  // -- USB passthrough and authorization
+  usbIdUnknown: define<{ device: string }>({
+    code: 'DG_USB_ID_UNKNOWN',
+    message: (p) => `cannot attach ${p.device} by id: its vendor or product id is unknown or 0000`,
+    hint: () => 'QEMU reads an id of 0 as "any device"; attach it by port (the default) instead',
+  }),
+  usbDescriptorsInvalid: define<{ device: string; reason: string }>({
+    code: 'DG_USB_DESCRIPTORS_INVALID',
+    message: (p) => `USB device ${p.device} has invalid descriptors: ${p.reason}`,
+    hint: () => 'the device was blocked; a real device never presents these (USBGuard rejects it)',
+  }),
+  usbHashUnavailable: define<{ device: string; attribute: string; rule: string; reason: string }>({
+    code: 'DG_USB_HASH_UNAVAILABLE',
+    message: (p) => `cannot decide ${p.device}: ${p.rule} matches on ${p.attribute}, which is unknown (${p.reason})`,
+    hint: () => 'the device was blocked; the hash needs its sysfs descriptors (a live host or a umockdev recording)',
+  }),
+  usbAuthorizationFailed: define<{ device: string; attribute: string; reason: string }>({
+    code: 'DG_USB_AUTHORIZATION_FAILED',
+    message: (p) => `cannot write ${p.attribute} of USB device ${p.device}: ${p.reason}`,
+    hint: () => 'writing USB authorization attributes in sysfs needs root',
+  }),
+  rulesUnreadable: define<{ file: string; reason: string }>({
+    code: 'DG_RULES_UNREADABLE',
+    message: (p) => `cannot read rules file '${p.file}': ${p.reason}`,
+  }),
+  rulesWriteFailed: define<{ file: string; reason: string }>({
+    code: 'DG_RULES_WRITE_FAILED',
+    message: (p) => `cannot append to rules file '${p.file}': ${p.reason}`,
+  }),
+  rulesInvalid: define<{ file: string; count: number }>({
+    code: 'DG_RULES_INVALID',
+    message: (p) => `${p.file}: ${p.count} invalid rule${p.count === 1 ? '' : 's'}`,
+    hint: () => 'the supported USBGuard rule language is described in docs/usbguard-rules.md',
+  }),
+
   // -- the plugin framework
   duplicateDriver: define<{ id: string }>({
     code: 'DG_DUPLICATE_DRIVER',

@@ -80,7 +80,7 @@ function ownHiddenReason(tree: HostTree, record: RawDeviceRecord, name: string):
     if (noMedia) return 'no medium';
   }
   if (/^nbd\d+$/.test(name) && record.attribute('pid') === undefined) return 'not connected';
-  const dmName = record.properties.DM_NAME ?? record.attribute('dm/name');
+  const dmName = record.properties.DM_NAME ?? (name.startsWith('dm-') ? record.attribute('dm/name') : undefined);
   if (dmName !== undefined && /^(snapshot-|origin-)/.test(dmName)) return 'internal device-mapper device';
   return undefined;
 }
@@ -117,15 +117,18 @@ function toDeviceInfo(tree: HostTree, backend: string, entry: Parsed, ids: Map<R
   const serial = sanitizeText(props.ID_SERIAL_SHORT ?? inherited(tree, diskRecord, 'serial'));
   const label = sanitizeText(decodeEnc(props.ID_FS_LABEL_ENC) ?? props.ID_FS_LABEL);
   // Only the loop device itself has a backing file; its partitions are described like any other.
-  const backingFile = sanitizeText(record.attribute('loop/backing_file'), 4096);
-  const dmName = sanitizeText(props.DM_NAME ?? record.attribute('dm/name'));
+  // Sysfs reads cost: ask each device only for what its kind has.
+  const isLoop = /^loop\d+$/.test(name);
+  const backingFile = isLoop ? sanitizeText(record.attribute('loop/backing_file'), 4096) : undefined;
+  const dmName = sanitizeText(props.DM_NAME ?? (name.startsWith('dm-') ? record.attribute('dm/name') : undefined));
   const size = Number(record.attribute('size'));
   const readOnly = record.attribute('ro') === '1' || (/^sr\d+$/.test(name) && props.ID_CDROM_MEDIA === '1');
 
   // Qubes' block description: the loop's backing file, the dm name, or "model (label)".
   const described = backingFile ?? dmName;
   const legacyDescription = described ?? trusted(`${rawModel ?? ''} (${label ?? ''})`);
-  const parentBackingFile = disk ? sanitizeText(disk.attribute('loop/backing_file'), 4096) : undefined;
+  const parentBackingFile =
+    disk && /^loop\d+p\d+$/.test(name) ? sanitizeText(disk.attribute('loop/backing_file'), 4096) : undefined;
   const productName =
     described ??
     (label ? trusted(model ? `${model} (${label})` : `(${label})`) : (model ?? parentBackingFile ?? trusted(name)));

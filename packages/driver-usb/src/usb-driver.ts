@@ -1,9 +1,16 @@
 import { type Observable, map } from 'rxjs';
-import { type DeviceClassDriver, type DeviceInfo, type DeviceSource, PLUGIN_API_VERSION } from '@devgate/core';
+import {
+  type AttachSpec,
+  type DeviceClassDriver,
+  type DeviceInfo,
+  type DeviceSource,
+  PLUGIN_API_VERSION,
+} from '@devgate/core';
 import { parseUsbDevices } from './parse-usb-devices.js';
+import { usbAttachSpec } from './usb-attach.js';
 import { type UsbNames, systemUsbNames } from './usb-ids.js';
 
-/** Whole USB devices by busid (hubs and root hubs excluded). Passthrough comes later. */
+/** Whole USB devices by busid (hubs and root hubs excluded), passed through as QEMU usb-host devices. */
 export class UsbDriver implements DeviceClassDriver {
   readonly id = 'usb';
   readonly manifest = { apiVersion: PLUGIN_API_VERSION, description: 'USB devices, by port (busid)' };
@@ -13,5 +20,10 @@ export class UsbDriver implements DeviceClassDriver {
 
   discover(source: DeviceSource): Observable<readonly DeviceInfo[]> {
     return source.trees$.pipe(map((tree) => parseUsbDevices(tree, source.backend, this.names)));
+  }
+
+  /** `usb-host` by port, or by vendor and product id with `by=id` (see usb-attach.ts). */
+  attachSpec(device: DeviceInfo, options: Readonly<Record<string, string>>): AttachSpec {
+    return usbAttachSpec(device, options);
   }
 }

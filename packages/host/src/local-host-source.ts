@@ -3,9 +3,16 @@ import * as path from 'node:path';
 import { execFile } from 'node:child_process';
 import { Observable, shareReplay } from 'rxjs';
 import { type DeviceSource, HostTree, type RawDeviceRecord } from '@devgate/core';
-import { type HostRoots, LOCAL_ROOTS, readHostTree } from './sysfs-reader.js';
+import {
+  type HostRoots,
+  LISTED_SUBSYSTEMS,
+  LOCAL_ROOTS,
+  readDeviceWithAncestors,
+  readHostTree,
+  readUsage,
+} from './sysfs-reader.js';
 import { parseKeyValueLines } from './parse-udev-data.js';
-import { UeventMonitor } from './uevent-monitor.js';
+import { type KernelUevent, UeventMonitor } from './uevent-monitor.js';
 
 export type HotplugMechanism = 'uevent' | 'fs.watch' | 'poll' | 'static';
 
@@ -23,7 +30,9 @@ export interface LocalHostOptions {
   readonly probeBlock?: boolean;
 }
 
-const MAX_PARALLEL_PROBES = 4;
+/** blkid runs on up to this many devices at once, in at most two processes: forking is the cost. */
+const PROBE_BATCH = 64;
+const MAX_PARALLEL_PROBES = 2;
 
 /** The directories whose entries appear and vanish on hotplug in a tree laid out like `/`. */
 const WATCHED_LISTS = ['class/block', 'bus/usb/devices', 'class/input', 'bus/pci/devices'];
@@ -43,7 +52,7 @@ export class LocalHostSource implements DeviceSource {
   private readonly probeBlock: boolean;
   private probesRunning = 0;
   private probesActive = 0;
-  private readonly probeQueue: (() => void)[] = [];
+  private readonly probeQueue: { key: string; node: string }[] = [];
   /** Rescans of the live subscriptions, run when a probe finds something. */
   private readonly probeListeners = new Set<() => void>();
   private readonly probeWaiters: (() => void)[] = [];
@@ -56,28 +65,61 @@ export class LocalHostSource implements DeviceSource {
     this.probeBlock = options.probeBlock ?? (isRealHost && process.getuid?.() === 0);
     this.hotplug = chooseHotplug(options.hotplug ?? 'auto', isRealHost);
     this.trees$ = new Observable<HostTree>((subscriber) => {
+      let devices = new Map<string, RawDeviceRecord>();
+      let fullRescan = true;
+      let events: KernelUevent[] = [];
       let pending: NodeJS.Immediate | undefined;
-      const rescan = () => {
-        if (pending) return;
-        // Coalesce a burst of events (a disk and its partitions) into one rescan.
-        pending = setImmediate(() => {
-          pending = undefined;
-          try {
-            subscriber.next(this.read());
-          } catch (error) {
-            subscriber.error(error);
-          }
-        });
+      const flush = () => {
+        pending = undefined;
+        try {
+          if (fullRescan)
+            devices = new Map(
+              readHostTree(this.roots)
+                .devices()
+                .map((r) => [r.devpath, r]),
+            );
+          else for (const event of events) this.apply(devices, event);
+          fullRescan = false;
+          events = [];
+          subscriber.next(this.withProbes(new HostTree(devices.values(), readUsage(this.roots))));
+        } catch (error) {
+          subscriber.error(error);
+        }
       };
-      this.probeListeners.add(rescan);
-      subscriber.next(this.read());
-      const stop = this.watch(rescan);
+      // A burst of events (a disk and its partitions) is coalesced into one new tree.
+      const schedule = () => (pending ??= setImmediate(flush));
+      const rescan = () => {
+        fullRescan = true;
+        schedule();
+      };
+      const onUevent = (event: KernelUevent) => {
+        events.push(event);
+        schedule();
+      };
+      // Probe results change no sysfs record: the same devices are emitted again, with them.
+      const reprobe = () => schedule();
+      this.probeListeners.add(reprobe);
+      flush();
+      const stop = this.watch(rescan, onUevent);
       return () => {
-        this.probeListeners.delete(rescan);
+        this.probeListeners.delete(reprobe);
         if (pending) clearImmediate(pending);
         stop();
       };
     }).pipe(shareReplay({ bufferSize: 1, refCount: true }));
+  }
+
+  /** A uevent applied to the known devices: the device read again, or it and its children dropped. */
+  private apply(devices: Map<string, RawDeviceRecord>, event: KernelUevent): void {
+    const dropUnder = (devpath: string) => {
+      for (const key of [...devices.keys()]) if (key === devpath || key.startsWith(devpath + '/')) devices.delete(key);
+    };
+    if (event.action === 'remove') return dropUnder(event.devpath);
+    if (event.action === 'move' && event.properties.DEVPATH_OLD) dropUnder(event.properties.DEVPATH_OLD);
+    if (!LISTED_SUBSYSTEMS.has(event.subsystem) && !devices.has(event.devpath)) return;
+    for (const record of readDeviceWithAncestors(this.roots, event.devpath, (d) => devices.has(d))) {
+      devices.set(record.devpath, record);
+    }
   }
 
   /** Resolves once no blkid probe is running (at most `timeoutMs` later). */
@@ -94,11 +136,10 @@ export class LocalHostSource implements DeviceSource {
 
   /** A fresh tree, without subscribing: what a one-shot command needs. */
   snapshot(): HostTree {
-    return this.read();
+    return this.withProbes(readHostTree(this.roots));
   }
 
-  private read(): HostTree {
-    const tree = readHostTree(this.roots);
+  private withProbes(tree: HostTree): HostTree {
     if (!this.probeBlock) return tree;
     return new HostTree(
       tree.devices().map((record) => this.withProbe(record)),
@@ -119,47 +160,60 @@ export class LocalHostSource implements DeviceSource {
       this.probes.set(key, 'pending');
       this.probesRunning++;
       const node = path.join(this.roots.dev, devname.replace(/^\/dev\//, ''));
-      this.probeQueue.push(() => this.probe(key, node));
-      this.drainProbes();
+      this.probeQueue.push({ key, node });
+      // Wait a turn of the event loop, so a burst (a disk and its partitions) is probed together.
+      if (this.probeQueue.length === 1) setImmediate(() => this.drainProbes());
       return record;
     }
     if (known === 'pending') return record;
     return { ...record, properties: { ...known, ...record.properties } };
   }
 
-  /** Runs queued probes a few at a time: a disk with 256 partitions must not fork 256 blkids at once. */
+  /** Runs queued probes in batches: a disk with 256 partitions must not fork 256 blkids. */
   private drainProbes(): void {
     while (this.probesActive < MAX_PARALLEL_PROBES && this.probeQueue.length > 0) {
       this.probesActive++;
-      this.probeQueue.shift()!();
+      this.probe(this.probeQueue.splice(0, PROBE_BATCH));
     }
   }
 
-  private probe(key: string, node: string): void {
-    execFile('blkid', ['-p', '-o', 'export', node], { timeout: 5000 }, (_error, stdout) => {
-      const found = parseKeyValueLines(stdout ?? '');
-      const properties: Record<string, string> = {};
-      for (const [k, v] of Object.entries(found)) if (k !== 'DEVNAME') properties[`ID_${k}`] = v;
-      // blkid names them TYPE/LABEL/PART_ENTRY_*; udev's names are ID_FS_TYPE/ID_FS_LABEL/ID_PART_ENTRY_*.
-      if (found.TYPE) properties.ID_FS_TYPE = found.TYPE;
-      if (found.LABEL) properties.ID_FS_LABEL = found.LABEL;
-      if (found.PTTYPE) properties.ID_PART_TABLE_TYPE = found.PTTYPE;
-      this.probes.set(key, properties);
-      if (Object.keys(found).length > 0) this.probeListeners.forEach((rescan) => rescan());
+  private probe(batch: { key: string; node: string }[]): void {
+    const nodes = batch.map((entry) => entry.node);
+    execFile('blkid', ['-p', '-o', 'export', ...nodes], { timeout: 10_000 }, (_error, stdout) => {
+      // One block per device that blkid recognized, each with its DEVNAME; the others found nothing.
+      const byNode = new Map<string, Record<string, string>>();
+      for (const block of (stdout ?? '').split('\n\n')) {
+        const found = parseKeyValueLines(block);
+        if (found.DEVNAME) byNode.set(found.DEVNAME, found);
+      }
+      let foundAny = false;
+      for (const { key, node } of batch) {
+        const found = byNode.get(node) ?? {};
+        const properties: Record<string, string> = {};
+        for (const [k, v] of Object.entries(found)) if (k !== 'DEVNAME') properties[`ID_${k}`] = v;
+        // blkid names them TYPE/LABEL/PTTYPE; udev's names are ID_FS_TYPE/ID_FS_LABEL/ID_PART_TABLE_TYPE.
+        if (found.TYPE) properties.ID_FS_TYPE = found.TYPE;
+        if (found.LABEL) properties.ID_FS_LABEL = found.LABEL;
+        if (found.PTTYPE) properties.ID_PART_TABLE_TYPE = found.PTTYPE;
+        this.probes.set(key, properties);
+        foundAny ||= Object.keys(found).length > 0;
+      }
+      if (foundAny) this.probeListeners.forEach((rescan) => rescan());
       this.probesActive--;
       this.drainProbes();
+      this.probesRunning -= batch.length;
       // Wake waiters after the rescans just scheduled (setImmediate runs in order).
-      if (--this.probesRunning === 0) setImmediate(() => this.probeWaiters.splice(0).forEach((wake) => wake()));
+      if (this.probesRunning === 0) setImmediate(() => this.probeWaiters.splice(0).forEach((wake) => wake()));
     });
   }
 
-  private watch(rescan: () => void): () => void {
+  private watch(rescan: () => void, onUevent: (event: KernelUevent) => void): () => void {
     switch (this.hotplug) {
       case 'uevent': {
-        const monitor = new UeventMonitor(rescan, () => {
+        const monitor = new UeventMonitor(onUevent, () => {
           // udevadm went away: fall back rather than go blind.
           this.hotplug = 'fs.watch';
-          stopFallback = this.watch(rescan);
+          stopFallback = this.watch(rescan, onUevent);
         });
         let stopFallback = () => {};
         monitor.start();
@@ -184,7 +238,7 @@ export class LocalHostSource implements DeviceSource {
         }
         if (watchers.length > 0) return () => watchers.forEach((w) => w.close());
         this.hotplug = 'poll';
-        return this.watch(rescan);
+        return this.watch(rescan, onUevent);
       }
       case 'poll': {
         const timer = setInterval(rescan, this.options.pollIntervalMs ?? 1000);

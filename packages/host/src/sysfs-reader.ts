@@ -54,6 +54,27 @@ export function readHostTree(roots: HostRoots): HostTree {
   return new HostTree(records, readUsage(roots));
 }
 
+/** Subsystems whose devices the tree holds (the lists above), for incremental updates. */
+export const LISTED_SUBSYSTEMS = new Set(['block', 'usb', 'input', 'pci']);
+
+/**
+ * One device, read again after a uevent, with those of its ancestors `known` does not have yet:
+ * an update of one device instead of a rescan of the whole tree.
+ */
+export function readDeviceWithAncestors(
+  roots: HostRoots,
+  devpath: string,
+  known: (devpath: string) => boolean,
+): RawDeviceRecord[] {
+  if (!devpath.startsWith('/devices/') || devpath.split('/').includes('..')) return [];
+  const records: RawDeviceRecord[] = [];
+  for (let at = devpath; at.length > '/devices'.length; at = path.posix.dirname(at)) {
+    if (at !== devpath && known(at)) break;
+    if (fs.existsSync(path.join(roots.sys, at, 'uevent'))) records.push(sysfsRecord(roots, at));
+  }
+  return records;
+}
+
 export function readUsage(roots: HostRoots): HostUsage {
   return {
     mounted: parseMountinfo(readOrEmpty(path.join(roots.proc, 'self/mountinfo'))),

@@ -1,3 +1,5 @@
+import { type IncomingMessage, STATUS_CODES, type ServerResponse } from 'node:http';
+import { type Duplex } from 'node:stream';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import {
   ASSIGNMENT_MODES,
@@ -30,11 +32,15 @@ export interface ApiContext {
 const NAME = { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_.*:+-]+$' } as const;
 const DEVCLASS = { type: 'string', minLength: 1, maxLength: 32, pattern: '^[a-z][a-z0-9-]*$' } as const;
 const DEVICE_ARG = { type: 'string', minLength: 3, maxLength: 512 } as const;
+// Query strings are text: with type coercion off, booleans and numbers are matched as strings.
+const BOOLEAN_QUERY = { type: 'string', enum: ['true', 'false'] } as const;
 const OPTIONS = {
   type: 'object',
   maxProperties: 16,
-  propertyNames: { maxLength: 64 },
-  additionalProperties: { type: 'string', maxLength: 256 },
+  // What the store accepts (store/validate.ts): an option it would refuse never gets as far as
+  // the audit log as a "denied" decision.
+  propertyNames: { pattern: '^[0-9A-Za-z_.-]{1,64}$' },
+  additionalProperties: { type: 'string', maxLength: 256, pattern: '^[^\\u0000-\\u001f\\u007f-\\u009f]*$' },
 } as const;
 const attachBody = {
   type: 'object',
@@ -94,8 +100,27 @@ export function buildApi(
     logger: false,
     return503OnClosing: true,
     routerOptions: { maxParamLength: 256 },
+    // JSON bodies keep JSON's types, and a field a schema does not name is refused, not dropped:
+    // fastify's defaults would turn `"frontend": true` into "true" and strip a misspelled `mode`.
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false } },
+    // The Host header means nothing on a Unix socket; requiring it made node answer a bare 400.
+    http: { requireHostHeader: false },
+    // Malformed URLs, over-long parameters and malformed HTTP get the API's error shape as well.
+    frameworkErrors: (error, _request, reply) => sendError(reply, toApiError(error)),
+    clientErrorHandler: answerClientError,
   });
   const { manager, store, devices, asks } = context;
+  // An Expect other than 100-continue: node would answer a bare 417.
+  app.server.on('checkExpectation', (_request: IncomingMessage, response: ServerResponse) => {
+    const body = JSON.stringify({ error: plain(Errors.apiBadRequest({ reason: 'unsupported Expect header' })) });
+    response
+      .writeHead(417, {
+        'content-type': 'application/json',
+        'content-length': Buffer.byteLength(body),
+        connection: 'close',
+      })
+      .end(body);
+  });
   const listCache = new Map<string, Buffer>();
   const listChanges = manager.events$.subscribe(() => listCache.clear());
   app.addHook('onClose', async () => listChanges.unsubscribe());
@@ -114,25 +139,26 @@ export function buildApi(
     faults: manager.faults().map((f) => ({ driver: f.driverId, source: f.sourceId, message: f.error.message })),
   }));
 
-  app.get<{ Querystring: { class?: string; backend?: string; all?: boolean } }>(
+  app.get<{ Querystring: { class?: string; backend?: string; all?: 'true' | 'false' } }>(
     `/${API_VERSION}/devices`,
     {
       schema: {
         querystring: {
           type: 'object',
           additionalProperties: false,
-          properties: { class: DEVCLASS, backend: NAME, all: { type: 'boolean' } },
+          properties: { class: DEVCLASS, backend: NAME, all: BOOLEAN_QUERY },
         },
       },
     },
     async (request, reply) => {
       // Listing is the hot path (every CLI call, every tray refresh): the serialized answer is kept
       // until the next device event, so a list of 10,000 devices is one buffer write.
-      const key = `${request.query.class ?? ''}|${request.query.backend ?? ''}|${request.query.all === true}`;
+      const all = request.query.all === 'true';
+      const key = `${request.query.class ?? ''}|${request.query.backend ?? ''}|${all}`;
       let body = listCache.get(key);
       if (!body) {
         const devices = manager
-          .list({ devclass: request.query.class, backend: request.query.backend, includeHidden: request.query.all })
+          .list({ devclass: request.query.class, backend: request.query.backend, includeHidden: all })
           .map(deviceToJson);
         body = Buffer.from(JSON.stringify({ devices }));
         listCache.set(key, body);
@@ -157,7 +183,7 @@ export function buildApi(
 
   app.get(`/${API_VERSION}/asks`, async () => ({ asks: asks.list() }));
 
-  app.get<{ Querystring: Record<string, string | number | undefined> }>(
+  app.get<{ Querystring: Record<string, string | undefined> }>(
     `/${API_VERSION}/audit`,
     {
       schema: {
@@ -170,8 +196,8 @@ export function buildApi(
             action: { type: 'string', maxLength: 32 },
             frontend: NAME,
             class: DEVCLASS,
-            limit: { type: 'integer', minimum: 1, maximum: 10_000 },
-            offset: { type: 'integer', minimum: 0 },
+            limit: { type: 'string', pattern: '^(?:[1-9][0-9]{0,3}|10000)$' },
+            offset: { type: 'string', pattern: '^[0-9]{1,15}$' },
             order: { type: 'string', enum: ['asc', 'desc'] },
           },
         },
@@ -181,13 +207,13 @@ export function buildApi(
       const q = request.query;
       return {
         entries: store.queryAudit({
-          since: q.since as string | undefined,
-          until: q.until as string | undefined,
-          action: q.action as string | undefined,
-          frontend: q.frontend as string | undefined,
-          devclass: q.class as string | undefined,
-          limit: q.limit as number | undefined,
-          offset: q.offset as number | undefined,
+          since: q.since,
+          until: q.until,
+          action: q.action,
+          frontend: q.frontend,
+          devclass: q.class,
+          limit: q.limit === undefined ? undefined : Number(q.limit),
+          offset: q.offset === undefined ? undefined : Number(q.offset),
           order: q.order as 'asc' | 'desc' | undefined,
         }),
       };
@@ -338,6 +364,28 @@ function toApiError(error: unknown): ApiError {
     };
   }
   return { status: 500, code: errorCode(error), message: 'internal error (logged by devgated)' };
+}
+
+/**
+ * What node's HTTP parser rejects (not HTTP, a NUL in the path, oversized headers, a body cut short
+ * by a half-close) never reaches a route: answered here in the API's error shape, then closed.
+ */
+function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return;
+  const [status, reason] =
+    error.code === 'HPE_HEADER_OVERFLOW'
+      ? [431, 'the request headers are too large']
+      : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? [408, 'the request was not received in time']
+        : [400, 'malformed HTTP request'];
+  const body = JSON.stringify({ error: plain(Errors.apiBadRequest({ reason })) });
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy(error);
 }
 
 function plain(error: DevgateError): { code: string; message: string; hint?: string } {

@@ -20,6 +20,8 @@ export const AUTO_ATTACH_ACTOR = 'devgated (auto-attach)';
  */
 export class AutoAttach {
   private readonly busy = new Set<string>();
+  /** Devices a person said no to, until they are unplugged: one question per insertion. */
+  private readonly declined = new Map<string, string>();
   private timer?: NodeJS.Timeout;
 
   constructor(
@@ -32,6 +34,7 @@ export class AutoAttach {
 
   start(): void {
     this.manager.on('added', (event) => void this.consider(event.device));
+    this.manager.on('removed', (event) => this.declined.delete(portKey(event.device.port)));
     // A device freed by a detach or a removal may be wanted elsewhere.
     this.manager.on('detached', () => this.reconcile());
     this.reconcile();
@@ -50,6 +53,7 @@ export class AutoAttach {
   async consider(device: DeviceInfo): Promise<void> {
     const key = portKey(device.port);
     if (device.attachment || device.hiddenReason || this.busy.has(key)) return;
+    if (this.declined.get(key) === device.deviceId) return;
     // Stored assignments are never `manual`: a manual attach is not persisted.
     const candidates = this.store.matchingAssignments(device);
     if (candidates.length === 0) return;
@@ -80,7 +84,10 @@ export class AutoAttach {
           outcome: answer.verdict === 'allow' ? 'ok' : 'denied',
           reason: `${answer.verdict} (${reason})`,
         });
-        if (answer.verdict !== 'allow') return;
+        if (answer.verdict !== 'allow') {
+          this.declined.set(key, device.deviceId);
+          return;
+        }
         chosen = best.find((a) => a.frontend === (answer.frontend ?? frontends[0])) ?? chosen;
       }
       // The device may have gone, or been attached by someone else, while we asked.

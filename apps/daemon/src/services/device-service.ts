@@ -9,6 +9,7 @@ import {
   deviceToJson,
   errorCode,
   parseDeviceArgument,
+  portKey,
   portLabel,
 } from '@devgate/core';
 import { type AuditEntryInput, type SqliteStateStore, type StoredAssignment } from '../store/state-store.js';
@@ -92,16 +93,33 @@ export class DeviceService {
     const port = input.device === undefined ? undefined : this.port(input.devclass, input.device).port;
     const wildcard = port?.portId === '*';
     const known = port && !wildcard ? this.manager.get(port) : undefined;
-    const journal = this.store.journalBegin({
-      op: 'detach',
-      devclass: input.devclass,
-      backend: port?.backend ?? '*',
-      portId: port?.portId ?? '*',
-      frontend: input.frontend,
-    });
+    // One intent per device: without a port (or with `*`), each device of the class attached to the
+    // frontend now. A wildcard intent fails the store's checks (every such detach was refused), and
+    // could not be settled against what the hypervisor reports after a crash anyway.
+    const targets =
+      port && !wildcard
+        ? [port]
+        : this.manager
+            .list({ devclass: input.devclass, includeHidden: true })
+            .filter((d) => d.attachment?.frontend === input.frontend)
+            .map((d) => d.port);
+    const journals = targets.map((p) =>
+      this.store.journalBegin({
+        op: 'detach',
+        devclass: p.devclass,
+        backend: p.backend,
+        portId: p.portId,
+        frontend: input.frontend,
+      }),
+    );
     try {
       const done = await this.manager.detach(input.frontend, wildcard ? undefined : port, input.devclass);
-      this.store.journalComplete(journal.id);
+      const detachedKeys = new Set(done.map(portKey));
+      targets.forEach((p, i) =>
+        detachedKeys.has(portKey(p))
+          ? this.store.journalComplete(journals[i].id)
+          : this.store.journalFail(journals[i].id, 'DG_NOT_ATTACHED'),
+      );
       for (const detached of done) {
         this.audit({
           ...this.target(this.manager.get(detached), detached),
@@ -113,7 +131,7 @@ export class DeviceService {
       }
       return done.map(portLabel);
     } catch (error) {
-      this.store.journalFail(journal.id, errorCode(error));
+      for (const journal of journals) this.store.journalFail(journal.id, errorCode(error));
       this.auditFailure(error, { ...this.target(known, port), actor, action: 'detach', frontend: input.frontend });
       throw error;
     }
@@ -134,13 +152,19 @@ export class DeviceService {
       frontend: input.frontend,
     };
     try {
-      const stored = this.store.assign({
-        ...entry,
-        deviceId: key.deviceId,
-        mode: input.mode,
-        options: input.options ?? {},
-      });
-      this.audit({ ...entry, outcome: 'ok', details: { mode: input.mode, options: input.options ?? {} } });
+      // One transaction: a crash can never leave the assignment without its audit record.
+      const [stored, audited] = this.store.transaction(
+        () =>
+          [
+            this.store.assign({ ...entry, deviceId: key.deviceId!, mode: input.mode, options: input.options ?? {} }),
+            this.store.appendAudit({
+              ...entry,
+              outcome: 'ok',
+              details: { mode: input.mode, options: input.options ?? {} },
+            }),
+          ] as const,
+      );
+      this.events.publish({ type: 'audit', entry: audited });
       return stored;
     } catch (error) {
       this.auditFailure(error, entry);
@@ -162,19 +186,23 @@ export class DeviceService {
       );
     if (key && matches.length === 0)
       throw Errors.notAssigned({ devclass: input.devclass, device: input.device!, frontend: input.frontend });
-    for (const a of matches) {
-      this.store.unassign(a);
-      this.audit({
-        devclass: a.devclass,
-        backend: a.backend,
-        portId: a.portId,
-        deviceId: a.deviceId,
-        actor,
-        action: 'unassign',
-        frontend: a.frontend,
-        outcome: 'ok',
-      });
-    }
+    // One transaction: every removal with its audit record, or none of them.
+    const audited = this.store.transaction(() =>
+      matches.map((a) => {
+        this.store.unassign(a);
+        return this.store.appendAudit({
+          devclass: a.devclass,
+          backend: a.backend,
+          portId: a.portId,
+          deviceId: a.deviceId,
+          actor,
+          action: 'unassign',
+          frontend: a.frontend,
+          outcome: 'ok',
+        });
+      }),
+    );
+    for (const entry of audited) this.events.publish({ type: 'audit', entry });
     return matches.length;
   }
 

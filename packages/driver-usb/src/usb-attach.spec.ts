@@ -1,0 +1,79 @@
+import { type DeviceInfo, DriverContractError } from '@devgate/core';
+import { loadRecording } from '@devgate/host';
+import { recordedFixture } from '@devgate/testkit';
+import { parseUsbDevices } from './parse-usb-devices';
+import { UsbDriver } from './usb-driver';
+
+const NO_NAMES = { vendor: () => undefined, product: () => undefined };
+
+function deviceOf(recording: string, portId: string): DeviceInfo {
+  const loaded = loadRecording(recordedFixture(recording));
+  try {
+    return parseUsbDevices(loaded.tree, 'sys-usb').find((d) => d.port.portId === portId)!;
+  } finally {
+    loaded.dispose();
+  }
+}
+
+describe('UsbDriver.attachSpec', () => {
+  const driver = new UsbDriver(NO_NAMES);
+
+  it('passes a device through by its host bus and port by default (busid 1-1.5.4.2: bus 1, port 1.5.4.2)', () => {
+    const keyboard = deviceOf('usbkbd.umockdev', '1-1.5.4.2');
+    expect(driver.attachSpec(keyboard, {})).toEqual({
+      kind: 'usb-host',
+      params: { hostbus: 1, hostport: '1.5.4.2' },
+      options: {},
+    });
+    expect(driver.attachSpec(keyboard, { by: 'port' }).params).toEqual({ hostbus: 1, hostport: '1.5.4.2' });
+  });
+
+  it('takes the bus from busnum, on every bus (HP EliteBook 8-1.3)', () => {
+    expect(driver.attachSpec(deviceOf('HP_ELITEBOOK_835_13_INCH_G10_RECOVERY_USB_CONNECTED.txt', '8-1.3'), {})).toEqual(
+      { kind: 'usb-host', params: { hostbus: 8, hostport: '1.3' }, options: {} },
+    );
+  });
+
+  it('passes it by vendor and product id with by=id, and reports the option', () => {
+    const yubikey = deviceOf('fido2.umockdev', '1-2.3');
+    expect(driver.attachSpec(yubikey, { by: 'id' })).toEqual({
+      kind: 'usb-host',
+      params: { vendorid: 0x1050, productid: 0x0120 },
+      options: { by: 'id' },
+    });
+  });
+
+  it('refuses unknown options with Qubes’ message, and bad values of by', () => {
+    const keyboard = deviceOf('usbkbd.umockdev', '1-1.5.4.2');
+    expect(() => driver.attachSpec(keyboard, { 'read-only': 'yes' })).toThrow(
+      expect.objectContaining({ code: 'DG_UNSUPPORTED_OPTION', message: 'Unsupported option read-only' }),
+    );
+    expect(() => driver.attachSpec(keyboard, { by: 'serial' })).toThrow(
+      expect.objectContaining({
+        code: 'DG_UNSUPPORTED_OPTION',
+        message: "by option can only have 'port' or 'id' value",
+      }),
+    );
+  });
+
+  it('refuses by=id when the id is unknown or 0000, which QEMU would read as any device', () => {
+    const keyboard = deviceOf('usbkbd.umockdev', '1-1.5.4.2');
+    const withoutVendor = Object.fromEntries(Object.entries(keyboard.data).filter(([key]) => key !== 'vendor-id'));
+    for (const data of [
+      { ...keyboard.data, 'vendor-id': '0000' },
+      { ...keyboard.data, 'product-id': '0000' },
+      withoutVendor,
+    ]) {
+      expect(() => driver.attachSpec({ ...keyboard, data }, { by: 'id' })).toThrow(
+        expect.objectContaining({ code: 'DG_USB_ID_UNKNOWN' }),
+      );
+    }
+  });
+
+  it('treats a port that is not a busid as a driver contract bug', () => {
+    const keyboard = deviceOf('usbkbd.umockdev', '1-1.5.4.2');
+    expect(() => driver.attachSpec({ ...keyboard, port: { ...keyboard.port, portId: 'usb1' } }, {})).toThrow(
+      DriverContractError,
+    );
+  });
+});
