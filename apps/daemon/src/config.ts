@@ -24,6 +24,11 @@ export interface DaemonConfig {
   };
   /** An unanswered ask is denied after this long. */
   readonly askTimeoutSeconds: number;
+  /** USB authorization of this host's devices, with USBGuard's rule language (docs/usb.md). */
+  readonly usbPolicy?: {
+    readonly rules: string;
+    readonly implicitTarget: 'allow' | 'block' | 'reject';
+  };
 }
 
 export interface ConfigIssue {
@@ -49,7 +54,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfi
   };
 }
 
-const TOP_KEYS = new Set(['socket', 'stateDir', 'domains', 'backends', 'access', 'askTimeoutSeconds']);
+const TOP_KEYS = new Set(['socket', 'stateDir', 'domains', 'backends', 'access', 'askTimeoutSeconds', 'usbPolicy']);
 const NAME = /^[a-zA-Z][a-zA-Z0-9_.-]{0,30}$/;
 const ACCOUNT = /^[a-z_][a-z0-9_-]{0,31}\$?$/;
 
@@ -126,6 +131,18 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
       at(timeoutNode.offset, 'askTimeoutSeconds must be a number of seconds between 0 and 86400');
     } else askTimeoutSeconds = timeoutNode.value;
   }
+  let usbPolicy: DaemonConfig['usbPolicy'];
+  const policyNode = findNodeAtLocation(tree, ['usbPolicy']);
+  if (policyNode) {
+    const rules = string(['usbPolicy', 'rules']);
+    const targetNode = findNodeAtLocation(tree, ['usbPolicy', 'implicitTarget']);
+    const target = targetNode?.value ?? 'block';
+    if (!rules) at(policyNode.offset, 'usbPolicy needs "rules": the path of a USBGuard rules file');
+    if (!['allow', 'block', 'reject'].includes(target)) {
+      at(targetNode!.offset, 'usbPolicy.implicitTarget must be allow, block or reject');
+    }
+    if (rules) usbPolicy = { rules, implicitTarget: target };
+  }
   if (issues.length > 0) return { issues };
   return {
     issues,
@@ -136,6 +153,7 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
       backends: Object.keys(backends).length > 0 ? backends : base.backends,
       access: { readGroup, users, groups },
       askTimeoutSeconds,
+      usbPolicy,
     },
   };
 }

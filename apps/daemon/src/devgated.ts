@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { type FastifyInstance } from 'fastify';
 import pino, { type Logger } from 'pino';
 import {
+  Errors,
   type DeviceInfo,
   type DeviceManager,
   type DeviceSource,
@@ -14,7 +15,7 @@ import {
 } from '@devgate/core';
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
-import { usbModule } from '@devgate/driver-usb';
+import { UsbAuthorizer, parseRulesFile, usbModule } from '@devgate/driver-usb';
 import { qemuModule } from '@devgate/backend-qemu';
 import { type DaemonConfig } from './config.js';
 import { SqliteStateStore } from './store/state-store.js';
@@ -38,6 +39,8 @@ export function rwSocketPath(socket: string): string {
  */
 export class Devgated implements Disposable {
   private servers: FastifyInstance[] = [];
+  private authorizer?: UsbAuthorizer;
+  private stopped = false;
 
   private constructor(
     readonly config: DaemonConfig,
@@ -66,6 +69,7 @@ export class Devgated implements Disposable {
     try {
       await daemon.reconcile();
       daemon.watch();
+      daemon.authorizeUsb();
       autoAttach.start();
       await daemon.listen();
     } catch (error) {
@@ -113,6 +117,7 @@ export class Devgated implements Disposable {
     const noteSeen = () => {
       const batch = seen;
       seen = [];
+      if (this.stopped) return;
       this.store.transaction(() => {
         for (const device of batch) {
           if (this.store.noteSeen(device).isNew) this.log.info({ device: portLabel(device.port) }, 'new device');
@@ -137,6 +142,43 @@ export class Devgated implements Disposable {
       }
       if (event.type === 'driver-fault') this.log.warn({ driver: event.driverId, err: event.error }, 'driver fault');
     });
+  }
+
+  /**
+   * USB authorization of the host's own devices (the backend read from this host's sysfs): present
+   * devices at start, new ones as they appear. Every decision is audited, and so streamed.
+   */
+  private authorizeUsb(): void {
+    const policy = this.config.usbPolicy;
+    if (!policy) return;
+    const source = this.manager.sources.find((s): s is LocalHostSource => s instanceof LocalHostSource);
+    if (!source) throw Errors.configInvalid({ location: 'usbPolicy', reason: 'no backend reads this host' });
+    const rules = parseRulesFile(fs.readFileSync(policy.rules, 'utf8'), policy.rules);
+    const authorizer = new UsbAuthorizer(
+      source,
+      { rules, implicitTarget: policy.implicitTarget },
+      { sysRoot: source.roots.sys },
+    );
+    authorizer.decisions$.subscribe((decision) => {
+      this.devices.audit({
+        actor: 'devgated (usb policy)',
+        action: 'policy',
+        devclass: 'usb',
+        backend: source.backend,
+        portId: decision.device,
+        outcome: decision.error ? 'error' : decision.target === 'allow' ? 'ok' : 'denied',
+        code: decision.error?.code,
+        reason: `${decision.target}: ${decision.reason}`,
+        details: {
+          rule: decision.rule ?? null,
+          attribute: decision.attribute ?? null,
+          value: decision.value ?? null,
+          applied: decision.applied,
+        },
+      });
+    });
+    authorizer.start();
+    this.authorizer = authorizer;
   }
 
   private async listen(): Promise<void> {
@@ -172,6 +214,8 @@ export class Devgated implements Disposable {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
+    this.authorizer?.dispose();
     this.autoAttach.dispose();
     this.asks.dispose();
     // End the event streams first: a server closes only once its open responses have ended.

@@ -2,16 +2,16 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { filter, firstValueFrom, take, timeout, toArray } from 'rxjs';
-import { HostTree, type RawDeviceRecord, sysname } from '@devgate/core';
+import { HostTree, sysname } from '@devgate/core';
+import { LocalHostSource, RecordedDevice, type Recording, loadRecording, rootsUnder } from '@devgate/host';
 import {
-  LocalHostSource,
-  RecordedDevice,
-  type Recording,
-  isRecordedDevice,
-  loadRecording,
-  rootsUnder,
-} from '@devgate/host';
-import { UNSAFE_CHARACTERS, addDevice, materializeHost, recordedFixture, recordsUnder } from '@devgate/testkit';
+  UNSAFE_CHARACTERS,
+  addDevice,
+  materializeHost,
+  recordedFixture,
+  recordsUnder,
+  withUsbAuthorizationFiles,
+} from '@devgate/testkit';
 import { generatePolicy } from './generate-policy';
 import {
   type AuthorizationDecision,
@@ -48,37 +48,10 @@ function recording(name: string): Recording {
   return loaded;
 }
 
-/** The records with the authorization attributes a kernel would have, as regular files. */
-function withAuthorizationFiles(records: readonly RawDeviceRecord[]): RawDeviceRecord[] {
-  return records.map((record) => {
-    if (record.subsystem !== 'usb' || !isRecordedDevice(record)) return record;
-    const extra: Record<string, string> = {};
-    if (record.properties.DEVTYPE === 'usb_device') {
-      extra.authorized = record.attribute('authorized') ?? '1';
-      extra.remove = '';
-      if (/^usb\d+$/.test(sysname(record.devpath)))
-        extra.authorized_default = record.attribute('authorized_default') ?? '1';
-    } else if (record.properties.DEVTYPE === 'usb_interface') {
-      extra.interface_authorized = '1';
-    } else {
-      return record;
-    }
-    return new RecordedDevice({
-      devpath: record.devpath,
-      subsystem: record.subsystem,
-      properties: record.properties,
-      attributes: new Map([...record.attributes, ...Object.entries(extra)]),
-      binaryAttributes: record.binaryAttributes,
-      links: record.links,
-      devlinks: record.devlinks,
-    });
-  });
-}
-
 function host(name: string): { dir: string; sys: string; source: LocalHostSource } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-usbauth-'));
   dirs.push(dir);
-  materializeHost(withAuthorizationFiles(recording(name).tree.devices()), dir);
+  materializeHost(withUsbAuthorizationFiles(recording(name).tree.devices()), dir);
   return {
     dir,
     sys: path.join(dir, 'sys'),
@@ -323,7 +296,7 @@ describe('UsbAuthorizer: hotplug', () => {
 
       // Plug in the Canon camera behind its NEC hub (canon-powershot-sx200.umockdev, same hub chain).
       const canon = recording('canon-powershot-sx200.umockdev').tree.devices();
-      const plugged = withAuthorizationFiles(recordsUnder(canon, `${HUB_1_5}/1-1.5.2`));
+      const plugged = withUsbAuthorizationFiles(recordsUnder(canon, `${HUB_1_5}/1-1.5.2`));
       expect(plugged.map((r) => sysname(r.devpath))).toEqual(expect.arrayContaining(['1-1.5.2', '1-1.5.2.3']));
       const next = firstValueFrom(
         authorizer.decisions$.pipe(

@@ -47,7 +47,7 @@ export class LocalHostSource implements DeviceSource {
   readonly backend: string;
   readonly trees$: Observable<HostTree>;
   hotplug: HotplugMechanism;
-  private readonly roots: HostRoots;
+  readonly roots: HostRoots;
   private readonly probes = new Map<string, Record<string, string> | 'pending'>();
   private readonly probeBlock: boolean;
   private probesRunning = 0;

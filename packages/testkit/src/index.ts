@@ -5,3 +5,4 @@ export * from './hostile.js';
 export * from './conformance.js';
 export * from './fixtures.js';
 export * from './materialize.js';
+export * from './usb-authorization-files.js';
