@@ -11,6 +11,7 @@ const { Kernel } = require('@devgate/core');
 const { blockModule } = require('@devgate/driver-block');
 const { LocalHostSource } = require('@devgate/host');
 const { QmpClient, labUp, labDown, qemuModule } = require('@devgate/backend-qemu');
+const { removePartitions } = require('@devgate/testkit');
 const http = require('node:http');
 const { spawn } = require('node:child_process');
 
@@ -267,7 +268,8 @@ async function ueventLatency(dir) {
   await new Promise((resolve) => setTimeout(resolve, 500));
   const loops = images.map((image) => execFileSync('losetup', ['-f', '--show', image], { encoding: 'utf8' }).trim());
   try {
-    for (const loop of loops) execFileSync('partx', ['-a', loop]);
+    // Both disks' partitions at once, without blocking this process: it timestamps the uevents.
+    await Promise.all(loops.map((loop) => run('partx', ['-a', loop], process.env)));
     const partitions = loops.flatMap((loop) =>
       Array.from({ length: 128 }, (_, i) => `${path.basename(loop)}p${i + 1}`),
     );
@@ -287,12 +289,10 @@ async function ueventLatency(dir) {
   } finally {
     sse.destroy();
     monitor.kill();
+    // Busy partitions (a probe has them open) refuse to go at first: a detached loop device would
+    // keep them, so try until they are gone.
     for (const loop of loops) {
-      try {
-        execFileSync('partx', ['-d', loop], { stdio: 'ignore' });
-      } catch {
-        // no partitions left
-      }
+      removePartitions(loop);
       execFileSync('losetup', ['-d', loop]);
     }
     await daemon.stop();

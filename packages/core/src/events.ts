@@ -59,5 +59,6 @@ export function snapshotsToEvents(): OperatorFunction<readonly DeviceInfo[], Dev
 
 /** Equal apart from the attachment, which has events of its own. */
 function sameDevice(a: DeviceInfo, b: DeviceInfo): boolean {
+  if (a === b) return true; // drivers hand back the same object for a device that did not change
   return JSON.stringify({ ...a, attachment: undefined }) === JSON.stringify({ ...b, attachment: undefined });
 }

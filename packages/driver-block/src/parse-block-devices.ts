@@ -55,9 +55,28 @@ export function parseBlockDevices(tree: HostTree, backend: string): DeviceInfo[]
   const ids = new Map<RawDeviceRecord, string>();
   const result: DeviceInfo[] = [];
   for (const entry of parsed.sort((a, b) => Number(a.isPartition) - Number(b.isPartition))) {
-    result.push(toDeviceInfo(tree, backend, entry, ids));
+    result.push(memoized(tree, backend, entry, ids));
   }
   return result;
+}
+
+/**
+ * The same DeviceInfo object for a record that did not change (sources keep record objects across
+ * hotplug updates), so a burst of new partitions does not rebuild every other device.
+ */
+const memo = new WeakMap<RawDeviceRecord, { readonly key: string; readonly info: DeviceInfo }>();
+
+function memoized(tree: HostTree, backend: string, entry: Parsed, ids: Map<RawDeviceRecord, string>): DeviceInfo {
+  const diskId = entry.disk ? ids.get(entry.disk) : undefined;
+  const key = `${backend}|${entry.hidden ?? ''}|${diskId ?? ''}|${entry.disk ? kernelName(entry.disk) : ''}`;
+  const known = memo.get(entry.record);
+  if (known && known.key === key && !known.info.parent?.devclass.startsWith('usb')) {
+    ids.set(entry.record, known.info.deviceId);
+    return known.info;
+  }
+  const info = toDeviceInfo(tree, backend, entry, ids);
+  memo.set(entry.record, { key, info });
+  return info;
 }
 
 function kernelName(record: RawDeviceRecord): string {
@@ -136,7 +155,8 @@ function toDeviceInfo(tree: HostTree, backend: string, entry: Parsed, ids: Map<R
   const data: Record<string, string | number | boolean> = {
     kind: isPartition ? 'partition' : 'disk',
     'read-only': readOnly,
-    removable: record.attribute('removable') === '1',
+    // Partitions have no `removable` of their own: they are as removable as their disk.
+    removable: (disk ?? record).attribute('removable') === '1',
     devnode: `/dev/${name}`,
   };
   if (Number.isFinite(size) && record.attribute('size') !== undefined) data.size = size * 512;

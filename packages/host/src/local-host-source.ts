@@ -30,8 +30,13 @@ export interface LocalHostOptions {
   readonly probeBlock?: boolean;
 }
 
+/** Coalescing of hotplug bursts: wait this long for a pause, and never longer than the maximum. */
+const BURST_QUIET_MS = 2;
+const BURST_MAX_MS = 12;
+
 /** blkid runs on up to this many devices at once, in at most two processes: forking is the cost. */
 const PROBE_BATCH = 64;
+const PROBE_DELAY_MS = 50;
 const MAX_PARALLEL_PROBES = 2;
 
 /** The directories whose entries appear and vanish on hotplug in a tree laid out like `/`. */
@@ -53,6 +58,7 @@ export class LocalHostSource implements DeviceSource {
   private probesRunning = 0;
   private probesActive = 0;
   private readonly probeQueue: { key: string; node: string }[] = [];
+  private readonly probed = new WeakMap<RawDeviceRecord, RawDeviceRecord>();
   /** Rescans of the live subscriptions, run when a probe finds something. */
   private readonly probeListeners = new Set<() => void>();
   private readonly probeWaiters: (() => void)[] = [];
@@ -68,7 +74,8 @@ export class LocalHostSource implements DeviceSource {
       let devices = new Map<string, RawDeviceRecord>();
       let fullRescan = true;
       let events: KernelUevent[] = [];
-      let pending: NodeJS.Immediate | undefined;
+      let pending: NodeJS.Timeout | undefined;
+      let burstStarted = 0;
       const flush = () => {
         pending = undefined;
         try {
@@ -82,12 +89,19 @@ export class LocalHostSource implements DeviceSource {
           fullRescan = false;
           events = [];
           subscriber.next(this.withProbes(new HostTree(devices.values(), readUsage(this.roots))));
+          if (this.probesRunning === 0) this.wakeProbeWaiters();
         } catch (error) {
           subscriber.error(error);
         }
       };
-      // A burst of events (a disk and its partitions) is coalesced into one new tree.
-      const schedule = () => (pending ??= setImmediate(flush));
+      // A burst of events (a disk and its partitions) is coalesced into one new tree: it is built
+      // once the events pause for a moment, and at least every BURST_MAX_MS while they keep coming.
+      const schedule = () => {
+        const now = Date.now();
+        if (!pending) burstStarted = now;
+        else clearTimeout(pending);
+        pending = setTimeout(flush, now - burstStarted >= BURST_MAX_MS ? 0 : BURST_QUIET_MS);
+      };
       const rescan = () => {
         fullRescan = true;
         schedule();
@@ -103,7 +117,7 @@ export class LocalHostSource implements DeviceSource {
       const stop = this.watch(rescan, onUevent);
       return () => {
         this.probeListeners.delete(reprobe);
-        if (pending) clearImmediate(pending);
+        if (pending) clearTimeout(pending);
         stop();
       };
     }).pipe(shareReplay({ bufferSize: 1, refCount: true }));
@@ -117,7 +131,8 @@ export class LocalHostSource implements DeviceSource {
     if (event.action === 'remove') return dropUnder(event.devpath);
     if (event.action === 'move' && event.properties.DEVPATH_OLD) dropUnder(event.properties.DEVPATH_OLD);
     if (!LISTED_SUBSYSTEMS.has(event.subsystem) && !devices.has(event.devpath)) return;
-    for (const record of readDeviceWithAncestors(this.roots, event.devpath, (d) => devices.has(d))) {
+    const fromUevent = event.action === 'add' || event.action === 'change' ? event.properties : undefined;
+    for (const record of readDeviceWithAncestors(this.roots, event.devpath, (d) => devices.has(d), fromUevent)) {
       devices.set(record.devpath, record);
     }
   }
@@ -132,6 +147,10 @@ export class LocalHostSource implements DeviceSource {
         resolve();
       });
     });
+  }
+
+  private wakeProbeWaiters(): void {
+    this.probeWaiters.splice(0).forEach((wake) => wake());
   }
 
   /** A fresh tree, without subscribing: what a one-shot command needs. */
@@ -161,12 +180,18 @@ export class LocalHostSource implements DeviceSource {
       this.probesRunning++;
       const node = path.join(this.roots.dev, devname.replace(/^\/dev\//, ''));
       this.probeQueue.push({ key, node });
-      // Wait a turn of the event loop, so a burst (a disk and its partitions) is probed together.
-      if (this.probeQueue.length === 1) setImmediate(() => this.drainProbes());
+      // Probe after a short pause, so a burst (a disk and its partitions) is probed together, and
+      // forking blkid does not hold up the burst's own events.
+      if (this.probeQueue.length === 1) setTimeout(() => this.drainProbes(), PROBE_DELAY_MS);
       return record;
     }
     if (known === 'pending') return record;
-    return { ...record, properties: { ...known, ...record.properties } };
+    // The same wrapped record each time, so drivers can tell it did not change.
+    const wrapped = this.probed.get(record);
+    if (wrapped) return wrapped;
+    const fresh = { ...record, properties: { ...known, ...record.properties } };
+    this.probed.set(record, fresh);
+    return fresh;
   }
 
   /** Runs queued probes in batches: a disk with 256 partitions must not fork 256 blkids. */
@@ -202,8 +227,8 @@ export class LocalHostSource implements DeviceSource {
       this.probesActive--;
       this.drainProbes();
       this.probesRunning -= batch.length;
-      // Wake waiters after the rescans just scheduled (setImmediate runs in order).
-      if (this.probesRunning === 0) setImmediate(() => this.probeWaiters.splice(0).forEach((wake) => wake()));
+      // With a live subscription, the new tree carries the findings: the flush wakes the waiters.
+      if (this.probesRunning === 0 && (!foundAny || this.probeListeners.size === 0)) this.wakeProbeWaiters();
     });
   }
 

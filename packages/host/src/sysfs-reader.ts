@@ -65,14 +65,27 @@ export function readDeviceWithAncestors(
   roots: HostRoots,
   devpath: string,
   known: (devpath: string) => boolean,
+  fromUevent?: Record<string, string>,
 ): RawDeviceRecord[] {
   if (!devpath.startsWith('/devices/') || devpath.split('/').includes('..')) return [];
   const records: RawDeviceRecord[] = [];
   for (let at = devpath; at.length > '/devices'.length; at = path.posix.dirname(at)) {
     if (at !== devpath && known(at)) break;
-    if (fs.existsSync(path.join(roots.sys, at, 'uevent'))) records.push(sysfsRecord(roots, at));
+    if (at === devpath && fromUevent) records.push(sysfsRecord(roots, at, fromUevent));
+    else if (fs.existsSync(path.join(roots.sys, at, 'uevent'))) records.push(sysfsRecord(roots, at));
   }
   return records;
+}
+
+/** Whether udevd keeps a database here; checked once a second rather than once per device. */
+const udevDatabaseSeen = new Map<string, { at: number; present: boolean }>();
+function hasUdevDatabase(roots: HostRoots): boolean {
+  const now = Date.now();
+  const known = udevDatabaseSeen.get(roots.udevData);
+  if (known && now - known.at < 1000) return known.present;
+  const present = isDirectory(roots.udevData);
+  udevDatabaseSeen.set(roots.udevData, { at: now, present });
+  return present;
 }
 
 export function readUsage(roots: HostRoots): HostUsage {
@@ -82,15 +95,30 @@ export function readUsage(roots: HostRoots): HostUsage {
   };
 }
 
-function sysfsRecord(roots: HostRoots, devpath: string): RawDeviceRecord {
+/**
+ * One device directory. `fromUevent` are the properties a uevent just delivered for it: the same as
+ * its uevent file, so the file need not be read again (sysfs reads are what a burst costs).
+ */
+function sysfsRecord(roots: HostRoots, devpath: string, fromUevent?: Record<string, string>): RawDeviceRecord {
   const dir = path.join(roots.sys, devpath);
-  const properties = parseKeyValueLines(readOrEmpty(path.join(dir, 'uevent')));
+  let properties: Record<string, string>;
+  let subsystem: string;
+  if (fromUevent?.SUBSYSTEM) {
+    // What the uevent file holds: the event's own fields (ACTION, SEQNUM, DEVPATH) are not in it.
+    properties = Object.fromEntries(
+      Object.entries(fromUevent).filter(([key]) => key !== 'ACTION' && key !== 'SEQNUM' && key !== 'DEVPATH'),
+    );
+    subsystem = fromUevent.SUBSYSTEM;
+  } else {
+    properties = parseKeyValueLines(readOrEmpty(path.join(dir, 'uevent')));
+    const subsystemLink = readlinkOrUndefined(path.join(dir, 'subsystem'));
+    subsystem = subsystemLink ? path.basename(subsystemLink) : (properties.SUBSYSTEM ?? '');
+  }
   // The kernel writes DEVNAME relative to /dev; udev (and so every recording) writes it absolute.
   if (properties.DEVNAME && !properties.DEVNAME.startsWith('/')) properties.DEVNAME = `/dev/${properties.DEVNAME}`;
-  const subsystemLink = readlinkOrUndefined(path.join(dir, 'subsystem'));
-  const subsystem = subsystemLink ? path.basename(subsystemLink) : (properties.SUBSYSTEM ?? '');
-  const udev = readUdevData(roots, subsystem, properties, path.basename(devpath));
+  const udev = hasUdevDatabase(roots) ? readUdevData(roots, subsystem, properties, path.basename(devpath)) : {};
   const attributes = new Map<string, string | undefined>();
+  const listings = new Map<string, string[] | undefined>();
   return {
     devpath,
     subsystem,
@@ -99,9 +127,14 @@ function sysfsRecord(roots: HostRoots, devpath: string): RawDeviceRecord {
       if (!attributes.has(name)) attributes.set(name, readAttribute(dir, name));
       return attributes.get(name);
     },
+    // Like attributes, read once per record: a device's record is read again when a uevent says
+    // it changed, and every full rescan starts afresh.
     entries(name) {
-      const sub = safeJoin(dir, name);
-      return sub && isDirectory(sub) ? readdirOrEmpty(sub) : undefined;
+      if (!listings.has(name)) {
+        const sub = safeJoin(dir, name);
+        listings.set(name, sub && isDirectory(sub) ? readdirOrEmpty(sub) : undefined);
+      }
+      return listings.get(name);
     },
   };
 }

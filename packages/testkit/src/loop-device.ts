@@ -53,6 +53,8 @@ export function createLoopDisk(spec: LoopDiskSpec): LoopDisk {
       encoding: 'utf8',
     }).trim();
     const name = path.basename(device);
+    // A loop device detached while a partition was busy keeps that partition: clear leftovers first.
+    removePartitions(device);
     if (parts.length > 0) execFileSync('partx', ['-a', device]);
     const partitions = parts.map((_p, i) => `${name}p${i + 1}`);
     disk = {
@@ -96,12 +98,26 @@ function mkfs(node: string, label: string): void {
   execFileSync('mkfs.ext4', ['-q', '-F', '-L', label, node]);
 }
 
-function detachQuietly(device: string): void {
-  try {
-    execFileSync('partx', ['-d', device], { stdio: 'ignore' });
-  } catch {
-    // No partitions, or already gone.
+/**
+ * Deletes the kernel's partitions of a loop device. A partition that something holds open for a
+ * moment (a blkid probe) refuses with EBUSY, so this tries again for a while.
+ */
+export function removePartitions(device: string, timeoutMs = 3000): void {
+  const sysDir = `/sys/block/${path.basename(device)}`;
+  const remaining = () => fs.readdirSync(sysDir).filter((entry) => entry.startsWith(`${path.basename(device)}p`));
+  const deadline = Date.now() + timeoutMs;
+  while (fs.existsSync(sysDir) && remaining().length > 0) {
+    try {
+      execFileSync('partx', ['-d', device], { stdio: 'ignore' });
+    } catch {
+      if (Date.now() > deadline) return;
+      execFileSync('sleep', ['0.05']);
+    }
   }
+}
+
+function detachQuietly(device: string): void {
+  removePartitions(device);
   try {
     execFileSync('losetup', ['-d', device], { stdio: 'ignore' });
   } catch {
