@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 'use strict';
 // The quick path answers common listings from devgated without loading the whole CLI.
-require('../dist/daemon-client.js')
+require('../dist/quick.js')
   .quick('qvm-pci', process.argv.slice(2))
   .then((handled) => handled || require('../dist/main.js').runAsMain('qvm-pci'))
   .catch((error) => {

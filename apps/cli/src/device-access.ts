@@ -1,7 +1,6 @@
 import { type DeviceJson, Errors, deviceToJson, parseDeviceArgument, portLabel } from '@devgate/core';
-import { type AssignmentJson } from './format.js';
 import { type HostOptions, type OpenHost, withHost } from './host.js';
-import { ApiError, callApi, daemonPresent, resolveSocket } from './daemon-client.js';
+import { ApiError, type AssignmentJson, callApi, daemonPresent, resolveSocket } from '@devgate/client';
 import { type Io } from './io.js';
 
 export interface AssignRequest {

@@ -1,16 +1,7 @@
 // Output formats. They work on the JSON shape of devices (what devgated sends and `deviceToJson`
 // makes in-process), and import nothing at run time, so the quick client stays quick.
 import { type DeviceJson } from '@devgate/core';
-
-export interface AssignmentJson {
-  readonly devclass: string;
-  readonly backend: string;
-  readonly portId: string;
-  readonly deviceId: string;
-  readonly frontend: string;
-  readonly mode: string;
-  readonly options: Readonly<Record<string, string>>;
-}
+import { type AssignmentJson } from '@devgate/client';
 
 /** `column -t`: every column but the last padded to its widest cell, two spaces apart. */
 export function formatColumns(rows: readonly (readonly string[])[]): string {

@@ -1,14 +1,11 @@
-// The client side of devgated's API, and the quick path: the most common read-only commands
-// answered from devgated with nothing loaded but this file, node:net and the formatters, so
-// `devgate list` costs little more than starting Node. Anything else (or no daemon) falls through
-// to the full CLI.
-import * as net from 'node:net';
+// @devgate/client: devgated's API from the client side (the CLI, the tray, scripts). One file with
+// node:net only at run time: a CLI call loads it on every run, so it stays small and quick.
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { type DeviceJson } from '@devgate/core';
-import type * as formats from './format.js';
 
+/** A coded error as devgated reports it (`{error: {code, message, hint?}}`), or a transport failure. */
 export class ApiError extends Error {
   constructor(
     readonly code: string,
@@ -20,12 +17,57 @@ export class ApiError extends Error {
   }
 }
 
-/** The API socket: --socket, $DEVGATE_SOCKET, then devgated's default for this user. */
-export function resolveSocket(explicit?: string): string {
+/** A pending question (devgated's asks). */
+export interface AskJson {
+  readonly id: string;
+  readonly devclass: string;
+  /** `backend:port` */
+  readonly device: string;
+  readonly deviceId: string;
+  readonly description: string;
+  readonly candidates: readonly string[];
+  readonly reason: string;
+  readonly createdAt: string;
+  readonly expiresAt: string;
+  readonly rememberable: boolean;
+}
+
+export interface AssignmentJson {
+  readonly devclass: string;
+  readonly backend: string;
+  readonly portId: string;
+  readonly deviceId: string;
+  readonly frontend: string;
+  readonly mode: string;
+  readonly options: Readonly<Record<string, string>>;
+}
+
+export interface AuditJson {
+  readonly id: number;
+  readonly at: string;
+  readonly actor: string;
+  readonly action: string;
+  readonly devclass?: string | null;
+  readonly backend?: string | null;
+  readonly portId?: string | null;
+  readonly deviceId?: string | null;
+  readonly frontend?: string | null;
+  readonly outcome: string;
+  readonly code?: string | null;
+  readonly reason?: string | null;
+}
+
+export interface HealthJson {
+  readonly version: string;
+  readonly sources: readonly { readonly id: string; readonly backend: string; readonly hotplug: string }[];
+}
+
+/** The API socket: an explicit path, $DEVGATE_SOCKET, then devgated's default for this user. */
+export function resolveSocket(explicit?: string, env: NodeJS.ProcessEnv = process.env): string {
   if (explicit) return explicit;
-  if (process.env.DEVGATE_SOCKET) return process.env.DEVGATE_SOCKET;
+  if (env.DEVGATE_SOCKET) return env.DEVGATE_SOCKET;
   if (process.getuid?.() === 0) return '/run/devgate/devgate.sock';
-  return path.join(process.env.XDG_RUNTIME_DIR ?? os.tmpdir(), 'devgate', 'devgate.sock');
+  return path.join(env.XDG_RUNTIME_DIR ?? os.tmpdir(), 'devgate', 'devgate.sock');
 }
 
 /** Whether a daemon seems to be there (a socket file exists); a request still may fail. */
@@ -33,26 +75,44 @@ export function daemonPresent(socket: string): boolean {
   return fs.statSync(socket, { throwIfNoEntry: false })?.isSocket() ?? false;
 }
 
+/** `uid=1000(alice)`: who this process is, as the audit log records a client's claim (ADR 0004). */
+export function localActor(): string {
+  const uid = process.getuid?.() ?? -1;
+  let name = '';
+  try {
+    name = os.userInfo().username;
+  } catch {
+    // no passwd entry for this uid
+  }
+  return name ? `uid=${uid}(${name})` : `uid=${uid}`;
+}
+
+export interface CallOptions {
+  readonly timeoutMs?: number;
+  /** Who is asking, for the audit log of state changes. Default: `localActor()`. */
+  readonly actor?: string;
+}
+
 /**
  * One request to devgated. Plain HTTP/1.1 over `net` rather than `node:http`: a CLI call makes one
  * request, and http's lazily loaded machinery costs more than the whole exchange (see the bench).
+ * GET goes to the read-only socket, state changes to `<socket>.rw`, which only allowed users can open.
  */
 export function callApi<T>(
   socket: string,
   method: 'GET' | 'POST',
   route: string,
   body?: unknown,
-  timeoutMs = 120_000,
+  options: CallOptions = {},
 ): Promise<T> {
-  // State changes go to the `.rw` socket, which only allowed users can open.
+  const timeoutMs = options.timeoutMs ?? 120_000;
   const socketPath = method === 'GET' ? socket : `${socket}.rw`;
   const payload = body === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(body));
   const head = [
     `${method} ${route} HTTP/1.1`,
     'host: devgated',
     'connection: close',
-    // Who is asking, for the audit log of state changes (a claim: see ADR 0004).
-    ...(method === 'GET' ? [] : [`x-devgate-actor: ${actor()}`]),
+    ...(method === 'GET' ? [] : [`x-devgate-actor: ${options.actor ?? localActor()}`]),
     ...(body === undefined ? [] : ['content-type: application/json', `content-length: ${payload.length}`]),
   ];
   return new Promise((resolve, reject) => {
@@ -66,8 +126,8 @@ export function callApi<T>(
     );
     connection.on('data', (chunk: Buffer) => chunks.push(chunk));
     connection.on('end', () => {
-      let parsed: { error?: { code: string; message: string; hint?: string } } & Record<string, unknown>;
       const response = parseResponse(Buffer.concat(chunks));
+      let parsed: { error?: { code: string; message: string; hint?: string } } & Record<string, unknown>;
       try {
         parsed = JSON.parse(response.body.toString('utf8'));
       } catch {
@@ -75,7 +135,7 @@ export function callApi<T>(
       }
       if (parsed.error) {
         const { code, message, hint } = parsed.error;
-        return reject(new ApiError(code, message, hint, response.status));
+        return reject(new ApiError(String(code), String(message), hint, response.status));
       }
       resolve(parsed as T);
     });
@@ -120,69 +180,4 @@ export function parseResponse(raw: Buffer): { status: number; body: Buffer } {
     body = Buffer.concat(parts);
   }
   return { status, body };
-}
-
-function actor(): string {
-  const uid = process.getuid?.() ?? -1;
-  let name = '';
-  try {
-    name = os.userInfo().username;
-  } catch {
-    // no passwd entry for this uid
-  }
-  return name ? `uid=${uid}(${name})` : `uid=${uid}`;
-}
-
-type Formats = typeof formats;
-type Plan = { path: string; render: (devices: DeviceJson[], formats: Formats) => string };
-
-function plan(prog: string, argv: readonly string[]): Plan | undefined {
-  if (prog === 'devgate') {
-    if (argv[0] !== 'list') return undefined;
-    const flags = new Set<string>();
-    let devclass: string | undefined;
-    for (let i = 1; i < argv.length; i++) {
-      if (argv[i] === '--json' || argv[i] === '--all') flags.add(argv[i]);
-      else if (argv[i] === '--class' && /^[a-z][a-z0-9-]*$/.test(argv[i + 1] ?? '')) devclass = argv[++i];
-      else return undefined;
-    }
-    const query = new URLSearchParams();
-    if (devclass) query.set('class', devclass);
-    if (flags.has('--all')) query.set('all', 'true');
-    return {
-      path: `/v1/devices?${query}`,
-      render: (devices, f) =>
-        flags.has('--json')
-          ? JSON.stringify(devices, null, 2) + '\n'
-          : f.formatDevgateTable(devices, flags.has('--all')),
-    };
-  }
-  const devclass = prog.startsWith('qvm-') && prog !== 'qvm-device' ? prog.slice(4) : undefined;
-  if (!devclass || argv.length > 1) return undefined;
-  const path = `/v1/devices?class=${devclass}`;
-  if (argv[0] === '-l' || argv[0] === '--list' || (devclass === 'usb' && argv.length === 0)) {
-    return { path, render: (d, f) => (devclass === 'block' ? f.formatLegacyBlockList(d) : f.formatLegacyList(d)) };
-  }
-  if (argv.length === 0 || ['list', 'ls', 'l'].includes(argv[0])) {
-    return { path, render: (d, f) => f.formatQubesTable(d, Boolean(process.stdout.isTTY)) };
-  }
-  return undefined;
-}
-
-/** Handles the command if it can; resolves false to let the full CLI run it. */
-export async function quick(prog: string, argv: readonly string[]): Promise<boolean> {
-  const wanted = plan(prog, argv);
-  const socket = resolveSocket();
-  if (!wanted || !daemonPresent(socket)) return false;
-  try {
-    const answer = callApi<{ devices: DeviceJson[] }>(socket, 'GET', wanted.path);
-    // Load the formatters while the daemon answers (require: `import()` would start the ESM loader).
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const formats = require('./format.js') as Formats;
-    process.stdout.write(wanted.render((await answer).devices, formats));
-    return true;
-  } catch (error) {
-    if (error instanceof ApiError && error.code === 'DG_DAEMON_UNAVAILABLE') return false;
-    throw error;
-  }
 }
