@@ -16,7 +16,6 @@
  */
 import {
   RecordedDevice,
-  isSafeDevpath,
   isSafeRelativePath,
   isSafeSubsystem,
   type NumberedLine,
@@ -25,6 +24,7 @@ import {
   readRecordingFile,
   recordingLines,
   unreadable,
+  openingDevpath,
 } from './recorded-device.js';
 
 const TYPED_LINE = /^([A-Za-z]):[ ]?(.*)$/;
@@ -40,16 +40,7 @@ export function parseUdevExportDb(text: string, file = '<export-db>'): RecordedD
 
 function parseRecord(lines: readonly NumberedLine[], file: string): RecordedDevice {
   const start = lines[0].no;
-  const first = TYPED_LINE.exec(lines[0].text);
-  if (!first || first[1] !== 'P') {
-    throw unreadable(
-      file,
-      `a device record must start with a "P: /devices/..." line, got '${preview(lines[0].text)}'`,
-      start,
-    );
-  }
-  const devpath = first[2];
-  if (!isSafeDevpath(devpath)) throw unreadable(file, `invalid device path '${preview(devpath)}'`, start);
+  const devpath = openingDevpath(lines, file, TYPED_LINE);
 
   const properties = new Map<string, string>();
   const bare = new Map<string, string>();

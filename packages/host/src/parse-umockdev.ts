@@ -17,7 +17,6 @@
  */
 import {
   RecordedDevice,
-  isSafeDevpath,
   isSafeRelativePath,
   isSafeSubsystem,
   type NumberedLine,
@@ -26,6 +25,7 @@ import {
   readRecordingFile,
   recordingLines,
   unreadable,
+  openingDevpath,
 } from './recorded-device.js';
 
 const PATH_LINE = /^([PS]): (.*)$/;
@@ -43,16 +43,7 @@ export function parseUmockdev(text: string, file = '<umockdev>'): RecordedDevice
 
 function parseRecord(lines: readonly NumberedLine[], file: string): RecordedDevice {
   const start = lines[0].no;
-  const first = PATH_LINE.exec(lines[0].text);
-  if (!first || first[1] !== 'P') {
-    throw unreadable(
-      file,
-      `a device record must start with a "P: /devices/..." line, got '${preview(lines[0].text)}'`,
-      start,
-    );
-  }
-  const devpath = first[2];
-  if (!isSafeDevpath(devpath)) throw unreadable(file, `invalid device path '${preview(devpath)}'`, start);
+  const devpath = openingDevpath(lines, file, PATH_LINE);
 
   const properties = new Map<string, string>();
   const attributes = new Map<string, string>();

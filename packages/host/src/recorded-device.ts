@@ -198,3 +198,19 @@ export function readRecordingFile(file: string): Buffer {
     fs.closeSync(fd);
   }
 }
+
+/** The `P: /devices/...` line every record of both text formats opens with: its device path, checked. */
+export function openingDevpath(lines: readonly NumberedLine[], file: string, pattern: RegExp): string {
+  const start = lines[0].no;
+  const first = pattern.exec(lines[0].text);
+  if (!first || first[1] !== 'P') {
+    throw unreadable(
+      file,
+      `a device record must start with a "P: /devices/..." line, got '${preview(lines[0].text)}'`,
+      start,
+    );
+  }
+  const devpath = first[2];
+  if (!isSafeDevpath(devpath)) throw unreadable(file, `invalid device path '${preview(devpath)}'`, start);
+  return devpath;
+}

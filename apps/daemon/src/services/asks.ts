@@ -1,23 +1,11 @@
 import { randomUUID } from 'node:crypto';
+import { type AskJson } from '@devgate/client';
 import { type DeviceInfo, Errors, portLabel } from '@devgate/core';
 import { type SqliteStateStore } from '../store/state-store.js';
 import { type DaemonEvents } from './daemon-events.js';
 
-/** A pending question: may this device go to one of these frontends? */
-export interface Ask {
-  readonly id: string;
-  readonly devclass: string;
-  readonly device: string;
-  readonly deviceId: string;
-  readonly description: string;
-  /** The frontends it may go to, most relevant first; the answer picks one. */
-  readonly candidates: readonly string[];
-  readonly reason: string;
-  readonly createdAt: string;
-  readonly expiresAt: string;
-  /** Whether an answer may be remembered as a rule. */
-  readonly rememberable: boolean;
-}
+/** A pending question: may this device go to one of these frontends? (The API's own shape.) */
+export type Ask = AskJson;
 
 export interface AskAnswer {
   readonly verdict: 'allow' | 'deny';
