@@ -127,7 +127,11 @@ async function startDaemon(dir, name, backends) {
     if (fs.existsSync(socket)) {
       try {
         await get(socket, '/v1/health');
-        return { socket, stop: () => new Promise((resolve) => (child.once('exit', resolve), child.kill('SIGTERM'))) };
+        return {
+          socket,
+          pid: child.pid,
+          stop: () => new Promise((resolve) => (child.once('exit', resolve), child.kill('SIGTERM'))),
+        };
       } catch {
         // not listening yet
       }
@@ -299,6 +303,76 @@ async function ueventLatency(dir) {
   }
 }
 
+/** A `udevadm info --export-db` style recording of `count` devices made by `record(i)`. */
+function writeRecording(file, count, record) {
+  fs.writeFileSync(file, Array.from({ length: count }, (_, i) => record(i).join('\n')).join('\n\n') + '\n');
+}
+
+function rssMiB(pid) {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  return Number(/VmRSS:\s+(\d+) kB/.exec(status)[1]) / 1024;
+}
+
+/** 10,000 USB devices against 258 block devices, both listed through the API; and the daemon's RSS. */
+async function usbList(dir) {
+  const usb = path.join(dir, 'usb10k.txt');
+  writeRecording(usb, 10_000, (i) => {
+    const bus = 1 + Math.floor(i / 100);
+    const port = `${bus}-${1 + (i % 100)}`;
+    return [
+      `P: /devices/pci0000:00/0000:00:14.0/usb${bus}/${port}`,
+      'E: SUBSYSTEM=usb',
+      'E: DEVTYPE=usb_device',
+      `E: DEVNAME=/dev/bus/usb/${String(bus).padStart(3, '0')}/${String((i % 100) + 2).padStart(3, '0')}`,
+      'E: ID_VENDOR_ID=0461',
+      'E: ID_MODEL_ID=0010',
+      'E: ID_VENDOR_ENC=Primax',
+      'E: ID_MODEL_ENC=USB\\x20Keyboard',
+      `E: ID_SERIAL_SHORT=SN${i}`,
+      'E: ID_USB_INTERFACES=:030101:030000:',
+      `E: BUSNUM=${String(bus).padStart(3, '0')}`,
+      `E: DEVNUM=${String((i % 100) + 2).padStart(3, '0')}`,
+    ];
+  });
+  const block = path.join(dir, 'block258.txt');
+  writeRecording(block, 258, (i) => [
+    `P: /devices/virtual/block/loop${i}`,
+    'E: SUBSYSTEM=block',
+    `E: DEVNAME=/dev/loop${i}`,
+    'E: DEVTYPE=disk',
+    'E: MAJOR=7',
+    `E: MINOR=${i}`,
+    'E: ID_FS_TYPE=ext4',
+  ]);
+  const measure = async (name, recording, devclass) => {
+    const daemon = await startDaemon(dir, name, { dom0: { recording } });
+    try {
+      const cold = await time(() => get(daemon.socket, `/v1/devices?class=${devclass}`));
+      const warm = [];
+      let body;
+      for (let i = 0; i < ROUNDS; i++)
+        warm.push(await time(async () => (body = await get(daemon.socket, `/v1/devices?class=${devclass}`))));
+      return { cold, warm: median(warm), count: JSON.parse(body).devices.length, rss: rssMiB(daemon.pid) };
+    } finally {
+      await daemon.stop();
+    }
+  };
+  const usbResult = await measure('usb10k', usb, 'usb');
+  const blockResult = await measure('block258', block, 'block');
+  report(
+    `API list, ${usbResult.count} USB devices`,
+    usbResult.warm,
+    blockResult.warm,
+    `${blockResult.count} block`,
+    1.5,
+  );
+  report(`  (first list, serialized)`, usbResult.cold, blockResult.cold, `${blockResult.count} block`);
+  const verdict = usbResult.rss <= 90 ? 'met' : 'NOT met';
+  console.log(
+    `${'devgated RSS with 10,000 USB'.padEnd(34)} ${usbResult.rss.toFixed(1)} MiB  (target <= 90 MiB: ${verdict})`,
+  );
+}
+
 async function main() {
   if (process.getuid?.() !== 0) throw new Error('the benchmarks need root (loop devices, QEMU)');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-bench-'));
@@ -307,7 +381,7 @@ async function main() {
   );
   try {
     const only = process.env.BENCH_ONLY;
-    const benches = { attachLatency, cliStartup, bigList, ueventLatency };
+    const benches = { attachLatency, cliStartup, bigList, ueventLatency, usbList };
     for (const [name, bench] of Object.entries(benches)) if (!only || only === name) await bench(dir);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
