@@ -1,7 +1,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command, Option } from 'commander';
-import { labDown, labList, labUp } from '@devgate/backend-qemu';
+import { labBackendUp, labDown, labList, labUp } from '@devgate/backend-qemu';
+import { Errors } from '@devgate/core';
 import { type Io } from './io.js';
 import { type AccessOptions, holderOf, withAccess } from './device-access.js';
 import { formatColumns, formatDevgateTable } from './format.js';
@@ -129,12 +130,17 @@ export function devgateProgram(io: Io): Command {
   const lab = program.command('lab').description('lab VMs: paused QEMU machines for demos and tests');
   const registry = (command: Command) =>
     command.addOption(new Option('--domains <file>', 'the domain registry').env('DEVGATE_DOMAINS'));
-  registry(lab.command('up').description('start lab VMs and register them').argument('NAME...')).action(
-    async (names: string[], options: { domains?: string }) => {
+  registry(lab.command('up').description('start lab VMs and register them').argument('NAME...'))
+    .option('--recording <file>', 'instead: register NAME as a backend domain replaying this recorded host')
+    .action(async (names: string[], options: { domains?: string; recording?: string }) => {
+      if (options.recording) {
+        if (names.length !== 1) throw Errors.badOption({ option: '--recording', reason: 'names one backend domain' });
+        await labBackendUp(names[0], options.recording, { registryFile: options.domains });
+        return io.out(formatColumns([[names[0], 'recording', options.recording]]));
+      }
       const started = await labUp(names, { registryFile: options.domains });
       io.out(formatColumns(started.map((d) => [d.name, `pid ${d.pid}`, d.socket])));
-    },
-  );
+    });
   registry(lab.command('down').description('stop lab VMs and unregister them').argument('[NAME...]')).action(
     async (names: string[], options: { domains?: string }) => {
       await labDown(names.length ? names : undefined, { registryFile: options.domains });

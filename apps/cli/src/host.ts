@@ -2,7 +2,7 @@ import { type DeviceManager, type DeviceSource, Errors, Kernel } from '@devgate/
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
 import { usbModule } from '@devgate/driver-usb';
-import { defaultRegistryFile, qemuModule } from '@devgate/backend-qemu';
+import { defaultRegistryFile, qemuModule, readRegistrySync } from '@devgate/backend-qemu';
 import { withCliLock } from './cli-lock.js';
 
 /** Where the devices come from: this host, a tree laid out like `/`, or a recording. */
@@ -46,6 +46,10 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
   }
   const kernel = new Kernel().load(...DRIVER_MODULES, qemuModule({ registryFile: options.domains }));
   kernel.registerSource(source);
+  // Backend domains replayed from recordings (`devgate lab up sys-usb --recording FILE`).
+  for (const [name, { recording }] of Object.entries(readRegistrySync(options.domains).backends ?? {})) {
+    if (name !== backend) kernel.registerSource(new RecordedHostSource(recording, name));
+  }
   const manager = kernel.start();
   try {
     await local?.whenProbed();
@@ -57,7 +61,7 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
     kernel.dispose();
     throw error;
   }
-  return { manager, backends: [backend], close: () => kernel.dispose() };
+  return { manager, backends: manager.sources.map((s) => s.backend), close: () => kernel.dispose() };
 }
 
 /** Opens the host, runs `work`, and always closes it; commands take turns through the CLI lock. */

@@ -16,7 +16,7 @@ import {
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
 import { UsbAuthorizer, parseRulesFile, usbModule } from '@devgate/driver-usb';
-import { qemuModule } from '@devgate/backend-qemu';
+import { qemuModule, readRegistrySync } from '@devgate/backend-qemu';
 import { type DaemonConfig } from './config.js';
 import { SqliteStateStore } from './store/state-store.js';
 import { DaemonEvents } from './services/daemon-events.js';
@@ -60,6 +60,10 @@ export class Devgated implements Disposable {
     const events = new DaemonEvents();
     const kernel = new Kernel().load(blockModule, usbModule, qemuModule({ registryFile: config.domains }));
     for (const [backend, spec] of Object.entries(config.backends)) kernel.registerSource(sourceFor(backend, spec));
+    // Backends replayed from recordings that `devgate lab up NAME --recording FILE` registered.
+    for (const [backend, { recording }] of Object.entries(readRegistrySync(config.domains).backends ?? {})) {
+      if (!(backend in config.backends)) kernel.registerSource(sourceFor(backend, { recording }));
+    }
     kernel.registerPolicyHook(denyListHook(store));
     const manager = kernel.start();
     const asks = new AskService(store, events, config.askTimeoutSeconds * 1000);

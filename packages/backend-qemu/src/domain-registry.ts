@@ -1,7 +1,11 @@
 /**
  * The domain registry: which QEMU domains exist and where their QMP sockets are. A JSON file,
  *
- *   { "dom0": "dom0", "domains": { "<name>": { "qmp": "/path/sock", "pid"?: n, "lab"?: true } } }
+ *   { "dom0": "dom0", "domains": { "<name>": { "qmp": "/path/sock", "pid"?: n, "lab"?: true } },
+ *     "backends"?: { "<name>": { "recording": "/path/recording" } } }
+ *
+ * `backends` are backend domains replayed from a recording (`devgate lab up sys-usb --recording F`):
+ * a sys-usb holding recorded devices on a machine with no USB bus.
  *
  * read strictly (every mistake is DG_REGISTRY_INVALID naming the file and the JSON path of the bad
  * entry) and written atomically (temp file in the same directory, fsync, rename), so a reader never
@@ -26,6 +30,8 @@ export interface DomainRegistryData {
   /** The name the host itself goes by (Qubes' dom0). */
   readonly dom0: string;
   readonly domains: Readonly<Record<string, DomainEntry>>;
+  /** Backend domains whose devices come from a recording. */
+  readonly backends?: Readonly<Record<string, { readonly recording: string }>>;
 }
 
 /** Qubes' rule: a letter, then letters, digits, `_`, `.` or `-`; 31 characters at most. */
@@ -56,7 +62,7 @@ export function parseRegistry(text: string, file: string): DomainRegistryData {
     throw invalid('$', `not valid JSON (${describeJsonError(text, error)})`);
   }
   if (!isObject(raw)) throw invalid('$', `expected an object, got ${typeName(raw)}`);
-  rejectUnknownKeys(raw, ['dom0', 'domains'], '$', invalid);
+  rejectUnknownKeys(raw, ['dom0', 'domains', 'backends'], '$', invalid);
 
   const dom0 = raw['dom0'] ?? EMPTY_REGISTRY.dom0;
   if (typeof dom0 !== 'string') throw invalid('$.dom0', `expected a string, got ${typeName(dom0)}`);
@@ -85,7 +91,22 @@ export function parseRegistry(text: string, file: string): DomainRegistryData {
       throw invalid(`${path}.lab`, `expected true or false, got ${JSON.stringify(lab)}`);
     result[name] = { qmp, ...(pid !== undefined && { pid: pid as number }), ...(lab !== undefined && { lab }) };
   }
-  return { dom0, domains: result };
+  const backends: Record<string, { recording: string }> = {};
+  const rawBackends = raw['backends'] ?? {};
+  if (!isObject(rawBackends)) throw invalid('$.backends', `expected an object, got ${typeName(rawBackends)}`);
+  for (const [name, entry] of Object.entries(rawBackends)) {
+    const path = `$.backends${jsonPathKey(name)}`;
+    if (!isValidDomainName(name) || name === dom0 || name in result) {
+      throw invalid(path, `'${name}' is not a free domain name`);
+    }
+    if (!isObject(entry)) throw invalid(path, `expected an object, got ${typeName(entry)}`);
+    rejectUnknownKeys(entry, ['recording'], path, invalid);
+    if (typeof entry.recording !== 'string' || !isAbsolute(entry.recording)) {
+      throw invalid(`${path}.recording`, `expected an absolute path, got ${JSON.stringify(entry.recording)}`);
+    }
+    backends[name] = { recording: entry.recording };
+  }
+  return { dom0, domains: result, ...(Object.keys(backends).length > 0 ? { backends } : {}) };
 }
 
 /** Reads the registry; a missing file is an empty registry. */

@@ -10,8 +10,8 @@
  * killed QEMU stays behind as a zombie; `isQemuAlive` treats zombies as dead for that reason.
  */
 import { spawn } from 'node:child_process';
-import { promises as fs, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { existsSync, promises as fs, readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { DevgateError, Errors } from '@devgate/core';
 import {
   type DomainEntry,
@@ -133,8 +133,35 @@ export async function labUp(names: readonly string[], options: LabOptions = {}):
  * process within `stopTimeoutMs`; then removes socket, pidfile and log and unregisters them.
  * Refuses domains that are not lab domains. Returns the names it stopped.
  */
+/**
+ * Registers a backend domain replayed from a recording (`devgate lab up sys-usb --recording F`):
+ * every command then lists its devices as that backend's, and they can be attached to lab VMs.
+ */
+export async function labBackendUp(name: string, recording: string, options: LabOptions = {}): Promise<void> {
+  const registryFile = options.registryFile ?? defaultRegistryFile();
+  if (!isValidDomainName(name)) throw Errors.invalidDomainName({ name });
+  await updateRegistry(registryFile, (data) => {
+    if (name === data.dom0 || Object.hasOwn(data.domains, name) || Object.hasOwn(data.backends ?? {}, name)) {
+      throw Errors.domainExists({ domain: name, file: registryFile });
+    }
+    return { ...data, backends: { ...data.backends, [name]: { recording: resolve(recording) } } };
+  });
+}
+
 export async function labDown(names?: readonly string[], options: LabOptions = {}): Promise<string[]> {
   const registryFile = options.registryFile ?? defaultRegistryFile();
+  const before = await readRegistry(registryFile);
+  // Recorded backends have no process: unregistering them is all there is to it.
+  const recorded = (names ?? Object.keys(before.backends ?? {})).filter((n) => Object.hasOwn(before.backends ?? {}, n));
+  if (recorded.length > 0) {
+    await updateRegistry(registryFile, (data) => {
+      const backends = { ...data.backends };
+      for (const name of recorded) delete backends[name];
+      return { ...data, backends };
+    });
+    names = names?.filter((n) => !recorded.includes(n));
+    if (names?.length === 0) return recorded;
+  }
   const registry = await readRegistry(registryFile);
   const targets = names ?? Object.keys(registry.domains).filter((name) => registry.domains[name].lab);
   const entries = targets.map((name) => [name, getDomain(registry, name, registryFile)] as const);
@@ -152,18 +179,26 @@ export async function labDown(names?: readonly string[], options: LabOptions = {
     for (const [name] of entries) delete domains[name];
     return { ...data, domains };
   });
-  return entries.map(([name]) => name);
+  return [...recorded, ...entries.map(([name]) => name)];
 }
 
 /** The lab domains in the registry and whether their QEMU is alive. */
 export async function labList(options: Pick<LabOptions, 'registryFile'> = {}): Promise<LabDomain[]> {
   const registry = await readRegistry(options.registryFile ?? defaultRegistryFile());
-  return Object.entries(registry.domains)
+  const vms = Object.entries(registry.domains)
     .filter(([, entry]) => entry.lab)
     .map(([name, entry]: [string, DomainEntry]) => {
       const pid = entry.pid ?? readPidfile(pidfilePath(dirname(entry.qmp), name)) ?? 0;
       return { name, pid, socket: entry.qmp, running: pid > 0 && isQemuAlive(pid, entry.qmp) };
     });
+  // A recorded backend is "running" while its recording is there; its socket column shows the file.
+  const recorded = Object.entries(registry.backends ?? {}).map(([name, { recording }]) => ({
+    name,
+    pid: 0,
+    socket: recording,
+    running: existsSync(recording),
+  }));
+  return [...vms, ...recorded];
 }
 
 /**
