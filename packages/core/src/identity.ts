@@ -2,7 +2,7 @@
  * Identities shared by several drivers: a USB disk's device id is built from its USB parent's, so
  * the USB identity lives here rather than in either driver.
  */
-import { type HostTree, type RawDeviceRecord, sysname } from './host-tree.js';
+import { type HostTree, type RawDeviceRecord } from './host-tree.js';
 import { type InterfaceCode, interfaceCode } from './interfaces.js';
 import { sanitizeText } from './sanitize.js';
 
@@ -18,20 +18,6 @@ export function isUsbInterface(record: RawDeviceRecord): boolean {
 export function usbDeviceAbove(tree: HostTree, record: RawDeviceRecord): RawDeviceRecord | undefined {
   for (const ancestor of tree.ancestors(record)) if (isUsbDevice(ancestor)) return ancestor;
   return undefined;
-}
-
-export function usbInterfaceAbove(tree: HostTree, record: RawDeviceRecord): RawDeviceRecord | undefined {
-  for (const ancestor of tree.ancestors(record)) {
-    if (isUsbInterface(ancestor)) return ancestor;
-    if (isUsbDevice(ancestor)) return undefined;
-  }
-  return undefined;
-}
-
-/** `1-1.4:1.0` -> `1.0`. */
-export function usbInterfaceNumber(usbInterface: RawDeviceRecord): string {
-  const name = sysname(usbInterface.devpath);
-  return name.slice(name.indexOf(':') + 1);
 }
 
 function hex4(value: string | undefined): string | undefined {
@@ -87,11 +73,6 @@ export function usbSerial(record: RawDeviceRecord): string | undefined {
 export function usbDeviceId(tree: HostTree, device: RawDeviceRecord): string {
   const { vendorId, productId } = usbIds(device);
   return `${vendorId}:${productId}:${usbSerial(device) ?? ''}:${usbInterfaces(tree, device).join('')}`;
-}
-
-/** The USB port (sysfs busid) of a usb_device record: `2-5`, `1-1.4`. */
-export function usbPortId(device: RawDeviceRecord): string {
-  return sysname(device.devpath);
 }
 
 /** Where a device sits under USB: the USB device's port and record, and the interface it hangs off. */
