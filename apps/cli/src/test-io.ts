@@ -1,12 +1,8 @@
 import { type Io } from './io.js';
 import { type ProgramName, run } from './main.js';
 
-/** Runs a command in-process and captures what it prints. */
-export async function runCaptured(
-  prog: ProgramName,
-  argv: readonly string[],
-  isTTY = false,
-): Promise<{ code: number; out: string; err: string; notices: string }> {
+/** An Io that keeps what a command prints. */
+export function captureIo(isTTY = false): { io: Io; out: () => string; err: () => string; notices: () => string } {
   let out = '';
   let err = '';
   let notices = '';
@@ -16,6 +12,16 @@ export async function runCaptured(
     isTTY,
     notice: (t) => void (notices += t),
   };
-  const code = await run(prog, argv, io);
-  return { code, out, err, notices };
+  return { io, out: () => out, err: () => err, notices: () => notices };
+}
+
+/** Runs a command in-process and captures what it prints. */
+export async function runCaptured(
+  prog: ProgramName,
+  argv: readonly string[],
+  isTTY = false,
+): Promise<{ code: number; out: string; err: string; notices: string }> {
+  const captured = captureIo(isTTY);
+  const code = await run(prog, argv, captured.io);
+  return { code, out: captured.out(), err: captured.err(), notices: captured.notices() };
 }

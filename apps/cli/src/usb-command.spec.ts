@@ -2,11 +2,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command } from 'commander';
-import { type RawDeviceRecord, sysname } from '@devgate/core';
-import { LocalHostSource, RecordedDevice, isRecordedDevice, loadRecording, rootsUnder } from '@devgate/host';
-import { UNSAFE_CHARACTERS, materializeHost, recordedFixture } from '@devgate/testkit';
+import { LocalHostSource, loadRecording, rootsUnder } from '@devgate/host';
+import { UNSAFE_CHARACTERS, materializeHost, recordedFixture, withUsbAuthorizationFiles } from '@devgate/testkit';
 import { applyUsbPolicy, checkRules, parseRulesFile } from '@devgate/driver-usb';
-import { type Io } from './io.js';
+import { captureIo } from './test-io.js';
 import { addUsbAuthorizationCommands } from './usb-command.js';
 
 // The Kinesis keyboard host (usbkbd.umockdev) written out as a sysfs tree; the attributes
@@ -22,23 +21,11 @@ function tempDir(): string {
   return dir;
 }
 
-function withAuthorizationFiles(records: readonly RawDeviceRecord[]): RawDeviceRecord[] {
-  return records.map((record) => {
-    if (record.properties.DEVTYPE !== 'usb_device' || !isRecordedDevice(record)) return record;
-    const extra: [string, string][] = [
-      ['authorized', record.attribute('authorized') ?? '1'],
-      ['remove', ''],
-    ];
-    if (/^usb\d+$/.test(sysname(record.devpath))) extra.push(['authorized_default', '1']);
-    return new RecordedDevice({ ...record, attributes: new Map([...record.attributes, ...extra]) });
-  });
-}
-
 function sysroot(recording = 'usbkbd.umockdev'): string {
   const dir = tempDir();
   const loaded = loadRecording(recordedFixture(recording));
   try {
-    materializeHost(withAuthorizationFiles(loaded.tree.devices()), dir);
+    materializeHost(withUsbAuthorizationFiles(loaded.tree.devices()), dir);
   } finally {
     loaded.dispose();
   }
@@ -47,19 +34,12 @@ function sysroot(recording = 'usbkbd.umockdev'): string {
 
 /** Runs `usb ARGS...` as the lead's runner would, capturing output; rejects with the thrown error. */
 async function run(args: readonly string[]): Promise<{ out: string; err: string; notices: string }> {
-  let out = '';
-  let err = '';
-  let notices = '';
-  const io: Io = {
-    out: (t) => void (out += t),
-    err: (t) => void (err += t),
-    isTTY: false,
-    notice: (t) => void (notices += t),
-  };
+  const captured = captureIo();
+  const io = captured.io;
   const usb = new Command('usb').exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
   addUsbAuthorizationCommands(usb, io);
   await usb.parseAsync([...args], { from: 'user' });
-  return { out, err, notices };
+  return { out: captured.out(), err: captured.err(), notices: captured.notices() };
 }
 
 const read = (dir: string, devpath: string, attribute: string) =>

@@ -4,11 +4,11 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import pino from 'pino';
 import { labDown, labUp } from '@devgate/backend-qemu';
-import { RecordedDevice } from '@devgate/host';
 import {
   type LoopDisk,
   addDevice,
   createLoopDisk,
+  loopStickRecord,
   disposeAllLoopDisks,
   materializeHost,
   removeDevice,
@@ -26,15 +26,7 @@ let disk: LoopDisk;
 let daemon: Devgated | undefined;
 let config: DaemonConfig;
 
-function stick(name: string): RecordedDevice {
-  const [major, minor] = fs.readFileSync(`/sys/block/${name}/dev`, 'utf8').trim().split(':');
-  return new RecordedDevice({
-    devpath: `/devices/virtual/block/${name}`,
-    subsystem: 'block',
-    properties: { DEVNAME: `/dev/${name}`, DEVTYPE: 'disk', MAJOR: major, MINOR: minor, ID_MODEL: 'Cruzer' },
-    attributes: { size: String(8 * 2048), ro: '0', removable: '1' },
-  });
-}
+const stick = (name: string) => loopStickRecord(name, { ID_MODEL: 'Cruzer' });
 
 function api<T>(method: 'GET' | 'POST', route: string, body?: unknown): Promise<{ status: number; body: T }> {
   const socketPath = method === 'GET' ? config.socket : `${config.socket}.rw`;

@@ -4,11 +4,12 @@ import * as path from 'node:path';
 import { firstValueFrom, filter, timeout } from 'rxjs';
 import { Kernel } from '@devgate/core';
 import { blockModule } from '@devgate/driver-block';
-import { LocalHostSource, RecordedDevice, rootsUnder } from '@devgate/host';
+import { LocalHostSource, rootsUnder } from '@devgate/host';
 import {
   type LoopDisk,
   addDevice,
   createLoopDisk,
+  loopStickRecord,
   disposeAllLoopDisks,
   materializeHost,
   removeDevice,
@@ -38,15 +39,7 @@ afterAll(async () => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-function stick(name: string): RecordedDevice {
-  const minor = fs.readFileSync(`/sys/block/${name}/dev`, 'utf8').trim().split(':');
-  return new RecordedDevice({
-    devpath: `/devices/virtual/block/${name}`,
-    subsystem: 'block',
-    properties: { DEVNAME: `/dev/${name}`, DEVTYPE: 'disk', MAJOR: minor[0], MINOR: minor[1], ID_MODEL: 'Cruzer' },
-    attributes: { size: String(8 * 2048), ro: '0', removable: '1' },
-  });
-}
+const stick = (name: string) => loopStickRecord(name, { ID_MODEL: 'Cruzer' });
 
 it('detaches a device pulled while attached, from QEMU, within 1 s, with events', async () => {
   const sysroot = path.join(dir, 'host');

@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { RecordedDevice } from '@devgate/host';
 
 export interface LoopPartitionSpec {
   readonly sizeMiB?: number; // the last one may take the rest
@@ -123,4 +124,20 @@ function detachQuietly(device: string): void {
   } catch {
     // Already detached.
   }
+}
+
+/**
+ * A block device record named like a real loop device, for a host tree on disk: QEMU can open the
+ * real `/dev/loopN` while the test decides when the tree reports it plugged or pulled. (A loop device
+ * QEMU holds open cannot really vanish, so this is how surprise removal is tested.)
+ */
+export function loopStickRecord(name: string, properties: Record<string, string> = {}): RecordedDevice {
+  const [major, minor] = fs.readFileSync(`/sys/block/${name}/dev`, 'utf8').trim().split(':');
+  const sectors = fs.readFileSync(`/sys/block/${name}/size`, 'utf8').trim();
+  return new RecordedDevice({
+    devpath: `/devices/virtual/block/${name}`,
+    subsystem: 'block',
+    properties: { DEVNAME: `/dev/${name}`, DEVTYPE: 'disk', MAJOR: major, MINOR: minor, ...properties },
+    attributes: { size: sectors, ro: '0', removable: '1' },
+  });
 }
