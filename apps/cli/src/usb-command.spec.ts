@@ -5,6 +5,7 @@ import { Command } from 'commander';
 import { LocalHostSource, loadRecording, rootsUnder } from '@devgate/host';
 import { UNSAFE_CHARACTERS, materializeHost, recordedFixture, withUsbAuthorizationFiles } from '@devgate/testkit';
 import { applyUsbPolicy, checkRules, parseRulesFile } from '@devgate/driver-usb';
+import { type Io } from './io.js';
 import { captureIo } from './test-io.js';
 import { addUsbAuthorizationCommands } from './usb-command.js';
 
