@@ -163,6 +163,12 @@ describe('devgated', () => {
     removeDevice(sysroot, stick(disk.name).devpath);
   });
 
+  it('says which domains run', async () => {
+    const { body } = await api<{ domains: string[]; running: string[] }>('GET', '/v1/domains');
+    expect([...body.domains].sort()).toEqual(['dom0', 'personal', 'work']);
+    expect([...body.running].sort()).toEqual(['dom0', 'personal', 'work']);
+  });
+
   it('audits every attach, detach and refusal with who, what, when and why', async () => {
     const port = `dom0:${disk.name}`;
     addDevice(sysroot, stick(disk.name));

@@ -3,7 +3,7 @@ import { type AssignmentJson } from './daemon-api.js';
 
 /** What the tray knows about VMs when it offers "Attach to <vm>". */
 export interface DomainsView {
-  /** Every domain devgated knows (GET /v1/domains). */
+  /** The domains devgated says can take a device now (GET /v1/domains, `running`). */
   readonly domains: readonly string[];
   readonly assignments: readonly AssignmentJson[];
   /** Domains that hold devices (GET /v1/health sources): never a target. */

@@ -24,8 +24,10 @@ export class DaemonApi {
     return (await this.request<{ devices: DeviceJson[] }>('GET', '/v1/devices?all=true')).devices;
   }
 
+  /** The domains that can take a device now (devgated's `running`): a stopped VM is no target. */
   async domains(): Promise<string[]> {
-    return (await this.request<{ domains: string[] }>('GET', '/v1/domains')).domains;
+    const answer = await this.request<{ domains: string[]; running?: string[] }>('GET', '/v1/domains');
+    return answer.running ?? answer.domains;
   }
 
   async assignments(): Promise<AssignmentJson[]> {

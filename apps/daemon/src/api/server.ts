@@ -167,7 +167,19 @@ export function buildApi(
     },
   );
 
-  app.get(`/${API_VERSION}/domains`, async () => ({ domains: manager.domains() }));
+  app.get(`/${API_VERSION}/domains`, async () => {
+    // Which can take a device now: backends are there while devgated runs; VMs ask their connector.
+    const domains = manager.domains();
+    const backends = new Set(manager.sources.map((s) => s.backend));
+    const running: string[] = [];
+    for (const domain of domains) {
+      const connector = manager.connectors.find((c) => c.manages(domain));
+      if (backends.has(domain) || (connector && (await connector.isRunning(domain).catch(() => false)))) {
+        running.push(domain);
+      }
+    }
+    return { domains, running };
+  });
 
   app.get<{ Querystring: { class?: string; frontend?: string } }>(
     `/${API_VERSION}/assignments`,
