@@ -1,4 +1,4 @@
-import { type DeviceJson, Errors, deviceToJson, parseDeviceArgument, portLabel } from '@devgate/core';
+import { type DeviceJson, DevgateError, Errors, deviceToJson, parseDeviceArgument, portLabel } from '@devgate/core';
 import { type HostOptions, type OpenHost, withHost } from './host.js';
 import { ApiError, type AssignmentJson, callApi, daemonPresent, resolveSocket } from '@devgate/client';
 import { type Io } from './io.js';
@@ -123,7 +123,6 @@ async function translate<T>(work: () => Promise<T>): Promise<T> {
     return await work();
   } catch (error) {
     if (error instanceof ApiError) {
-      const { DevgateError } = await import('@devgate/core');
       throw new DevgateError(error.code, error.message, error.hint, error.status === 400 ? 'usage' : 'runtime');
     }
     throw error;

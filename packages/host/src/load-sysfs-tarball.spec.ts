@@ -2,24 +2,9 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { DevgateError, type RawDeviceRecord, sysname } from '@devgate/core';
+import { type RawDeviceRecord, sysname } from '@devgate/core';
 import { type SysfsTarball, loadSysfsTarball } from './load-sysfs-tarball.js';
-
-// host cannot depend on @devgate/testkit (testkit depends on host), so the path is spelled out:
-// shared/ sits beside the repository.
-const recorded = (name: string) => path.join(__dirname, '../../../../shared/fixtures/recorded', name);
-
-function expectCoded(fn: () => unknown, reason: RegExp): void {
-  try {
-    fn();
-  } catch (error) {
-    expect(error).toBeInstanceOf(DevgateError);
-    expect((error as DevgateError).code).toBe('DG_RECORDING_UNREADABLE');
-    expect((error as Error).message).toMatch(reason);
-    return;
-  }
-  throw new Error('expected a DG_RECORDING_UNREADABLE error');
-}
+import { expectRecordingError, recorded } from './testing/recordings';
 
 function ourTempDirs(): string[] {
   return fs.readdirSync(os.tmpdir()).filter((name) => name.startsWith('devgate-sysfs-'));
@@ -161,7 +146,7 @@ describe('loadSysfsTarball: cleanup and bad input', () => {
     const before = ourTempDirs();
     const file = path.join(work, 'garbage.tar.xz');
     fs.writeFileSync(file, 'not compressed at all\n');
-    expectCoded(() => loadSysfsTarball(file), /not an xz file/);
+    expectRecordingError(() => loadSysfsTarball(file), /not an xz file/);
     expect(ourTempDirs()).toEqual(before);
   });
 
@@ -170,23 +155,23 @@ describe('loadSysfsTarball: cleanup and bad input', () => {
     fs.writeFileSync(path.join(work, 'text'), 'hello\n'.repeat(1000));
     execFileSync('xz', ['-k', path.join(work, 'text')]);
     fs.renameSync(path.join(work, 'text.xz'), file);
-    expectCoded(() => loadSysfsTarball(file), /not a tar archive/);
+    expectRecordingError(() => loadSysfsTarball(file), /not a tar archive/);
   });
 
   it('rejects a truncated tarball', () => {
     const full = fs.readFileSync(recorded('simple-nvme.tar.xz'));
     const file = path.join(work, 'cut.tar.xz');
     fs.writeFileSync(file, full.subarray(0, full.length / 2));
-    expectCoded(() => loadSysfsTarball(file), /not an xz file/);
+    expectRecordingError(() => loadSysfsTarball(file), /not an xz file/);
   });
 
   it('rejects a tarball without sys/devices', () => {
     const file = makeTarball('empty.tar.xz', (dir) => fs.mkdirSync(path.join(dir, 'top/proc'), { recursive: true }));
-    expectCoded(() => loadSysfsTarball(file), /no top directory holding sys\/devices/);
+    expectRecordingError(() => loadSysfsTarball(file), /no top directory holding sys\/devices/);
   });
 
   it('reports a missing file with the coded error', () => {
-    expectCoded(() => loadSysfsTarball(path.join(work, 'missing.tar.xz')), /ENOENT/);
+    expectRecordingError(() => loadSysfsTarball(path.join(work, 'missing.tar.xz')), /ENOENT/);
   });
 
   it('writes nothing through links the archive plants', () => {
@@ -202,7 +187,7 @@ describe('loadSysfsTarball: cleanup and bad input', () => {
       fs.symlinkSync(outside, path.join(dir, 'top/sys/class'));
       fs.symlinkSync(path.join(outside, 'uevent-target'), path.join(disk, 'uevent'));
     });
-    expectCoded(() => loadSysfsTarball(file), /leads outside the dump/);
+    expectRecordingError(() => loadSysfsTarball(file), /leads outside the dump/);
     expect(fs.readdirSync(outside)).toEqual([]);
   });
 });

@@ -1,11 +1,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DevgateError, HostTree, type RawDeviceRecord, sysname, usbDeviceAbove, usbIds } from '@devgate/core';
+import { HostTree, type RawDeviceRecord, sysname, usbDeviceAbove, usbIds } from '@devgate/core';
 import { loadUdevExportDb, parseUdevExportDb } from './parse-udev-export-db.js';
-
-// host cannot depend on @devgate/testkit (testkit depends on host), so the path is spelled out:
-// shared/ sits beside the repository.
-const recorded = (name: string) => path.join(__dirname, '../../../../shared/fixtures/recorded', name);
+import { expectRecordingError, recorded } from './testing/recordings';
 
 function load(name: string): HostTree {
   return new HostTree(loadUdevExportDb(recorded(name)));
@@ -23,18 +20,6 @@ function byDevname(tree: HostTree, devname: string): RawDeviceRecord {
   const found = tree.devices().find((r) => r.properties.DEVNAME === devname);
   if (!found) throw new Error(`no device ${devname}`);
   return found;
-}
-
-function expectCoded(fn: () => unknown, reason: RegExp): void {
-  try {
-    fn();
-  } catch (error) {
-    expect(error).toBeInstanceOf(DevgateError);
-    expect((error as DevgateError).code).toBe('DG_RECORDING_UNREADABLE');
-    expect((error as Error).message).toMatch(reason);
-    return;
-  }
-  throw new Error('expected a DG_RECORDING_UNREADABLE error');
 }
 
 describe('parseUdevExportDb on the recordings', () => {
@@ -228,23 +213,23 @@ describe('parseUdevExportDb on malformed input', () => {
   });
 
   it('rejects garbage and records without P:, with the line number', () => {
-    expectCoded(() => parseUdevExportDb('\u0089PNG\r\n\u001a\n'), /line 1: .*must start with/);
-    expectCoded(() => parseUdevExportDb(`${minimal}\n\nE: SUBSYSTEM=usb\n`), /line 5: .*must start with/);
-    expectCoded(() => parseUdevExportDb(`${minimal}P: /devices/y\n`), /line 3: second P:/);
-    expectCoded(() => parseUdevExportDb(`${minimal}E: NOEQUALS\n`), /line 3: malformed property line/);
+    expectRecordingError(() => parseUdevExportDb('\u0089PNG\r\n\u001a\n'), /line 1: .*must start with/);
+    expectRecordingError(() => parseUdevExportDb(`${minimal}\n\nE: SUBSYSTEM=usb\n`), /line 5: .*must start with/);
+    expectRecordingError(() => parseUdevExportDb(`${minimal}P: /devices/y\n`), /line 3: second P:/);
+    expectRecordingError(() => parseUdevExportDb(`${minimal}E: NOEQUALS\n`), /line 3: malformed property line/);
   });
 
   it('rejects unsafe paths', () => {
-    expectCoded(() => parseUdevExportDb('P: /devices/a/../../../etc\n'), /line 1: invalid device path/);
-    expectCoded(() => parseUdevExportDb('P: devices/x\n'), /invalid device path/);
-    expectCoded(() => parseUdevExportDb(`${minimal}N: ../../etc/shadow\n`), /invalid device node name/);
-    expectCoded(() => parseUdevExportDb('P: /devices/x\nE: SUBSYSTEM=a/b\n'), /invalid SUBSYSTEM/);
+    expectRecordingError(() => parseUdevExportDb('P: /devices/a/../../../etc\n'), /line 1: invalid device path/);
+    expectRecordingError(() => parseUdevExportDb('P: devices/x\n'), /invalid device path/);
+    expectRecordingError(() => parseUdevExportDb(`${minimal}N: ../../etc/shadow\n`), /invalid device node name/);
+    expectRecordingError(() => parseUdevExportDb('P: /devices/x\nE: SUBSYSTEM=a/b\n'), /invalid SUBSYSTEM/);
   });
 
   it('parses a truncated dump up to the cut', () => {
     const full = fs.readFileSync(recorded('KIOXIA_TransMemory.txt'), 'utf8');
     const cut = full.slice(0, full.indexOf('E: ID_FS_LABEL=') + 'E: ID_FS'.length);
-    expectCoded(() => parseUdevExportDb(cut), /malformed property line 'E: ID_FS'/);
+    expectRecordingError(() => parseUdevExportDb(cut), /malformed property line 'E: ID_FS'/);
     const cutInValue = full.slice(0, full.indexOf('E: ID_FS_LABEL=') + 'E: ID_FS_LABEL=KI'.length);
     const records = parseUdevExportDb(cutInValue);
     expect(records).toHaveLength(3);
@@ -252,11 +237,14 @@ describe('parseUdevExportDb on malformed input', () => {
   });
 
   it('bounds line length and refuses binary data', () => {
-    expectCoded(() => parseUdevExportDb(`${minimal}E: BIG=${'x'.repeat(300 * 1024)}\n`), /line 3: line longer than/);
-    expectCoded(() => parseUdevExportDb(`${minimal}E: NUL=\0\n`), /line 3: NUL byte/);
+    expectRecordingError(
+      () => parseUdevExportDb(`${minimal}E: BIG=${'x'.repeat(300 * 1024)}\n`),
+      /line 3: line longer than/,
+    );
+    expectRecordingError(() => parseUdevExportDb(`${minimal}E: NUL=\0\n`), /line 3: NUL byte/);
   });
 
   it('reports an unreadable file with the coded error', () => {
-    expectCoded(() => loadUdevExportDb(path.join(__dirname)), /not a regular file/);
+    expectRecordingError(() => loadUdevExportDb(path.join(__dirname)), /not a regular file/);
   });
 });

@@ -1,29 +1,13 @@
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { DevgateError, HostTree, sysname, usbDeviceAbove, usbIds, usbInterfaces } from '@devgate/core';
+import { HostTree, sysname, usbDeviceAbove, usbIds, usbInterfaces } from '@devgate/core';
 import { loadUmockdev, parseUmockdev, unescapeAttribute } from './parse-umockdev.js';
 import { type RecordedDevice } from './recorded-device.js';
-
-// host cannot depend on @devgate/testkit (testkit depends on host), so the path is spelled out:
-// shared/ sits beside the repository.
-const recorded = (name: string) => path.join(__dirname, '../../../../shared/fixtures/recorded', name);
+import { expectRecordingError, recorded } from './testing/recordings';
 
 function byName(records: readonly RecordedDevice[], name: string): RecordedDevice {
   const found = records.find((r) => sysname(r.devpath) === name);
   if (!found) throw new Error(`no device ${name}`);
   return found;
-}
-
-function expectCoded(fn: () => unknown, reason: RegExp): void {
-  try {
-    fn();
-  } catch (error) {
-    expect(error).toBeInstanceOf(DevgateError);
-    expect((error as DevgateError).code).toBe('DG_RECORDING_UNREADABLE');
-    expect((error as Error).message).toMatch(reason);
-    return;
-  }
-  throw new Error('expected a DG_RECORDING_UNREADABLE error');
 }
 
 describe('parseUmockdev on the recordings', () => {
@@ -238,52 +222,61 @@ describe('parseUmockdev on malformed input', () => {
   });
 
   it('rejects garbage with the line number', () => {
-    expectCoded(() => parseUmockdev('hello world\n'), /line 1: .*P: /);
+    expectRecordingError(() => parseUmockdev('hello world\n'), /line 1: .*P: /);
     // Control characters in the quoted line are made visible, not replayed to a terminal.
-    expectCoded(() => parseUmockdev('\u001b[2J\n'), /got '\\x1b\[2J'/);
-    expectCoded(() => parseUmockdev(`${minimal}this is not a line\n`), /line 3: malformed line 'this is not a line'/);
+    expectRecordingError(() => parseUmockdev('\u001b[2J\n'), /got '\\x1b\[2J'/);
+    expectRecordingError(
+      () => parseUmockdev(`${minimal}this is not a line\n`),
+      /line 3: malformed line 'this is not a line'/,
+    );
   });
 
   it('rejects a record without P:', () => {
-    expectCoded(() => parseUmockdev(`${minimal}\nE: SUBSYSTEM=usb\nA: x=1\n`), /line 4: .*must start with/);
+    expectRecordingError(() => parseUmockdev(`${minimal}\nE: SUBSYSTEM=usb\nA: x=1\n`), /line 4: .*must start with/);
   });
 
   it('rejects records without or with two SUBSYSTEMs, and a second P:', () => {
-    expectCoded(() => parseUmockdev('P: /devices/x\nE: A=1\n'), /line 1: device \/devices\/x has no SUBSYSTEM/);
-    expectCoded(() => parseUmockdev(`${minimal}E: SUBSYSTEM=pci\n`), /line 3: duplicate SUBSYSTEM/);
-    expectCoded(() => parseUmockdev(`${minimal}P: /devices/y\n`), /line 3: second P:/);
+    expectRecordingError(
+      () => parseUmockdev('P: /devices/x\nE: A=1\n'),
+      /line 1: device \/devices\/x has no SUBSYSTEM/,
+    );
+    expectRecordingError(() => parseUmockdev(`${minimal}E: SUBSYSTEM=pci\n`), /line 3: duplicate SUBSYSTEM/);
+    expectRecordingError(() => parseUmockdev(`${minimal}P: /devices/y\n`), /line 3: second P:/);
   });
 
   it('rejects unsafe paths and names', () => {
-    expectCoded(() => parseUmockdev('P: /sys/devices/x\nE: SUBSYSTEM=usb\n'), /invalid device path/);
-    expectCoded(() => parseUmockdev('P: /devices/../../etc\nE: SUBSYSTEM=usb\n'), /invalid device path/);
-    expectCoded(() => parseUmockdev(`${minimal}A: ../../evil=1\n`), /line 3: invalid attribute name/);
-    expectCoded(() => parseUmockdev(`${minimal}A: uevent=FOO=1\n`), /invalid attribute name 'uevent'/);
-    expectCoded(() => parseUmockdev(`${minimal}N: ../etc/passwd\n`), /invalid device node name/);
-    expectCoded(() => parseUmockdev(`${minimal}S: /abs\n`), /invalid devlink/);
-    expectCoded(() => parseUmockdev('P: /devices/x\nE: SUBSYSTEM=../bus\n'), /invalid SUBSYSTEM/);
+    expectRecordingError(() => parseUmockdev('P: /sys/devices/x\nE: SUBSYSTEM=usb\n'), /invalid device path/);
+    expectRecordingError(() => parseUmockdev('P: /devices/../../etc\nE: SUBSYSTEM=usb\n'), /invalid device path/);
+    expectRecordingError(() => parseUmockdev(`${minimal}A: ../../evil=1\n`), /line 3: invalid attribute name/);
+    expectRecordingError(() => parseUmockdev(`${minimal}A: uevent=FOO=1\n`), /invalid attribute name 'uevent'/);
+    expectRecordingError(() => parseUmockdev(`${minimal}N: ../etc/passwd\n`), /invalid device node name/);
+    expectRecordingError(() => parseUmockdev(`${minimal}S: /abs\n`), /invalid devlink/);
+    expectRecordingError(() => parseUmockdev('P: /devices/x\nE: SUBSYSTEM=../bus\n'), /invalid SUBSYSTEM/);
   });
 
   it('rejects malformed hex', () => {
-    expectCoded(() => parseUmockdev(`${minimal}H: descriptors=123\n`), /line 3: malformed hexadecimal/);
-    expectCoded(() => parseUmockdev(`${minimal}H: descriptors=XY\n`), /malformed hexadecimal/);
-    expectCoded(() => parseUmockdev(`${minimal}N: bus/usb/001/001=12G4\n`), /malformed line/);
+    expectRecordingError(() => parseUmockdev(`${minimal}H: descriptors=123\n`), /line 3: malformed hexadecimal/);
+    expectRecordingError(() => parseUmockdev(`${minimal}H: descriptors=XY\n`), /malformed hexadecimal/);
+    expectRecordingError(() => parseUmockdev(`${minimal}N: bus/usb/001/001=12G4\n`), /malformed line/);
   });
 
   it('handles a truncated file: a cut line is still a line, a cut record may lose SUBSYSTEM', () => {
     const full = fs.readFileSync(recorded('usbkbd.umockdev'), 'utf8');
     // Cut in the middle of an A: line of the last record: what remains parses.
     const cut = full.slice(0, full.indexOf('A: consistent_dma_mask_bits=') + 'A: consistent_dma'.length);
-    expectCoded(() => parseUmockdev(cut), /malformed line 'A: consistent_dma'/);
+    expectRecordingError(() => parseUmockdev(cut), /malformed line 'A: consistent_dma'/);
     const atRecordStart = full.slice(0, full.lastIndexOf('P: ') + 20);
-    expectCoded(() => parseUmockdev(atRecordStart), /has no SUBSYSTEM|invalid device path/);
+    expectRecordingError(() => parseUmockdev(atRecordStart), /has no SUBSYSTEM|invalid device path/);
     const cleanCut = full.slice(0, full.lastIndexOf('\n\nP: '));
     expect(parseUmockdev(cleanCut)).toHaveLength(8);
   });
 
   it('bounds line length and refuses binary data', () => {
-    expectCoded(() => parseUmockdev(`${minimal}A: big=${'x'.repeat(300 * 1024)}\n`), /line 3: line longer than/);
-    expectCoded(() => parseUmockdev(`${minimal}A: nul=a\0b\n`), /line 3: NUL byte/);
+    expectRecordingError(
+      () => parseUmockdev(`${minimal}A: big=${'x'.repeat(300 * 1024)}\n`),
+      /line 3: line longer than/,
+    );
+    expectRecordingError(() => parseUmockdev(`${minimal}A: nul=a\0b\n`), /line 3: NUL byte/);
   });
 
   it('keeps other control characters as data, for the drivers to sanitize', () => {
@@ -301,6 +294,6 @@ describe('parseUmockdev on malformed input', () => {
   });
 
   it('reports an unreadable file with the coded error', () => {
-    expectCoded(() => loadUmockdev('/nonexistent/devgate.umockdev'), /ENOENT/);
+    expectRecordingError(() => loadUmockdev('/nonexistent/devgate.umockdev'), /ENOENT/);
   });
 });

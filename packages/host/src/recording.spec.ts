@@ -3,11 +3,11 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { DevgateError, sysname } from '@devgate/core';
 import { detectTextFormat, loadRecording, type Recording } from './recording.js';
+import { RECORDED_DIR, recorded } from './testing/recordings';
 
 // host cannot depend on @devgate/testkit (testkit depends on host), so the path is spelled out:
 // shared/ sits beside the repository.
-const recordedDir = path.join(__dirname, '../../../../shared/fixtures/recorded');
-const recorded = (name: string) => path.join(recordedDir, name);
+const recordedDir = RECORDED_DIR;
 
 describe('loadRecording', () => {
   const open: Recording[] = [];
