@@ -2,7 +2,7 @@ import 'reflect-metadata';
 import * as path from 'node:path';
 import { type Command, CommanderError, Option } from 'commander';
 import { DevgateError, DriverContractError } from '@devgate/core';
-import { type Io, processIo } from './io.js';
+import { type Io, exitQuietlyOnClosedPipe, processIo } from './io.js';
 import { devgateProgram } from './devgate-command.js';
 import { qvmDeviceProgram } from './qvm-device-command.js';
 
@@ -60,6 +60,7 @@ export function addHostOptions(command: Command): Command {
 
 /** The launcher's entry: `bin/<name>.cjs` calls this with its own name. */
 export function runAsMain(fallback: ProgramName): void {
+  exitQuietlyOnClosedPipe();
   const invoked = path.basename(process.argv[1] ?? '').replace(/\.c?js$/, '');
   const prog = (PROGRAMS as readonly string[]).includes(invoked) ? (invoked as ProgramName) : fallback;
   run(prog, process.argv.slice(2)).then(

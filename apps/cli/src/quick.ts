@@ -4,6 +4,7 @@
 import { type DeviceJson } from '@devgate/core';
 import { ApiError, callApi, daemonPresent, resolveSocket } from '@devgate/client';
 import type * as formats from './format.js';
+import { exitQuietlyOnClosedPipe } from './io.js';
 
 type Formats = typeof formats;
 type Plan = { path: string; render: (devices: DeviceJson[], formats: Formats) => string };
@@ -43,6 +44,7 @@ function plan(prog: string, argv: readonly string[]): Plan | undefined {
 
 /** Handles the command if it can; resolves false to let the full CLI run it. */
 export async function quick(prog: string, argv: readonly string[]): Promise<boolean> {
+  exitQuietlyOnClosedPipe();
   const wanted = plan(prog, argv);
   const socket = resolveSocket();
   if (!wanted || !daemonPresent(socket)) return false;
