@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Errors, HostTree, type HostUsage, type RawDeviceRecord } from '@devgate/core';
 import { parseKeyValueLines, parseMountinfo, parseSwaps, parseUdevDataFile } from './parse-udev-data.js';
+import { type DerivedDevice, isTrimmedBlockTree, trimmedAncestor, trimmedBlockDevices } from './trimmed-sysfs.js';
 
 /** Where a host's trees are. Every path is configurable so tests and `--sysroot` can redirect it. */
 export interface HostRoots {
@@ -24,7 +25,11 @@ export function rootsUnder(dir: string): HostRoots {
   };
 }
 
-/** The class and bus directories whose members are devices the drivers care about. */
+/**
+ * The class and bus directories whose members are devices the drivers care about. A tree without
+ * class/block is read as an lsblk --sysroot dump (trimmed-sysfs.ts): block devices from block/ and
+ * dev/block/.
+ */
 const DEVICE_LISTS = ['class/block', 'bus/usb/devices', 'class/input', 'bus/pci/devices'];
 
 const MAX_ATTRIBUTE_BYTES = 64 * 1024;
@@ -34,23 +39,40 @@ const MAX_ATTRIBUTE_BYTES = 64 * 1024;
  * plus all of their ancestors. Attributes are read lazily, on first use.
  */
 export function readHostTree(roots: HostRoots): HostTree {
-  const devicesDir = path.join(roots.sys, 'devices');
-  if (!isDirectory(devicesDir)) throw Errors.sysrootUnreadable({ root: roots.sys, reason: 'no devices/ directory' });
-  const devpaths = new Set<string>();
+  const devicesDir = realpathOrUndefined(path.join(roots.sys, 'devices'));
+  if (!devicesDir || !isDirectory(devicesDir)) {
+    throw Errors.sysrootUnreadable({ root: roots.sys, reason: 'no devices/ directory' });
+  }
+  const listed: string[] = [];
   for (const list of DEVICE_LISTS) {
     for (const entry of readdirOrEmpty(path.join(roots.sys, list))) {
       const real = realpathOrUndefined(path.join(roots.sys, list, entry));
-      if (!real || !real.startsWith(devicesDir + '/')) continue;
-      // Include every ancestor, so drivers can walk up to USB and PCI parents.
-      for (let dir = real; dir.length > devicesDir.length; dir = path.dirname(dir)) {
-        const devpath = '/devices' + dir.slice(devicesDir.length);
-        if (devpaths.has(devpath)) break;
-        if (fs.existsSync(path.join(dir, 'uevent'))) devpaths.add(devpath);
-      }
+      if (real) listed.push(real);
+    }
+  }
+  // An lsblk --sysroot dump: block devices only in block/ and dev/block/, and no uevent files.
+  const derived = new Map<string, DerivedDevice>();
+  const trimmed = isTrimmedBlockTree(roots.sys);
+  if (trimmed) {
+    for (const [dir, device] of trimmedBlockDevices(roots.sys, devicesDir)) {
+      listed.push(dir);
+      derived.set(dir, device);
+    }
+  }
+  const devpaths = new Map<string, DerivedDevice | undefined>();
+  for (const real of listed) {
+    if (!real.startsWith(devicesDir + '/')) continue;
+    // Include every ancestor, so drivers can walk up to USB and PCI parents.
+    for (let dir = real; dir.length > devicesDir.length; dir = path.dirname(dir)) {
+      const devpath = '/devices' + dir.slice(devicesDir.length);
+      if (devpaths.has(devpath)) break;
+      const hasUevent = fs.existsSync(path.join(dir, 'uevent'));
+      const device = trimmed ? (derived.get(dir) ?? (hasUevent ? undefined : trimmedAncestor(dir))) : undefined;
+      if (hasUevent || device) devpaths.set(devpath, device);
     }
   }
   const records: RawDeviceRecord[] = [];
-  for (const devpath of devpaths) records.push(sysfsRecord(roots, devpath));
+  for (const [devpath, device] of devpaths) records.push(sysfsRecord(roots, devpath, undefined, device));
   return new HostTree(records, readUsage(roots));
 }
 
@@ -99,11 +121,22 @@ export function readUsage(roots: HostRoots): HostUsage {
  * One device directory. `fromUevent` are the properties a uevent just delivered for it: the same as
  * its uevent file, so the file need not be read again (sysfs reads are what a burst costs).
  */
-function sysfsRecord(roots: HostRoots, devpath: string, fromUevent?: Record<string, string>): RawDeviceRecord {
+function sysfsRecord(
+  roots: HostRoots,
+  devpath: string,
+  fromUevent?: Record<string, string>,
+  derived?: DerivedDevice,
+): RawDeviceRecord {
   const dir = path.join(roots.sys, devpath);
   let properties: Record<string, string>;
   let subsystem: string;
-  if (fromUevent?.SUBSYSTEM) {
+  if (derived) {
+    // A trimmed dump's device: what the kernel would have written (see trimmed-sysfs.ts), under
+    // whatever the dump kept of its uevent file and subsystem link.
+    properties = { ...derived.properties, ...parseKeyValueLines(readOrEmpty(path.join(dir, 'uevent'))) };
+    const subsystemLink = readlinkOrUndefined(path.join(dir, 'subsystem'));
+    subsystem = subsystemLink ? path.basename(subsystemLink) : (properties.SUBSYSTEM ?? derived.subsystem);
+  } else if (fromUevent?.SUBSYSTEM) {
     // What the uevent file holds: the event's own fields (ACTION, SEQNUM, DEVPATH) are not in it.
     properties = Object.fromEntries(
       Object.entries(fromUevent).filter(([key]) => key !== 'ACTION' && key !== 'SEQNUM' && key !== 'DEVPATH'),
