@@ -42,6 +42,35 @@ export interface AssignmentJson {
   readonly options: Readonly<Record<string, string>>;
 }
 
+/** A frontend's deny list: interface patterns it never receives by a manual attach (Qubes' devices_denied). */
+export interface DenyListJson {
+  readonly frontend: string;
+  readonly patterns: readonly string[];
+}
+
+/** The answer to a change of a deny list: the list now, and what the change really added and removed. */
+export interface DenyListChangeJson {
+  readonly denyList: DenyListJson;
+  readonly added: readonly string[];
+  readonly removed: readonly string[];
+}
+
+/** An answer to an ask that devgated remembers as a rule (`devgate ask answer ID allow --remember`). */
+export interface RememberedAnswerJson {
+  /** Derived from the scope below: stable, for `POST /v1/answers/forget {"id"}`. */
+  readonly id: string;
+  readonly devclass: string;
+  readonly backend: string;
+  /** `*` for any port. */
+  readonly portId: string;
+  /** `*` for any device. */
+  readonly deviceId: string;
+  readonly frontend: string;
+  readonly verdict: 'allow' | 'deny';
+  readonly createdAt: string;
+  readonly expiresAt?: string;
+}
+
 export interface AuditJson {
   readonly id: number;
   readonly at: string;

@@ -243,6 +243,11 @@ export const Errors = {
     code: 'DG_ASK_NOT_FOUND',
     message: (p) => `no pending question '${p.id}'`,
   }),
+  answerNotFound: define<{ id: string }>({
+    code: 'DG_ANSWER_NOT_FOUND',
+    message: (p) => `no remembered answer '${p.id}'`,
+    hint: () => 'devgate answers list shows the remembered answers and their ids',
+  }),
   askDenied: define<{ device: string; frontend: string; reason: string }>({
     code: 'DG_ASK_DENIED',
     message: (p) => `Attaching ${p.device} to ${p.frontend} was not allowed: ${p.reason}`,

@@ -6,7 +6,10 @@
 
 export type InterfaceCode = string & { readonly __interface?: never };
 
-const CODE = /^[upbmi?*][0-9a-f*]{6}$/;
+/** An interface code or pattern, as JSON Schema `pattern` text (the API validates with it). */
+export const INTERFACE_CODE_PATTERN = '^[upbmi?*][0-9a-f*]{6}$';
+
+const CODE = new RegExp(INTERFACE_CODE_PATTERN);
 
 export const UNKNOWN_INTERFACE: InterfaceCode = '?******';
 

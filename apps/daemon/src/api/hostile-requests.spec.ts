@@ -9,7 +9,8 @@
  * memory and open descriptors stay bounded); every response that comes back is a 4xx with the API's
  * error shape `{error: {code: "DG_…", message}}` (never a 2xx, never a 5xx, never a stack trace or
  * a framework's own error body); and nothing in the state changed: the SQLite file holds exactly
- * the rows it held before (assignments, deny lists, remembered answers, audit log, journal).
+ * the rows it held before (assignments, deny lists, remembered answers, audit log, journal). The
+ * corpus covers every route, deny lists and forgetting remembered answers included.
  */
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -63,6 +64,18 @@ function stateRows(): Record<string, unknown[]> {
         .map((row) => JSON.stringify(row))
         .sort();
     return Object.fromEntries(tables.map((t) => [t, rows(t)]));
+  } finally {
+    db.close();
+  }
+}
+
+function rememberAnswer(frontend: string, backend: string, devclass: string, deviceId: string): void {
+  const db = new Database(stateFile, { fileMustExist: true, timeout: 5_000 });
+  try {
+    db.prepare(
+      `INSERT INTO policy_answers (devclass, backend, port_id, device_id, frontend, verdict, created_at)
+       VALUES (?, ?, '*', ?, ?, 'allow', ?)`,
+    ).run(devclass, backend, deviceId, frontend, new Date().toISOString());
   } finally {
     db.close();
   }
@@ -128,9 +141,14 @@ it(`answers ${COUNT} hostile requests with coded 4xx errors, never crashes, and 
   expect((await client.post('/v1/attach', { class: 'block', frontend: 'work', device: 'dom0:seed1' })).status).toBe(
     404,
   );
+  // A deny list, and a remembered answer (written beside devgated: the API only forgets them).
+  expect((await client.post('/v1/deny/work/add', { patterns: ['u03****', 'b******'] })).status).toBe(200);
+  rememberAnswer('work', 'dom0', 'usb', '1d6b:0002::u090000');
   const before = stateRows();
   expect(before.assignments).toHaveLength(3);
-  expect(before.audit_log).toHaveLength(4);
+  expect(before.deny_list).toHaveLength(2);
+  expect(before.policy_answers).toHaveLength(1);
+  expect(before.audit_log).toHaveLength(5);
   expect(before.attachment_journal).toHaveLength(1);
 
   const cases = hostileCorpus(SEED, COUNT);
@@ -187,7 +205,7 @@ it(`answers ${COUNT} hostile requests with coded 4xx errors, never crashes, and 
   expect(control.status).toBe(200);
   const after = stateRows();
   expect(after.assignments).toHaveLength(4);
-  expect(after.audit_log).toHaveLength(5);
+  expect(after.audit_log).toHaveLength(6);
 
   process.stdout.write(
     `hostile-requests: ${COUNT} cases (seed ${SEED}) in ${elapsed} ms; ${JSON.stringify(tally)}; ` +

@@ -13,6 +13,7 @@ import * as http from 'node:http';
 import * as path from 'node:path';
 import { type FastifyInstance } from 'fastify';
 import { Subject } from 'rxjs';
+import { INTERFACE_CODE_PATTERN } from '@devgate/core';
 import { type ApiContext, buildApi } from './server.js';
 import {
   ApiClient,
@@ -77,6 +78,12 @@ function problem(schema: Schema, value: unknown, at = '$'): string | undefined {
     }
   }
   if (typeof value === 'number' && typeof s.minimum === 'number' && value < s.minimum) return `${at}: < ${s.minimum}`;
+  if (Array.isArray(value)) {
+    if (typeof s.minItems === 'number' && value.length < s.minItems) return `${at}: fewer than ${s.minItems} items`;
+    if (typeof s.maxItems === 'number' && value.length > s.maxItems) return `${at}: more than ${s.maxItems} items`;
+    const distinct = new Set(value.map((item) => JSON.stringify(item)));
+    if (s.uniqueItems === true && distinct.size !== value.length) return `${at}: items not unique`;
+  }
   if (Array.isArray(value) && s.items) {
     for (const [i, item] of value.entries()) {
       const p = problem(s.items as Schema, item, `${at}[${i}]`);
@@ -164,11 +171,12 @@ describe('docs/openapi.json', () => {
 
   describe('against a running devgated', () => {
     let client: ApiClient;
+    let daemon: Awaited<ReturnType<typeof startInProcess>>;
 
     beforeAll(async () => {
       // The real host's devices, so that the Device schema meets real records.
       const config = harnessConfig(makeTempDir('devgated-openapi-'), { backends: { dom0: { source: 'local' } } });
-      await startInProcess(config);
+      daemon = await startInProcess(config);
       client = new ApiClient(config.socket);
     });
 
@@ -177,7 +185,7 @@ describe('docs/openapi.json', () => {
     const errorSchema = { $ref: '#/components/schemas/Error' };
     /** Sends a request; every answer must fit the schema documented for its status. */
     async function send(o: Operation, body: unknown, query?: Record<string, string>) {
-      const url = o.url.replace(':id', 'no-such-ask') + (query ? `?${new URLSearchParams(query)}` : '');
+      const url = pathOf(o) + (query ? `?${new URLSearchParams(query)}` : '');
       const answer = await request(client.rwSocket, o.method, url, body);
       const json = answer.body as { error?: { code: string } };
       const documented = (o.op.responses as Record<string, Schema>)[String(answer.status)];
@@ -192,6 +200,12 @@ describe('docs/openapi.json', () => {
         status: answer.status,
         refused: answer.status === 400 && json.error?.code === 'DG_API_BAD_REQUEST',
       };
+    }
+
+    /** The operation's URL with its path parameters filled in (`override` for the one being probed). */
+    function pathOf(o: Operation, override: Record<string, string> = {}): string {
+      const fill: Record<string, string> = { id: 'no-such-ask', frontend: 'work', ...override };
+      return o.url.replace(/:(\w+)/g, (_, name: string) => encodeURIComponent(fill[name]));
     }
 
     const STRING_SAMPLES = [
@@ -211,6 +225,16 @@ describe('docs/openapi.json', () => {
       'a\u0000',
       '😀',
       'x\n',
+      // Interface patterns (deny lists): good ones and near misses.
+      'u03****',
+      'b******',
+      '?******',
+      'i******',
+      'U03****',
+      'u03***',
+      'u03*****',
+      'x03****',
+      'u0g****',
     ];
     /** Values to try for a property: boundaries, the enum, samples, and wrong types. */
     function candidates(schema: Schema): unknown[] {
@@ -232,6 +256,12 @@ describe('docs/openapi.json', () => {
         values.push('2026-01-01T00:00:00Z', '2026-01-01T00:00:00.000+02:00', 'yesterday', '2026-13-45T00:00:00Z');
       if (typeof s.pattern === 'string' && s.pattern.includes('[0-9]'))
         values.push('0', '1', '10000', '10001', '-1', '1.5', '1e3', '99999999999999999');
+      if (s.type === 'array') {
+        const items = candidates(s.items as Schema);
+        values.push(...items.map((item) => [item]));
+        const valid = items.filter((item) => problem(s.items as Schema, item) === undefined);
+        if (valid.length >= 2) values.push([valid[0], valid[1]], [valid[0], valid[0]], valid);
+      }
       if (s.type === 'object') {
         const many = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`k${i}`, 'v']));
         values.push('x', {}, many(s.maxProperties as number), many((s.maxProperties as number) + 1));
@@ -252,7 +282,7 @@ describe('docs/openapi.json', () => {
         expect(problem(schema, example)).toBeUndefined();
         expect(await send(o, example)).toMatchObject({ refused: false });
         // Every required property missing, an unknown one, and the body not an object.
-        for (const key of schema.required as string[]) {
+        for (const key of (schema.required as string[] | undefined) ?? []) {
           const rest = { ...example };
           delete rest[key];
           expect({ o: o.url, key, ...(await send(o, rest)) }).toMatchObject({ refused: true });
@@ -298,11 +328,63 @@ describe('docs/openapi.json', () => {
       expect(probes).toBeGreaterThan(100);
     });
 
+    it('enforces exactly the documented path parameters of reads', async () => {
+      let probes = 0;
+      for (const o of operations.filter((op) => op.method === 'GET' && op.op.parameters)) {
+        for (const parameter of (o.op.parameters as Schema[]).filter((p) => p.in === 'path')) {
+          const schema = parameter.schema as Schema;
+          // A value with a slash, or none, is another route.
+          const values = candidates(schema).filter(
+            (v): v is string => typeof v === 'string' && v !== '' && !v.includes('/'),
+          );
+          for (const value of values) {
+            const expected = problem(schema, value) !== undefined;
+            const answer = await request(client.rwSocket, 'GET', pathOf(o, { [parameter.name as string]: value }));
+            const refused =
+              answer.status === 400 &&
+              (answer.body as { error?: { code: string } }).error?.code === 'DG_API_BAD_REQUEST';
+            expect({ route: o.url, value, refused, ok: answer.status === 200 || refused }).toEqual({
+              route: o.url,
+              value,
+              refused: expected,
+              ok: true,
+            });
+            probes++;
+          }
+        }
+      }
+      expect(probes).toBeGreaterThan(20);
+    });
+
+    it("validates interface patterns with core's own pattern", () => {
+      expect(resolve({ $ref: '#/components/schemas/InterfacePattern' }).pattern).toBe(INTERFACE_CODE_PATTERN);
+    });
+
     it('answers in the documented shapes', async () => {
       const byId = (id: string) => operations.find((o) => o.op.operationId === id)!;
       // Something in each list first.
       await send(byId('assign'), { class: 'block', frontend: 'work', device: 'dom0:sdz9', only: 'port', options: {} });
-      for (const id of ['health', 'listDevices', 'listDomains', 'listAssignments', 'listAsks', 'queryAudit']) {
+      await send(byId('addDenied'), { patterns: ['u03****'] });
+      daemon.store.rememberAnswer({
+        devclass: 'usb',
+        backend: 'dom0',
+        portId: '*',
+        deviceId: '1d6b:0002::u090000',
+        frontend: 'work',
+        verdict: 'deny',
+        expiresAt: '2999-01-01T00:00:00.000Z',
+      });
+      for (const id of [
+        'health',
+        'listDevices',
+        'listDomains',
+        'listAssignments',
+        'listAsks',
+        'queryAudit',
+        'listDenyLists',
+        'getDenyList',
+        'listAnswers',
+      ]) {
         expect({ id, ...(await send(byId(id), undefined)) }).toMatchObject({ id, status: 200 });
       }
       const devices = (await client.get<{ devices: unknown[] }>('/v1/devices?all=true')).body;
@@ -313,6 +395,10 @@ describe('docs/openapi.json', () => {
       expect(await send(byId('attach'), { class: 'block', frontend: 'work', device: 'dom0:nosuch' })).toMatchObject({
         status: 404,
       });
+      expect(await send(byId('removeDenied'), { patterns: ['u03****'] })).toMatchObject({ status: 200 });
+      expect(await send(byId('replaceDenyList'), { patterns: [] })).toMatchObject({ status: 200 });
+      expect(await send(byId('forgetAnswers'), { all: true })).toMatchObject({ status: 200 });
+      expect(await send(byId('forgetAnswers'), { id: '0123456789ab' })).toMatchObject({ status: 404 });
     });
 
     it('streams the documented events, with the types services/daemon-events.ts declares', async () => {

@@ -14,6 +14,7 @@ import { type SqliteStateStore } from '../store/state-store.js';
 import { type AskService } from '../services/asks.js';
 import { type DaemonEvents } from '../services/daemon-events.js';
 import { type DeviceService } from '../services/device-service.js';
+import { PolicyStateService, registerPolicyRoutes } from './policy-routes.js';
 
 export const API_VERSION = 'v1';
 const BODY_LIMIT = 64 * 1024;
@@ -195,6 +196,9 @@ export function buildApi(
 
   app.get(`/${API_VERSION}/asks`, async () => ({ asks: asks.list() }));
 
+  // Deny lists and remembered answers (reads here, changes on the read-write instance only).
+  registerPolicyRoutes(app, new PolicyStateService(store, context.events), { ...options, version: API_VERSION });
+
   app.get<{ Querystring: Record<string, string | undefined> }>(
     `/${API_VERSION}/audit`,
     {
@@ -341,6 +345,7 @@ const STATUS: Record<string, number> = {
   DG_NO_SUCH_BACKEND: 404,
   DG_NO_CONNECTOR: 404,
   DG_ASK_NOT_FOUND: 404,
+  DG_ANSWER_NOT_FOUND: 404,
   DG_NOT_ASSIGNED: 404,
   DG_API_TOO_LARGE: 413,
   DG_NOT_ALLOWED: 403,

@@ -92,6 +92,7 @@ export const AUDIT_ACTIONS = [
   'answer',
   'auto-attach',
   'surprise-removal',
+  'attachment-ended',
   'reconcile',
 ] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number] | (string & {});
@@ -406,6 +407,42 @@ export class SqliteStateStore implements StateStore {
         ).get(params) as AnswerRow | undefined,
     );
     return row && answerFromRow(row);
+  }
+
+  /**
+   * The remembered answers, ordered by frontend, class and scope. Expired ones (which lookupAnswer
+   * no longer uses) only with `includeExpired`.
+   */
+  listAnswers(
+    filter: { readonly frontend?: DomainName; readonly devclass?: string; readonly includeExpired?: boolean } = {},
+  ): PolicyAnswer[] {
+    const params = {
+      frontend: filter.frontend === undefined ? null : check.domainName(filter.frontend),
+      devclass: filter.devclass === undefined ? null : check.devclass(filter.devclass),
+      now: filter.includeExpired ? null : this.now().toISOString(),
+    };
+    return this.guard(() =>
+      (
+        this.stmt(
+          `SELECT * FROM policy_answers
+           WHERE (@frontend IS NULL OR frontend = @frontend) AND (@devclass IS NULL OR devclass = @devclass)
+             AND (@now IS NULL OR expires_at IS NULL OR expires_at > @now)
+           ORDER BY frontend, devclass, backend, port_id, device_id`,
+        ).all(params) as AnswerRow[]
+      ).map(answerFromRow),
+    );
+  }
+
+  /** Forgets exactly this remembered answer; false when there was none. */
+  forgetAnswer(key: AssignmentKey): boolean {
+    const k = this.assignmentKey(key);
+    return this.guard(
+      () =>
+        this.stmt(
+          `DELETE FROM policy_answers WHERE devclass = @devclass AND backend = @backend AND port_id = @portId
+             AND device_id = @deviceId AND frontend = @frontend`,
+        ).run(k).changes === 1,
+    );
   }
 
   /** Forgets remembered answers (all, or one frontend's / one class's); returns how many. */

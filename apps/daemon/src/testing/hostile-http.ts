@@ -26,10 +26,17 @@ export interface HostileCase {
 
 type Rng = () => number;
 
-const GET_ROUTES = ['/v1/health', '/v1/devices', '/v1/domains', '/v1/assignments', '/v1/asks', '/v1/audit'];
-const POST_ROUTES = ['/v1/attach', '/v1/detach', '/v1/assignments', '/v1/assignments/remove', '/v1/asks/:id/answer'];
+// prettier-ignore
+const GET_ROUTES = [
+  '/v1/health', '/v1/devices', '/v1/domains', '/v1/assignments', '/v1/asks', '/v1/audit', '/v1/deny', '/v1/deny/work', '/v1/answers',
+];
+// prettier-ignore
+const POST_ROUTES = [
+  '/v1/attach', '/v1/detach', '/v1/assignments', '/v1/assignments/remove', '/v1/asks/:id/answer',
+  '/v1/deny/:frontend/add', '/v1/deny/:frontend/remove', '/v1/deny/:frontend/replace', '/v1/answers/forget',
+];
 
-type Kind = 'name' | 'devclass' | 'device' | 'options' | 'mode' | 'only' | 'verdict' | 'bool';
+type Kind = 'name' | 'devclass' | 'device' | 'options' | 'mode' | 'only' | 'verdict' | 'bool' | 'patterns' | 'answerId';
 interface Field {
   readonly kind: Kind;
   readonly required: boolean;
@@ -65,6 +72,11 @@ const FIELDS: Record<string, Record<string, Field>> = {
     frontend: { kind: 'name', required: false },
     remember: { kind: 'bool', required: false },
   },
+  '/v1/deny/:frontend/add': { patterns: { kind: 'patterns', required: true } },
+  '/v1/deny/:frontend/remove': { patterns: { kind: 'patterns', required: true } },
+  '/v1/deny/:frontend/replace': { patterns: { kind: 'patterns', required: true } },
+  // One scope, an answer id alone: without it, or with anything beside it, the body is refused.
+  '/v1/answers/forget': { id: { kind: 'answerId', required: true } },
 };
 
 /**
@@ -87,12 +99,20 @@ const BAD_VALUES: Record<Kind, readonly unknown[]> = {
   only: ['both', '', 'PORT', 'port ', 'devices'],
   verdict: ['yes', 'ALLOW', '', 'allow ', 'ask', 'deny\u0000'],
   bool: ['true', 1, 0, null, 'yes'],
+  // Never `[]`: replacing a deny list with nothing is a valid request.
+  patterns: [
+    ['u03***'], ['U03****'], ['u03*****'], ['x03****'], ['u0g****'], ['u03****', 'u03****'], ['u03****\u0000'], ['u03 ***'], [''],
+    ['b******', 'ü03****'], Array.from({ length: 257 }, (_, i) => `u${i.toString(16).padStart(6, '0')}`),
+  ],
+  answerId: ['', '0123456789AB', '0123456789a', '0123456789abc', 'g123456789ab', '*', '0123456789ab\n', '../answers'],
 };
 
 // prettier-ignore
 const WRONG_TYPES: readonly unknown[] = [0, 1, -1, 1.5, 1e308, true, false, null, [], ['work'], ['a', 'b'], {}, { a: 'b' }, [[[]]], { '': {} }];
 // prettier-ignore
 const WRONG_OPTIONS: readonly unknown[] = ['read-only=yes', 7, true, null, ['read-only', 'yes'], { k: 1 }, { k: null }, { k: true }, { k: {} }, { k: ['v'] }];
+// prettier-ignore
+const WRONG_PATTERN_LISTS: readonly unknown[] = ['u03****', 7, true, null, {}, { 0: 'u03****' }, [7], [null], [['u03****']], [{}], [true]];
 // prettier-ignore
 const WRONG_BOOLS: readonly unknown[] = ['true', 'false', 1, 0, null, [], {}, [true], 'yes'];
 
@@ -121,6 +141,12 @@ const BAD_QUERIES: Record<string, readonly string[]> = {
     'limit=0', 'limit=10001', 'limit=-1', 'limit=1.5', 'limit=1e3', 'limit=0x10', 'limit=%205', 'offset=-1', 'offset=x', 'since=yesterday',
     'since=2024-13-45T00:00:00Z', 'until=1', 'order=up', 'order=ASC', `action=${'a'.repeat(33)}`, 'frontend=..%2F..', 'class=A', 'limit=',
     'offset=1&offset=2', 'limit=99999999999999999999',
+  ],
+  '/v1/deny': ['frontend=work', 'x=1', 'all=true'],
+  '/v1/deny/work': ['patterns=u03****', 'x=1', 'frontend=work'],
+  '/v1/answers': [
+    'frontend=1work', 'class=Block', 'verdict=allow', 'frontend=work&frontend=other', 'id=0123456789ab', 'frontend=%00', 'all=true',
+    `frontend=${'w'.repeat(32)}`, 'class=',
   ],
 };
 
@@ -160,7 +186,8 @@ const PATH_TRICKS: readonly ((suffix: string) => string)[] = [
 // prettier-ignore
 const UNKNOWN_PATHS = [
   '/v2/devices', '/v0/health', '/', '/v1', '/v1/', '/v1/attach/now', '/v1/devices/dom0:sdb', '/v1/asks/x', '/v1/asks/x/answer/x', '/v1/health.json',
-  '/api/v1/health', '/v1/events/x', '/v1/assignments/remove/all', '/v1/assign', '/v1/unassign', '/v1/deny', '/v1/policy', '/v1/shutdown', '/v1/debug',
+  '/api/v1/health', '/v1/events/x', '/v1/assignments/remove/all', '/v1/assign', '/v1/unassign', '/v1/denied', '/v1/policy', '/v1/shutdown', '/v1/debug',
+  '/v1/deny/work/clear', '/v1/deny/work/add/x', '/v1/answers/forget/all', '/v1/answers/x', '/v1/deny//add',
   '/v1/config', '/.env', '/v1/asks//answer/', '/v1/asks/answer', '*',
 ];
 
@@ -227,6 +254,13 @@ export function hostileCorpus(seed: number, count: number): HostileCase[] {
         return chance(0.5)
           ? { class: 'block', frontend: 'work' }
           : { class: 'block', frontend: 'work', device: port, only: 'port' };
+      case '/v1/deny/:frontend/add':
+      case '/v1/deny/:frontend/remove':
+      case '/v1/deny/:frontend/replace':
+        return { patterns: ['u03****'] };
+      case '/v1/answers/forget':
+        // Sent as is it would be a 404 (no such answer): it is only ever a base to spoil.
+        return { id: '0123456789ab' };
       default:
         return { verdict: 'allow', frontend: 'work', remember: true };
     }
@@ -234,7 +268,9 @@ export function hostileCorpus(seed: number, count: number): HostileCase[] {
   const target = (route: string) =>
     route === '/v1/asks/:id/answer'
       ? `/v1/asks/${encodeURIComponent(pick(['x', '00000000-0000-0000-0000-000000000000', '..', '%2e']))}/answer`
-      : route;
+      : route.replace(':frontend', () =>
+          pick(['work', 'work', 'personal', '1work', '..', '%2e', 'w'.repeat(40), 'a%20b']),
+        );
 
   const post = (route: string, body: string | Buffer, extra: Parameters<typeof httpRequest>[2] = {}) =>
     httpRequest('POST', target(route), { body, ...extra });
@@ -311,7 +347,9 @@ export function hostileCorpus(seed: number, count: number): HostileCase[] {
             ? pick(WRONG_OPTIONS)
             : field.kind === 'bool'
               ? pick(WRONG_BOOLS)
-              : pick(WRONG_TYPES);
+              : field.kind === 'patterns'
+                ? pick(WRONG_PATTERN_LISTS)
+                : pick(WRONG_TYPES);
         const text = JSON.stringify(body);
         return {
           label: `POST ${route} ${text.slice(0, 100)}`,
@@ -565,7 +603,11 @@ export function hostileCorpus(seed: number, count: number): HostileCase[] {
         body[name] =
           field.kind === 'device'
             ? `dom0:sd${control}b`
-            : `${field.kind === 'devclass' ? 'block' : field.kind === 'name' ? 'work' : 'allow'}${control}`;
+            : field.kind === 'patterns'
+              ? [`u03***${control}`]
+              : field.kind === 'answerId'
+                ? `0123456789a${control}`
+                : `${field.kind === 'devclass' ? 'block' : field.kind === 'name' ? 'work' : 'allow'}${control}`;
         const text = JSON.stringify(body);
         return {
           label: `POST ${route} ${JSON.stringify(text)}`,
@@ -606,11 +648,16 @@ export function hostileCorpus(seed: number, count: number): HostileCase[] {
             const body = validBody(route);
             const [name, field] = pick(
               Object.entries(FIELDS[route]).filter(([, f]) =>
-                ['name', 'devclass', 'device', 'verdict'].includes(f.kind),
+                ['name', 'devclass', 'device', 'verdict', 'patterns', 'answerId'].includes(f.kind),
               ),
             );
             const weird = pick(['wörk', '\u202ework', 'wo\u200brk', 'ｗｏｒｋ', '\ud800', 'w\u0301ork', '𝔴𝔬𝔯𝔨']);
-            body[name] = field.kind === 'device' ? `dom0:${weird}` : weird;
+            body[name] =
+              field.kind === 'device'
+                ? `dom0:${weird}`
+                : field.kind === 'patterns'
+                  ? [`u03${weird}`.slice(0, 7)]
+                  : weird;
             const text = JSON.stringify(body);
             return {
               label: `POST ${route} ${text.slice(0, 100)}`,
@@ -622,7 +669,10 @@ export function hostileCorpus(seed: number, count: number): HostileCase[] {
           }
           case 3: {
             // Invalid UTF-8 inside a JSON string: decoded as U+FFFD, which no field accepts.
-            const body = JSON.stringify(validBody(route)).replace(/"(work|block|allow)"/, '"w\u0001"');
+            const body = JSON.stringify(validBody(route)).replace(
+              /"(work|block|allow|u03\*\*\*\*|0123456789ab)"/,
+              '"w\u0001"',
+            );
             const bytes = Buffer.from(body, 'latin1');
             const at = bytes.indexOf(1);
             const broken = Buffer.concat([
