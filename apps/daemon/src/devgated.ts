@@ -113,7 +113,7 @@ export class Devgated implements Disposable {
     }
   }
 
-  /** Streams device events, notes new devices, and audits surprise removals. */
+  /** Streams device events, notes new devices, and audits attachments the kernel ended. */
   private watch(): void {
     // Devices seen are written in one transaction per burst, after the events went out: a disk
     // with 256 partitions must not wait for 256 synchronous commits.
@@ -131,19 +131,7 @@ export class Devgated implements Disposable {
     this.manager.events$.subscribe((event) => {
       this.events.publishDevice(event);
       if (event.type === 'added' && seen.push(event.device) === 1) setImmediate(noteSeen);
-      if (event.type === 'removed' && event.device.attachment) {
-        this.devices.audit({
-          actor: 'devgated',
-          action: 'surprise-removal',
-          devclass: event.device.port.devclass,
-          backend: event.device.port.backend,
-          portId: event.device.port.portId,
-          deviceId: event.device.deviceId,
-          frontend: event.device.attachment.frontend,
-          outcome: 'ok',
-          reason: 'the device disappeared from its backend while attached; it was detached',
-        });
-      }
+      if (event.type === 'attachment-ended') this.devices.attachmentEnded(event);
       if (event.type === 'driver-fault') this.log.warn({ driver: event.driverId, err: event.error }, 'driver fault');
     });
   }

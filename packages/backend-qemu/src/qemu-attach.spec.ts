@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { type Port } from '@devgate/core';
+import { type AttachSpec, type Port } from '@devgate/core';
 import { type LoopDisk, createLoopDisk, disposeAllLoopDisks } from '@devgate/testkit';
 import { labDown, labUp } from './lab.js';
 import { decodeQdevId, encodeQdevId, frontendNames } from './qemu-attach.js';
@@ -45,19 +45,27 @@ afterAll(async () => {
   disposeAllLoopDisks();
 });
 
+/** Attaches to the lab VM `front`, recording a device id made from the port. */
+const attachAs = (p: Port, s: AttachSpec) => connector.attach('front', p, s, `id-${p.portId}`);
+
 describe('block attach over QMP', () => {
   it('attaches a partition as a USB stick named xvdi, reads it back, and detaches it', async () => {
     const p1 = `/dev/${disk.partitions[0]}`;
-    const attached = await connector.attach('front', port(disk.partitions[0]), spec(p1));
+    const attached = await attachAs(port(disk.partitions[0]), spec(p1));
     expect(attached.options).toEqual({ 'read-only': 'no', 'frontend-dev': 'xvdi' });
     expect(await nodes()).toEqual([{ node: 'dg-xvdi', file: p1, ro: false }]);
     expect(await connector.attachments()).toEqual([
-      { port: port(disk.partitions[0]), frontend: 'front', options: { 'read-only': 'no', 'frontend-dev': 'xvdi' } },
+      {
+        port: port(disk.partitions[0]),
+        frontend: 'front',
+        deviceId: `id-${disk.partitions[0]}`,
+        options: { 'read-only': 'no', 'frontend-dev': 'xvdi' },
+      },
     ]);
 
     // The next one takes the next name, in Qubes' order.
     const p2 = `/dev/${disk.partitions[1]}`;
-    const second = await connector.attach('front', port(disk.partitions[1]), spec(p2));
+    const second = await attachAs(port(disk.partitions[1]), spec(p2));
     expect(second.options['frontend-dev']).toBe('xvdj');
 
     await connector.detach('front', port(disk.partitions[0]));
@@ -67,14 +75,13 @@ describe('block attach over QMP', () => {
   });
 
   it('opens a read-only device read-only', async () => {
-    await connector.attach('front', port(roDisk.name), spec(roDisk.device, { readOnly: true }, { 'read-only': 'yes' }));
+    await attachAs(port(roDisk.name), spec(roDisk.device, { readOnly: true }, { 'read-only': 'yes' }));
     expect(await nodes()).toEqual([{ node: 'dg-xvdi', file: roDisk.device, ro: true }]);
     await connector.detach('front', port(roDisk.name));
   });
 
   it('attaches a CD as xvdd behind a USB bulk-only transport', async () => {
-    const cd = await connector.attach(
-      'front',
+    const cd = await attachAs(
       port(roDisk.name),
       spec(roDisk.device, { readOnly: true, devtype: 'cdrom' }, { 'read-only': 'yes', devtype: 'cdrom' }),
     );
@@ -84,31 +91,31 @@ describe('block attach over QMP', () => {
   });
 
   it('refuses a frontend name already in use, changing nothing', async () => {
-    await connector.attach('front', port(disk.partitions[0]), spec(`/dev/${disk.partitions[0]}`));
+    await attachAs(port(disk.partitions[0]), spec(`/dev/${disk.partitions[0]}`));
     await expect(
-      connector.attach('front', port(disk.partitions[1]), spec(`/dev/${disk.partitions[1]}`, { frontendDev: 'xvdi' })),
+      attachAs(port(disk.partitions[1]), spec(`/dev/${disk.partitions[1]}`, { frontendDev: 'xvdi' })),
     ).rejects.toMatchObject({ code: 'DG_FRONTEND_DEV_IN_USE' });
     expect((await nodes()).map((n) => n.node)).toEqual(['dg-xvdi']);
     await connector.detach('front', port(disk.partitions[0]));
   });
 
   it('cleans up the block node when device_add fails', async () => {
-    await expect(connector.attach('front', port(disk.name), spec('/dev/does-not-exist-devgate'))).rejects.toMatchObject(
-      { code: 'DG_QMP_COMMAND_FAILED' },
-    );
+    await expect(attachAs(port(disk.name), spec('/dev/does-not-exist-devgate'))).rejects.toMatchObject({
+      code: 'DG_QMP_COMMAND_FAILED',
+    });
     expect(await nodes()).toEqual([]);
   });
 
   it('attaches virtio-blk on a free root port; without a guest the unplug is never acknowledged', async () => {
-    await connector.attach('front', port(disk.partitions[1]), spec(`/dev/${disk.partitions[1]}`, { bus: 'virtio' }));
+    await attachAs(port(disk.partitions[1]), spec(`/dev/${disk.partitions[1]}`, { bus: 'virtio' }));
     const peripherals = await connector.execute<{ type: string }[]>('front', 'qom-list', {
       path: '/machine/peripheral',
     });
     expect(peripherals.filter((p) => p.type === 'child<virtio-blk-pci>')).toHaveLength(1);
     // The next one goes to the other root port, and a third finds none free.
-    await connector.attach('front', port(disk.name), spec(disk.device, { bus: 'virtio' }));
+    await attachAs(port(disk.name), spec(disk.device, { bus: 'virtio' }));
     await expect(
-      connector.attach('front', port(roDisk.name), spec(roDisk.device, { bus: 'virtio', readOnly: true })),
+      attachAs(port(roDisk.name), spec(roDisk.device, { bus: 'virtio', readOnly: true })),
     ).rejects.toMatchObject({ code: 'DG_NO_FREE_FRONTEND' });
     await expect(connector.detach('front', port(disk.partitions[1]))).rejects.toMatchObject({
       code: 'DG_DETACH_TIMEOUT',

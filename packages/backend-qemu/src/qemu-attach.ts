@@ -18,33 +18,46 @@ export interface AttachmentRecord {
   readonly c: string;
   readonly b: string;
   readonly p: string;
+  /** the identity of the device attached: a read-back tells another device in the same port */
+  readonly d?: string;
   /** options reported in USED BY, in order */
   readonly o: Readonly<Record<string, string>>;
 }
 
 const PREFIX = 'dg-';
 const SEPARATOR = '\t';
+/** Marks the identity field; options never start with it (their names are lowercase words). */
+const IDENTITY = '#';
 
 export function encodeQdevId(record: AttachmentRecord): string {
-  const fields = [record.c, record.b, record.p, ...Object.entries(record.o).map(([k, v]) => `${k}=${v}`)];
+  const fields = [
+    record.c,
+    record.b,
+    record.p,
+    ...(record.d === undefined ? [] : [IDENTITY + record.d]),
+    ...Object.entries(record.o).map(([k, v]) => `${k}=${v}`),
+  ];
   return PREFIX + Buffer.from(fields.join(SEPARATOR), 'utf8').toString('base64url');
 }
 
 export function decodeQdevId(id: string): AttachmentRecord | undefined {
   if (!id.startsWith(PREFIX) || !/^[A-Za-z0-9_-]+$/.test(id.slice(PREFIX.length))) return undefined;
-  const [c, b, p, ...options] = Buffer.from(id.slice(PREFIX.length), 'base64url').toString('utf8').split(SEPARATOR);
+  const [c, b, p, ...rest] = Buffer.from(id.slice(PREFIX.length), 'base64url').toString('utf8').split(SEPARATOR);
   if (!c || !b || !p) return undefined;
+  const d = rest[0]?.startsWith(IDENTITY) ? rest.shift()!.slice(IDENTITY.length) : undefined;
+  const options = rest;
   const o: Record<string, string> = {};
   for (const option of options) {
     const eq = option.indexOf('=');
     if (eq <= 0) return undefined;
     o[option.slice(0, eq)] = option.slice(eq + 1);
   }
-  return { c, b, p, o };
+  return d === undefined ? { c, b, p, o } : { c, b, p, d, o };
 }
 
 export function toHypervisorAttachment(frontend: DomainName, record: AttachmentRecord): HypervisorAttachment {
-  return { port: { devclass: record.c, backend: record.b, portId: record.p }, frontend, options: record.o };
+  const port = { devclass: record.c, backend: record.b, portId: record.p };
+  return { port, frontend, ...(record.d === undefined ? {} : { deviceId: record.d }), options: record.o };
 }
 
 /**
@@ -84,12 +97,18 @@ export interface BlockPlan {
   readonly options: Readonly<Record<string, string>>;
 }
 
-export function planBlockAttach(port: Port, spec: AttachSpec, frontendDev: string, freeRootPort?: string): BlockPlan {
+export function planBlockAttach(
+  port: Port,
+  spec: AttachSpec,
+  deviceId: string,
+  frontendDev: string,
+  freeRootPort?: string,
+): BlockPlan {
   const readOnly = spec.params.readOnly === true;
   const options: Record<string, string> = { ...spec.options, 'frontend-dev': frontendDev };
   // Qubes lists read-only first: `read-only=no, frontend-dev=xvdi`.
   const ordered = { 'read-only': options['read-only'], ...options };
-  const qdevId = encodeQdevId({ c: port.devclass, b: port.backend, p: port.portId, o: ordered });
+  const qdevId = encodeQdevId({ c: port.devclass, b: port.backend, p: port.portId, d: deviceId, o: ordered });
   // Node names are limited to 31 characters; the frontend name is unique within the domain.
   const nodeName = `dg-${frontendDev}`;
   const blockdev = {
@@ -132,7 +151,7 @@ const HOST_PORT = /^\d{1,3}(\.\d{1,3}){0,6}$/;
  * every one of these, so zeros are refused: a spec must name one device. The qdev id carries the
  * attachment, as for block devices, so the attachment is read back from QEMU.
  */
-export function planUsbHostAttach(port: Port, spec: AttachSpec): UsbHostPlan {
+export function planUsbHostAttach(port: Port, spec: AttachSpec, deviceId: string): UsbHostPlan {
   const { hostbus, hostport, vendorid, productid } = spec.params;
   const isId = (v: unknown) => typeof v === 'number' && Number.isInteger(v) && v > 0 && v <= 0xffff;
   let selector: Record<string, number | string>;
@@ -149,6 +168,6 @@ export function planUsbHostAttach(port: Port, spec: AttachSpec): UsbHostPlan {
     selector = { hostbus, hostport };
   }
   const options = { ...spec.options };
-  const qdevId = encodeQdevId({ c: port.devclass, b: port.backend, p: port.portId, o: options });
+  const qdevId = encodeQdevId({ c: port.devclass, b: port.backend, p: port.portId, d: deviceId, o: options });
   return { qdevId, device: { driver: 'usb-host', id: qdevId, bus: 'xhci.0', ...selector }, options };
 }

@@ -43,7 +43,9 @@ describe('QemuConnector', () => {
 
   it('refuses kinds it cannot attach, and reports no attachments when there are none', async () => {
     const port = { backend: 'dom0', portId: 'sda', devclass: 'block' };
-    await expect(connector.attach('front', port, { kind: 'pci', params: {}, options: {} })).rejects.toMatchObject({
+    await expect(
+      connector.attach('front', port, { kind: 'pci', params: {}, options: {} }, 'id-sda'),
+    ).rejects.toMatchObject({
       code: 'DG_UNSUPPORTED',
     });
     await expect(connector.detach('front', port)).rejects.toMatchObject({ code: 'DG_NOT_ATTACHED' });

@@ -8,12 +8,14 @@ import {
   type AttachSpec,
   type Connector,
   DevgateError,
+  type DomainLifecycleEvent,
   type DomainName,
   Errors,
   type HypervisorAttachment,
   type Port,
 } from '@devgate/core';
 import * as fs from 'node:fs';
+import { Observable, Subject, share } from 'rxjs';
 import { isQemuAlive } from './lab.js';
 import { type DomainRegistryData, defaultRegistryFile, getDomain, readRegistrySync } from './domain-registry.js';
 import { QmpClient, type QmpClientOptions } from './qmp-client.js';
@@ -34,6 +36,8 @@ export interface QemuConnectorOptions extends QmpClientOptions {
   readonly registryFile?: string;
   /** How long a guest has to acknowledge an unplug (DEVICE_DELETED). Default 5 s. */
   readonly unplugTimeoutMs?: number;
+  /** How often lifecycle$ looks for domains that started or vanished. Default 1 s. */
+  readonly lifecyclePollMs?: number;
 }
 
 /** `query-status`. `status` is QEMU's RunState: prelaunch, running, paused, shutdown, ... */
@@ -87,9 +91,65 @@ export class QemuConnector implements Connector {
   private cachedRegistry?: { version: string; data: DomainRegistryData };
   private readonly peripherals = new WeakMap<QmpClient, Map<string, AttachmentRecord>>();
   private readonly shutDown = new WeakMap<QmpClient, boolean>();
+  /** What QEMU tells on its own (events, a closed socket), before lifecycle$ dedupes it. */
+  private readonly signals = new Subject<DomainLifecycleEvent>();
+  /** qdev ids devgate is unplugging: their DEVICE_DELETED is devgate's own doing. */
+  private readonly unplugging = new Set<string>();
+
+  /**
+   * Domains starting, stopping, pausing and vanishing from the registry, and devgate devices that
+   * vanished from a domain. A closed QMP socket or SHUTDOWN is seen at once; a domain that starts
+   * (or is registered) is found by a poll of the registry. Hot and shared while subscribed.
+   */
+  readonly lifecycle$: Observable<DomainLifecycleEvent>;
 
   constructor(private readonly options: QemuConnectorOptions = {}) {
     this.registryFile = options.registryFile ?? defaultRegistryFile();
+    this.lifecycle$ = new Observable<DomainLifecycleEvent>((subscriber) => {
+      const known = new Map<DomainName, 'running' | 'paused' | 'stopped'>();
+      // What the poll finds is an event only when it differs from what was known; what QEMU said
+      // itself always is (the kernel's handling of each is idempotent).
+      const note = (event: DomainLifecycleEvent, fromQemu = false) => {
+        if (event.type === 'device-removed') return subscriber.next(event);
+        const before = known.get(event.domain);
+        const state =
+          event.type === 'paused'
+            ? 'paused'
+            : event.type === 'started' || event.type === 'resumed'
+              ? 'running'
+              : 'stopped';
+        if (event.type === 'undefined') known.delete(event.domain);
+        else known.set(event.domain, state);
+        if (fromQemu || (before !== undefined && before !== state) || event.type === 'undefined')
+          subscriber.next(event);
+      };
+      const signals = this.signals.subscribe((event) => note(event, true));
+      let polling = false;
+      const poll = async () => {
+        if (polling || this.disposed) return;
+        polling = true;
+        try {
+          const domains = new Set(this.domains());
+          for (const domain of known.keys()) if (!domains.has(domain)) note({ type: 'undefined', domain });
+          for (const domain of domains) {
+            const running = await this.isRunning(domain).catch(() => false);
+            if (!running) note({ type: 'stopped', domain });
+            else if (known.get(domain) !== 'paused') note({ type: 'started', domain });
+          }
+        } catch {
+          // An unreadable registry is reported where it is used; the next poll tries again.
+        } finally {
+          polling = false;
+        }
+      };
+      void poll();
+      const timer = setInterval(() => void poll(), this.options.lifecyclePollMs ?? 1_000);
+      timer.unref();
+      return () => {
+        clearInterval(timer);
+        signals.unsubscribe();
+      };
+    }).pipe(share());
   }
 
   /** Whether the registry lists `domain` (dom0 is never a QEMU domain). Reads the file each time. */
@@ -172,14 +232,14 @@ export class QemuConnector implements Connector {
    * Attaches a block device (usb-storage by default, virtio-blk or a USB CD when asked), or passes a
    * host USB device through (`usb-host`).
    */
-  async attach(frontend: DomainName, port: Port, spec: AttachSpec): Promise<HypervisorAttachment> {
-    if (spec.kind === 'usb-host') return this.attachUsbHost(frontend, port, spec);
+  async attach(frontend: DomainName, port: Port, spec: AttachSpec, deviceId: string): Promise<HypervisorAttachment> {
+    if (spec.kind === 'usb-host') return this.attachUsbHost(frontend, port, spec, deviceId);
     if (spec.kind !== 'block') throw Errors.unsupported({ driverId: this.id, operation: `attach (${spec.kind})` });
     const existing = await this.devgateDevices(frontend);
     const used = new Set(existing.map(([, record]) => record.o['frontend-dev']).filter(Boolean));
     const frontendDev = chooseFrontendDev(frontend, spec, used);
     const rootPort = spec.params.bus === 'virtio' ? await this.freeRootPort(frontend) : undefined;
-    const plan = planBlockAttach(port, spec, frontendDev, rootPort);
+    const plan = planBlockAttach(port, spec, deviceId, frontendDev, rootPort);
     await this.execute(frontend, 'blockdev-add', plan.blockdev);
     const added: string[] = [];
     try {
@@ -194,17 +254,22 @@ export class QemuConnector implements Connector {
       throw error;
     }
     await this.noteDevice(frontend, plan.qdevId, decodeQdevId(plan.qdevId));
-    return { port, frontend, options: plan.options };
+    return { port, frontend, deviceId, options: plan.options };
   }
 
   /** `device_add usb-host` on the xHCI controller; QEMU accepts it even before the device is there. */
-  private async attachUsbHost(frontend: DomainName, port: Port, spec: AttachSpec): Promise<HypervisorAttachment> {
-    const plan = planUsbHostAttach(port, spec);
+  private async attachUsbHost(
+    frontend: DomainName,
+    port: Port,
+    spec: AttachSpec,
+    deviceId: string,
+  ): Promise<HypervisorAttachment> {
+    const plan = planUsbHostAttach(port, spec, deviceId);
     // Read the domain's devices first, so the one added below is known when it comes back.
     await this.devgateDevices(frontend);
     await this.execute(frontend, 'device_add', plan.device);
     await this.noteDevice(frontend, plan.qdevId, decodeQdevId(plan.qdevId));
-    return { port, frontend, options: plan.options };
+    return { port, frontend, deviceId, options: plan.options };
   }
 
   /** device_del, wait for QEMU's DEVICE_DELETED (bounded), then blockdev-del for block devices. */
@@ -241,14 +306,17 @@ export class QemuConnector implements Connector {
       timeoutMs,
     );
     deleted.catch(() => undefined);
-    await this.execute(frontend, 'device_del', { id: qdevId });
+    this.unplugging.add(qdevId);
     try {
+      await this.execute(frontend, 'device_del', { id: qdevId });
       await deleted;
     } catch (error) {
       if (error instanceof DevgateError && error.code === Errors.qmpTimeout.code) {
         throw Errors.detachTimeout({ domain: frontend, device: qdevId, timeoutMs });
       }
       throw error;
+    } finally {
+      this.unplugging.delete(qdevId);
     }
   }
 
@@ -327,8 +395,35 @@ export class QemuConnector implements Connector {
     return rootPorts.sort().find((name) => !used.has(name));
   }
 
+  /** Turns what QEMU says on a connection into lifecycle signals for `domain`. */
+  private watchLifecycle(domain: DomainName, client: QmpClient): void {
+    client.events$.subscribe({
+      next: (event) => {
+        if (event.event === 'SHUTDOWN') this.signals.next({ type: 'stopped', domain });
+        else if (event.event === 'STOP') this.signals.next({ type: 'paused', domain });
+        else if (event.event === 'RESUME') this.signals.next({ type: 'resumed', domain });
+        else if (event.event === 'DEVICE_DELETED') {
+          const id = (event.data as { device?: unknown } | undefined)?.device;
+          const record = typeof id === 'string' && !this.unplugging.has(id) ? decodeQdevId(id) : undefined;
+          if (record)
+            this.signals.next({ type: 'device-removed', domain, port: toHypervisorAttachment(domain, record).port });
+        }
+      },
+      // A closed socket: QEMU quit or was killed, unless a new connection says otherwise.
+      complete: () => {
+        if (this.disposed) return;
+        void this.isRunning(domain)
+          .catch(() => false)
+          .then((running) => {
+            if (!running) this.signals.next({ type: 'stopped', domain });
+          });
+      },
+    });
+  }
+
   dispose(): void {
     this.disposed = true;
+    this.signals.complete();
     for (const pending of this.clients.values())
       pending.then(
         (c) => c.destroy(),
@@ -370,7 +465,9 @@ export class QemuConnector implements Connector {
     const opening = QmpClient.connect(socket, this.options);
     this.clients.set(socket, opening);
     try {
-      return await opening;
+      const client = await opening;
+      this.watchLifecycle(domain, client);
+      return client;
     } catch (error) {
       if (this.clients.get(socket) === opening) this.clients.delete(socket);
       // Nothing listens: the socket is gone or stale, so QEMU is not running.

@@ -68,75 +68,110 @@ async function release(manager: DeviceManager): Promise<void> {
   for (const domain of ['work', 'other']) await manager.detach(domain).catch(() => undefined);
 }
 
-describe('USB passthrough of recorded devices into real QEMU', () => {
-  it('attaches the Kinesis keyboard (usbkbd.umockdev) as usb-host on its bus and port, reads it back, detaches it', async () => {
+describe('USB passthrough into real QEMU', () => {
+  it('refuses every device of a recorded backend, block and USB: a recording has no data path', async () => {
     const { kernel, manager, qemu } = startKernel(
-      new RecordedHostSource(recordedFixture('usbkbd.umockdev'), 'sys-usb'),
+      new RecordedHostSource(recordedFixture('KIOXIA_TransMemory.txt'), 'sys-usb'),
     );
     try {
-      const port = usb('1-1.5.4.2');
-      const attached = await manager.attach({ frontend: 'work', port });
-      expect(attached.attachment).toEqual({ frontend: 'work', options: {} });
-
-      const [device, ...more] = await usbHostDevices(qemu, 'work', ['hostbus', 'hostport', 'vendorid', 'productid']);
-      expect(more).toEqual([]);
-      expect(device).toMatchObject({
-        record: { c: 'usb', b: 'sys-usb', p: '1-1.5.4.2', o: {} },
-        hostbus: 1,
-        hostport: '1.5.4.2', // busid 1-1.5.4.2: bus 1, ports 1.5.4.2
-        vendorid: 0, // by port: no id filter
-        productid: 0,
-      });
-      expect(await qemu.connector.attachments()).toEqual([{ port, frontend: 'work', options: {} }]);
-      // A second attach of the same device, to any VM, is refused by the kernel before QEMU sees it.
-      await expect(manager.attach({ frontend: 'other', port })).rejects.toMatchObject({ code: 'DG_ALREADY_ATTACHED' });
-
-      // Detach is device_del, and resolves only once QEMU has sent DEVICE_DELETED for this id
-      // (without it, it fails with DG_DETACH_TIMEOUT after unplugTimeoutMs).
-      await expect(manager.detach('work', port)).resolves.toEqual([port]);
+      for (const port of [usb('1-1.1.2'), block('sda'), block('sda1')]) {
+        expect(manager.get(port)).toBeDefined();
+        await expect(manager.attach({ frontend: 'work', port })).rejects.toMatchObject({
+          code: 'DG_NOT_ATTACHABLE',
+          message: expect.stringContaining('recording'),
+        });
+      }
+      // Nothing reached QEMU: no usb-host device, no block node opened on this host.
       expect(await usbHostDevices(qemu, 'work', [])).toEqual([]);
-      expect(await qemu.connector.attachments()).toEqual([]);
-      expect(manager.get(port)?.attachment).toBeUndefined();
+      expect((await qemu.connector.queryBlock('work')).filter((b) => b.inserted)).toEqual([]);
     } finally {
-      await release(manager);
       kernel.dispose();
     }
   });
 
-  it('attaches by id (by=id) a device of the SHUTTLE recording, and refuses unknown options with Qubes’ message', async () => {
-    const { kernel, manager, qemu } = startKernel(
-      new RecordedHostSource(recordedFixture('SHUTTLE_DH170_WITH_USB_DISK.txt'), 'sys-usb'),
-    );
-    try {
-      const keyboard = manager.list({ devclass: 'usb' }).find((d) => d.data['vendor-id'] === '0461')!;
-      expect(keyboard).toBeDefined();
-      await expect(
-        manager.attach({ frontend: 'work', port: keyboard.port, options: { 'read-only': 'yes' } }),
-      ).rejects.toMatchObject({ code: 'DG_UNSUPPORTED_OPTION', message: 'Unsupported option read-only' });
-      await expect(
-        manager.attach({ frontend: 'work', port: keyboard.port, options: { by: 'serial' } }),
-      ).rejects.toMatchObject({ code: 'DG_UNSUPPORTED_OPTION' });
-      expect(await usbHostDevices(qemu, 'work', [])).toEqual([]);
+  describe('a live backend (the Kinesis keyboard of usbkbd.umockdev laid out as a sysfs tree)', () => {
+    let sysroot: string;
+    beforeAll(() => {
+      const recording = loadRecording(recordedFixture('usbkbd.umockdev'));
+      sysroot = path.join(dir, 'usbkbd');
+      try {
+        materializeHost(recording.tree.devices(), sysroot);
+      } finally {
+        recording.dispose();
+      }
+    });
+    const live = () => new LocalHostSource({ roots: rootsUnder(sysroot), backend: 'sys-usb', hotplug: 'static' });
 
-      const attached = await manager.attach({ frontend: 'work', port: keyboard.port, options: { by: 'id' } });
-      expect(attached.attachment).toEqual({ frontend: 'work', options: { by: 'id' } });
-      const [device] = await usbHostDevices(qemu, 'work', ['vendorid', 'productid', 'hostbus', 'hostport']);
-      expect(device).toMatchObject({ vendorid: 0x0461, productid: 0x0010, hostbus: 0, hostport: '' });
-      expect(device.record).toEqual({ c: 'usb', b: 'sys-usb', p: keyboard.port.portId, o: { by: 'id' } });
+    it('attaches it as usb-host on its bus and port with its identity, reads it back, detaches it', async () => {
+      const { kernel, manager, qemu } = startKernel(live());
+      try {
+        const port = usb('1-1.5.4.2');
+        const deviceId = manager.get(port)!.deviceId;
+        const attached = await manager.attach({ frontend: 'work', port });
+        expect(attached.attachment).toEqual({ frontend: 'work', options: {} });
+        const [device, ...more] = await usbHostDevices(qemu, 'work', ['hostbus', 'hostport', 'vendorid', 'productid']);
+        expect(more).toEqual([]);
+        expect(device).toMatchObject({
+          record: { c: 'usb', b: 'sys-usb', p: '1-1.5.4.2', d: deviceId, o: {} },
+          hostbus: 1,
+          hostport: '1.5.4.2', // busid 1-1.5.4.2: bus 1, ports 1.5.4.2
+          vendorid: 0, // by port: no id filter
+          productid: 0,
+        });
+        expect(await qemu.connector.attachments()).toEqual([{ port, frontend: 'work', deviceId, options: {} }]);
+        await expect(manager.attach({ frontend: 'other', port })).rejects.toMatchObject({
+          code: 'DG_ALREADY_ATTACHED',
+        });
+        await expect(manager.detach('work', port)).resolves.toEqual([port]);
+        expect(await usbHostDevices(qemu, 'work', [])).toEqual([]);
+        expect(manager.get(port)?.attachment).toBeUndefined();
+      } finally {
+        await release(manager);
+        kernel.dispose();
+      }
+    });
 
-      expect(keyboard.port.portId).toBe('1-9');
-      // Next to it, by port: the SHUTTLE's USB disk (abcd:1234) at 1-4 goes in on bus 1, port 4.
-      const disk = await manager.attach({ frontend: 'work', port: usb('1-4') });
-      expect(disk.attachment?.frontend).toBe('work');
-      const byPort = (await usbHostDevices(qemu, 'work', ['hostbus', 'hostport'])).find((d) => d.record?.p === '1-4');
-      expect(byPort).toMatchObject({ hostbus: 1, hostport: '4' });
+    it('attaches by id (by=id), and refuses unknown options with Qubes’ message', async () => {
+      const { kernel, manager, qemu } = startKernel(live());
+      try {
+        const port = usb('1-1.5.4.2');
+        await expect(manager.attach({ frontend: 'work', port, options: { 'read-only': 'yes' } })).rejects.toMatchObject(
+          {
+            code: 'DG_UNSUPPORTED_OPTION',
+            message: 'Unsupported option read-only',
+          },
+        );
+        await expect(manager.attach({ frontend: 'work', port, options: { by: 'serial' } })).rejects.toMatchObject({
+          code: 'DG_UNSUPPORTED_OPTION',
+        });
+        expect(await usbHostDevices(qemu, 'work', [])).toEqual([]);
+        const attached = await manager.attach({ frontend: 'work', port, options: { by: 'id' } });
+        expect(attached.attachment).toEqual({ frontend: 'work', options: { by: 'id' } });
+        const [device] = await usbHostDevices(qemu, 'work', ['vendorid', 'productid', 'hostbus', 'hostport']);
+        expect(device).toMatchObject({ vendorid: 0x05f3, productid: 0x0007, hostbus: 0, hostport: '' });
+        expect(await manager.detach('work', undefined, 'usb')).toHaveLength(1);
+      } finally {
+        await release(manager);
+        kernel.dispose();
+      }
+    });
 
-      expect(await manager.detach('work', undefined, 'usb')).toHaveLength(2);
-      expect(await usbHostDevices(qemu, 'work', [])).toEqual([]);
-    } finally {
-      await release(manager);
-      kernel.dispose();
-    }
+    it('refuses when another device sits at that sysfs path now (vendor and product are checked)', async () => {
+      const { kernel, manager, qemu } = startKernel(live());
+      const uevent = path.join(sysroot, 'sys/bus/usb/devices/1-1.5.4.2/uevent');
+      const original = fs.readFileSync(uevent, 'utf8');
+      expect(original).toMatch(/^PRODUCT=5f3\/7\//m);
+      try {
+        fs.writeFileSync(uevent, original.replace(/^PRODUCT=.*$/m, 'PRODUCT=5f3/beef/100'));
+        await expect(manager.attach({ frontend: 'work', port: usb('1-1.5.4.2') })).rejects.toMatchObject({
+          code: 'DG_DEVICE_CHANGED',
+        });
+        expect(await usbHostDevices(qemu, 'work', [])).toEqual([]);
+      } finally {
+        fs.writeFileSync(uevent, original);
+        kernel.dispose();
+      }
+    });
   });
 });
 
@@ -242,10 +277,10 @@ describe('planUsbHostAttach', () => {
       { vendorid: 0x46d, productid: 0xc52b, hostbus: 1 },
     ];
     for (const params of specs) {
-      expect(() => planUsbHostAttach(port, { kind: 'usb-host', params, options: {} })).toThrow(/usb-host/);
+      expect(() => planUsbHostAttach(port, { kind: 'usb-host', params, options: {} }, 'id')).toThrow(/usb-host/);
     }
     expect(
-      planUsbHostAttach(port, { kind: 'usb-host', params: { hostbus: 2, hostport: '4' }, options: {} }).device,
+      planUsbHostAttach(port, { kind: 'usb-host', params: { hostbus: 2, hostport: '4' }, options: {} }, 'id').device,
     ).toMatchObject({ driver: 'usb-host', bus: 'xhci.0', hostbus: 2, hostport: '4' });
   });
 });

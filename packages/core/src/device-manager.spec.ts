@@ -1,4 +1,4 @@
-import { BehaviorSubject, map } from 'rxjs';
+import { BehaviorSubject, Subject, map } from 'rxjs';
 import { type DeviceInfo, type Port, portKey } from './device-model';
 import { DevgateError } from './errors';
 import { HostTree } from './host-tree';
@@ -8,6 +8,7 @@ import {
   type Connector,
   type DeviceClassDriver,
   type DeviceSource,
+  type DomainLifecycleEvent,
   type HypervisorAttachment,
   PLUGIN_API_VERSION,
 } from './plugin-api';
@@ -18,18 +19,21 @@ import {
 class MemoryConnector implements Connector {
   readonly id = 'memory';
   readonly attached = new Map<string, HypervisorAttachment>();
+  readonly lifecycle$ = new Subject<DomainLifecycleEvent>();
   running = new Set(['work', 'personal']);
   gate?: Promise<void>;
+  detachGate?: Promise<void>;
   manages = (domain: string) => ['work', 'personal', 'halted'].includes(domain);
   domains = () => ['work', 'personal', 'halted'];
   isRunning = async (domain: string) => this.running.has(domain);
-  async attach(frontend: string, port: Port, spec: AttachSpec) {
+  async attach(frontend: string, port: Port, spec: AttachSpec, deviceId: string) {
     await this.gate;
-    const result = { port, frontend, options: spec.options };
+    const result = { port, frontend, deviceId, options: spec.options };
     this.attached.set(portKey(port), result);
     return result;
   }
   async detach(_frontend: string, port: Port) {
+    await this.detachGate;
     this.attached.delete(portKey(port));
   }
   attachments = async () => [...this.attached.values()];
@@ -45,13 +49,14 @@ const dev = (portId: string, parent?: string, extra: Partial<DeviceInfo> = {}): 
   ...extra,
 });
 
-function setup(initial: DeviceInfo[]) {
+function setup(initial: DeviceInfo[], { recorded = false } = {}) {
   const devices = new BehaviorSubject<DeviceInfo[]>(initial);
   const source: DeviceSource = {
-    id: 'test',
+    id: recorded ? 'recording:laptop.umockdev' : 'test',
     backend: 'dom0',
     hotplug: 'static',
     trees$: new BehaviorSubject(new HostTree([])),
+    ...(recorded ? {} : { dataPath: async (_device: DeviceInfo, spec: AttachSpec) => spec }),
     dispose: () => undefined,
   };
   const driver: DeviceClassDriver = {
@@ -68,6 +73,13 @@ function setup(initial: DeviceInfo[]) {
   const connector = new MemoryConnector();
   const kernel = new Kernel();
   kernel.registerDriver(driver);
+  // Its devices come through the block driver's list here; it only needs to be able to attach.
+  kernel.registerDriver({
+    id: 'usb',
+    manifest: { apiVersion: PLUGIN_API_VERSION, description: 'test' },
+    discover: () => new BehaviorSubject<DeviceInfo[]>([]),
+    attachSpec: () => ({ kind: 'usb-host', params: {}, options: {} }),
+  });
   kernel.registerSource(source);
   kernel.registerConnector(connector);
   const manager = kernel.start();
@@ -88,7 +100,7 @@ describe('DeviceManager attach and detach', () => {
   it('attaches, shows the attachment, emits attached, and detaches', async () => {
     const { manager, port, connector, kernel } = setup([dev('sdb'), dev('sdb1', 'sdb')]);
     const events: string[] = [];
-    manager.events$.subscribe((e) => e.type !== 'driver-fault' && events.push(`${e.type}:${e.device.port.portId}`));
+    manager.events$.subscribe((e) => 'device' in e && events.push(`${e.type}:${e.device.port.portId}`));
     const result = await manager.attach({ frontend: 'work', port: port('sdb1') });
     expect(result.attachment).toEqual({ frontend: 'work', options: { 'read-only': 'no' } });
     expect(connector.attached.size).toBe(1);
@@ -163,7 +175,7 @@ describe('DeviceManager attach and detach', () => {
     const { manager, port, connector, devices, kernel } = setup([dev('sdb'), dev('sdb1', 'sdb')]);
     await manager.attach({ frontend: 'work', port: port('sdb1') });
     const seen: string[] = [];
-    manager.events$.subscribe((e) => e.type !== 'driver-fault' && seen.push(`${e.type}:${e.device.port.portId}`));
+    manager.events$.subscribe((e) => 'device' in e && seen.push(`${e.type}:${e.device.port.portId}`));
     devices.next([]);
     await new Promise((r) => setImmediate(r));
     expect(connector.attached.size).toBe(0);
@@ -193,6 +205,122 @@ describe('DeviceManager attach and detach', () => {
     open();
     expect(await attaching).toBe('DG_DEVICE_GONE');
     expect(connector.attached.size).toBe(0);
+    kernel.dispose();
+  });
+});
+
+describe('DeviceManager: the promises it keeps', () => {
+  const usbStick = (): DeviceInfo[] => [
+    { ...dev('1-2'), port: { devclass: 'usb', backend: 'dom0', portId: '1-2' }, interfaces: ['u080650'] },
+    dev('sdb', undefined, { parent: { devclass: 'usb', backend: 'dom0', portId: '1-2' } }),
+    dev('sdb1', 'sdb'),
+  ];
+  const ended = (manager: ReturnType<typeof setup>['manager']) => {
+    const seen: string[] = [];
+    manager.events$.subscribe((e) => {
+      if (e.type === 'attachment-ended') seen.push(`${e.port.portId}@${e.frontend}:${e.reason}:${e.outcome}`);
+    });
+    return seen;
+  };
+
+  it('ends every attachment of a frontend that stops, and the device is free at once', async () => {
+    const { manager, port, connector, kernel } = setup([dev('sdb'), dev('sdc')]);
+    const seen = ended(manager);
+    await manager.attach({ frontend: 'work', port: port('sdb') });
+    await manager.attach({ frontend: 'personal', port: port('sdc') });
+    connector.running.delete('work');
+    connector.lifecycle$.next({ type: 'stopped', domain: 'work' });
+    expect(manager.get(port('sdb'))?.attachment).toBeUndefined();
+    expect(manager.get(port('sdc'))?.attachment?.frontend).toBe('personal');
+    expect(seen).toEqual(['sdb@work:frontend-stopped:ok']);
+    await manager.attach({ frontend: 'personal', port: port('sdb') });
+    kernel.dispose();
+  });
+
+  it('ends an attachment the frontend lost behind its back, and publishes domain states', async () => {
+    const { manager, port, connector, kernel } = setup([dev('sdb')]);
+    const seen = ended(manager);
+    const states: string[] = [];
+    manager.on('domain', (e) => states.push(`${e.domain}:${e.state}`));
+    await manager.attach({ frontend: 'work', port: port('sdb') });
+    connector.lifecycle$.next({ type: 'device-removed', domain: 'personal', port: port('sdb') });
+    expect(manager.get(port('sdb'))?.attachment?.frontend).toBe('work'); // another domain's event
+    connector.lifecycle$.next({ type: 'device-removed', domain: 'work', port: port('sdb') });
+    connector.lifecycle$.next({ type: 'started', domain: 'halted' });
+    expect(seen).toEqual(['sdb@work:removed-by-frontend:ok']);
+    expect(states).toEqual(['halted:started']);
+    kernel.dispose();
+  });
+
+  it('refuses any device of a recorded backend before touching a hypervisor', async () => {
+    const { manager, port, connector, kernel } = setup([dev('sdb')], { recorded: true });
+    expect(await codeOf(manager.attach({ frontend: 'work', port: port('sdb') }))).toBe('DG_NOT_ATTACHABLE');
+    expect(connector.attached.size).toBe(0);
+    kernel.dispose();
+  });
+
+  it('refuses a USB device whose partition is in use in its backend, naming it', async () => {
+    const devices = usbStick();
+    devices[2] = { ...devices[2], hiddenReason: 'mounted', inUse: true };
+    const { manager, kernel } = setup(devices);
+    const usb: Port = { devclass: 'usb', backend: 'dom0', portId: '1-2' };
+    await expect(manager.attach({ frontend: 'work', port: usb })).rejects.toMatchObject({
+      code: 'DG_DEVICE_IN_USE',
+      message: expect.stringContaining('dom0:sdb1 is mounted'),
+    });
+    kernel.dispose();
+  });
+
+  it('refuses a USB device while its partition is attached elsewhere, and the other way round', async () => {
+    const { manager, port, kernel } = setup(usbStick());
+    const usb: Port = { devclass: 'usb', backend: 'dom0', portId: '1-2' };
+    await manager.attach({ frontend: 'work', port: port('sdb1') });
+    expect(await codeOf(manager.attach({ frontend: 'personal', port: usb }))).toBe('DG_OVERLAP');
+    await manager.detach('work', port('sdb1'));
+    await manager.attach({ frontend: 'personal', port: usb });
+    expect(await codeOf(manager.attach({ frontend: 'work', port: port('sdb1') }))).toBe('DG_OVERLAP');
+    kernel.dispose();
+  });
+
+  it('records the identity with the attachment, and a read-back drops another device in the port', async () => {
+    const { manager, port, connector, devices, kernel } = setup([dev('sdb')]);
+    const seen = ended(manager);
+    await manager.attach({ frontend: 'work', port: port('sdb') });
+    expect(connector.attached.get(portKey(port('sdb')))?.deviceId).toBe('id-sdb');
+    devices.next([dev('sdb', undefined, { deviceId: 'another-stick' })]);
+    await manager.syncAttachments();
+    expect(manager.get(port('sdb'))?.attachment).toBeUndefined();
+    expect(connector.attached.size).toBe(0);
+    expect(seen).toEqual(['sdb@work:device-replaced:ok']);
+    kernel.dispose();
+  });
+
+  it('refuses an attach naming a device that is no longer in the port', async () => {
+    const { manager, port, kernel } = setup([dev('sdb', undefined, { deviceId: 'new-stick' })]);
+    const request = { frontend: 'work', port: port('sdb'), deviceId: 'old-stick' };
+    expect(await codeOf(manager.attach(request))).toBe('DG_UNRECOGNIZED_IDENTITY');
+    kernel.dispose();
+  });
+
+  it('publishes the end of a surprise removal after the detach ran, with its real outcome', async () => {
+    const { manager, port, connector, devices, kernel } = setup([dev('sdb'), dev('sdc')]);
+    const seen = ended(manager);
+    await manager.attach({ frontend: 'work', port: port('sdb') });
+    let release!: () => void;
+    connector.detachGate = new Promise((resolve) => (release = resolve));
+    devices.next([dev('sdc')]);
+    expect(manager.get(port('sdb'))).toBeUndefined();
+    expect(seen).toEqual([]); // not before the hypervisor answered
+    release();
+    await new Promise((resolve) => manager.once('attachment-ended', resolve));
+    expect(seen).toEqual(['sdb@work:device-removed:ok']);
+
+    await manager.attach({ frontend: 'work', port: port('sdc') });
+    connector.detachGate = Promise.reject(new DevgateError('DG_DETACH_TIMEOUT', 'no DEVICE_DELETED'));
+    connector.detachGate.catch(() => undefined);
+    devices.next([]);
+    await new Promise((resolve) => manager.once('attachment-ended', resolve));
+    expect(seen[1]).toBe('sdc@work:device-removed:error');
     kernel.dispose();
   });
 });

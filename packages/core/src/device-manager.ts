@@ -21,8 +21,14 @@ import {
   portKey,
   portLabel,
 } from './device-model.js';
-import { type DeviceEvent, snapshotsToEvents } from './events.js';
-import { type Connector, type DeviceClassDriver, type DeviceSource, type PolicyHook } from './plugin-api.js';
+import { type AttachmentEndReason, type DeviceEvent, snapshotsToEvents } from './events.js';
+import {
+  type Connector,
+  type DeviceClassDriver,
+  type DeviceSource,
+  type DomainLifecycleEvent,
+  type PolicyHook,
+} from './plugin-api.js';
 import { type Disposable } from './disposable.js';
 import { Errors } from './errors.js';
 
@@ -52,6 +58,7 @@ export interface DriverFault {
 
 interface LiveAttachment extends Attachment {
   readonly port: Port;
+  readonly deviceId?: string;
   /** The device's own key and its ancestors' (partition, disk, USB device): its resource chain. */
   readonly chain: readonly string[];
   readonly connector: Connector;
@@ -88,6 +95,43 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
     for (const source of this.sources) {
       for (const driver of this.drivers) this.subscriptions.push(this.watch(driver, source));
     }
+    for (const connector of this.connectors) {
+      const lifecycle = connector.lifecycle$?.subscribe((event) => this.onLifecycle(connector, event));
+      if (lifecycle) this.subscriptions.push(lifecycle);
+    }
+  }
+
+  /**
+   * A frontend that stopped (or lost a device behind devgate's back) ends those attachments, as a
+   * surprise removal does: the device is free at once, and the end is published for the audit.
+   */
+  private onLifecycle(connector: Connector, event: DomainLifecycleEvent): void {
+    if (event.type === 'device-removed') {
+      const live = this.attachments.get(portKey(event.port));
+      if (live?.connector === connector && live.frontend === event.domain) this.end(live, 'removed-by-frontend');
+    } else if (event.type === 'stopped' || event.type === 'undefined') {
+      for (const live of [...this.attachments.values()]) {
+        if (live.connector === connector && live.frontend === event.domain) this.end(live, 'frontend-stopped');
+      }
+    }
+    if (event.type !== 'device-removed') this.publish({ type: 'domain', domain: event.domain, state: event.type });
+  }
+
+  /** Forgets an attachment the hypervisor no longer has, and says so. */
+  private end(live: LiveAttachment, reason: AttachmentEndReason, error?: Error): void {
+    if (this.attachments.get(portKey(live.port)) === live) {
+      this.attachments.delete(portKey(live.port));
+      this.attachmentsChanged.next();
+    }
+    this.publish({
+      type: 'attachment-ended',
+      port: live.port,
+      deviceId: live.deviceId,
+      frontend: live.frontend,
+      reason,
+      outcome: error ? 'error' : 'ok',
+      ...(error ? { error } : {}),
+    });
   }
 
   private watch(driver: DeviceClassDriver, source: DeviceSource): Subscription {
@@ -114,7 +158,7 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
   }
 
   private apply(event: DeviceEvent): void {
-    if (event.type !== 'driver-fault') {
+    if ('device' in event) {
       const key = portKey(event.device.port);
       if (event.type === 'removed') this.cache.delete(key);
       else this.cache.set(key, event.device);
@@ -126,21 +170,18 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
     }
   }
 
+  /** Detaches from the frontend a device that is gone from its backend; the outcome is published after. */
   private async reclaim(port: Port): Promise<void> {
     const live = this.attachments.get(portKey(port));
     if (!live) return;
+    // Free at once: the device is gone whatever the hypervisor answers.
     this.attachments.delete(portKey(port));
     this.attachmentsChanged.next();
-    try {
-      await live.connector.detach(live.frontend, port);
-    } catch (error) {
-      this.publish({
-        type: 'driver-fault',
-        driverId: live.connector.id,
-        sourceId: live.frontend,
-        error: asError(error),
-      });
-    }
+    const error = await live.connector.detach(live.frontend, port).then(
+      () => undefined,
+      (e: unknown) => asError(e),
+    );
+    this.end(live, 'device-removed', error);
   }
 
   private publish(event: DeviceEvent): void {
@@ -185,9 +226,16 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
       for (const [key, live] of this.attachments) if (live.connector === connector) this.attachments.delete(key);
       for (const attachment of reported) {
         const device = this.get(attachment.port);
-        if (!device) {
-          // Attached, but its device is gone from the backend: undo it rather than show it stale.
-          await connector.detach(attachment.frontend, attachment.port).catch(() => undefined);
+        const replaced = device && attachment.deviceId !== undefined && attachment.deviceId !== device.deviceId;
+        if (!device || replaced) {
+          // Attached, but its device is gone from the backend, or another device sits in its port
+          // now: undo it rather than show it stale, or show the new device as attached.
+          const live = { ...attachment, chain: [portKey(attachment.port)], connector };
+          const error = await connector.detach(attachment.frontend, attachment.port).then(
+            () => undefined,
+            (e: unknown) => asError(e),
+          );
+          this.end(live, replaced ? 'device-replaced' : 'device-removed', error);
           continue;
         }
         this.attachments.set(portKey(attachment.port), { ...attachment, chain: this.chainOf(device), connector });
@@ -203,7 +251,8 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
     const driver = this.drivers.find((d) => d.id === port.devclass);
     if (!driver) throw Errors.unknownDeviceClass({ devclass: port.devclass, known: this.drivers.map((d) => d.id) });
     if (!driver.attachSpec) throw Errors.unsupported({ driverId: driver.id, operation: 'attach' });
-    if (!this.sources.some((s) => s.backend === port.backend)) throw Errors.noSuchBackend({ backend: port.backend });
+    const source = this.sources.find((s) => s.backend === port.backend);
+    if (!source) throw Errors.noSuchBackend({ backend: port.backend });
     const device = this.get(port);
     if (!device) throw Errors.unknownDevice({ backend: port.backend, devclass: port.devclass, port: port.portId });
     if (request.deviceId !== undefined && request.deviceId !== '*' && request.deviceId !== device.deviceId) {
@@ -218,6 +267,15 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
       }
     }
     if (device.hiddenReason) throw Errors.deviceInUse({ device: label, reason: device.hiddenReason });
+    const busy = this.busyPartOf(device);
+    if (busy) throw Errors.deviceInUse({ device: label, reason: `${portLabel(busy.port)} is ${busy.hiddenReason}` });
+    if (!source.dataPath) {
+      throw Errors.notAttachable({
+        device: label,
+        backend: port.backend,
+        reason: `its backend is read from ${source.id}, which has no data path to a VM`,
+      });
+    }
     for (const busy of this.inFlight) if (overlaps(chain, busy)) throw Errors.attachInProgress({ device: label });
     const connector = this.connectors.find((c) => c.manages(frontend));
     if (!connector) throw Errors.noConnector({ domain: frontend });
@@ -241,13 +299,16 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
           });
         }
       }
-      const result = await connector.attach(frontend, port, spec);
-      if (!this.get(port)) {
-        // Pulled while we were attaching: do not leave the VM holding a device that is gone.
+      // The backend checks that the device there now is the one listed, and says how it gets there.
+      const routed = await source.dataPath(device, spec);
+      if (this.get(port)?.deviceId !== device.deviceId) throw Errors.deviceGone({ device: label });
+      const result = await connector.attach(frontend, port, routed, device.deviceId);
+      if (this.get(port)?.deviceId !== device.deviceId) {
+        // Pulled (or swapped) while we were attaching: do not leave the VM holding the wrong device.
         await connector.detach(frontend, port).catch(() => undefined);
         throw Errors.deviceGone({ device: label });
       }
-      this.attachments.set(portKey(port), { ...result, chain, connector });
+      this.attachments.set(portKey(port), { ...result, deviceId: device.deviceId, chain, connector });
       this.attachmentsChanged.next();
       for (const hook of this.policyHooks)
         hook.onAttached?.({ device, frontend, options: spec.options, requestedBy: request.requestedBy ?? 'unknown' });
@@ -286,6 +347,18 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
       }
     }
     return done;
+  }
+
+  /**
+   * A device inside this one (its partition, the disk of a USB stick) that its backend uses: handing
+   * over the container would hand over what the backend has mounted or holds.
+   */
+  private busyPartOf(device: DeviceInfo): DeviceInfo | undefined {
+    const key = portKey(device.port);
+    for (const other of this.cache.values()) {
+      if (other.inUse && other !== device && this.chainOf(other).includes(key)) return other;
+    }
+    return undefined;
   }
 
   /** The device's key and its ancestors', following `parent` links across classes. */

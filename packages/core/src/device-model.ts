@@ -47,6 +47,11 @@ export interface DeviceInfo {
   readonly attachment?: Attachment;
   /** Why the device is not offered for attachment (mounted, swap, ...); absent when it is. */
   readonly hiddenReason?: string;
+  /**
+   * Hidden because its backend uses it (mounted, swap, held by dm/LVM/RAID), as opposed to having
+   * nothing to offer (an empty loop, no medium): whatever contains it cannot be handed over either.
+   */
+  readonly inUse?: boolean;
   /** The one-line description of Qubes' pre-4.3 tools (block: `model (label)`). */
   readonly legacyDescription?: SafeText;
   readonly data: Readonly<Record<string, DataValue>>;

@@ -125,6 +125,21 @@ export const Errors = {
     code: 'DG_NOT_ATTACHED',
     message: (p) => (p.frontend ? `device ${p.device} not attached to ${p.frontend}` : `${p.device} is not attached.`),
   }),
+  notAttachable: define<{ device: string; backend: string; reason: string }>({
+    code: 'DG_NOT_ATTACHABLE',
+    message: (p) => `Device ${p.device} cannot be attached: ${p.reason}`,
+    hint: (p) => `${p.backend} has no data path to a VM; list its devices, or attach from a live backend`,
+  }),
+  deviceChanged: define<{ device: string; reason: string }>({
+    code: 'DG_DEVICE_CHANGED',
+    message: (p) => `Device ${p.device} is no longer the device that was listed (${p.reason}); nothing was attached`,
+    hint: () => 'list the devices again and retry',
+  }),
+  requiredDeviceAbsent: define<{ domain: string; device: string }>({
+    code: 'DG_REQUIRED_DEVICE_ABSENT',
+    message: (p) => `Domain ${p.domain} requires device ${p.device}, which is not present; the domain was not started`,
+    hint: (p) => `plug the device in, or drop the requirement: qvm-device CLASS unassign ${p.domain} ${p.device}`,
+  }),
   deviceGone: define<{ device: string }>({
     code: 'DG_DEVICE_GONE',
     message: (p) => `Device ${p.device} was removed while it was being attached; the attachment was undone`,

@@ -15,7 +15,7 @@ function collect(snapshots: DeviceInfo[][]): string[] {
   const input = new Subject<readonly DeviceInfo[]>();
   const seen: string[] = [];
   input.pipe(snapshotsToEvents()).subscribe((e: DeviceEvent) => {
-    seen.push(e.type === 'driver-fault' ? e.type : `${e.type}:${e.device.port.portId}`);
+    seen.push('device' in e ? `${e.type}:${e.device.port.portId}` : e.type);
   });
   snapshots.forEach((s) => input.next(s));
   return seen;

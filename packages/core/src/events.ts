@@ -1,5 +1,6 @@
 import { type Observable, type OperatorFunction, concatMap, from } from 'rxjs';
-import { type DeviceInfo, type DomainName, portKey } from './device-model.js';
+import { type DeviceInfo, type DomainName, type Port, portKey } from './device-model.js';
+import { type DomainLifecycleEvent } from './plugin-api.js';
 
 /** Everything the kernel reports. Typed, never built from strings. */
 export type DeviceEvent =
@@ -8,7 +9,26 @@ export type DeviceEvent =
   | { readonly type: 'changed'; readonly device: DeviceInfo; readonly previous: DeviceInfo }
   | { readonly type: 'attached'; readonly device: DeviceInfo; readonly frontend: DomainName }
   | { readonly type: 'detached'; readonly device: DeviceInfo; readonly frontend: DomainName }
-  | { readonly type: 'driver-fault'; readonly driverId: string; readonly sourceId: string; readonly error: Error };
+  | { readonly type: 'driver-fault'; readonly driverId: string; readonly sourceId: string; readonly error: Error }
+  | AttachmentEndedEvent
+  | { readonly type: 'domain'; readonly domain: DomainName; readonly state: DomainLifecycleEvent['type'] };
+
+/** Why the kernel ended an attachment that nobody asked to detach. */
+export type AttachmentEndReason = 'device-removed' | 'frontend-stopped' | 'removed-by-frontend' | 'device-replaced';
+
+/**
+ * An attachment the kernel ended by itself, published after the hypervisor was told, with the real
+ * outcome: `error` when the detach failed (the device is gone from the backend all the same).
+ */
+export interface AttachmentEndedEvent {
+  readonly type: 'attachment-ended';
+  readonly port: Port;
+  readonly deviceId?: string;
+  readonly frontend: DomainName;
+  readonly reason: AttachmentEndReason;
+  readonly outcome: 'ok' | 'error';
+  readonly error?: Error;
+}
 
 export type DeviceEventType = DeviceEvent['type'];
 

@@ -47,6 +47,13 @@ export interface DeviceSource extends Disposable {
   readonly hotplug: string;
   /** Hot; replays the latest tree to each new subscriber, and emits again after every change. */
   readonly trees$: Observable<HostTree>;
+  /**
+   * Optional: how this backend's devices reach a frontend. Given the driver's spec, it checks that
+   * the device there now is the one that was listed, and fills in the path the connector plugs in
+   * (a local node, an export served by a backend VM). Without it (a recording), nothing of this
+   * backend can be attached. Never builds a path from a name alone.
+   */
+  dataPath?(device: DeviceInfo, spec: AttachSpec): Promise<AttachSpec>;
 }
 export const DeviceSource: InjectionToken<DeviceSource> = Symbol.for('devgate.DeviceSource');
 
@@ -80,8 +87,19 @@ export interface AttachSpec {
 export interface HypervisorAttachment {
   readonly port: Port;
   readonly frontend: DomainName;
+  /** The identity of the device attached, recorded in the hypervisor with the attachment. */
+  readonly deviceId?: string;
   readonly options: Readonly<Record<string, string>>;
 }
+
+/**
+ * What happens to a frontend behind devgate's back, as its connector sees it. `stopped` covers a
+ * shutdown, a crash and a killed hypervisor process; `device-removed` an attachment that vanished
+ * (the guest ejected it, someone used the monitor).
+ */
+export type DomainLifecycleEvent =
+  | { readonly type: 'started' | 'stopped' | 'paused' | 'resumed' | 'undefined'; readonly domain: DomainName }
+  | { readonly type: 'device-removed'; readonly domain: DomainName; readonly port: Port };
 
 /** A hypervisor connection (QEMU QMP, libvirt, xl) that performs attach specs on frontends. */
 export interface Connector extends Disposable {
@@ -91,10 +109,13 @@ export interface Connector extends Disposable {
   /** Domains it manages, for listings and completion. */
   domains(): readonly DomainName[];
   isRunning(domain: DomainName): Promise<boolean>;
-  attach(frontend: DomainName, port: Port, spec: AttachSpec): Promise<HypervisorAttachment>;
+  /** `deviceId` is recorded with the attachment, so a read-back can tell a different device in the port. */
+  attach(frontend: DomainName, port: Port, spec: AttachSpec, deviceId: string): Promise<HypervisorAttachment>;
   detach(frontend: DomainName, port: Port): Promise<void>;
   /** Everything attached through devgate, read back from the hypervisor: the truth after a restart. */
   attachments(): Promise<readonly HypervisorAttachment[]>;
+  /** Optional: lifecycle of the domains it manages, hot, while subscribed. */
+  readonly lifecycle$?: Observable<DomainLifecycleEvent>;
 }
 export const Connector: InjectionToken<Connector> = Symbol.for('devgate.Connector');
 

@@ -21,7 +21,7 @@ describe('blockAttachSpec', () => {
   it('defaults to the device’s own mode and a USB stick on the xHCI bus', () => {
     expect(blockAttachSpec(device(false), {})).toEqual({
       kind: 'block',
-      params: { path: '/dev/sdb1', readOnly: false, devtype: 'disk', bus: 'usb' },
+      params: { readOnly: false, devtype: 'disk', bus: 'usb' },
       options: { 'read-only': 'no' },
     });
     expect(blockAttachSpec(device(true), {}).options).toEqual({ 'read-only': 'yes' });

@@ -47,10 +47,10 @@ export function blockAttachSpec(device: DeviceInfo, options: Readonly<Record<str
   }
   // A CD is read-only whatever was asked.
   if (devtype === 'cdrom') readOnly = true;
-  const path = String(device.data.devnode);
+  // The path is the backend's to give (DeviceSource.dataPath), checked against the listed device.
   return {
     kind: 'block',
-    params: { path, readOnly, devtype, bus, ...(frontendDev ? { frontendDev } : {}) },
+    params: { readOnly, devtype, bus, ...(frontendDev ? { frontendDev } : {}) },
     options: { 'read-only': readOnly ? 'yes' : 'no', ...(devtype === 'cdrom' ? { devtype } : {}) },
   };
 }

@@ -22,7 +22,7 @@ const PORT_NAME = /^[a-z0-9-]{1,12}$/;
 const SKIPPED = /^(zram|ram)\d+$/;
 const XEN_FRONTEND_MAJOR = '202';
 /** Partitions that make their disk busy when they are busy. */
-const BUSY_REASONS = /^(mounted|swap|in use by)/;
+const BUSY_REASONS = /^(mounted|swap|in use by|partition \S+ is in use)/;
 
 export const BLOCK_INTERFACES = ['b******'];
 
@@ -183,6 +183,7 @@ function toDeviceInfo(tree: HostTree, backend: string, entry: Parsed, ids: Map<R
     interfaces: BLOCK_INTERFACES,
     parent,
     hiddenReason: entry.hidden,
+    ...(entry.hidden && BUSY_REASONS.test(entry.hidden) ? { inUse: true } : {}),
     legacyDescription,
     data,
   };

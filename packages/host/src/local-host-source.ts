@@ -2,7 +2,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFile } from 'node:child_process';
 import { Observable, shareReplay } from 'rxjs';
-import { type DeviceSource, HostTree, type RawDeviceRecord } from '@devgate/core';
+import { type AttachSpec, type DeviceInfo, type DeviceSource, HostTree, type RawDeviceRecord } from '@devgate/core';
+import { hostDataPath } from './host-data-path.js';
 import {
   type HostRoots,
   LISTED_SUBSYSTEMS,
@@ -273,6 +274,11 @@ export class LocalHostSource implements DeviceSource {
       case 'static':
         return () => {};
     }
+  }
+
+  /** This host's own nodes and USB ports, checked against what was listed. */
+  dataPath(device: DeviceInfo, spec: AttachSpec): Promise<AttachSpec> {
+    return hostDataPath(this.roots, device, spec);
   }
 
   dispose(): void {

@@ -141,3 +141,4 @@ export function loopStickRecord(name: string, properties: Record<string, string>
     attributes: { size: sectors, ro: '0', removable: '1' },
   });
 }
+

@@ -23,6 +23,7 @@
  * DEVNAME reads back as the uevent file has it (`sda`, not `/dev/sda`). The reader lists only
  * what is under class/block, bus/usb, class/input and bus/pci, plus their ancestors.
  */
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { type HostTree, type HostUsage, NO_USAGE, type RawDeviceRecord, sysname } from '@devgate/core';
@@ -237,7 +238,7 @@ function writeRecord(dir: string, record: RawDeviceRecord): void {
   if (devname && isSafeRelativePath(devname)) {
     const node = path.join(dir, 'dev', devname);
     fs.mkdirSync(path.dirname(node), { recursive: true });
-    if (!fs.existsSync(node)) fs.writeFileSync(node, '');
+    if (!fs.existsSync(node)) makeNode(node, devname, record.subsystem, majMin);
   }
 
   if (isRecordedDevice(record)) {
@@ -355,4 +356,24 @@ function isSymlink(file: string): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * A device node as devtmpfs would make it: the real block node when this host has that very device
+ * (same major:minor, same name) and we may create nodes, so attaching from the tree reaches it, as
+ * the data path's major:minor check demands; an empty file otherwise (a recorded machine's disk).
+ */
+function makeNode(node: string, devname: string, subsystem: string, majMin: string | undefined): void {
+  let real: string | undefined;
+  try {
+    if (majMin && subsystem === 'block') real = path.basename(fs.readlinkSync(`/sys/dev/block/${majMin}`));
+  } catch {
+    // Not a device of this host.
+  }
+  if (real === path.basename(devname) && process.getuid?.() === 0) {
+    const [major, minor] = majMin!.split(':');
+    execFileSync('mknod', [node, 'b', major, minor]);
+    return;
+  }
+  fs.writeFileSync(node, '');
 }

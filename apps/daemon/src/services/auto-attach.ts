@@ -35,8 +35,12 @@ export class AutoAttach {
   start(): void {
     this.manager.on('added', (event) => void this.consider(event.device));
     this.manager.on('removed', (event) => this.declined.delete(portKey(event.device.port)));
-    // A device freed by a detach or a removal may be wanted elsewhere.
+    // A device freed by a detach or a removal may be wanted elsewhere; a frontend that starts
+    // gets its devices again.
     this.manager.on('detached', () => this.reconcile());
+    this.manager.on('domain', (event) => {
+      if (event.state === 'started' || event.state === 'resumed') this.reconcile();
+    });
     this.reconcile();
     this.timer = setInterval(() => this.reconcile(), this.intervalMs);
     this.timer.unref();
@@ -90,15 +94,17 @@ export class AutoAttach {
         }
         chosen = best.find((a) => a.frontend === (answer.frontend ?? frontends[0])) ?? chosen;
       }
-      // The device may have gone, or been attached by someone else, while we asked.
+      // The device may have gone, been swapped, or been attached by someone else while we asked:
+      // the attach below names the device asked about, so another one in the port is refused.
       const current = this.manager.get(device.port);
-      if (!current || current.attachment) return;
+      if (!current || current.attachment || current.deviceId !== device.deviceId) return;
       await this.devices
         .attach(
           {
             devclass: device.port.devclass,
             frontend: chosen.frontend,
             device: `${portLabel(device.port)}`,
+            deviceId: device.deviceId,
             options: chosen.options,
           },
           AUTO_ATTACH_ACTOR,

@@ -7,11 +7,12 @@ import { type Ask } from './asks.js';
 export type DaemonEvent =
   | {
       readonly type: 'device';
-      readonly event: Exclude<DeviceEvent['type'], 'driver-fault'>;
+      readonly event: Extract<DeviceEvent, { readonly device: unknown }>['type'];
       readonly device: DeviceJson;
       readonly frontend?: string;
     }
   | { readonly type: 'driver-fault'; readonly driverId: string; readonly sourceId: string; readonly message: string }
+  | { readonly type: 'domain'; readonly domain: string; readonly state: string }
   | { readonly type: 'ask'; readonly ask: Ask }
   | { readonly type: 'ask-resolved'; readonly id: string; readonly verdict: 'allow' | 'deny'; readonly by: string }
   | { readonly type: 'audit'; readonly entry: AuditEntry };
@@ -34,6 +35,9 @@ export class DaemonEvents {
       });
       return;
     }
+    if (event.type === 'domain') return this.publish({ type: 'domain', domain: event.domain, state: event.state });
+    // Attachments the kernel ended reach clients as the audit entry devgated writes for them.
+    if (event.type === 'attachment-ended') return;
     const frontend = event.type === 'attached' || event.type === 'detached' ? event.frontend : undefined;
     this.publish({
       type: 'device',

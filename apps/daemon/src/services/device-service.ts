@@ -1,5 +1,6 @@
 import {
   type AssignmentMode,
+  type AttachmentEndedEvent,
   type DeviceInfo,
   type DeviceJson,
   type DeviceManager,
@@ -23,6 +24,8 @@ export interface AttachInput {
   readonly frontend: string;
   readonly device: string;
   readonly options?: Readonly<Record<string, string>>;
+  /** The device that must be in the port (an ask's answer is about one device, not a port). */
+  readonly deviceId?: string;
 }
 
 export interface AssignInput extends AttachInput {
@@ -53,7 +56,9 @@ export class DeviceService {
   }
 
   async attach(input: AttachInput, actor: string, action = 'attach'): Promise<DeviceJson> {
-    const { port, deviceId } = this.port(input.devclass, input.device);
+    const parsed = this.port(input.devclass, input.device);
+    const { port } = parsed;
+    const deviceId = input.deviceId ?? parsed.deviceId;
     const known = this.manager.get(port);
     const journal = this.store.journalBegin({
       op: 'attach',
@@ -72,8 +77,7 @@ export class DeviceService {
         options: input.options,
         requestedBy: actor,
       });
-      this.store.journalComplete(journal.id);
-      this.audit({
+      this.settle(journal.id, {
         ...this.target(device),
         actor,
         action,
@@ -115,26 +119,57 @@ export class DeviceService {
     try {
       const done = await this.manager.detach(input.frontend, wildcard ? undefined : port, input.devclass);
       const detachedKeys = new Set(done.map(portKey));
-      targets.forEach((p, i) =>
-        detachedKeys.has(portKey(p))
-          ? this.store.journalComplete(journals[i].id)
-          : this.store.journalFail(journals[i].id, 'DG_NOT_ATTACHED'),
-      );
-      for (const detached of done) {
-        this.audit({
-          ...this.target(this.manager.get(detached), detached),
+      targets.forEach((p, i) => {
+        if (!detachedKeys.has(portKey(p))) return this.store.journalFail(journals[i].id, 'DG_NOT_ATTACHED');
+        this.settle(journals[i].id, {
+          ...this.target(this.manager.get(p), p),
           actor,
           action: 'detach',
           frontend: input.frontend,
           outcome: 'ok',
         });
-      }
+      });
       return done.map(portLabel);
     } catch (error) {
       for (const journal of journals) this.store.journalFail(journal.id, errorCode(error));
       this.auditFailure(error, { ...this.target(known, port), actor, action: 'detach', frontend: input.frontend });
       throw error;
     }
+  }
+
+  /**
+   * The audit of an attachment the kernel ended by itself (the device was pulled, the frontend
+   * stopped), written once the hypervisor was told, with the real outcome.
+   */
+  attachmentEnded(event: AttachmentEndedEvent): void {
+    const reasons: Record<AttachmentEndedEvent['reason'], string> = {
+      'device-removed': 'the device disappeared from its backend while attached',
+      'frontend-stopped': `${event.frontend} stopped`,
+      'removed-by-frontend': `the device was removed from ${event.frontend} outside devgate`,
+      'device-replaced': 'another device is in the port now',
+    };
+    const failed = event.outcome === 'error';
+    this.audit({
+      actor: 'devgated',
+      action: event.reason === 'device-removed' ? 'surprise-removal' : 'attachment-ended',
+      devclass: event.port.devclass,
+      backend: event.port.backend,
+      portId: event.port.portId,
+      deviceId: event.deviceId,
+      frontend: event.frontend,
+      outcome: failed ? 'error' : 'ok',
+      code: failed ? errorCode(event.error) : undefined,
+      reason: `${reasons[event.reason]}; ${failed ? `detaching it failed: ${event.error?.message}` : 'the attachment ended'}`,
+    });
+  }
+
+  /** Settles a journal entry and writes its audit row in one transaction: neither without the other. */
+  private settle(journalId: number, entry: AuditEntryInput): void {
+    const stored = this.store.transaction(() => {
+      this.store.journalComplete(journalId);
+      return this.store.appendAudit(entry);
+    });
+    this.events.publish({ type: 'audit', entry: stored });
   }
 
   assign(input: AssignInput, actor: string): StoredAssignment {

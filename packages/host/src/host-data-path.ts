@@ -1,0 +1,56 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { type AttachSpec, type DeviceInfo, Errors, portLabel } from '@devgate/core';
+import { parseKeyValueLines } from './parse-udev-data.js';
+import { type HostRoots } from './sysfs-reader.js';
+
+/**
+ * How a device of this host reaches a VM: the host's own node for a block device, the host's USB
+ * bus and port for a USB device. Each is checked against what was listed (the node's major:minor,
+ * the USB device's vendor and product), so a name reused by another device is never handed over.
+ */
+export async function hostDataPath(roots: HostRoots, device: DeviceInfo, spec: AttachSpec): Promise<AttachSpec> {
+  const label = portLabel(device.port);
+  switch (spec.kind) {
+    case 'block': {
+      const node = path.join(roots.dev, path.basename(device.port.portId));
+      const expected = device.data['major-minor'];
+      const stat = await fs.promises.stat(node, { bigint: true }).catch(() => undefined);
+      if (!stat?.isBlockDevice())
+        throw Errors.deviceChanged({ device: label, reason: `${node} is not a block device` });
+      const actual = `${major(stat.rdev)}:${minor(stat.rdev)}`;
+      if (actual !== expected) {
+        throw Errors.deviceChanged({ device: label, reason: `${node} is ${actual}, listed as ${String(expected)}` });
+      }
+      return { ...spec, params: { ...spec.params, path: node } };
+    }
+    case 'usb-host': {
+      // The kernel's own uevent file says what the device at that path is: PRODUCT=vid/pid/bcd, BUSNUM.
+      const file = path.join(roots.sys, 'bus', 'usb', 'devices', path.basename(device.port.portId), 'uevent');
+      const uevent = parseKeyValueLines(await fs.promises.readFile(file, 'utf8').catch(() => ''));
+      const [vendor, product] = (uevent.PRODUCT ?? '').split('/').map((hex) => hex.padStart(4, '0'));
+      const ids = `${vendor}:${product}`.toLowerCase();
+      if (!device.deviceId.toLowerCase().startsWith(`${ids}:`) && device.deviceId.toLowerCase() !== ids) {
+        throw Errors.deviceChanged({ device: label, reason: `the device there now is ${uevent.PRODUCT ?? 'none'}` });
+      }
+      if (spec.params.hostbus !== undefined && Number(uevent.BUSNUM) !== spec.params.hostbus) {
+        throw Errors.deviceChanged({
+          device: label,
+          reason: `it is on bus ${uevent.BUSNUM}, not ${spec.params.hostbus}`,
+        });
+      }
+      return spec;
+    }
+    default:
+      throw Errors.unsupported({ driverId: 'host', operation: `a data path for '${spec.kind}'` });
+  }
+}
+
+// Linux's dev_t layout (glibc's gnu_dev_major/minor).
+function major(dev: bigint): bigint {
+  return ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);
+}
+
+function minor(dev: bigint): bigint {
+  return (dev & 0xffn) | ((dev >> 12n) & ~0xffn);
+}
