@@ -8,6 +8,7 @@ import { type AccessOptions, holderOf, withAccess } from './device-access.js';
 import { formatColumns, formatDevgateTable } from './format.js';
 import { addHostOptions } from './main.js';
 import { DEVICE_CLASSES, attachOptions, classProgram } from './qvm-device-command.js';
+import { addPolicyCommands } from './policy-command.js';
 
 /** `devgate`: devgate's own commands, plus `devgate <class> ...` for the Qubes-compatible ones. */
 export function devgateProgram(io: Io): Command {
@@ -112,6 +113,9 @@ export function devgateProgram(io: Io): Command {
         });
       }),
     );
+
+  // Deny lists, remembered answers and assignments (devgated's state).
+  addPolicyCommands(program, io);
 
   program
     .command('config')
