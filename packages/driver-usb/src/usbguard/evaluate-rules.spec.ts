@@ -214,6 +214,16 @@ describe('conditions', () => {
     expect(decide('allow if random(0)', { now: NOW, random: () => 0 })).toBe('block');
   });
 
+  it('reject if rule-evaluated(10s): within the last 10 seconds, as USBGuard reads the duration', () => {
+    const list = rules('reject if rule-evaluated(10s)');
+    const ago = (seconds: number) => ({
+      now: NOW,
+      history: { lastEvaluated: () => new Date(NOW.getTime() - seconds * 1000) },
+    });
+    expect(evaluate(list, KEYBOARD, ago(10))).toMatchObject({ target: 'reject', ruleIndex: 0 });
+    expect(evaluate(list, KEYBOARD, ago(11))).toMatchObject({ implicit: true });
+  });
+
   it('rule-applied and rule-evaluated read the rule history', () => {
     const list = rules('allow if rule-applied', 'reject if rule-evaluated(00:01:00)', 'allow if rule-applied(30)');
     const seen = (rule: UsbGuardRule, at: Date) => (r: UsbGuardRule) => (r === rule ? at : undefined);

@@ -205,6 +205,55 @@ describe('parseRule', () => {
     ]);
   });
 
+  it('loads a rules file usbguard-daemon loads: durations with a unit after the number (rule-evaluated(10s))', () => {
+    const text = 'allow id 1d6b:*\nreject if rule-evaluated(10s)\nblock if !rule-applied(2min)\n';
+    const rules = parseRulesFile(text, 'rules.conf');
+    expect(rules.map((r) => r.conditions?.values[0])).toEqual([
+      undefined,
+      { kind: 'rule-evaluated', negated: false, argument: '10s', withinSeconds: 10 },
+      { kind: 'rule-applied', negated: true, argument: '2min', withinSeconds: 2 },
+    ]);
+    expect(rules.map(formatRule)).toEqual([
+      'allow id 1d6b:*',
+      'reject if rule-evaluated(10s)',
+      'block if !rule-applied(2min)',
+    ]);
+  });
+
+  it.each([
+    // The leading number is seconds, whatever follows (as in USBGuard: `10m` is not ten minutes).
+    ['10s', 10],
+    ['10m', 10],
+    ['1e3', 1],
+    ['007', 7],
+    ['0', 0],
+    // Not a clock time: read as seconds up to the first non-digit.
+    ['25:00', 25],
+    ['30:00:00', 30],
+    // HH:MM, then whatever is left over is ignored; minutes stop where a digit would leave 0-59.
+    ['3:4', 3 * 3600 + 4 * 60],
+    ['00:30x', 30 * 60],
+    ['1:60', 3600 + 6 * 60],
+    ['12:345', 12 * 3600 + 34 * 60],
+    [' 5:00', 5 * 3600],
+    ['5:00: 7', 5 * 3600],
+    // HH:MM:SS as written; the seconds may be any number.
+    ['01:00:30', 3630],
+    ['00:00:90', 90],
+    ['01:02:03:04', 3723],
+    // %s is a 64-bit time_t: it wraps, and must stay a date localtime() can represent.
+    ['18446744073709551616', 0],
+    ['9007199254740991', Number.MAX_SAFE_INTEGER],
+  ])('reads the duration %j as %d seconds', (duration, seconds) => {
+    expect(parseRule(`allow if rule-applied(${duration})`).conditions?.values[0]).toMatchObject({
+      withinSeconds: seconds,
+    });
+  });
+
+  it.each([['abc'], [' 5'], ['-5'], ['+5'], [':10'], ['67768036191676800']])('refuses the duration %j', (duration) => {
+    expect(() => parseRule(`allow if rule-evaluated(${duration})`)).toThrow(/expected a duration/);
+  });
+
   it.each([
     ['', 1, /empty rule/],
     ['allwo', 1, /expected a target .* got 'allwo'/],

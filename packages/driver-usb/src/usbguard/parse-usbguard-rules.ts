@@ -15,7 +15,7 @@
  *   id              vvvv:pppp, 4 hex digits each (case kept), `*` for either; `*:pppp` is invalid
  *   with-interface  cc:ss:pp, 2 hex digits each; `cc:*:*` and `cc:ss:*` but not `cc:*:pp`
  *   if              [!]condition[(argument)]: allowed-matches(query), localtime(time[-time]),
- *                   true, false, random[(p)], rule-applied[(time)], rule-evaluated[(time)]
+ *                   true, false, random[(p)], rule-applied[(duration)], rule-evaluated[(duration)]
  *   the rest        "double-quoted", with the escapes \" \\ and \xHH only
  *
  * A condition's argument runs to the first `)` that is not escaped as `\)` and is kept as written
@@ -24,6 +24,9 @@
  * Where USBGuard 1.1.2 accepts input by accident, devgate rejects it (docs/usbguard-rules.md lists
  * each case): two rules glued together (`allowblock` is read as `block`), a second `label`, and
  * loosely read condition arguments such as `localtime(10:60)`, which USBGuard takes as 10:06.
+ * The durations of rule-applied(D) and rule-evaluated(D) are the exception: USBGuard reads their
+ * leading number and ignores the rest (`10s`), users' files rely on it, and so devgate reads them
+ * exactly as USBGuard does (parseDuration).
  */
 import { Errors } from '@devgate/core';
 import { bytesToString, pushUtf8, quoteRuleString } from './rule-strings.js';
@@ -596,8 +599,8 @@ class LineParser {
       case 'rule-applied':
       case 'rule-evaluated': {
         if (argument === undefined) return { kind, negated };
-        const withinSeconds = /^\d+$/.test(argument) ? Number(argument) : parseClock(argument);
-        if (withinSeconds === undefined || !Number.isSafeInteger(withinSeconds)) {
+        const withinSeconds = parseDuration(argument);
+        if (withinSeconds === undefined) {
           this.fail(at, `${kind} ${show(argument)}: expected a duration: seconds, HH:MM or HH:MM:SS`);
         }
         return { kind, negated, argument, withinSeconds };
@@ -620,6 +623,67 @@ class LineParser {
   private fail(index: number, message: string): never {
     throw new SyntaxFailure(index, message);
   }
+}
+
+/**
+ * The duration of rule-applied(D) / rule-evaluated(D) in seconds, read as USBGuard 1.1.2 reads it,
+ * so every rules file usbguard-daemon loads loads here too. USBGuard tries glibc's
+ * `strptime(D, "%H:%M:%s")`, then `"%H:%M"`, then `"%s"`, and ignores whatever follows the first
+ * that matches:
+ *  - `%H` and `%M` skip leading whitespace and read at most two digits, stopping early when another
+ *    digit would leave the range (`1:60` reads as 1:06, then `0` is left over); hours 0-23,
+ *    minutes 0-59;
+ *  - `%s` reads one or more digits at once (no whitespace), wrapping as a 64-bit time_t does, and
+ *    fails when localtime() cannot represent the result.
+ * So `10s` is 10 seconds, and so is `10m` (the leading number), `25:00` is 25 seconds, and `abc`,
+ * ` 5` and `-5` are errors. The value is the duration USBGuard's documentation describes:
+ * HH:MM:SS as written, HH:MM, or SS seconds (USBGuard's own arithmetic differs by accident:
+ * docs/usbguard-rules.md). A negative value (a wrapped `%s`) holds for nothing.
+ */
+export function parseDuration(text: string): number | undefined {
+  const hm = (): [number, number, number] | undefined => {
+    const h = strptimeNumber(text, 0, 23);
+    if (!h || text[h[1]] !== ':') return undefined;
+    const m = strptimeNumber(text, h[1] + 1, 59);
+    return m && [h[0], m[0], m[1]];
+  };
+  const clock = hm();
+  if (clock) {
+    const [h, m, end] = clock;
+    const s = text[end] === ':' ? strptimeSeconds(text, end + 1) : undefined;
+    return h * 3600 + m * 60 + (s ?? 0);
+  }
+  return strptimeSeconds(text, 0);
+}
+
+/** glibc strptime's get_number: whitespace, then up to two digits while they stay within `max`. */
+function strptimeNumber(text: string, from: number, max: number): [number, number] | undefined {
+  let i = from;
+  while (/^[ \t\n\v\f\r]$/.test(text[i] ?? '')) i += 1;
+  if (!isDigit(text[i])) return undefined;
+  let value = 0;
+  let digits = 2;
+  do {
+    value = value * 10 + Number(text[i]);
+    i += 1;
+  } while (--digits > 0 && value * 10 <= max && isDigit(text[i]));
+  return value <= max ? [value, i] : undefined;
+}
+
+/** The range of time_t values glibc's localtime() can turn into a date (its year is an int). */
+const TIME_T_MIN = -67768040609740800n;
+const TIME_T_MAX = 67768036191676799n;
+
+/** glibc strptime's %s: digits into a 64-bit time_t, which must be a date localtime() can give. */
+function strptimeSeconds(text: string, from: number): number | undefined {
+  let i = from;
+  if (!isDigit(text[i])) return undefined;
+  let value = 0n;
+  while (isDigit(text[i])) {
+    value = BigInt.asIntN(64, value * 10n + BigInt(text[i]));
+    i += 1;
+  }
+  return value >= TIME_T_MIN && value <= TIME_T_MAX ? Number(value) : undefined;
 }
 
 /** HH:MM or HH:MM:SS on a 24-hour clock (1 or 2 digits each), as seconds since midnight. */
