@@ -1,1 +1,7 @@
-module.exports = { ...require('../../jest.preset.cjs'), displayName: require('./package.json').name };
+const preset = require('../../jest.preset.cjs');
+module.exports = {
+  ...preset,
+  displayName: require('./package.json').name,
+  // In-process commands write devgated's state: tests keep it in a directory of their own.
+  setupFilesAfterEnv: ['<rootDir>/jest.state-dir.cjs'],
+};

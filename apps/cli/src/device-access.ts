@@ -1,6 +1,14 @@
-import { type DeviceJson, DevgateError, Errors, deviceToJson, parseDeviceArgument, portLabel } from '@devgate/core';
+import { type DeviceJson, DevgateError, Errors, deviceToJson, portLabel, parseDeviceArgument } from '@devgate/core';
+import {
+  DaemonEvents,
+  DeviceService,
+  type SqliteStateStore,
+  defaultConfig,
+  denyListHook,
+  openStateStore,
+} from '@devgate/daemon';
 import { type HostOptions, type OpenHost, withHost } from './host.js';
-import { ApiError, type AssignmentJson, callApi, daemonPresent, resolveSocket } from '@devgate/client';
+import { ApiError, type AssignmentJson, callApi, daemonPresent, localActor, resolveSocket } from '@devgate/client';
 import { type Io } from './io.js';
 
 export interface AssignRequest {
@@ -42,8 +50,18 @@ export async function withAccess<T>(
   const socket = resolveSocket(options.socket);
   const ownTree = Boolean(options.sysroot || options.recording);
   if (!ownTree && daemonPresent(socket)) return translate(() => work(daemonAccess(socket)));
-  if (!ownTree) io.notice(`devgated is not running (${socket}); working in-process, without assignments or audit\n`);
-  return withHost(options, (host) => work(inProcessAccess(host)));
+  if (!ownTree) io.notice(`devgated is not running (${socket}); working in-process\n`);
+  // Attaching in-process goes through devgated's own service on devgated's state: the same deny
+  // lists, journal and audit. The state is opened only by a command that changes something.
+  let store: SqliteStateStore | undefined;
+  const state = () => (store ??= openStateStore(defaultConfig().stateDir));
+  try {
+    return await withHost({ ...options, policyHooks: [denyListHook(state)] }, (host) =>
+      work(inProcessAccess(host, state)),
+    );
+  } finally {
+    store?.dispose();
+  }
 }
 
 function daemonAccess(socket: string): DeviceAccess {
@@ -81,10 +99,12 @@ function daemonAccess(socket: string): DeviceAccess {
   };
 }
 
-function inProcessAccess(host: OpenHost): DeviceAccess {
+function inProcessAccess(host: OpenHost, state: () => SqliteStateStore): DeviceAccess {
   const needsDaemon = (): never => {
     throw Errors.daemonUnavailable({ socket: resolveSocket(), reason: 'this needs devgated (it keeps the state)' });
   };
+  const service = () => new DeviceService(host.manager, state(), new DaemonEvents());
+  const actor = `${localActor()} (in-process)`;
   return {
     viaDaemon: false,
     async list({ devclass, all }) {
@@ -94,19 +114,11 @@ function inProcessAccess(host: OpenHost): DeviceAccess {
       return host.manager.domains();
     },
     async attach(devclass, frontend, device, options) {
-      const { backend, portId, deviceId } = parseDeviceArgument(device);
-      await host.manager.attach({
-        frontend,
-        port: { devclass, backend, portId },
-        deviceId,
-        options,
-        requestedBy: `uid ${process.getuid?.() ?? '?'} (cli)`,
-      });
+      await service().attach({ devclass, frontend, device, options }, actor);
     },
     async detach(devclass, frontend, device) {
-      const port = device === undefined ? undefined : { devclass, ...parseDeviceArgument(device) };
       if (!host.manager.domains().includes(frontend)) throw Errors.noConnector({ domain: frontend });
-      await host.manager.detach(frontend, port?.portId === '*' ? undefined : port, devclass);
+      await service().detach({ devclass, frontend, device }, actor);
     },
     async assignments() {
       return [];

@@ -1,4 +1,4 @@
-import { type DeviceManager, type DeviceSource, Errors, Kernel } from '@devgate/core';
+import { type DeviceManager, type DeviceSource, Errors, Kernel, type PolicyHook } from '@devgate/core';
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
 import { usbModule } from '@devgate/driver-usb';
@@ -12,6 +12,8 @@ export interface HostOptions {
   readonly backend?: string;
   /** The domain registry (default: $DEVGATE_DOMAINS, else the user's state directory). */
   readonly domains?: string;
+  /** Policy the kernel applies to every attach (the deny lists devgated keeps). */
+  readonly policyHooks?: readonly PolicyHook[];
 }
 
 export interface OpenHost {
@@ -46,6 +48,7 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
   }
   const kernel = new Kernel().load(...DRIVER_MODULES, qemuModule({ registryFile: options.domains }));
   kernel.registerSource(source);
+  for (const hook of options.policyHooks ?? []) kernel.registerPolicyHook(hook);
   // Backend domains replayed from recordings (`devgate lab up sys-usb --recording FILE`).
   for (const [name, { recording }] of Object.entries(readRegistrySync(options.domains).backends ?? {})) {
     if (name !== backend) kernel.registerSource(new RecordedHostSource(recording, name));

@@ -47,7 +47,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfi
     : path.join(env.XDG_STATE_HOME ?? path.join(os.homedir(), '.local', 'state'), 'devgate');
   return {
     socket: env.DEVGATE_SOCKET ?? path.join(runtime, 'devgate.sock'),
-    stateDir: state,
+    stateDir: env.DEVGATE_STATE_DIR ?? state,
     backends: { dom0: { source: 'local' } },
     access: { readGroup: root ? 'devgate' : undefined, users: [], groups: root ? ['devgate'] : [] },
     askTimeoutSeconds: 60,

@@ -9,8 +9,6 @@ import {
   type DeviceSource,
   type Disposable,
   Kernel,
-  type PolicyHook,
-  isDenied,
   portLabel,
 } from '@devgate/core';
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
@@ -21,7 +19,7 @@ import { type DaemonConfig } from './config.js';
 import { SqliteStateStore } from './store/state-store.js';
 import { DaemonEvents } from './services/daemon-events.js';
 import { AskService } from './services/asks.js';
-import { DeviceService } from './services/device-service.js';
+import { DeviceService, denyListHook } from './services/device-service.js';
 import { AutoAttach } from './services/auto-attach.js';
 import { buildApi } from './api/server.js';
 import { applySocketAccess } from './access.js';
@@ -55,8 +53,7 @@ export class Devgated implements Disposable {
   ) {}
 
   static async start(config: DaemonConfig, log: Logger = pino({ level: 'info' })): Promise<Devgated> {
-    fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o750 });
-    const store = new SqliteStateStore(path.join(config.stateDir, 'state.db'));
+    const store = openStateStore(config.stateDir);
     const events = new DaemonEvents();
     const kernel = new Kernel().load(blockModule, usbModule, qemuModule({ registryFile: config.domains }));
     for (const [backend, spec] of Object.entries(config.backends)) kernel.registerSource(sourceFor(backend, spec));
@@ -64,7 +61,7 @@ export class Devgated implements Disposable {
     for (const [backend, { recording }] of Object.entries(readRegistrySync(config.domains).backends ?? {})) {
       if (!(backend in config.backends)) kernel.registerSource(sourceFor(backend, { recording }));
     }
-    kernel.registerPolicyHook(denyListHook(store));
+    kernel.registerPolicyHook(denyListHook(() => store));
     const manager = kernel.start();
     const asks = new AskService(store, events, config.askTimeoutSeconds * 1000);
     const devices = new DeviceService(manager, store, events);
@@ -223,21 +220,16 @@ export class Devgated implements Disposable {
   }
 }
 
+/** The state file in `stateDir`, made if needed: devgated's, and the CLI's when devgated is not running. */
+export function openStateStore(stateDir: string): SqliteStateStore {
+  fs.mkdirSync(stateDir, { recursive: true, mode: 0o750 });
+  return new SqliteStateStore(path.join(stateDir, 'state.db'));
+}
+
 function sourceFor(backend: string, spec: DaemonConfig['backends'][string]): DeviceSource {
   if ('recording' in spec) return new RecordedHostSource(spec.recording, backend);
   if ('sysroot' in spec) return new LocalHostSource({ backend, roots: rootsUnder(spec.sysroot) });
   return new LocalHostSource({ backend });
-}
-
-/** The deny lists: interface patterns a frontend never receives (Qubes R4.3). */
-function denyListHook(store: SqliteStateStore): PolicyHook {
-  return {
-    id: 'deny-list',
-    preAttach: ({ device, frontend }) =>
-      isDenied(store.denyList(frontend), device)
-        ? { verdict: 'deny', reason: `its interfaces are on ${frontend}'s deny list` }
-        : { verdict: 'allow' },
-  };
 }
 
 /**

@@ -4,5 +4,6 @@ export * from './config.js';
 export * from './devgated.js';
 export * from './store/state-store.js';
 export { MIGRATIONS, SCHEMA_VERSION, type Migration, migrate } from './store/migrations.js';
-export { type DaemonEvent } from './services/daemon-events.js';
+export { type DaemonEvent, DaemonEvents } from './services/daemon-events.js';
+export { DeviceService, denyListHook } from './services/device-service.js';
 export { type Ask } from './services/asks.js';

@@ -107,6 +107,8 @@ export class QemuConnector implements Connector {
     this.registryFile = options.registryFile ?? defaultRegistryFile();
     this.lifecycle$ = new Observable<DomainLifecycleEvent>((subscriber) => {
       const known = new Map<DomainName, 'running' | 'paused' | 'stopped'>();
+      // The first poll learns what runs; a domain registered after it that runs has started.
+      let learned = false;
       // What the poll finds is an event only when it differs from what was known; what QEMU said
       // itself always is (the kernel's handling of each is idempotent).
       const note = (event: DomainLifecycleEvent, fromQemu = false) => {
@@ -120,8 +122,8 @@ export class QemuConnector implements Connector {
               : 'stopped';
         if (event.type === 'undefined') known.delete(event.domain);
         else known.set(event.domain, state);
-        if (fromQemu || (before !== undefined && before !== state) || event.type === 'undefined')
-          subscriber.next(event);
+        const changed = before === undefined ? learned && state === 'running' : before !== state;
+        if (fromQemu || changed || event.type === 'undefined') subscriber.next(event);
       };
       const signals = this.signals.subscribe((event) => note(event, true));
       let polling = false;
@@ -136,6 +138,7 @@ export class QemuConnector implements Connector {
             if (!running) note({ type: 'stopped', domain });
             else if (known.get(domain) !== 'paused') note({ type: 'started', domain });
           }
+          learned = true;
         } catch {
           // An unreadable registry is reported where it is used; the next poll tries again.
         } finally {

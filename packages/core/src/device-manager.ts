@@ -273,7 +273,7 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
       throw Errors.notAttachable({
         device: label,
         backend: port.backend,
-        reason: `its backend is read from ${source.id}, which has no data path to a VM`,
+        reason: `${port.backend} is read from ${source.id}, which has no data path to a VM`,
       });
     }
     for (const busy of this.inFlight) if (overlaps(chain, busy)) throw Errors.attachInProgress({ device: label });

@@ -128,7 +128,7 @@ export const Errors = {
   notAttachable: define<{ device: string; backend: string; reason: string }>({
     code: 'DG_NOT_ATTACHABLE',
     message: (p) => `Device ${p.device} cannot be attached: ${p.reason}`,
-    hint: (p) => `${p.backend} has no data path to a VM; list its devices, or attach from a live backend`,
+    hint: (p) => `${p.backend} can list its devices, not hand them over; attach from a live backend such as dom0`,
   }),
   deviceChanged: define<{ device: string; reason: string }>({
     code: 'DG_DEVICE_CHANGED',

@@ -9,12 +9,28 @@ import {
   type Port,
   deviceToJson,
   errorCode,
+  isDenied,
+  type PolicyHook,
   parseDeviceArgument,
   portKey,
   portLabel,
 } from '@devgate/core';
 import { type AuditEntryInput, type SqliteStateStore, type StoredAssignment } from '../store/state-store.js';
 import { type DaemonEvents } from './daemon-events.js';
+
+/**
+ * The deny lists: interface patterns a frontend never receives (Qubes R4.3). The store is asked
+ * for lazily, so a command that only lists never opens it.
+ */
+export function denyListHook(store: () => SqliteStateStore): PolicyHook {
+  return {
+    id: 'deny-list',
+    preAttach: ({ device, frontend }) =>
+      isDenied(store().denyList(frontend), device)
+        ? { verdict: 'deny', reason: `its interfaces are on ${frontend}'s deny list` }
+        : { verdict: 'allow' },
+  };
+}
 
 /** Codes that mean "something broke", as opposed to "devgate said no". */
 const FAILURE_CODES = /^DG_(QMP_|DOMAIN_NOT_RUNNING|DETACH_TIMEOUT|INTERNAL|STATE_)/;
