@@ -22,7 +22,7 @@ import { AskService } from './services/asks.js';
 import { DeviceService, denyListHook } from './services/device-service.js';
 import { AutoAttach } from './services/auto-attach.js';
 import { buildApi } from './api/server.js';
-import { applySocketAccess } from './access.js';
+import { READ_SOCKET_MODE, RW_SOCKET_MODE, applySocketAccess, listenOnNewSocket } from './access.js';
 
 export const DAEMON_VERSION = '0.1.0';
 
@@ -190,15 +190,17 @@ export class Devgated implements Disposable {
     this.servers = [readOnly, full];
     // Started by devgated.socket, the read-only socket is already open as fd 3 (sd_listen_fds).
     const activated = Number(process.env.LISTEN_PID) === process.pid && Number(process.env.LISTEN_FDS) >= 1;
+    await readOnly.ready();
     if (activated) {
-      await readOnly.ready();
       await new Promise<void>((resolve) => readOnly.server.listen({ fd: 3 }, resolve));
     } else {
       removeStaleSocket(socket);
-      await readOnly.listen({ path: socket });
+      await listenOnNewSocket(readOnly.server, socket, READ_SOCKET_MODE);
     }
+    // Created 0600 (never wider, not even before the ACLs below are applied).
+    await full.ready();
     removeStaleSocket(rwSocketPath(socket));
-    await full.listen({ path: rwSocketPath(socket) });
+    await listenOnNewSocket(full.server, rwSocketPath(socket), RW_SOCKET_MODE);
     applySocketAccess(this.config, socket, rwSocketPath(socket), { warn: (m) => this.log.warn(m) });
   }
 

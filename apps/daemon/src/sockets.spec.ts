@@ -1,0 +1,120 @@
+/**
+ * devgated's two socket files, watched in real processes:
+ *  - the `.rw` socket never exists with wider permissions than 0600, not even between bind(2) and
+ *    the chmod/ACLs that follow: under `strace`, the umask in force when bind(2) creates each socket
+ *    file is read off the syscalls themselves, with devgated started under `umask 000`.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { rwSocketPath } from './devgated.js';
+import {
+  DAEMON_SRC,
+  cleanupHarness,
+  harnessConfig,
+  makeTempDir,
+  request,
+  writeConfigFile,
+} from './testing/daemon-harness.js';
+
+jest.setTimeout(60_000);
+
+const RUNNER = path.join(DAEMON_SRC, 'testing', 'run-devgated.cjs');
+const DEVGATED = [process.execPath, '--conditions=@devgate/source', RUNNER];
+
+interface Started {
+  readonly child: ChildProcess;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  output(): string;
+}
+
+const started = new Set<Started>();
+
+/** A command in its own process group, so everything it starts can be ended together. */
+function startGroup(command: string, args: readonly string[]): Started {
+  const child = spawn(command, args, {
+    cwd: DAEMON_SRC,
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, DEVGATE_LOG_LEVEL: 'warn', DEVGATE_SOCKET: undefined },
+  });
+  let output = '';
+  const keep = (chunk: Buffer) => (output = (output + chunk.toString()).slice(-16_384));
+  child.stdout!.on('data', keep);
+  child.stderr!.on('data', keep);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
+  const entry: Started = { child, exited, output: () => output };
+  started.add(entry);
+  void exited.then(() => started.delete(entry));
+  return entry;
+}
+
+function signalGroup(entry: Started, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-entry.child.pid!, signal);
+  } catch {
+    // the group is gone
+  }
+}
+
+afterAll(async () => {
+  for (const entry of [...started]) {
+    signalGroup(entry, 'SIGKILL');
+    await entry.exited;
+  }
+  await cleanupHarness();
+});
+
+/** Until GET /v1/health answers 200 on `socket` (the first request may be what starts devgated). */
+async function waitHealthy(socket: string, entry: Started, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let running = true;
+  void entry.exited.then(() => (running = false));
+  for (;;) {
+    const answer = await request(socket, 'GET', '/v1/health', undefined, { timeoutMs: 20_000 }).catch(() => undefined);
+    if (answer?.status === 200) return;
+    if (!running || Date.now() > deadline) throw new Error(`no answer on ${socket}:\n${entry.output()}`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
+/** The umask in force at each bind(2) of a Unix socket path, from `strace -e trace=umask,bind`. */
+function umaskAtBind(trace: string, initialUmask: number): Map<string, number> {
+  const result = new Map<string, number>();
+  let umask = initialUmask;
+  for (const line of trace.split('\n')) {
+    const set = /\bumask\((0[0-7]*)\)/.exec(line);
+    if (set) umask = parseInt(set[1], 8);
+    const bind = /\bbind\(\d+, \{sa_family=AF_UNIX, sun_path="([^"]+)"\}.*= 0$/.exec(line);
+    if (bind) result.set(bind[1], umask);
+  }
+  return result;
+}
+
+it('creates devgate.sock.rw 0600 and devgate.sock 0660 at bind time, under umask 000', async () => {
+  const dir = makeTempDir('devgated-sockets-');
+  const config = harnessConfig(dir);
+  const configFile = writeConfigFile(config, path.join(dir, 'devgated.json'));
+  const trace = path.join(dir, 'strace.txt');
+  // sh sets the most permissive umask and becomes devgated (exec), all of it traced.
+  const strace = startGroup('strace', [
+    ...['-f', '-qq', '--seccomp-bpf', '-e', 'trace=umask,bind', '-o', trace],
+    ...['sh', '-c', 'umask 000 && exec "$@"', 'sh', ...DEVGATED, '--config', configFile],
+  ]);
+  await waitHealthy(config.socket, strace);
+  await waitHealthy(rwSocketPath(config.socket), strace);
+  signalGroup(strace, 'SIGTERM');
+  await strace.exited;
+
+  const binds = umaskAtBind(fs.readFileSync(trace, 'utf8'), process.umask());
+  const modeAtBind = (file: string) => {
+    expect(binds.has(file)).toBe(true);
+    return 0o777 & ~binds.get(file)!;
+  };
+  // Nothing but the owner (root) can connect to .rw from the instant it exists; the read socket
+  // never admits others. The group and the ACL entries come after.
+  expect(modeAtBind(rwSocketPath(config.socket)).toString(8)).toBe('600');
+  expect(modeAtBind(config.socket).toString(8)).toBe('660');
+});
