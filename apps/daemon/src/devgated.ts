@@ -37,6 +37,8 @@ export function rwSocketPath(socket: string): string {
  */
 export class Devgated implements Disposable {
   private servers: FastifyInstance[] = [];
+  /** The socket files this process created, and so removes when it stops. */
+  private readonly createdSockets: string[] = [];
   private authorizer?: UsbAuthorizer;
   private stopped = false;
 
@@ -192,15 +194,18 @@ export class Devgated implements Disposable {
     const activated = Number(process.env.LISTEN_PID) === process.pid && Number(process.env.LISTEN_FDS) >= 1;
     await readOnly.ready();
     if (activated) {
+      // systemd's socket: it made the file and removes it; devgated only listens on it.
       await new Promise<void>((resolve) => readOnly.server.listen({ fd: 3 }, resolve));
     } else {
       removeStaleSocket(socket);
       await listenOnNewSocket(readOnly.server, socket, READ_SOCKET_MODE);
+      this.createdSockets.push(socket);
     }
     // Created 0600 (never wider, not even before the ACLs below are applied).
     await full.ready();
     removeStaleSocket(rwSocketPath(socket));
     await listenOnNewSocket(full.server, rwSocketPath(socket), RW_SOCKET_MODE);
+    this.createdSockets.push(rwSocketPath(socket));
     applySocketAccess(this.config, socket, rwSocketPath(socket), { warn: (m) => this.log.warn(m) });
   }
 
@@ -214,7 +219,8 @@ export class Devgated implements Disposable {
     for (const server of this.servers.splice(0)) await server.close().catch(() => undefined);
     this.kernel.dispose();
     this.store.dispose();
-    for (const file of [this.config.socket, rwSocketPath(this.config.socket)]) fs.rmSync(file, { force: true });
+    // Only the socket files devgated made: one systemd handed over stays for the next start.
+    for (const file of this.createdSockets.splice(0)) fs.rmSync(file, { force: true });
   }
 
   dispose(): void {

@@ -2,7 +2,10 @@
  * devgated's two socket files, watched in real processes:
  *  - the `.rw` socket never exists with wider permissions than 0600, not even between bind(2) and
  *    the chmod/ACLs that follow: under `strace`, the umask in force when bind(2) creates each socket
- *    file is read off the syscalls themselves, with devgated started under `umask 000`.
+ *    file is read off the syscalls themselves, with devgated started under `umask 000`;
+ *  - a socket systemd handed over (socket activation: LISTEN_FDS, LISTEN_PID, fd 3) is systemd's:
+ *    devgated started by `systemd-socket-activate`, as systemd starts it, leaves that file in place
+ *    when it stops and removes only the `.rw` socket it made itself.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -14,6 +17,7 @@ import {
   harnessConfig,
   makeTempDir,
   request,
+  startInProcess,
   writeConfigFile,
 } from './testing/daemon-harness.js';
 
@@ -117,4 +121,41 @@ it('creates devgate.sock.rw 0600 and devgate.sock 0660 at bind time, under umask
   // never admits others. The group and the ACL entries come after.
   expect(modeAtBind(rwSocketPath(config.socket)).toString(8)).toBe('600');
   expect(modeAtBind(config.socket).toString(8)).toBe('660');
+});
+
+it('started by socket activation, leaves systemd’s socket in place when it stops, and removes its .rw socket', async () => {
+  const dir = makeTempDir('devgated-activated-');
+  const config = harnessConfig(dir);
+  const configFile = writeConfigFile(config, path.join(dir, 'devgated.json'));
+  fs.mkdirSync(path.dirname(config.socket), { recursive: true });
+  // systemd-socket-activate listens on the socket, and on the first connection execs devgated with
+  // the listening socket as fd 3, LISTEN_FDS=1 and LISTEN_PID set to its pid, as systemd does.
+  const activator = startGroup('systemd-socket-activate', ['-l', config.socket, ...DEVGATED, '--config', configFile]);
+  for (let i = 0; !fs.existsSync(config.socket); i++) {
+    if (i > 400) throw new Error(`systemd-socket-activate did not listen:\n${activator.output()}`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  const inode = fs.statSync(config.socket).ino;
+  await waitHealthy(config.socket, activator);
+  await waitHealthy(rwSocketPath(config.socket), activator);
+  expect(activator.output()).toMatch(/Execing /);
+
+  signalGroup(activator, 'SIGTERM');
+  expect(await activator.exited).toEqual({ code: 0, signal: null });
+  // systemd's socket file is still there, the very same one; the .rw socket devgated made is gone.
+  const socket = fs.statSync(config.socket, { throwIfNoEntry: false });
+  expect(socket?.isSocket()).toBe(true);
+  expect(socket?.ino).toBe(inode);
+  expect(fs.existsSync(rwSocketPath(config.socket))).toBe(false);
+});
+
+it('started without socket activation, removes both socket files it made when it stops', async () => {
+  const dir = makeTempDir('devgated-own-sockets-');
+  const config = harnessConfig(dir);
+  const daemon = await startInProcess(config);
+  expect(fs.statSync(config.socket).isSocket()).toBe(true);
+  expect(fs.statSync(rwSocketPath(config.socket)).isSocket()).toBe(true);
+  await daemon.stop();
+  expect(fs.existsSync(config.socket)).toBe(false);
+  expect(fs.existsSync(rwSocketPath(config.socket))).toBe(false);
 });
