@@ -5,6 +5,7 @@ import { labBackendUp, labDown, labList, labUp } from '@devgate/backend-qemu';
 import { Errors } from '@devgate/core';
 import { type Io } from './io.js';
 import { type AccessOptions, holderOf, withAccess } from './device-access.js';
+import { assertRequiredDevices } from './required-devices.js';
 import { formatColumns, formatDevgateTable } from './format.js';
 import { addHostOptions } from './main.js';
 import { DEVICE_CLASSES, attachOptions, classProgram } from './qvm-device-command.js';
@@ -142,6 +143,7 @@ export function devgateProgram(io: Io): Command {
         await labBackendUp(names[0], options.recording, { registryFile: options.domains });
         return io.out(formatColumns([[names[0], 'recording', options.recording]]));
       }
+      await withAccess({ domains: options.domains }, io, (access) => assertRequiredDevices(access, names));
       const started = await labUp(names, { registryFile: options.domains });
       io.out(formatColumns(started.map((d) => [d.name, `pid ${d.pid}`, d.socket])));
     });

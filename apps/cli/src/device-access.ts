@@ -120,8 +120,8 @@ function inProcessAccess(host: OpenHost, state: () => SqliteStateStore): DeviceA
       if (!host.manager.domains().includes(frontend)) throw Errors.noConnector({ domain: frontend });
       await service().detach({ devclass, frontend, device }, actor);
     },
-    async assignments() {
-      return [];
+    async assignments(devclass) {
+      return state().listAssignments(devclass === undefined ? {} : { devclass });
     },
     assign: async () => needsDaemon(),
     unassign: async () => needsDaemon(),

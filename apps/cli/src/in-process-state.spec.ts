@@ -65,3 +65,27 @@ it('refuses an attach the deny list forbids, audits it as devgated would, and at
   // The attach and the detach were journaled, and each settled with its audit row.
   expect(withState((store) => store.journalPending())).toEqual([]);
 });
+
+it('does not start a lab VM whose required device is absent, and starts it once the device is there', async () => {
+  const required = (portId: string) => ({
+    devclass: 'block',
+    backend: 'dom0',
+    portId,
+    deviceId: '*',
+    frontend: 'needy',
+    mode: 'required' as const,
+    options: {},
+  });
+  withState((store) => store.assign(required('sdz9')));
+  const refused = await runCaptured('devgate', ['lab', 'up', 'needy']);
+  expect(refused.code).toBe(1);
+  expect(refused.err).toContain('Domain needy requires device dom0:sdz9, which is not present');
+  expect((await runCaptured('devgate', ['lab', 'list'])).out).not.toContain('needy');
+
+  withState((store) => {
+    store.unassign(required('sdz9'));
+    store.assign(required(disk.partitions[0]));
+  });
+  expect(await runCaptured('devgate', ['lab', 'up', 'needy'])).toMatchObject({ code: 0, err: '' });
+  expect((await runCaptured('devgate', ['lab', 'list'])).out).toMatch(/^needy +running/m);
+});

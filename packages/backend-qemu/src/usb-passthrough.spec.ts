@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -182,7 +183,7 @@ describe('the kernel’s overlap check across classes: a USB stick and the disk 
   beforeAll(() => {
     // The KIOXIA stick (1-1.1.2) as recorded, with its disk and partition renamed after a real
     // loop device, so QEMU can open /dev/loopN while the kernel sees it under the stick's interface.
-    disk = createLoopDisk({ sizeMiB: 8, partitions: [{}] });
+    disk = createLoopDisk({ sizeMiB: 8, partitions: [{ label: 'KIOXIA' }] });
     const recording = loadRecording(recordedFixture('KIOXIA_TransMemory.txt'));
     try {
       const records = recording.tree.devices().map((record) => {
@@ -261,6 +262,32 @@ describe('the kernel’s overlap check across classes: a USB stick and the disk 
     } finally {
       await release(manager);
       kernel.dispose();
+    }
+  });
+
+  it('refuses the stick while its partition is mounted in the backend (a real mount), naming the partition', async () => {
+    // The backend's mounts are this host's real ones.
+    const proc = path.join(sysroot, 'proc');
+    fs.rmSync(proc, { recursive: true, force: true });
+    fs.symlinkSync('/proc', proc);
+    const mountpoint = fs.mkdtempSync(path.join(dir, 'mnt-'));
+    execFileSync('mount', ['-o', 'ro', `/dev/${disk.partitions[0]}`, mountpoint]);
+    try {
+      const { kernel, manager } = startKernel(
+        new LocalHostSource({ roots: rootsUnder(sysroot), backend: 'sys-usb', hotplug: 'static' }),
+      );
+      try {
+        await expect(manager.attach({ frontend: 'work', port: usb('1-1.1.2') })).rejects.toMatchObject({
+          code: 'DG_DEVICE_IN_USE',
+          message: `Device sys-usb:1-1.1.2 is in use in its backend (sys-usb:${disk.partitions[0]} is mounted)`,
+        });
+      } finally {
+        kernel.dispose();
+      }
+    } finally {
+      execFileSync('umount', [mountpoint]);
+      fs.rmSync(proc);
+      fs.mkdirSync(proc);
     }
   });
 });

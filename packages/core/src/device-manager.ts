@@ -355,10 +355,15 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
    */
   private busyPartOf(device: DeviceInfo): DeviceInfo | undefined {
     const key = portKey(device.port);
+    let innermost: { device: DeviceInfo; depth: number } | undefined;
     for (const other of this.cache.values()) {
-      if (other.inUse && other !== device && this.chainOf(other).includes(key)) return other;
+      if (!other.inUse || other === device) continue;
+      const chain = this.chainOf(other);
+      // The innermost one says why (a mounted partition, rather than its disk "with a busy partition").
+      if (chain.includes(key) && chain.length > (innermost?.depth ?? 0))
+        innermost = { device: other, depth: chain.length };
     }
-    return undefined;
+    return innermost?.device;
   }
 
   /** The device's key and its ancestors', following `parent` links across classes. */

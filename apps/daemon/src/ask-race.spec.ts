@@ -1,0 +1,142 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { BehaviorSubject, firstValueFrom, filter } from 'rxjs';
+import {
+  type AttachSpec,
+  type Connector,
+  type DeviceInfo,
+  type HypervisorAttachment,
+  HostTree,
+  Kernel,
+  PLUGIN_API_VERSION,
+  type Port,
+  portKey,
+} from '@devgate/core';
+import { SqliteStateStore } from './store/state-store';
+import { DaemonEvents } from './services/daemon-events';
+import { AskService } from './services/asks';
+import { DeviceService } from './services/device-service';
+import { AutoAttach } from './services/auto-attach';
+
+// The ask race: a question is about one device, and its answer may come a minute later. If another
+// device sits in the port by then, nothing is attached. Real SQLite; the devices and the hypervisor
+// are in memory, so the swap happens exactly between the ask and the answer.
+
+const usbStick = (serial: string): DeviceInfo => ({
+  port: { devclass: 'usb', backend: 'dom0', portId: '2-1' },
+  deviceId: `0781:5567:${serial}:u080650`,
+  interfaces: ['u080650'],
+  data: {},
+});
+
+class MemoryConnector implements Connector {
+  readonly id = 'memory';
+  readonly attached = new Map<string, HypervisorAttachment>();
+  manages = (domain: string) => domain === 'work';
+  domains = () => ['work'];
+  isRunning = async () => true;
+  async attach(frontend: string, port: Port, spec: AttachSpec, deviceId: string) {
+    const attachment = { port, frontend, deviceId, options: spec.options };
+    this.attached.set(portKey(port), attachment);
+    return attachment;
+  }
+  async detach(_frontend: string, port: Port) {
+    this.attached.delete(portKey(port));
+  }
+  attachments = async () => [...this.attached.values()];
+  dispose() {}
+}
+
+let dir: string;
+beforeEach(() => (dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-ask-race-'))));
+afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+function setup(initial: DeviceInfo[]) {
+  const devices = new BehaviorSubject<DeviceInfo[]>(initial);
+  const kernel = new Kernel();
+  kernel.registerDriver({
+    id: 'usb',
+    manifest: { apiVersion: PLUGIN_API_VERSION, description: 'test' },
+    discover: () => devices,
+    attachSpec: () => ({ kind: 'usb-host', params: {}, options: {} }),
+  });
+  kernel.registerSource({
+    id: 'test',
+    backend: 'dom0',
+    hotplug: 'static',
+    trees$: new BehaviorSubject(new HostTree([])),
+    dataPath: async (_device, spec) => spec,
+    dispose: () => undefined,
+  });
+  const connector = new MemoryConnector();
+  kernel.registerConnector(connector);
+  const manager = kernel.start();
+  const store = new SqliteStateStore(path.join(dir, 'state.db'));
+  const events = new DaemonEvents();
+  const asks = new AskService(store, events, 60_000);
+  const service = new DeviceService(manager, store, events);
+  const autoAttach = new AutoAttach(manager, store, asks, service, 60_000);
+  const dispose = () => {
+    autoAttach.dispose();
+    asks.dispose();
+    kernel.dispose();
+    store.dispose();
+  };
+  return { devices, connector, manager, store, events, asks, autoAttach, dispose };
+}
+
+const firstAsk = (events: DaemonEvents) =>
+  firstValueFrom(events.events$.pipe(filter((e) => e.type === 'ask'))).then((e) =>
+    e.type === 'ask' ? e.ask : never(),
+  );
+
+function never(): never {
+  throw new Error('unreachable');
+}
+
+it('attaches nothing when the device in the port changed between the ask and the answer', async () => {
+  const { devices, connector, store, events, asks, autoAttach, manager, dispose } = setup([]);
+  try {
+    store.assign({ ...usbStick('A').port, deviceId: '*', frontend: 'work', mode: 'ask-to-attach', options: {} });
+    devices.next([usbStick('A')]);
+    const asked = firstAsk(events);
+    const considered = autoAttach.consider(usbStick('A'));
+    const ask = await asked;
+    expect(ask.deviceId).toBe(usbStick('A').deviceId);
+
+    devices.next([]); // stick A pulled ...
+    devices.next([usbStick('B')]); // ... and stick B pushed into the same port
+    asks.answer(ask.id, { verdict: 'allow', by: 'test' });
+    await considered;
+
+    expect(connector.attached.size).toBe(0);
+    expect(manager.get(usbStick('B').port)?.attachment).toBeUndefined();
+    // The answer is audited for the device it was about.
+    expect(store.queryAudit({ action: 'answer' })).toEqual([
+      expect.objectContaining({ deviceId: usbStick('A').deviceId, outcome: 'ok' }),
+    ]);
+  } finally {
+    dispose();
+  }
+});
+
+it('attaches the device asked about when it is still the one in the port', async () => {
+  const { devices, connector, events, asks, autoAttach, store, dispose } = setup([]);
+  try {
+    store.assign({ ...usbStick('A').port, deviceId: '*', frontend: 'work', mode: 'ask-to-attach', options: {} });
+    autoAttach.start();
+    const asked = firstAsk(events);
+    devices.next([usbStick('A')]);
+    const attached = firstValueFrom(
+      events.events$.pipe(filter((e) => e.type === 'audit' && e.entry.action === 'auto-attach')),
+    );
+    asks.answer((await asked).id, { verdict: 'allow', by: 'test' });
+    await attached;
+    expect([...connector.attached.values()]).toEqual([
+      expect.objectContaining({ frontend: 'work', deviceId: usbStick('A').deviceId }),
+    ]);
+  } finally {
+    dispose();
+  }
+});
