@@ -91,12 +91,67 @@ export interface HealthJson {
   readonly sources: readonly { readonly id: string; readonly backend: string; readonly hotplug: string }[];
 }
 
-/** The API socket: an explicit path, $DEVGATE_SOCKET, then devgated's default for this user. */
-export function resolveSocket(explicit?: string, env: NodeJS.ProcessEnv = process.env): string {
+/** Where the system's devgated listens (devgated.socket, or devgated started as root). */
+export const SYSTEM_SOCKET = '/run/devgate/devgate.sock';
+
+export interface SocketLookup {
+  /** Whose socket to look for; default this process's uid. */
+  readonly uid?: number;
+  /** Default SYSTEM_SOCKET. */
+  readonly systemSocket?: string;
+}
+
+/**
+ * The API socket: an explicit path; else $DEVGATE_SOCKET; else, for root, the system's socket; for
+ * anyone else their own devgated's socket ($XDG_RUNTIME_DIR/devgate/devgate.sock) if a daemon
+ * listens there, else the system's socket if it exists, else (nothing runs) their own.
+ */
+export function resolveSocket(
+  explicit?: string,
+  env: NodeJS.ProcessEnv = process.env,
+  lookup: SocketLookup = {},
+): string {
   if (explicit) return explicit;
   if (env.DEVGATE_SOCKET) return env.DEVGATE_SOCKET;
-  if (process.getuid?.() === 0) return '/run/devgate/devgate.sock';
-  return path.join(env.XDG_RUNTIME_DIR ?? os.tmpdir(), 'devgate', 'devgate.sock');
+  const system = lookup.systemSocket ?? SYSTEM_SOCKET;
+  if ((lookup.uid ?? process.getuid?.()) === 0) return system;
+  const own = path.join(env.XDG_RUNTIME_DIR ?? os.tmpdir(), 'devgate', 'devgate.sock');
+  if (socketListening(own)) return own;
+  if (daemonPresent(system)) return system;
+  return own;
+}
+
+/**
+ * Whether a process listens on the Unix socket `file`, not just whether the file is there (a killed
+ * daemon leaves it behind). Linux lists listening sockets with the path they were bound to in
+ * /proc/net/unix; read only when the socket file exists. Where that table cannot be read, the file
+ * is taken as a listening daemon.
+ */
+export function socketListening(file: string): boolean {
+  if (!daemonPresent(file)) return false;
+  let table: string;
+  try {
+    table = fs.readFileSync('/proc/net/unix', 'utf8');
+  } catch {
+    return true;
+  }
+  const name = path.basename(file);
+  const dir = realpathOr(path.dirname(path.resolve(file)));
+  for (const line of table.split('\n')) {
+    // Num: RefCount Protocol Flags Type St Inode Path; flag 0x10000 (__SO_ACCEPTCON) is "listening".
+    const entry = /^[0-9a-f]+: [0-9A-F]{8} [0-9A-F]{8} ([0-9A-F]{8}) [0-9A-F]{4} [0-9A-F]{2} +\d+ (\/.*)$/.exec(line);
+    if (!entry || (parseInt(entry[1], 16) & 0x10000) === 0 || path.basename(entry[2]) !== name) continue;
+    if (realpathOr(path.dirname(entry[2])) === dir) return true;
+  }
+  return false;
+}
+
+function realpathOr(dir: string): string {
+  try {
+    return fs.realpathSync(dir);
+  } catch {
+    return dir;
+  }
 }
 
 /** Whether a daemon seems to be there (a socket file exists); a request still may fail. */
