@@ -18,7 +18,7 @@ export interface DaemonConfig {
   readonly access: {
     /** Group that may use the read-only socket (mode 0660). */
     readonly readGroup?: string;
-    /** Users and groups that may change state (the `.rw` socket, by ACL). */
+    /** Users and groups that may change state (the `.rw` socket, by ACL); none by default: only root. */
     readonly users: readonly string[];
     readonly groups: readonly string[];
   };
@@ -49,7 +49,8 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfi
     socket: env.DEVGATE_SOCKET ?? path.join(runtime, 'devgate.sock'),
     stateDir: env.DEVGATE_STATE_DIR ?? state,
     backends: { dom0: { source: 'local' } },
-    access: { readGroup: root ? 'devgate' : undefined, users: [], groups: root ? ['devgate'] : [] },
+    // The read group reads (devgate.sock); nobody but root changes state (.rw) unless configured.
+    access: { readGroup: root ? 'devgate' : undefined, users: [], groups: [] },
     askTimeoutSeconds: 60,
   };
 }
