@@ -7,3 +7,4 @@ export * from './guest-image.js';
 export * from './guest.js';
 export * from './lab-devices.js';
 export * from './reaper.js';
+export * from './images.js';

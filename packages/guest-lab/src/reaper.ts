@@ -42,16 +42,25 @@ export function currentOwner(): Owner {
   return { pid: process.pid, startTime: processStartTime(process.pid) ?? '' };
 }
 
+/** The owner still runs: same pid, same start time, and not a zombie (killed, not yet reaped). */
 export function isOwnerAlive(owner: Owner): boolean {
-  return processStartTime(owner.pid) === owner.startTime;
+  return processStartTime(owner.pid) === owner.startTime && !isZombie(owner.pid);
+}
+
+function isZombie(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state === 'Z' || state === 'X';
+  } catch {
+    return true;
+  }
 }
 
 /** True if `pid` is a live, non-zombie process whose command line contains `marker` (its directory). */
 export function isGuestQemu(pid: number, marker: string): boolean {
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    if (state === 'Z' || state === 'X') return false;
+    if (isZombie(pid)) return false;
     return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(marker);
   } catch {
     return false;
