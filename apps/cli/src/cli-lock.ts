@@ -1,56 +1,61 @@
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { Errors } from '@devgate/core';
 
 /**
  * Without devgated, each command runs its own kernel; this lock makes commands that talk to the
  * hypervisors take turns, so two `qvm-block attach` runs cannot both see a device free and both
- * attach it (and a QMP socket serves one client at a time anyway). A directory is created
- * atomically; it holds the owner's pid so a lock left by a killed command is taken over.
+ * attach it (and a QMP socket serves one client at a time anyway).
+ *
+ * A real lock, flock(2), taken with util-linux's flock(1) on a descriptor this process passes to it
+ * (ADR 0006): the lock belongs to the open file description, which flock(1) shares as its fd 3, so
+ * it stays held by this process's descriptor after flock(1) exits, and the kernel releases it when
+ * that descriptor is closed: when the work is done, or the moment this process dies, however it
+ * dies (SIGKILL included). No pid file, nothing to clean up, no stale lock.
  */
 export async function withCliLock<T>(lockPath: string, work: () => Promise<T>, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      fs.mkdirSync(lockPath);
-      fs.writeFileSync(`${lockPath}/pid`, String(process.pid));
-      break;
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
-        fs.mkdirSync(lockPath.slice(0, lockPath.lastIndexOf('/')), { recursive: true });
-        continue;
-      }
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      if (ownerIsGone(lockPath)) {
-        fs.rmSync(lockPath, { recursive: true, force: true });
-        continue;
-      }
-      if (Date.now() > deadline) {
-        throw Errors.busy({ what: lockPath });
-      }
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-  }
+  const fd = openLockFile(lockPath);
   try {
+    await flock(fd, lockPath, timeoutMs);
     return await work();
   } finally {
-    fs.rmSync(lockPath, { recursive: true, force: true });
+    // The last descriptor of the description: the lock goes with it.
+    fs.closeSync(fd);
   }
 }
 
-function ownerIsGone(lockPath: string): boolean {
-  let pid: number;
-  try {
-    pid = Number(fs.readFileSync(`${lockPath}/pid`, 'utf8'));
-  } catch {
-    // Created but not yet written: give its owner a moment.
-    const age = Date.now() - fs.statSync(lockPath, { throwIfNoEntry: false })!.mtimeMs;
-    return Number.isFinite(age) && age > 2_000;
+/** Opened close-on-exec (as libuv opens every file), so only flock(1) is handed the descriptor. */
+function openLockFile(lockPath: string): number {
+  for (;;) {
+    try {
+      return fs.openSync(lockPath, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') fs.mkdirSync(path.dirname(lockPath), { recursive: true });
+      // The lock directory of an older devgate (mkdir and a pid file).
+      else if (code === 'EISDIR') fs.rmSync(lockPath, { recursive: true, force: true });
+      else throw Errors.lockFailed({ file: lockPath, reason: (error as Error).message });
+    }
   }
-  if (!Number.isInteger(pid) || pid <= 0) return true;
-  try {
-    process.kill(pid, 0);
-    return false;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'ESRCH';
-  }
+}
+
+/** An exit status of flock(1) that means "held by another" (-E), apart from its own errors (1). */
+const CONFLICT = 75;
+
+function flock(fd: number, lockPath: string, timeoutMs: number): Promise<void> {
+  const wait = timeoutMs > 0 ? ['--wait', String(timeoutMs / 1000)] : ['--nonblock'];
+  return new Promise((resolve, reject) => {
+    const child = spawn('flock', ['--exclusive', ...wait, '--conflict-exit-code', String(CONFLICT), '3'], {
+      stdio: ['ignore', 'ignore', 'pipe', fd],
+    });
+    let stderr = '';
+    child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on('error', (error) => reject(Errors.lockFailed({ file: lockPath, reason: `flock: ${error.message}` })));
+    child.on('close', (code, signal) => {
+      if (code === 0) resolve();
+      else if (code === CONFLICT) reject(Errors.busy({ what: lockPath }));
+      else reject(Errors.lockFailed({ file: lockPath, reason: stderr.trim() || `flock ended with ${code ?? signal}` }));
+    });
+  });
 }

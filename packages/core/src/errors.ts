@@ -149,6 +149,11 @@ export const Errors = {
     message: (p) => `another devgate command holds ${p.what}`,
     hint: () => 'try again in a moment',
   }),
+  lockFailed: define<{ file: string; reason: string }>({
+    code: 'DG_LOCK_FAILED',
+    message: (p) => `cannot lock ${p.file}: ${p.reason}`,
+    hint: () => 'devgate takes its lock with flock(1) from util-linux: install util-linux',
+  }),
   noConnector: define<{ domain: string }>({
     code: 'DG_NO_CONNECTOR',
     message: (p) => `no such domain: '${p.domain}'`,
