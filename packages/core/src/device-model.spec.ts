@@ -45,4 +45,12 @@ describe('describeDevice', () => {
     expect(describeDevice({ ...base, parent })).toBe('Block_Storage: unknown vendor sub-device of sys-usb:3-2');
     expect(describeDevice({ ...base, interfaces: [] })).toBe('?******: unknown vendor unknown block device');
   });
+
+  it('carries a driver’s warning about the device itself, and only then', () => {
+    const stick = { ...base, interfaces: ['i010300', 'u080650'], product: trusted('Stick') };
+    expect(describeDevice({ ...stick, data: { warning: 'BadUSB? also USB storage' } })).toBe(
+      'Keyboard: unknown vendor Stick [BadUSB? also USB storage]',
+    );
+    expect(describeDevice({ ...stick, data: { warning: '' } })).toBe('Keyboard: unknown vendor Stick');
+  });
 });

@@ -68,7 +68,11 @@ export function describeDevice(device: DeviceInfo): string {
     (device.parent ? `sub-device of ${portLabel(device.parent)}` : `unknown ${device.port.devclass} device`);
   // Qubes falls back to the interface itself when no category fits (hwdata names come later).
   const category = deviceCategory(interfaces);
-  return `${category === 'Other' ? interfaces[0] : category}: ${vendor} ${product}`;
+  const description = `${category === 'Other' ? interfaces[0] : category}: ${vendor} ${product}`;
+  // A driver's warning about the device itself (an input device that is also USB storage) goes
+  // wherever the device is described: lists, asks, notifications.
+  const warning = device.data.warning;
+  return typeof warning === 'string' && warning !== '' ? `${description} [${warning}]` : description;
 }
 
 /** A `BACKEND:PORT[:DEVICE_ID]` argument as the user typed it. `*` is a wildcard. */

@@ -27,6 +27,10 @@ describe('interface codes', () => {
     ['ue00101', 'Bluetooth'],
     ['uff0000', 'Other'],
     ['?******', 'Other'],
+    // devgate's input devices: `i` + class + bus + 00
+    ['i010300', 'Keyboard'],
+    ['i021100', 'Mouse'],
+    ['i041800', 'Input'],
   ])('%s is %s', (code, category) => {
     expect(categoryOf(code)).toBe(category);
   });

@@ -42,8 +42,9 @@ function score(pattern: InterfaceCode, code: InterfaceCode): number {
 
 export const DEVICE_CATEGORIES = {
   Network: ['u02****', 'p0703**', 'p02****', 'ue0****'],
-  Keyboard: ['u03**01', 'p0900**'],
-  Mouse: ['u03**02', 'p0902**'],
+  // `i` codes are devgate's input devices: `i` + class (01 keyboard, 02 mouse, ...) + bus + 00.
+  Keyboard: ['u03**01', 'p0900**', 'i01****'],
+  Mouse: ['u03**02', 'p0902**', 'i02****'],
   Input: ['u03****', 'p09****', 'i******'],
   Printer: ['u07****'],
   Camera: ['p0903**', 'u06****', 'u0e****'],
