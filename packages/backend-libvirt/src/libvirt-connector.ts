@@ -1,0 +1,661 @@
+/**
+ * The libvirt connector: every domain defined at one libvirt URI is a frontend under its libvirt
+ * name. What runs and what is attached is kept in a cache filled by one full read at start and after
+ * every reconnection of the event stream, and refreshed per domain by libvirt's events; listings and
+ * `isRunning` answer from it. Attach and detach are one `virsh` process each, with the read-back in
+ * the same process: the truth is the domain's live XML after the call, never virsh's message.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { type Observable, Subject, type Subscription } from 'rxjs';
+import {
+  type AttachSpec,
+  type Connector,
+  DevgateError,
+  type DomainLifecycleEvent,
+  type DomainName,
+  Errors,
+  type HypervisorAttachment,
+  type Port,
+  portLabel,
+} from '@devgate/core';
+import {
+  DEVGATE_METADATA_URI,
+  type DomainXml,
+  type MetadataEntry,
+  metadataXml,
+  parseDomainXml,
+} from './parse-domain-xml.js';
+import {
+  aliasFor,
+  chooseFrontendDev,
+  chooseTargetDev,
+  hasUsbController,
+  planBlockDisk,
+  planUsbHostdev,
+  portOfAlias,
+} from './libvirt-attach.js';
+import { type LibvirtEvent, type LibvirtTransport, VirshTransport, virshErrors } from './virsh-transport.js';
+
+export const LIBVIRT_CONNECTOR_ID = 'libvirt';
+
+/** libvirt's convention: `LIBVIRT_DEFAULT_URI`, else `qemu:///system`. */
+export function defaultLibvirtUri(env: NodeJS.ProcessEnv = process.env): string {
+  return env.LIBVIRT_DEFAULT_URI || 'qemu:///system';
+}
+
+/** Whether a URI names this host (no host part): only then are its device paths this host's. */
+export function isLocalUri(uri: string): boolean {
+  return !/^[a-z0-9+]+:\/\/[^/?]/i.test(uri);
+}
+
+export interface LibvirtConnectorOptions {
+  readonly uri: string;
+  /** Default: `virsh` per call plus one `virsh event` process (VirshTransport). */
+  readonly transport?: LibvirtTransport;
+  /** The backend domain this host's devices are listed under (a disk a user attached maps to it). */
+  readonly dom0?: DomainName;
+  /** Whether the URI's domains run on this host; default: the URI has no host part. */
+  readonly local?: boolean;
+  /** sysfs, for the device number of a USB port. Default `/sys`. */
+  readonly sysRoot?: string;
+  /** How long a detach waits for libvirt's device-removed. Default 5 s (libvirt's own wait). */
+  readonly detachTimeoutMs?: number;
+  readonly id?: string;
+}
+
+/** Running as libvirt says it (`virsh domstate`). */
+const RUNNING_STATES = new Set(['running', 'paused', 'blocked', 'idle', 'in shutdown', 'pmsuspended']);
+
+interface DomainEntry {
+  readonly state: string;
+  readonly xml?: DomainXml;
+}
+
+/** The options reported for a device devgate did not attach. */
+export const FOREIGN_OPTION = 'attached-by';
+
+const MARK = 'DG-MARK-7f3a';
+
+export class LibvirtConnector implements Connector {
+  readonly id: string;
+  readonly uri: string;
+  readonly transport: LibvirtTransport;
+  readonly lifecycle$: Observable<DomainLifecycleEvent>;
+  private readonly signals = new Subject<DomainLifecycleEvent>();
+  private readonly cache = new Map<DomainName, DomainEntry>();
+  private loaded = false;
+  private eventsConnected = false;
+  private disposed = false;
+  private started?: Promise<void>;
+  private eventSub?: Subscription;
+  private refreshing: Promise<void> = Promise.resolve();
+  private readonly locks = new Map<DomainName, Promise<unknown>>();
+  /** Aliases devgate is attaching or detaching now: their events are devgate's own doing. */
+  private readonly busy = new Set<string>();
+  private readonly removedWaiters = new Map<string, () => void>();
+  private readonly pendingRefresh = new Map<DomainName, NodeJS.Timeout>();
+  private readonly tmpDir: string;
+  private tmpCounter = 0;
+
+  constructor(private readonly options: LibvirtConnectorOptions) {
+    this.uri = options.uri;
+    this.id = options.id ?? `${LIBVIRT_CONNECTOR_ID}:${options.uri}`;
+    this.transport = options.transport ?? new VirshTransport(options.uri);
+    this.lifecycle$ = this.signals.asObservable();
+    this.tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-libvirt-'));
+  }
+
+  private get local(): boolean {
+    return this.options.local ?? isLocalUri(this.uri);
+  }
+
+  /**
+   * Starts the event stream and reads every domain once. Resolves when the cache is filled; rejects
+   * with DG_LIBVIRT_UNREACHABLE or DG_LIBVIRT_PERMISSION when libvirt cannot be used now (the event
+   * stream keeps trying, and fills the cache when libvirt comes).
+   */
+  ready(): Promise<void> {
+    if (!this.started) {
+      this.eventSub = this.transport.events$.subscribe((event) => this.onEvent(event));
+      this.started = this.refreshAll();
+      this.started.catch(() => {
+        // A later `connected` retries; callers of ready() see the first failure.
+      });
+    }
+    return this.started.then(
+      () => undefined,
+      (error) => (this.loaded ? undefined : Promise.reject(error)),
+    );
+  }
+
+  manages(domain: DomainName): boolean {
+    return this.cache.has(domain);
+  }
+
+  domains(): readonly DomainName[] {
+    return [...this.cache.keys()];
+  }
+
+  /** Whether libvirt has the domain active (paused counts: it takes devices). */
+  async isRunning(domain: DomainName): Promise<boolean> {
+    if (!this.loaded) await this.ready();
+    const entry = this.cache.get(domain) ?? (await this.refresh(domain));
+    if (!entry) throw Errors.noConnector({ domain });
+    return RUNNING_STATES.has(entry.state);
+  }
+
+  /** The live XML, parsed, as last read (refreshed by events). */
+  async domainXml(domain: DomainName): Promise<DomainXml | undefined> {
+    const entry = this.cache.get(domain);
+    return entry?.xml ?? (await this.refresh(domain))?.xml;
+  }
+
+  async attach(frontend: DomainName, port: Port, spec: AttachSpec, deviceId: string): Promise<HypervisorAttachment> {
+    return this.withLock(frontend, async () => {
+      let entry = this.cache.get(frontend);
+      if (!entry?.xml) entry = await this.refresh(frontend);
+      if (!entry) throw Errors.noConnector({ domain: frontend });
+      if (!RUNNING_STATES.has(entry.state) || !entry.xml)
+        throw Errors.domainNotRunning({ domain: frontend, role: 'frontend' });
+      const xml = entry.xml;
+      let plan;
+      if (spec.kind === 'block') {
+        const used = new Set(
+          xml.metadata.filter((e) => xml.aliases.has(e.alias)).map((e) => e.options['frontend-dev']),
+        );
+        const frontendDev = chooseFrontendDev(frontend, spec, used as Set<string>);
+        const targetDev = chooseTargetDev(frontend, String(spec.params.bus ?? 'usb'), xml.disks);
+        plan = planBlockDisk(port, spec, frontendDev, targetDev);
+      } else if (spec.kind === 'usb-host') {
+        if (!hasUsbController(xml)) {
+          throw Errors.libvirtRefused({
+            domain: frontend,
+            operation: `attach ${portLabel(port)}`,
+            reason: 'the domain has no USB controller',
+            hint: `add one (virsh edit ${frontend}: <controller type='usb' model='qemu-xhci'/>), then restart the domain`,
+          });
+        }
+        plan = planUsbHostdev(port, spec, this.usbDevnum(spec));
+      } else {
+        throw Errors.unsupported({ driverId: this.id, operation: `attach (${spec.kind})` });
+      }
+      const record: MetadataEntry = {
+        alias: plan.alias,
+        devclass: port.devclass,
+        backend: port.backend,
+        portId: port.portId,
+        deviceId,
+        options: plan.options,
+      };
+      const kept = xml.metadata.filter((e) => e.alias !== plan.alias && xml.aliases.has(e.alias));
+      const file = path.join(this.tmpDir, `attach-${process.pid}-${++this.tmpCounter}.xml`);
+      fs.writeFileSync(file, plan.xml);
+      this.busy.add(plan.alias);
+      try {
+        // Metadata first (the intent, with the identity), then the device, then the read-back.
+        const result = await this.transport.call([
+          this.setMetadata(frontend, [...kept, record]),
+          ['attach-device', frontend, file, '--live'],
+          ...this.readBack(frontend),
+        ]);
+        const after = this.parseReadBack(frontend, result.stdout);
+        if (after?.xml?.aliases.has(plan.alias)) {
+          return { port, frontend, deviceId, options: plan.options };
+        }
+        // Not there: put the metadata back as it was, and say libvirt's reason.
+        await this.transport.call([this.setMetadata(frontend, kept), ...this.readBack(frontend)]).then(
+          (r) => this.parseReadBack(frontend, r.stdout),
+          () => undefined,
+        );
+        throw this.refusal(frontend, `attach ${portLabel(port)}`, result.stderr, after);
+      } finally {
+        this.busy.delete(plan.alias);
+        fs.rmSync(file, { force: true });
+      }
+    });
+  }
+
+  /**
+   * Detaches a device devgate attached, by its alias, and waits for libvirt's device-removed (or
+   * reads back after the wait): a device that is still there is still attached, whatever virsh said.
+   * A device devgate did not attach is refused (DG_LIBVIRT_NOT_DEVGATES).
+   */
+  async detach(frontend: DomainName, port: Port): Promise<void> {
+    return this.withLock(frontend, async () => {
+      const alias = aliasFor(port);
+      let entry = this.cache.get(frontend);
+      if (!entry?.xml?.aliases.has(alias)) entry = await this.refresh(frontend);
+      const xml = entry?.xml;
+      if (!xml || !xml.aliases.has(alias)) {
+        const foreign = xml && this.foreignDevices(frontend, xml).find((f) => portLabel(f.port) === portLabel(port));
+        if (foreign) {
+          throw Errors.libvirtNotDevgates({ device: portLabel(port), domain: frontend, alias: foreign.alias });
+        }
+        throw Errors.notAttached({ device: portLabel(port), frontend });
+      }
+      const removed = xml.metadata.find((e) => e.alias === alias);
+      const kept = xml.metadata.filter((e) => e.alias !== alias && xml.aliases.has(e.alias));
+      const timeoutMs = this.options.detachTimeoutMs ?? 5_000;
+      this.busy.add(alias);
+      const gone = new Promise<void>((resolve) => this.removedWaiters.set(`${frontend}\0${alias}`, resolve));
+      try {
+        const result = await this.transport.call([
+          ['detach-device-alias', frontend, alias, '--live'],
+          this.setMetadata(frontend, kept),
+        ]);
+        const errors = virshErrors(result.stderr);
+        if (errors.some((e) => !/metadata/i.test(e))) {
+          const now = await this.refresh(frontend);
+          if (now?.xml?.aliases.has(alias)) {
+            if (removed) await this.restoreMetadata(frontend, removed);
+            throw this.refusal(frontend, `detach ${portLabel(port)}`, result.stderr, now);
+          }
+          return;
+        }
+        const confirmed = await this.waitGone(frontend, alias, gone, timeoutMs);
+        if (!confirmed) {
+          if (removed) await this.restoreMetadata(frontend, removed);
+          throw Errors.detachTimeout({ domain: frontend, device: portLabel(port), timeoutMs });
+        }
+        this.forget(frontend, alias);
+      } finally {
+        this.removedWaiters.delete(`${frontend}\0${alias}`);
+        this.busy.delete(alias);
+      }
+    });
+  }
+
+  /**
+   * Everything attached in every running domain, read fresh from libvirt: devgate's devices (by
+   * alias, with the identity from the metadata) and, on this host, block devices someone else
+   * attached (`attached-by=libvirt`), so they are shown as used and never handed out twice.
+   */
+  async attachments(): Promise<readonly HypervisorAttachment[]> {
+    await this.ready();
+    await this.refreshAll();
+    const result: HypervisorAttachment[] = [];
+    for (const [domain, entry] of this.cache) {
+      if (!RUNNING_STATES.has(entry.state) || !entry.xml) continue;
+      result.push(...this.devgateDevices(domain, entry.xml));
+      for (const foreign of this.foreignDevices(domain, entry.xml)) result.push(foreign.attachment);
+    }
+    return result;
+  }
+
+  private devgateDevices(domain: DomainName, xml: DomainXml): HypervisorAttachment[] {
+    const result: HypervisorAttachment[] = [];
+    for (const alias of xml.aliases) {
+      const port = portOfAlias(alias);
+      if (!port) continue;
+      const meta = xml.metadata.find((e) => e.alias === alias);
+      result.push({
+        port,
+        frontend: domain,
+        ...(meta?.deviceId === undefined ? {} : { deviceId: meta.deviceId }),
+        options: meta?.options ?? {},
+      });
+    }
+    return result;
+  }
+
+  /** Block devices of this host that someone attached to the domain without devgate. */
+  private foreignDevices(
+    domain: DomainName,
+    xml: DomainXml,
+  ): { alias: string; port: Port; attachment: HypervisorAttachment }[] {
+    if (!this.local) return [];
+    const result: { alias: string; port: Port; attachment: HypervisorAttachment }[] = [];
+    for (const disk of xml.disks) {
+      if (disk.type !== 'block' || !disk.source || !disk.alias || portOfAlias(disk.alias)) continue;
+      let node: string;
+      try {
+        node = fs.realpathSync(disk.source);
+        if (!node.startsWith('/dev/') || !fs.statSync(node).isBlockDevice()) continue;
+      } catch {
+        continue;
+      }
+      const port = { devclass: 'block', backend: this.options.dom0 ?? 'dom0', portId: path.basename(node) };
+      const options = {
+        'read-only': disk.readOnly ? 'yes' : 'no',
+        ...(disk.targetDev ? { 'frontend-dev': disk.targetDev } : {}),
+        [FOREIGN_OPTION]: 'libvirt',
+      };
+      result.push({ alias: disk.alias, port, attachment: { port, frontend: domain, options } });
+    }
+    return result;
+  }
+
+  // -- reading libvirt
+
+  private setMetadata(domain: DomainName, entries: readonly MetadataEntry[]): string[] {
+    return [
+      'metadata',
+      domain,
+      '--uri',
+      DEVGATE_METADATA_URI,
+      '--key',
+      'devgate',
+      '--live',
+      '--set',
+      metadataXml(entries),
+    ];
+  }
+
+  private async restoreMetadata(domain: DomainName, entry: MetadataEntry): Promise<void> {
+    const now = await this.refresh(domain);
+    const kept = (now?.xml?.metadata ?? []).filter((e) => e.alias !== entry.alias);
+    await this.transport.call([this.setMetadata(domain, [...kept, entry]), ...this.readBack(domain)]).then(
+      (r) => this.parseReadBack(domain, r.stdout),
+      () => undefined,
+    );
+  }
+
+  private readBack(domain: DomainName): string[][] {
+    return [
+      ['echo', MARK],
+      ['domstate', domain],
+      ['echo', MARK],
+      ['dumpxml', domain],
+    ];
+  }
+
+  /** Parses a read-back (`echo MARK; domstate; echo MARK; dumpxml`) into the cache. */
+  private parseReadBack(domain: DomainName, stdout: string): DomainEntry | undefined {
+    const parts = stdout.split(MARK);
+    if (parts.length < 3) return undefined;
+    const state = parts[1].trim().split('\n')[0]?.trim() ?? '';
+    const text = parts.slice(2).join(MARK).trim();
+    if (!state) {
+      // The domain is gone (undefined) or unreadable.
+      return undefined;
+    }
+    let xml: DomainXml | undefined;
+    try {
+      xml = text ? parseDomainXml(text) : undefined;
+    } catch {
+      xml = undefined;
+    }
+    const entry = { state, xml };
+    this.cache.set(domain, entry);
+    return entry;
+  }
+
+  /** Re-reads one domain; undefined (and dropped from the cache) when libvirt no longer has it. */
+  private async refresh(domain: DomainName): Promise<DomainEntry | undefined> {
+    const result = await this.transport.call(this.readBack(domain));
+    const entry = this.parseReadBack(domain, result.stdout);
+    if (!entry && /failed to get domain|Domain not found/i.test(result.stderr)) this.cache.delete(domain);
+    return entry;
+  }
+
+  /** Re-reads every domain (serialized), and reports what changed while nobody was listening. */
+  private refreshAll(): Promise<void> {
+    const run = this.refreshing.then(async () => {
+      const list = await this.transport.call([['list', '--all', '--name']]);
+      const errors = virshErrors(list.stderr);
+      if (errors.length > 0 && !list.stdout.trim()) {
+        throw Errors.libvirtUnreachable({ uri: this.uri, reason: errors.join('; ') });
+      }
+      const names = list.stdout
+        .split('\n')
+        .map((l) => l.trim())
+        .filter((l) => l.length > 0 && l.length <= 255);
+      const before = new Map(this.cache);
+      const fresh = new Map<DomainName, DomainEntry>();
+      if (names.length > 0) {
+        const result = await this.transport.call(
+          names.flatMap((name) => [['echo', `${MARK}-D`], ...this.readBack(name)]),
+        );
+        const chunks = result.stdout.split(`${MARK}-D`).slice(1);
+        names.forEach((name, i) => {
+          const entry = chunks[i] !== undefined ? this.parseChunk(chunks[i]) : undefined;
+          if (entry) fresh.set(name, entry);
+        });
+      }
+      this.cache.clear();
+      for (const [name, entry] of fresh) this.cache.set(name, entry);
+      if (this.loaded) this.reportChanges(before, fresh);
+      this.loaded = true;
+    });
+    this.refreshing = run.catch(() => undefined);
+    return run;
+  }
+
+  private parseChunk(chunk: string): DomainEntry | undefined {
+    const parts = chunk.split(MARK);
+    if (parts.length < 3) return undefined;
+    const state = parts[1].trim().split('\n')[0]?.trim() ?? '';
+    if (!state) return undefined;
+    try {
+      return { state, xml: parseDomainXml(parts.slice(2).join(MARK).trim()) };
+    } catch {
+      return { state };
+    }
+  }
+
+  /** After a reconnection: what stopped, started, vanished or lost a device meanwhile. */
+  private reportChanges(
+    before: ReadonlyMap<DomainName, DomainEntry>,
+    after: ReadonlyMap<DomainName, DomainEntry>,
+  ): void {
+    for (const [domain, old] of before) {
+      const now = after.get(domain);
+      if (!now) {
+        this.signals.next({ type: 'undefined', domain });
+        continue;
+      }
+      const wasRunning = RUNNING_STATES.has(old.state);
+      const isRunning = RUNNING_STATES.has(now.state);
+      if (wasRunning && !isRunning) this.signals.next({ type: 'stopped', domain });
+      else if (!wasRunning && isRunning) this.signals.next({ type: 'started', domain });
+      else if (isRunning && old.xml && now.xml) {
+        for (const alias of old.xml.aliases) {
+          const port = portOfAlias(alias);
+          if (port && !now.xml.aliases.has(alias) && !this.busy.has(alias)) {
+            this.signals.next({ type: 'device-removed', domain, port });
+          }
+        }
+        for (const foreign of this.foreignDevices(domain, old.xml)) {
+          if (!now.xml.aliases.has(foreign.alias))
+            this.signals.next({ type: 'device-removed', domain, port: foreign.port });
+        }
+      }
+    }
+    for (const [domain, now] of after) {
+      if (!before.has(domain) && RUNNING_STATES.has(now.state)) this.signals.next({ type: 'started', domain });
+    }
+  }
+
+  // -- events
+
+  private onEvent(event: LibvirtEvent): void {
+    if (this.disposed) return;
+    switch (event.kind) {
+      case 'connected':
+        this.eventsConnected = true;
+        // Whatever happened while the stream was down (a libvirtd restart) is read back now.
+        void this.refreshAll().catch(() => undefined);
+        return;
+      case 'disconnected':
+        this.eventsConnected = false;
+        return;
+      case 'lifecycle':
+        return this.onLifecycle(event.domain, event.detail);
+      case 'device-removed': {
+        const waiter = this.removedWaiters.get(`${event.domain}\0${event.alias}`);
+        if (waiter) {
+          this.forget(event.domain, event.alias);
+          return waiter();
+        }
+        const xml = this.cache.get(event.domain)?.xml;
+        const port =
+          portOfAlias(event.alias) ??
+          (xml ? this.foreignDevices(event.domain, xml).find((f) => f.alias === event.alias)?.port : undefined);
+        this.forget(event.domain, event.alias);
+        if (port && !this.busy.has(event.alias))
+          this.signals.next({ type: 'device-removed', domain: event.domain, port });
+        return this.scheduleRefresh(event.domain);
+      }
+      case 'device-added':
+        if (this.busy.has(event.alias)) return;
+        return this.scheduleRefresh(event.domain);
+      case 'device-removal-failed':
+        return this.scheduleRefresh(event.domain);
+      default:
+        // Only devgate's own namespace matters, and devgate reads it back after each change it makes.
+        if (event.event === 'metadata-change') return;
+        return this.scheduleRefresh(event.domain);
+    }
+  }
+
+  private onLifecycle(domain: DomainName, detail: string): void {
+    const what = detail.split(/\s+/)[0];
+    const entry = this.cache.get(domain);
+    const setState = (state: string) => this.cache.set(domain, { ...entry, state });
+    switch (what) {
+      case 'Started':
+        setState('running');
+        this.signals.next({ type: 'started', domain });
+        break;
+      case 'Suspended':
+      case 'PMSuspended':
+        setState('paused');
+        this.signals.next({ type: 'paused', domain });
+        break;
+      case 'Resumed':
+        setState('running');
+        this.signals.next({ type: 'resumed', domain });
+        break;
+      case 'Stopped':
+      case 'Crashed':
+        // The devices went with the machine: none of them is attached any more.
+        this.cache.set(domain, {
+          state: 'shut off',
+          xml: entry?.xml && { ...entry.xml, aliases: new Set(), disks: [], hostdevs: [], metadata: [] },
+        });
+        this.signals.next({ type: 'stopped', domain });
+        break;
+      case 'Undefined':
+        this.cache.delete(domain);
+        this.signals.next({ type: 'undefined', domain });
+        return;
+      default:
+        break;
+    }
+    this.scheduleRefresh(domain);
+  }
+
+  private scheduleRefresh(domain: DomainName): void {
+    if (this.pendingRefresh.has(domain) || this.disposed) return;
+    const timer = setTimeout(() => {
+      this.pendingRefresh.delete(domain);
+      if (this.locks.has(domain)) return this.scheduleRefresh(domain);
+      void this.refresh(domain).catch(() => undefined);
+    }, 50);
+    timer.unref?.();
+    this.pendingRefresh.set(domain, timer);
+  }
+
+  /** Drops a removed device from the cached XML (its event says it is gone). */
+  private forget(domain: DomainName, alias: string): void {
+    const entry = this.cache.get(domain);
+    if (!entry?.xml) return;
+    const aliases = new Set(entry.xml.aliases);
+    aliases.delete(alias);
+    this.cache.set(domain, {
+      ...entry,
+      xml: {
+        ...entry.xml,
+        aliases,
+        disks: entry.xml.disks.filter((d) => d.alias !== alias),
+        hostdevs: entry.xml.hostdevs.filter((d) => d.alias !== alias),
+        metadata: entry.xml.metadata.filter((e) => e.alias !== alias),
+      },
+    });
+  }
+
+  /** device-removed, or (without an event stream, or after the wait) the device gone in a read-back. */
+  private async waitGone(domain: DomainName, alias: string, gone: Promise<void>, timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const left = deadline - Date.now();
+      const step = this.eventsConnected ? left : Math.min(left, 100);
+      let timer: NodeJS.Timeout | undefined;
+      const arrived = await Promise.race([
+        gone.then(() => true),
+        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), Math.max(step, 0)))),
+      ]);
+      clearTimeout(timer);
+      if (arrived) return true;
+      const now = await this.refresh(domain).catch(() => undefined);
+      if (now && !now.xml?.aliases.has(alias)) return true;
+      if (!now && !this.cache.has(domain)) return true;
+      if (Date.now() >= deadline) return false;
+    }
+  }
+
+  // -- errors
+
+  private refusal(domain: DomainName, operation: string, stderr: string, entry?: DomainEntry): Error {
+    const reason = virshErrors(stderr).join('; ') || stderr.trim() || 'the device did not appear in the domain';
+    if (entry && !RUNNING_STATES.has(entry.state)) return Errors.domainNotRunning({ domain, role: 'frontend' });
+    if (/domain is not running/i.test(reason)) return Errors.domainNotRunning({ domain, role: 'frontend' });
+    let hint: string | undefined;
+    if (/usb/i.test(reason) && /controller|no .*bus|No free USB ports|hub/i.test(reason)) {
+      hint = `the domain needs a USB controller with a free port: virsh edit ${domain}, add <controller type='usb' model='qemu-xhci'/>, restart it`;
+    } else if (/PCI|slot|pcie-root-port|hotplug/i.test(reason)) {
+      hint = `virtio needs a free PCI slot: add a <controller type='pci' model='pcie-root-port'/> (virsh edit ${domain}) and restart, or attach on the USB bus (the default)`;
+    } else if (/Did not find USB device|\/sys\/bus\/usb|\/dev\/bus\/usb|not accessible|No such device/i.test(reason)) {
+      hint = 'the device must be plugged into the host where the domain runs; check it there (lsusb, ls /dev)';
+    } else if (/write.*lock|shared "write" lock|in use/i.test(reason)) {
+      hint = 'something else has the device open for writing (another VM?); detach it there, or attach it --ro';
+    }
+    return Errors.libvirtRefused({ domain, operation, reason, ...(hint ? { hint } : {}) });
+  }
+
+  private usbDevnum(spec: AttachSpec): number | undefined {
+    const { hostbus, hostport } = spec.params;
+    if (hostbus === undefined) return undefined;
+    const file = path.join(this.options.sysRoot ?? '/sys', 'bus', 'usb', 'devices', `${hostbus}-${hostport}`, 'devnum');
+    try {
+      const devnum = Number(fs.readFileSync(file, 'utf8').trim());
+      return Number.isInteger(devnum) && devnum > 0 ? devnum : undefined;
+    } catch (error) {
+      throw Errors.libvirtRefused({
+        domain: 'the host',
+        operation: `find USB port ${hostbus}-${hostport}`,
+        reason: `no device there (${(error as Error).message})`,
+        hint: 'libvirt addresses a USB device by bus and device number; plug it in, or attach it with -o by=id',
+      });
+    }
+  }
+
+  private async withLock<T>(domain: DomainName, action: () => Promise<T>): Promise<T> {
+    const previous = this.locks.get(domain) ?? Promise.resolve();
+    const run = previous.then(action, action);
+    const tail = run.catch(() => undefined);
+    this.locks.set(domain, tail);
+    try {
+      return await run;
+    } finally {
+      if (this.locks.get(domain) === tail) this.locks.delete(domain);
+    }
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.eventSub?.unsubscribe();
+    for (const timer of this.pendingRefresh.values()) clearTimeout(timer);
+    this.pendingRefresh.clear();
+    this.signals.complete();
+    this.transport.dispose();
+    fs.rmSync(this.tmpDir, { recursive: true, force: true });
+  }
+}
+
+export function isLibvirtError(error: unknown): boolean {
+  return error instanceof DevgateError && error.code.startsWith('DG_LIBVIRT_');
+}
