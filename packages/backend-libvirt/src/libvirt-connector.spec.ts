@@ -30,7 +30,7 @@ beforeAll(async () => {
   await libvirtd.startDomain('work');
   await libvirtd.startDomain('personal');
   disk = createLoopDisk({ sizeMiB: 16, partitions: [{ sizeMiB: 6 }, {}] });
-  connector = new LibvirtConnector({ uri: libvirtd.uri });
+  connector = new LibvirtConnector({ uri: libvirtd.uri, pidDir: libvirtd.pidDir });
   connector.lifecycle$.subscribe((e) => events.push(e));
   await connector.ready();
 });
@@ -221,6 +221,8 @@ it('reports a crashed domain (QEMU killed) as stopped within 1 s of the kill', a
   const killedAt = Date.now();
   expect((await stopped) - killedAt).toBeLessThan(1_000);
   expect(await connector.isRunning('work')).toBe(false);
+  // libvirt itself takes longer to clean up; start the domain again once it has.
+  await libvirtd.waitForState('work', 'shut off');
   await libvirtd.virsh(['start', 'work']);
 });
 

@@ -62,6 +62,14 @@ export interface LibvirtConnectorOptions {
   readonly sysRoot?: string;
   /** How long a detach waits for libvirt's device-removed. Default 5 s (libvirt's own wait). */
   readonly detachTimeoutMs?: number;
+  /**
+   * Where libvirt writes its QEMU pid files (`NAME.pid`), on this host. With it, a domain whose QEMU
+   * died is reported stopped at once, before libvirt's own event (which comes after its cleanup,
+   * 1-2 s later on a loaded host). Default: `/run/libvirt/qemu` for `qemu:///system`.
+   */
+  readonly pidDir?: string;
+  /** How often the pids are checked. Default 200 ms. */
+  readonly pidPollMs?: number;
   readonly id?: string;
 }
 
@@ -98,6 +106,7 @@ export class LibvirtConnector implements Connector {
   private readonly pendingRefresh = new Map<DomainName, NodeJS.Timeout>();
   private readonly tmpDir: string;
   private tmpCounter = 0;
+  private pidTimer?: NodeJS.Timeout;
 
   constructor(private readonly options: LibvirtConnectorOptions) {
     this.uri = options.uri;
@@ -119,6 +128,7 @@ export class LibvirtConnector implements Connector {
   ready(): Promise<void> {
     if (!this.started) {
       this.eventSub = this.transport.events$.subscribe((event) => this.onEvent(event));
+      this.watchPids();
       this.started = this.refreshAll();
       this.started.catch(() => {
         // A later `connected` retries; callers of ready() see the first failure.
@@ -530,6 +540,8 @@ export class LibvirtConnector implements Connector {
         break;
       case 'Stopped':
       case 'Crashed':
+        // Said once: the pid watch may have seen it before libvirt did.
+        if (entry && !RUNNING_STATES.has(entry.state)) break;
         // The devices went with the machine: none of them is attached any more.
         this.cache.set(domain, {
           state: 'shut off',
@@ -545,6 +557,39 @@ export class LibvirtConnector implements Connector {
         break;
     }
     this.scheduleRefresh(domain);
+  }
+
+  private get pidDir(): string | undefined {
+    if (this.options.pidDir !== undefined) return this.options.pidDir || undefined;
+    return this.uri === 'qemu:///system' ? '/run/libvirt/qemu' : undefined;
+  }
+
+  /** A running domain whose QEMU process is gone (or a zombie) has stopped, whatever libvirt says yet. */
+  private watchPids(): void {
+    const dir = this.pidDir;
+    if (!dir || !this.local) return;
+    this.pidTimer = setInterval(() => {
+      for (const [domain, entry] of this.cache) {
+        if (!RUNNING_STATES.has(entry.state)) continue;
+        let pid: number;
+        try {
+          pid = Number(fs.readFileSync(path.join(dir, `${domain}.pid`), 'utf8').trim());
+        } catch {
+          continue; // not written yet, or already removed by libvirt: its event says it
+        }
+        if (!(pid > 0)) continue;
+        let state: string | undefined;
+        try {
+          const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+          state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+        } catch {
+          state = undefined;
+        }
+        if (state === undefined || state === 'Z' || state === 'X')
+          this.onLifecycle(domain, 'Stopped Failed (process gone)');
+      }
+    }, this.options.pidPollMs ?? 200);
+    this.pidTimer.unref?.();
   }
 
   private scheduleRefresh(domain: DomainName): void {
@@ -648,6 +693,7 @@ export class LibvirtConnector implements Connector {
     if (this.disposed) return;
     this.disposed = true;
     this.eventSub?.unsubscribe();
+    if (this.pidTimer) clearInterval(this.pidTimer);
     for (const timer of this.pendingRefresh.values()) clearTimeout(timer);
     this.pendingRefresh.clear();
     this.signals.complete();

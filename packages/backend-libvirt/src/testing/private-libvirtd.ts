@@ -154,6 +154,11 @@ export class PrivateLibvirtd {
     await this.virsh(['start', name]);
   }
 
+  /** Where this libvirtd writes its QEMU pid files (the connector's `pidDir`). */
+  get pidDir(): string {
+    return path.join(this.dir, 'rundir', 'qemu');
+  }
+
   /** The pid of a running domain's QEMU, from libvirt's pid file. */
   qemuPid(name: string): number | undefined {
     try {
@@ -161,6 +166,17 @@ export class PrivateLibvirtd {
       return pid > 0 ? pid : undefined;
     } catch {
       return undefined;
+    }
+  }
+
+  /** Waits (bounded) until `virsh domstate` says `state`. */
+  async waitForState(name: string, state: string, timeoutMs = 20_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const now = (await this.virsh(['domstate', name]).catch(() => '')).trim();
+      if (now === state) return;
+      if (Date.now() > deadline) throw new Error(`${name} is '${now}', not '${state}', after ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 100));
     }
   }
 
