@@ -308,6 +308,60 @@ export const Errors = {
     hint: () => 'the supported USBGuard rule language is described in docs/usbguard-rules.md',
   }),
 
+  // -- PCI devices, VFIO and hiding USB controllers at boot
+  noIommu: define<{ device: string; reason: string }>({
+    code: 'DG_NO_IOMMU',
+    message: (p) => `Device ${p.device} cannot be given to a VM: ${p.reason}; nothing was unbound`,
+    hint: () =>
+      'enable VT-d (Intel) or AMD-Vi in the firmware and boot with intel_iommu=on (or amd_iommu=on); ' +
+      'without an IOMMU a VM could reach all of the host memory through the device',
+  }),
+  vfioUnavailable: define<{ reason: string }>({
+    code: 'DG_VFIO_UNAVAILABLE',
+    message: (p) => `the vfio-pci driver is not available: ${p.reason}`,
+    hint: () => 'load it with modprobe vfio-pci (Debian and Fedora build it as a module)',
+  }),
+  pciBindFailed: define<{ device: string; driver: string; reason: string }>({
+    code: 'DG_PCI_BIND_FAILED',
+    message: (p) => `cannot bind ${p.device} to ${p.driver}: ${p.reason}`,
+    hint: () => 'the devices of its IOMMU group that devgate had rebound were given back to their drivers',
+  }),
+  pciNoReset: define<{ device: string }>({
+    code: 'DG_PCI_NO_RESET',
+    message: (p) => `Device ${p.device} does not support any reset; a VM could leave state in it for the next one`,
+    hint: () => 'Qubes\' -o no-strict-reset=True skips this check (it may leak usage data between VMs)',
+  }),
+  pciNotRequired: define({
+    code: 'DG_PCI_NOT_REQUIRED',
+    kind: 'usage',
+    message: () => 'PCI devices cannot be assigned as not required.',
+    hint: () => 'use qvm-pci assign --required VM DEVICE',
+  }),
+  pciNotOnVfio: define<{ device: string; driver: string }>({
+    code: 'DG_PCI_NOT_ON_VFIO',
+    message: (p) => `${p.device} is not held by vfio-pci (its driver is ${p.driver}); there is nothing to give back`,
+  }),
+  hideRefused: define<{ reason: string }>({
+    code: 'DG_HIDE_REFUSED',
+    message: (p) => `refusing to hide these controllers at boot: ${p.reason}`,
+    hint: () => "devgate usb-controllers shows each controller's verdict and reasons",
+  }),
+  hideNothingToUndo: define<{ file: string }>({
+    code: 'DG_HIDE_NOTHING_TO_UNDO',
+    message: (p) => `nothing to undo: ${p.file} does not exist`,
+    hint: () => 'only what devgate usb-controllers hide --apply wrote can be undone',
+  }),
+  hideAlreadyApplied: define<{ file: string }>({
+    code: 'DG_HIDE_ALREADY_APPLIED',
+    message: (p) => `controllers are already hidden by devgate (${p.file}); undo that first`,
+    hint: () => 'devgate usb-controllers hide --undo',
+  }),
+  hideFileChanged: define<{ file: string }>({
+    code: 'DG_HIDE_FILE_CHANGED',
+    message: (p) => `${p.file} changed since devgate wrote it; nothing was restored`,
+    hint: () => 'restore the file by hand, or undo your edit and run --undo again',
+  }),
+
   // -- the plugin framework
   duplicateDriver: define<{ id: string }>({
     code: 'DG_DUPLICATE_DRIVER',

@@ -14,6 +14,8 @@ export interface RawDeviceRecord {
   attribute(name: string): string | undefined;
   /** The entries of a subdirectory (`holders`), when the source can list it. */
   entries?(name: string): readonly string[] | undefined;
+  /** The raw target of a symlink in the device directory (`driver`, `iommu_group`), when the source has it. */
+  link?(name: string): string | undefined;
 }
 
 /** What makes a block device busy in its backend, read from /proc. */
@@ -92,6 +94,7 @@ export function recordOf(
   properties: Record<string, string>,
   attributes: Record<string, string> = {},
   entries: Record<string, readonly string[]> = {},
+  links: Record<string, string> = {},
 ): RawDeviceRecord {
   return {
     devpath,
@@ -99,5 +102,6 @@ export function recordOf(
     properties,
     attribute: (name) => attributes[name],
     entries: (name) => entries[name],
+    link: (name) => (Object.hasOwn(links, name) ? links[name] : undefined),
   };
 }

@@ -67,6 +67,11 @@ export class RecordedDevice implements RawDeviceRecord {
     return this.attributes.get(name);
   }
 
+  /** A recorded sysfs link's raw target (umockdev `L:` lines). */
+  link(name: string): string | undefined {
+    return this.links.get(name);
+  }
+
   /** Names directly inside a subdirectory (`power` -> `control`, ...), from the recorded attributes and links. */
   entries(name: string): readonly string[] | undefined {
     const prefix = name === '' ? '' : name.replace(/\/+$/, '') + '/';

@@ -169,6 +169,10 @@ function sysfsRecord(
       }
       return listings.get(name);
     },
+    link(name) {
+      const file = safeJoin(dir, name);
+      return file ? readlinkOrUndefined(file) : undefined;
+    },
   };
 }
 
