@@ -3,6 +3,7 @@ import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
 import { usbModule } from '@devgate/driver-usb';
 import { defaultRegistryFile, qemuModule, readRegistrySync } from '@devgate/backend-qemu';
+import { defaultLibvirtUri, libvirtModule } from '@devgate/backend-libvirt';
 import { withCliLock } from './cli-lock.js';
 
 /** Where the devices come from: this host, a tree laid out like `/`, or a recording. */
@@ -14,6 +15,8 @@ export interface HostOptions {
   readonly domains?: string;
   /** Policy the kernel applies to every attach (the deny lists devgated keeps). */
   readonly policyHooks?: readonly PolicyHook[];
+  /** libvirt URIs whose domains are frontends; default libvirt's own (LIBVIRT_DEFAULT_URI, else qemu:///system). */
+  readonly libvirtUris?: readonly string[];
 }
 
 export interface OpenHost {
@@ -48,6 +51,9 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
   }
   const kernel = new Kernel().load(...DRIVER_MODULES, qemuModule({ registryFile: options.domains }));
   kernel.registerSource(source);
+  // One-shot: libvirt's domains are read once, no event stream; a detach is confirmed by reading back.
+  const libvirt = libvirtModule({ uris: options.libvirtUris ?? [defaultLibvirtUri()], dom0: backend, watch: false });
+  kernel.load(libvirt);
   for (const hook of options.policyHooks ?? []) kernel.registerPolicyHook(hook);
   // Backend domains replayed from recordings (`devgate lab up sys-usb --recording FILE`).
   for (const [name, { recording }] of Object.entries(readRegistrySync(options.domains).backends ?? {})) {
@@ -59,6 +65,7 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
     // In-process there is nobody to retry for: a driver that failed fails the command.
     const fault = manager.faults()[0];
     if (fault) throw fault.error;
+    await libvirt.ready();
     await manager.syncAttachments();
   } catch (error) {
     kernel.dispose();

@@ -3,6 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { type Node, type ParseError, findNodeAtLocation, parseTree, printParseErrorCode } from 'jsonc-parser';
 import { Errors } from '@devgate/core';
+import { defaultLibvirtUri } from '@devgate/backend-libvirt';
 
 /** Where a backend domain's devices come from. */
 export type BackendSource =
@@ -29,6 +30,11 @@ export interface DaemonConfig {
     readonly rules: string;
     readonly implicitTarget: 'allow' | 'block' | 'reject';
   };
+  /**
+   * libvirt URIs whose domains are frontends: libvirt's default (`LIBVIRT_DEFAULT_URI`, else
+   * `qemu:///system`) unless `"defaultUri": false`, then `libvirt.uris` (e.g. `qemu+ssh://host/system`).
+   */
+  readonly libvirt?: { readonly uris: readonly string[] };
 }
 
 export interface ConfigIssue {
@@ -52,10 +58,12 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfi
     // The read group reads (devgate.sock); nobody but root changes state (.rw) unless configured.
     access: { readGroup: root ? 'devgate' : undefined, users: [], groups: [] },
     askTimeoutSeconds: 60,
+    libvirt: { uris: [defaultLibvirtUri(env)] },
   };
 }
 
-const TOP_KEYS = new Set(['socket', 'stateDir', 'domains', 'backends', 'access', 'askTimeoutSeconds', 'usbPolicy']);
+const TOP_KEYS = new Set(['socket', 'stateDir', 'domains', 'backends', 'access', 'askTimeoutSeconds', 'usbPolicy', 'libvirt']);
+const LIBVIRT_URI = /^[a-z][a-z0-9+]*:\/\/[^\s]{0,1000}$/i;
 const NAME = /^[a-zA-Z][a-zA-Z0-9_.-]{0,30}$/;
 const ACCOUNT = /^[a-z_][a-z0-9_-]{0,31}\$?$/;
 
@@ -144,6 +152,27 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
     }
     if (rules) usbPolicy = { rules, implicitTarget: target };
   }
+  let libvirt = base.libvirt;
+  const libvirtNode = findNodeAtLocation(tree, ['libvirt']);
+  if (libvirtNode && libvirtNode.type !== 'object') {
+    at(libvirtNode.offset, 'libvirt must be an object: {"uris": [URI, ...], "defaultUri": true}');
+  } else if (libvirtNode) {
+    for (const property of libvirtNode.children ?? []) {
+      const key = property.children?.[0];
+      if (key && !['uris', 'defaultUri'].includes(String(key.value))) at(key.offset, `unknown setting 'libvirt.${key.value}'`);
+    }
+    const uris: string[] = [];
+    const urisNode = findNodeAtLocation(tree, ['libvirt', 'uris']);
+    if (urisNode && urisNode.type !== 'array') at(urisNode.offset, 'libvirt.uris must be a list of libvirt URIs');
+    for (const item of urisNode?.type === 'array' ? (urisNode.children ?? []) : []) {
+      if (item.type === 'string' && LIBVIRT_URI.test(item.value)) uris.push(item.value);
+      else at(item.offset, `libvirt.uris: '${String(item.value)}' is not a libvirt URI (like qemu+ssh://host/system)`);
+    }
+    const defaultNode = findNodeAtLocation(tree, ['libvirt', 'defaultUri']);
+    if (defaultNode && defaultNode.type !== 'boolean') at(defaultNode.offset, 'libvirt.defaultUri must be true or false');
+    const useDefault = defaultNode?.value !== false;
+    libvirt = { uris: [...new Set([...(useDefault ? (base.libvirt?.uris ?? []) : []), ...uris])] };
+  }
   if (issues.length > 0) return { issues };
   return {
     issues,
@@ -155,6 +184,7 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
       access: { readGroup, users, groups },
       askTimeoutSeconds,
       usbPolicy,
+      libvirt,
     },
   };
 }

@@ -15,6 +15,7 @@ import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
 import { UsbAuthorizer, parseRulesFile, usbModule } from '@devgate/driver-usb';
 import { qemuModule, readRegistrySync } from '@devgate/backend-qemu';
+import { libvirtModule } from '@devgate/backend-libvirt';
 import { type DaemonConfig } from './config.js';
 import { SqliteStateStore } from './store/state-store.js';
 import { DaemonEvents } from './services/daemon-events.js';
@@ -58,6 +59,10 @@ export class Devgated implements Disposable {
     const store = openStateStore(config.stateDir);
     const events = new DaemonEvents();
     const kernel = new Kernel().load(blockModule, usbModule, qemuModule({ registryFile: config.domains }));
+    // Every domain at the configured libvirt URIs is a frontend; a disk someone attached there maps to this host.
+    const localBackend = Object.entries(config.backends).find(([, spec]) => 'source' in spec)?.[0] ?? 'dom0';
+    const libvirt = libvirtModule({ uris: config.libvirt?.uris ?? [], dom0: localBackend });
+    kernel.load(libvirt);
     for (const [backend, spec] of Object.entries(config.backends)) kernel.registerSource(sourceFor(backend, spec));
     // Backends replayed from recordings that `devgate lab up NAME --recording FILE` registered.
     for (const [backend, { recording }] of Object.entries(readRegistrySync(config.domains).backends ?? {})) {
@@ -70,6 +75,11 @@ export class Devgated implements Disposable {
     const autoAttach = new AutoAttach(manager, store, asks, devices);
     const daemon = new Devgated(config, kernel, manager, store, events, asks, devices, autoAttach, log);
     try {
+      // libvirt's domains are read once before what is attached is reconciled; a URI out of reach now
+      // is retried in the background, and its domains appear when it answers.
+      for (const { uri, error } of await libvirt.ready()) {
+        if (error) log.warn({ uri, err: error }, 'libvirt is not reachable');
+      }
       await daemon.reconcile();
       daemon.watch();
       daemon.authorizeUsb();

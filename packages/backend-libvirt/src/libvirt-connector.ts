@@ -70,6 +70,11 @@ export interface LibvirtConnectorOptions {
   readonly pidDir?: string;
   /** How often the pids are checked. Default 200 ms. */
   readonly pidPollMs?: number;
+  /**
+   * Whether to follow libvirt's events (one `virsh event` process) and QEMU pids. Default true; a
+   * one-shot command turns it off and confirms a detach by reading back.
+   */
+  readonly watch?: boolean;
   readonly id?: string;
 }
 
@@ -104,7 +109,7 @@ export class LibvirtConnector implements Connector {
   private readonly busy = new Set<string>();
   private readonly removedWaiters = new Map<string, () => void>();
   private readonly pendingRefresh = new Map<DomainName, NodeJS.Timeout>();
-  private readonly tmpDir: string;
+  private tmpDirPath?: string;
   private tmpCounter = 0;
   private pidTimer?: NodeJS.Timeout;
 
@@ -113,7 +118,12 @@ export class LibvirtConnector implements Connector {
     this.id = options.id ?? `${LIBVIRT_CONNECTOR_ID}:${options.uri}`;
     this.transport = options.transport ?? new VirshTransport(options.uri);
     this.lifecycle$ = this.signals.asObservable();
-    this.tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-libvirt-'));
+  }
+
+  /** Where attach XML files are written for virsh (created on first use, removed on dispose). */
+  private get tmpDir(): string {
+    this.tmpDirPath ??= fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-libvirt-'));
+    return this.tmpDirPath;
   }
 
   private get local(): boolean {
@@ -127,8 +137,10 @@ export class LibvirtConnector implements Connector {
    */
   ready(): Promise<void> {
     if (!this.started) {
-      this.eventSub = this.transport.events$.subscribe((event) => this.onEvent(event));
-      this.watchPids();
+      if (this.options.watch !== false) {
+        this.eventSub = this.transport.events$.subscribe((event) => this.onEvent(event));
+        this.watchPids();
+      }
       this.started = this.refreshAll();
       this.started.catch(() => {
         // A later `connected` retries; callers of ready() see the first failure.
@@ -283,8 +295,13 @@ export class LibvirtConnector implements Connector {
    * attached (`attached-by=libvirt`), so they are shown as used and never handed out twice.
    */
   async attachments(): Promise<readonly HypervisorAttachment[]> {
-    await this.ready();
-    await this.refreshAll();
+    try {
+      await this.ready();
+      await this.refreshAll();
+    } catch {
+      // libvirt out of reach: none of its domains is managed now, so nothing is attached through it.
+      if (!this.loaded) return [];
+    }
     const result: HypervisorAttachment[] = [];
     for (const [domain, entry] of this.cache) {
       if (!RUNNING_STATES.has(entry.state) || !entry.xml) continue;
@@ -698,7 +715,7 @@ export class LibvirtConnector implements Connector {
     this.pendingRefresh.clear();
     this.signals.complete();
     this.transport.dispose();
-    fs.rmSync(this.tmpDir, { recursive: true, force: true });
+    if (this.tmpDirPath) fs.rmSync(this.tmpDirPath, { recursive: true, force: true });
   }
 }
 
