@@ -1,12 +1,13 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command, Option } from 'commander';
-import { labBackendUp, labDown, labList, labUp } from '@devgate/backend-qemu';
+import { labBackendUp, labList, labUp } from '@devgate/backend-qemu';
 import { Errors } from '@devgate/core';
 import { type Io } from './io.js';
 import { type AccessOptions, holderOf, withAccess } from './device-access.js';
 import { assertRequiredDevices } from './required-devices.js';
 import { formatColumns, formatDevgateTable } from './format.js';
+import { addLabGuestCommands, addLabUpOsOptions, labDownAll, labUpOs } from './lab-command.js';
 import { addHostOptions } from './main.js';
 import { DEVICE_CLASSES, attachOptions, classProgram } from './qvm-device-command.js';
 import { addPolicyCommands } from './policy-command.js';
@@ -132,12 +133,15 @@ export function devgateProgram(io: Io): Command {
       throw Object.assign(new Error('invalid configuration'), { exitCode: 1, silent: true });
     });
 
-  const lab = program.command('lab').description('lab VMs: paused QEMU machines for demos and tests');
+  const lab = program
+    .command('lab')
+    .description('lab VMs: paused QEMU machines, or real Linux guests (--os), for demos and tests');
   const registry = (command: Command) =>
     command.addOption(new Option('--domains <file>', 'the domain registry').env('DEVGATE_DOMAINS'));
-  registry(lab.command('up').description('start lab VMs and register them').argument('NAME...'))
+  addLabUpOsOptions(registry(lab.command('up').description('start lab VMs and register them').argument('NAME...')))
     .option('--recording <file>', 'instead: register NAME as a backend domain replaying this recorded host')
-    .action(async (names: string[], options: { domains?: string; recording?: string }) => {
+    .action(async (names: string[], options: { domains?: string; recording?: string; os?: boolean }) => {
+      if (options.os) return labUpOs(names, options, io);
       if (options.recording) {
         if (names.length !== 1) throw Errors.badOption({ option: '--recording', reason: 'names one backend domain' });
         await labBackendUp(names[0], options.recording, { registryFile: options.domains });
@@ -149,13 +153,14 @@ export function devgateProgram(io: Io): Command {
     });
   registry(lab.command('down').description('stop lab VMs and unregister them').argument('[NAME...]')).action(
     async (names: string[], options: { domains?: string }) => {
-      await labDown(names.length ? names : undefined, { registryFile: options.domains });
+      await labDownAll(names, options);
     },
   );
   registry(lab.command('list').description('list lab VMs')).action(async (options: { domains?: string }) => {
     const domains = await labList({ registryFile: options.domains });
     io.out(formatColumns(domains.map((d) => [d.name, d.running ? 'running' : 'stopped', String(d.pid), d.socket])));
   });
+  addLabGuestCommands(lab, io, registry);
 
   for (const devclass of DEVICE_CLASSES) {
     program

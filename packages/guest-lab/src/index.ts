@@ -8,3 +8,4 @@ export * from './guest.js';
 export * from './lab-devices.js';
 export * from './reaper.js';
 export * from './images.js';
+export * from './os-lab.js';
