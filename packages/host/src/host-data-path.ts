@@ -2,12 +2,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { type AttachSpec, type DeviceInfo, Errors, portLabel } from '@devgate/core';
 import { parseKeyValueLines } from './parse-udev-data.js';
+import { bindGroupToVfio } from './pci-vfio.js';
 import { type HostRoots } from './sysfs-reader.js';
 
 /**
  * How a device of this host reaches a VM: the host's own node for a block device, the host's USB
- * bus and port for a USB device. Each is checked against what was listed (the node's major:minor,
- * the USB device's vendor and product), so a name reused by another device is never handed over.
+ * bus and port for a USB device, the PCI function bound to vfio-pci with its IOMMU group. Each is
+ * checked against what was listed (the node's major:minor, the USB device's vendor and product, the
+ * PCI function's vendor and device), so a name reused by another device is never handed over.
  */
 export async function hostDataPath(roots: HostRoots, device: DeviceInfo, spec: AttachSpec): Promise<AttachSpec> {
   const label = portLabel(device.port);
@@ -40,6 +42,23 @@ export async function hostDataPath(roots: HostRoots, device: DeviceInfo, spec: A
         });
       }
       return spec;
+    }
+    case 'vfio-pci': {
+      // The whole IOMMU group goes to vfio-pci, after checking the function is the one listed and
+      // the host has an IOMMU (DG_NO_IOMMU before anything is unbound); see pci-vfio.ts.
+      const binding = await bindGroupToVfio(roots, String(spec.params.host), {
+        vendorId: String(spec.params.vendorId),
+        deviceId: String(spec.params.deviceId),
+        label,
+      });
+      return {
+        ...spec,
+        params: {
+          ...spec.params,
+          group: binding.group,
+          groupDevices: binding.members.map((m) => m.sbdf).join(','),
+        },
+      };
     }
     default:
       throw Errors.unsupported({ driverId: 'host', operation: `a data path for '${spec.kind}'` });
