@@ -6,3 +6,4 @@ export * from './lab.js';
 export * from './qemu-connector.js';
 export * from './qemu-module.js';
 export * from './qemu-attach.js';
+export * from './vfio-attach.js';

@@ -28,6 +28,7 @@ import {
   planUsbHostAttach,
   toHypervisorAttachment,
 } from './qemu-attach.js';
+import { PCI_UNPLUG_TIMEOUT_MS, planVfioAttach } from './vfio-attach.js';
 
 export const QEMU_CONNECTOR_ID = 'qemu';
 
@@ -237,6 +238,7 @@ export class QemuConnector implements Connector {
    */
   async attach(frontend: DomainName, port: Port, spec: AttachSpec, deviceId: string): Promise<HypervisorAttachment> {
     if (spec.kind === 'usb-host') return this.attachUsbHost(frontend, port, spec, deviceId);
+    if (spec.kind === 'vfio-pci') return this.attachVfio(frontend, port, spec, deviceId);
     if (spec.kind !== 'block') throw Errors.unsupported({ driverId: this.id, operation: `attach (${spec.kind})` });
     const existing = await this.devgateDevices(frontend);
     const used = new Set(existing.map(([, record]) => record.o['frontend-dev']).filter(Boolean));
@@ -275,6 +277,20 @@ export class QemuConnector implements Connector {
     return { port, frontend, deviceId, options: plan.options };
   }
 
+  /** `device_add vfio-pci` on a free PCIe root port (see vfio-attach.ts). */
+  private async attachVfio(
+    frontend: DomainName,
+    port: Port,
+    spec: AttachSpec,
+    deviceId: string,
+  ): Promise<HypervisorAttachment> {
+    await this.devgateDevices(frontend);
+    const plan = planVfioAttach(port, spec, deviceId, await this.freeRootPort(frontend));
+    await this.execute(frontend, 'device_add', plan.device);
+    await this.noteDevice(frontend, plan.qdevId, decodeQdevId(plan.qdevId));
+    return { port, frontend, deviceId, options: plan.options };
+  }
+
   /** device_del, wait for QEMU's DEVICE_DELETED (bounded), then blockdev-del for block devices. */
   async detach(frontend: DomainName, port: Port): Promise<void> {
     const found = (await this.devgateDevices(frontend)).find(
@@ -283,7 +299,11 @@ export class QemuConnector implements Connector {
     if (!found) throw Errors.notAttached({ device: `${port.backend}:${port.portId}`, frontend });
     const [qdevId, record] = found;
     const frontendDev = record.o['frontend-dev'];
-    await this.unplug(frontend, record.o.devtype === 'cdrom' && frontendDev ? cdTransportId(frontendDev) : qdevId);
+    await this.unplug(
+      frontend,
+      record.o.devtype === 'cdrom' && frontendDev ? cdTransportId(frontendDev) : qdevId,
+      record.c === 'pci' ? Math.max(this.options.unplugTimeoutMs ?? 0, PCI_UNPLUG_TIMEOUT_MS) : undefined,
+    );
     await this.noteDevice(frontend, qdevId);
     if (frontendDev) await this.execute(frontend, 'blockdev-del', { 'node-name': `dg-${frontendDev}` });
   }
@@ -299,9 +319,9 @@ export class QemuConnector implements Connector {
     return result;
   }
 
-  private async unplug(frontend: DomainName, qdevId: string): Promise<void> {
+  private async unplug(frontend: DomainName, qdevId: string, timeout?: number): Promise<void> {
     const client = await this.client(frontend);
-    const timeoutMs = this.options.unplugTimeoutMs ?? 5_000;
+    const timeoutMs = timeout ?? this.options.unplugTimeoutMs ?? 5_000;
     // Listen before asking, so a fast DEVICE_DELETED is not missed.
     const deleted = client.waitForEvent(
       'DEVICE_DELETED',
@@ -378,7 +398,7 @@ export class QemuConnector implements Connector {
   }
 
   /**
-   * A PCIe root port with nothing plugged in, for virtio-blk. query-pci cannot see behind bridges of
+   * A PCIe root port with nothing plugged in, for virtio-blk and vfio-pci. query-pci cannot see behind bridges of
    * a machine whose firmware has not run (`-S`), so occupancy comes from each device's parent bus.
    */
   private async freeRootPort(domain: DomainName): Promise<string | undefined> {
@@ -388,7 +408,7 @@ export class QemuConnector implements Connector {
     const rootPorts = children.filter((c) => c.type === 'child<pcie-root-port>').map((c) => c.name);
     const used = new Set<string>();
     for (const child of children) {
-      if (!child.type.startsWith('child<virtio-')) continue;
+      if (!child.type.startsWith('child<virtio-') && child.type !== 'child<vfio-pci>') continue;
       const bus = await this.execute<string>(domain, 'qom-get', {
         path: `/machine/peripheral/${child.name}`,
         property: 'parent_bus',
