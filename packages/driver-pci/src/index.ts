@@ -8,6 +8,7 @@ export * from './pci-ids.js';
 export * from './parse-pci-devices.js';
 export * from './pci-devices.js';
 export * from './usb-controllers.js';
+export * from './boot-hiding.js';
 
 /** The device class id, for code that names it without the driver. */
 export const PCI_DRIVER_ID = 'pci';
