@@ -2,6 +2,7 @@ import { type DeviceManager, type DeviceSource, Errors, Kernel, type PolicyHook 
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
 import { usbModule } from '@devgate/driver-usb';
+import { inputModule } from '@devgate/driver-input';
 import { defaultRegistryFile, qemuModule, readRegistrySync } from '@devgate/backend-qemu';
 import { defaultLibvirtUri, libvirtModule } from '@devgate/backend-libvirt';
 import { withCliLock } from './cli-lock.js';
@@ -26,7 +27,7 @@ export interface OpenHost {
 }
 
 /** Every class driver the CLI knows; the module files list what each package contributes. */
-const DRIVER_MODULES = [blockModule, usbModule];
+const DRIVER_MODULES = [blockModule, usbModule, inputModule];
 
 /**
  * Runs the kernel in-process for one command: no daemon, no hotplug, one snapshot of the host,

@@ -5,9 +5,10 @@ import { type AccessOptions, type DeviceAccess, holderOf, withAccess } from './d
 import { formatInfo, formatLegacyBlockList, formatLegacyList, formatQubesTable } from './format.js';
 import { addHostOptions } from './main.js';
 import { addUsbAuthorizationCommands } from './usb-command.js';
+import { addInputCommands } from './input-command.js';
 
 /** Device classes with a driver in this build. */
-export const DEVICE_CLASSES = ['block', 'usb'] as const;
+export const DEVICE_CLASSES = ['block', 'usb', 'input'] as const;
 
 /** Qubes lets only these classes be `required` (USB cannot). */
 const REQUIRABLE = new Set(['block', 'pci']);
@@ -169,6 +170,8 @@ export function classProgram(prog: string, devclass: string, io: Io): Command {
 
   // devgate's USB authorization (USBGuard-compatible): allow, block, reject, generate-policy, rules.
   if (devclass === 'usb') addUsbAuthorizationCommands(program, io);
+  // devgate's input policy (Qubes' qubes.Input* services): check, defaults, explain.
+  if (devclass === 'input') addInputCommands(program, io);
 
   subcommand(program, 'info', ['i'], 'Show info about device from domain')
     .argument('[BACKEND:PORT_ID]', 'the device')

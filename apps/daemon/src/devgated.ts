@@ -14,6 +14,7 @@ import {
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
 import { UsbAuthorizer, parseRulesFile, usbModule } from '@devgate/driver-usb';
+import { inputModule } from '@devgate/driver-input';
 import { qemuModule, readRegistrySync } from '@devgate/backend-qemu';
 import { libvirtModule } from '@devgate/backend-libvirt';
 import { type DaemonConfig } from './config.js';
@@ -58,7 +59,7 @@ export class Devgated implements Disposable {
   static async start(config: DaemonConfig, log: Logger = pino({ level: 'info' })): Promise<Devgated> {
     const store = openStateStore(config.stateDir);
     const events = new DaemonEvents();
-    const kernel = new Kernel().load(blockModule, usbModule, qemuModule({ registryFile: config.domains }));
+    const kernel = new Kernel().load(blockModule, usbModule, inputModule, qemuModule({ registryFile: config.domains }));
     // Every domain at the configured libvirt URIs is a frontend; a disk someone attached there maps to this host.
     const localBackend = Object.entries(config.backends).find(([, spec]) => 'source' in spec)?.[0] ?? 'dom0';
     const libvirt = libvirtModule({ uris: config.libvirt?.uris ?? [], dom0: localBackend });

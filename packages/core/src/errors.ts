@@ -229,6 +229,17 @@ export const Errors = {
     hint: () => 'the supported USBGuard rule language is described in docs/usbguard-rules.md',
   }),
 
+  // -- input devices and Qubes' input policy (qubes.InputKeyboard, InputMouse, InputTablet)
+  inputPolicyInvalid: define<{ file: string; count: number }>({
+    code: 'DG_INPUT_POLICY_INVALID',
+    message: (p) => `${p.file}: ${p.count} problem${p.count === 1 ? '' : 's'} in the input policy`,
+    hint: () => "the format is Qubes' qrexec policy, policy.d lines or old per-service files (docs/input.md)",
+  }),
+  inputPolicyUnreadable: define<{ file: string; reason: string }>({
+    code: 'DG_INPUT_POLICY_UNREADABLE',
+    message: (p) => `cannot read input policy '${p.file}': ${p.reason}`,
+  }),
+
   // -- the daemon and its API
   configInvalid: define<{ location: string; reason: string }>({
     code: 'DG_CONFIG_INVALID',

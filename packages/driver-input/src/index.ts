@@ -9,3 +9,5 @@ export * from './parse-input-devices.js';
 
 /** The class id, as the placeholder package exported it. */
 export { INPUT_CLASS_ID as INPUT_DRIVER_ID } from './parse-input-devices.js';
+export * from './parse-input-policy.js';
+export * from './input-policy.js';

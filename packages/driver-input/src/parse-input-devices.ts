@@ -193,11 +193,16 @@ function toDeviceInfo(
     'event-nodes': events.map((n) => n.event).join(','),
     'event-devices': events.map((n) => n.majorMinor ?? '?').join(','),
     'qubes-services': services.join(','),
+    'qubes-calls': events
+      .map((n) => (n.service ? `${n.service}${qubesArgument(tree.device(n.devpath))}` : ''))
+      .join(','),
     'classified-by': nodes.every((n) => n.classifiedBy === 'udev')
       ? 'udev'
       : nodes.every((n) => n.classifiedBy === 'capabilities')
         ? 'capabilities'
         : 'udev,capabilities',
+    // Qubes' input proxy (90-qubes-input-proxy.rules) never forwards these: the machine's own.
+    'built-in': isBuiltIn(physical, tree.device(main.devpath)),
     'input-flags': nodes.map((n) => INPUT_FLAGS.filter((f) => n.flags.has(f)).join('+') || '-').join(','),
   };
   const record = tree.device(main.devpath);
@@ -322,6 +327,31 @@ export function badUsbWarning(cls: InputClass, usbCodes: readonly InterfaceCode[
   if (also.length === 0) return undefined;
   const what = cls === 'other' ? 'input device' : cls;
   return `BadUSB? this ${what} is also ${also.join(' and ')} in one USB device`;
+}
+
+/**
+ * The argument Qubes' input trigger gives its call (`input-proxy-arg`): `+PORT+PRODUCT+UNIQ`, the port
+ * being PHYS up to its last `/` with `:` as `_`, PRODUCT with `/` as `-`. Anything outside qrexec's
+ * argument characters (the device chose PHYS of a uinput device, and UNIQ) becomes `_`.
+ */
+export function qubesArgument(record: RawDeviceRecord | undefined): string {
+  const safe = (text: string) =>
+    text
+      .replace(/:/g, '_')
+      .replace(/[^A-Za-z0-9._-]/g, '_')
+      .slice(0, 64);
+  const phys = unquote(record?.attribute('phys') ?? record?.properties.PHYS) ?? '';
+  const port = phys.includes('/') ? phys.slice(0, phys.lastIndexOf('/')) : phys;
+  const product = (record?.properties.PRODUCT ?? '').replace(/\//g, '-');
+  const uniq = unquote(record?.attribute('uniq') ?? record?.properties.UNIQ) ?? '';
+  return `+${safe(port)}+${safe(product)}+${safe(uniq)}`;
+}
+
+/** i8042, ACPI and platform devices (udev's ID_PATH `platform-*`, `acpi-*`), as Qubes' proxy rules skip them. */
+function isBuiltIn(physical: string, record: RawDeviceRecord | undefined): boolean {
+  const idPath = record?.properties.ID_PATH;
+  if (idPath !== undefined) return /^(platform-|acpi-)/.test(idPath) || idPath.includes('i8042');
+  return physical.startsWith('/devices/platform/') || physical.startsWith('/devices/LNXSYSTM:');
 }
 
 function unquote(text: string | undefined): string | undefined {
