@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command, Option } from 'commander';
 import { labBackendUp, labList, labUp } from '@devgate/backend-qemu';
+import { defaultLibvirtUri, libvirtLabDown, libvirtLabUp } from '@devgate/backend-libvirt';
 import { Errors } from '@devgate/core';
 import { type Io } from './io.js';
 import { type AccessOptions, holderOf, withAccess } from './device-access.js';
@@ -140,6 +141,7 @@ export function devgateProgram(io: Io): Command {
     command.addOption(new Option('--domains <file>', 'the domain registry').env('DEVGATE_DOMAINS'));
   addLabUpOsOptions(registry(lab.command('up').description('start lab VMs and register them').argument('NAME...')))
     .option('--recording <file>', 'instead: register NAME as a backend domain replaying this recorded host')
+    .option('--libvirt', 'instead: define and start NAME as a throwaway libvirt domain ($LIBVIRT_DEFAULT_URI)')
     .action(async (names: string[], options: { domains?: string; recording?: string; os?: boolean }) => {
       if (options.os) return labUpOs(names, options, io);
       if (options.recording) {
@@ -148,14 +150,19 @@ export function devgateProgram(io: Io): Command {
         return io.out(formatColumns([[names[0], 'recording', options.recording]]));
       }
       await withAccess({ domains: options.domains }, io, (access) => assertRequiredDevices(access, names));
+      if ((options as { libvirt?: boolean }).libvirt) {
+        const uri = defaultLibvirtUri();
+        return io.out(formatColumns((await libvirtLabUp(names, { uri })).map((name) => [name, 'libvirt', uri])));
+      }
       const started = await labUp(names, { registryFile: options.domains });
       io.out(formatColumns(started.map((d) => [d.name, `pid ${d.pid}`, d.socket])));
     });
-  registry(lab.command('down').description('stop lab VMs and unregister them').argument('[NAME...]')).action(
-    async (names: string[], options: { domains?: string }) => {
+  registry(lab.command('down').description('stop lab VMs and unregister them').argument('[NAME...]'))
+    .option('--libvirt', 'instead: destroy and undefine libvirt lab domains (made by lab up --libvirt)')
+    .action(async (names: string[], options: { domains?: string; libvirt?: boolean }) => {
+      if (options.libvirt) return void (await libvirtLabDown(names, { uri: defaultLibvirtUri() }));
       await labDownAll(names, options);
-    },
-  );
+    });
   registry(lab.command('list').description('list lab VMs')).action(async (options: { domains?: string }) => {
     const domains = await labList({ registryFile: options.domains });
     io.out(formatColumns(domains.map((d) => [d.name, d.running ? 'running' : 'stopped', String(d.pid), d.socket])));

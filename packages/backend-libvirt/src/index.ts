@@ -5,3 +5,4 @@ export * from './parse-domain-xml.js';
 export * from './libvirt-attach.js';
 export * from './libvirt-connector.js';
 export * from './libvirt-module.js';
+export * from './libvirt-lab.js';

@@ -14,33 +14,9 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { labDomainXml } from '../libvirt-lab.js';
 
 const live = new Set<PrivateLibvirtd>();
-
-/** A minimal TCG domain that takes hot-plugged USB disks and host devices, and two virtio disks. */
-export function labDomainXml(name: string, options: { usb?: boolean; rootPorts?: number } = {}): string {
-  const kvm = fs.existsSync('/dev/kvm') && process.env.DEVGATE_LIBVIRT_KVM === '1';
-  const ports = Array.from(
-    { length: options.rootPorts ?? 2 },
-    (_v, i) => `<controller type='pci' index='${i + 1}' model='pcie-root-port'/>`,
-  ).join('');
-  return `<domain type='${kvm ? 'kvm' : 'qemu'}'>
-  <name>${name}</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='q35'>hvm</type></os>
-  <features><acpi/></features>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    ${options.usb === false ? "<controller type='usb' index='0' model='none'/>" : "<controller type='usb' index='0' model='qemu-xhci'/>"}
-    <controller type='pci' index='0' model='pcie-root'/>
-    ${ports}
-    <video><model type='none'/></video>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-`;
-}
 
 export interface PrivateLibvirtdOptions {
   /** Also listen on 127.0.0.1:PORT for `qemu+tcp://` (no authentication: tests only). */
@@ -149,7 +125,7 @@ export class PrivateLibvirtd {
   /** Defines and starts a domain (paused start is not needed: there is no OS to boot). */
   async startDomain(name: string, options: { usb?: boolean; rootPorts?: number } = {}): Promise<void> {
     const file = path.join(this.dir, `${name}.xml`);
-    fs.writeFileSync(file, labDomainXml(name, options));
+    fs.writeFileSync(file, labDomainXml(name, { ...options, lab: false }));
     await this.virsh(['define', file]);
     await this.virsh(['start', name]);
   }
