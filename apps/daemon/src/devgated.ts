@@ -14,7 +14,7 @@ import {
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
 import { UsbAuthorizer, parseRulesFile, usbModule } from '@devgate/driver-usb';
-import { inputModule } from '@devgate/driver-input';
+import { InputProxy, inputModule, inputProxyPolicy } from '@devgate/driver-input';
 import { qemuModule, readRegistrySync } from '@devgate/backend-qemu';
 import { libvirtModule } from '@devgate/backend-libvirt';
 import { type DaemonConfig } from './config.js';
@@ -43,6 +43,8 @@ export class Devgated implements Disposable {
   private readonly createdSockets: string[] = [];
   private authorizer?: UsbAuthorizer;
   private stopped = false;
+  /** Qubes' input proxy: policy, asks and audit for input devices of backends other than dom0. */
+  private inputProxy?: InputProxy;
 
   private constructor(
     readonly config: DaemonConfig,
@@ -85,6 +87,21 @@ export class Devgated implements Disposable {
       daemon.watch();
       daemon.authorizeUsb();
       autoAttach.start();
+      daemon.inputProxy = new InputProxy(manager, {
+        rules: inputProxyPolicy(manager, (warning) => log.warn(warning)),
+        ask: (device, candidates, reason, description) => asks.ask(device, candidates, reason, description),
+        remembered: (device, frontend) => store.lookupAnswer(device, frontend)?.verdict,
+        audit: ({ device, by, ...entry }) =>
+          devices.audit({
+            ...entry,
+            actor: by,
+            devclass: 'input',
+            backend: device.port.backend,
+            portId: device.port.portId,
+            deviceId: device.deviceId,
+          }),
+      });
+      daemon.inputProxy.start();
       await daemon.listen();
     } catch (error) {
       await daemon.stop();
@@ -224,6 +241,7 @@ export class Devgated implements Disposable {
     this.stopped = true;
     this.authorizer?.dispose();
     this.autoAttach.dispose();
+    this.inputProxy?.dispose();
     this.asks.dispose();
     // End the event streams first: a server closes only once its open responses have ended.
     this.events.complete();

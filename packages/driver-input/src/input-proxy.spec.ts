@@ -1,0 +1,150 @@
+import { BehaviorSubject } from 'rxjs';
+import { type DeviceInfo, type DeviceSource, HostTree, Kernel } from '@devgate/core';
+import { type Recording, loadRecording } from '@devgate/host';
+import { recordedFixture } from '@devgate/testkit';
+import { inputModule } from './input-module';
+import { installerDefaultPolicy } from './input-policy';
+import { type InputProxyAnswer, type InputProxyAudit, InputProxy } from './input-proxy';
+import { isPolicyRule, parsePolicyText } from './parse-input-policy';
+
+let recording: Recording;
+beforeAll(() => (recording = loadRecording(recordedFixture('TOSHIBA_NVME.txt'))));
+afterAll(() => recording.dispose());
+
+const defaults = parsePolicyText(installerDefaultPolicy('sys-usb'), '50-config-input.policy').entries.filter(
+  isPolicyRule,
+);
+
+/** A sys-usb whose devices come and go: the Dell laptop's, replayed. */
+function harness(rules = defaults) {
+  const trees = new BehaviorSubject<HostTree>(recording.tree);
+  const source: DeviceSource = {
+    id: 'replay',
+    backend: 'sys-usb',
+    hotplug: 'static',
+    trees$: trees,
+    dispose: () => undefined,
+  };
+  const kernel = new Kernel().load(inputModule);
+  kernel.registerSource(source);
+  const manager = kernel.start();
+  const asks: {
+    device: DeviceInfo;
+    candidates: readonly string[];
+    reason: string;
+    description: string;
+    answer: (a: InputProxyAnswer) => void;
+  }[] = [];
+  const audits: InputProxyAudit[] = [];
+  const forwarded: { port: string; frontend: string; events: readonly string[] }[] = [];
+  const proxy = new InputProxy(manager, {
+    rules: () => rules,
+    ask: (device, candidates, reason, description) =>
+      new Promise((answer) => asks.push({ device, candidates, reason, description, answer })),
+    audit: (entry) => audits.push(entry),
+    forward: (device, frontend, events) => void forwarded.push({ port: device.port.portId, frontend, events }),
+  });
+  proxy.start();
+  return {
+    proxy,
+    asks,
+    audits,
+    forwarded,
+    unplug: (portPrefix: string) =>
+      trees.next(new HostTree(recording.tree.devices().filter((r) => !r.devpath.includes(portPrefix)))),
+    replug: () => trees.next(recording.tree),
+    dispose: () => {
+      proxy.dispose();
+      kernel.dispose();
+    },
+  };
+}
+
+const settle = () => new Promise((resolve) => setImmediate(resolve));
+
+describe('InputProxy: Qubes’ input proxy, one decision per physical device', () => {
+  it('with Qubes’ defaults asks once for the device with a mouse (two event nodes), and denies the rest', async () => {
+    const h = harness();
+    try {
+      await settle();
+      expect(h.asks.map((a) => a.device.port.portId)).toEqual(['i2c-DLL07D1_01']);
+      const [ask] = h.asks;
+      expect(ask.candidates).toEqual(['dom0']);
+      expect(ask.description).toBe('Input: unknown vendor DLL07D1:01 044E:120B');
+      expect(ask.reason).toMatch(
+        /^input from sys-usb:i2c-DLL07D1_01 \(DLL07D1:01 044E:120B, 044e:120b, touchpad, i2c, interfaces i041800 i051800 i021800\) to dom0; event nodes event13; /,
+      );
+      const denied = h.audits.filter((a) => a.outcome === 'denied').map((a) => a.device.port.portId);
+      expect(denied).toEqual(expect.arrayContaining(['1-9', '1-11', 'serio0', 'card0']));
+      expect(h.proxy.list().find((s) => s.device.port.portId === 'i2c-DLL07D1_01')?.verdict).toBe('pending');
+      expect(h.forwarded).toEqual([]);
+
+      ask.answer({ verdict: 'allow', by: 'alice' });
+      await settle();
+      expect(h.forwarded).toEqual([{ port: 'i2c-DLL07D1_01', frontend: 'dom0', events: ['event13'] }]);
+      expect(h.audits.at(-1)).toMatchObject({ action: 'answer', outcome: 'ok', frontend: 'dom0', by: 'alice' });
+    } finally {
+      h.dispose();
+    }
+  });
+
+  it('an unanswered question denies at its timeout, audited as such; nothing is forwarded', async () => {
+    const h = harness();
+    try {
+      await settle();
+      h.asks[0].answer({ verdict: 'deny', by: 'timeout' });
+      await settle();
+      expect(h.audits.at(-1)).toMatchObject({
+        action: 'answer',
+        outcome: 'denied',
+        reason: expect.stringMatching(/^deny \(no answer before the timeout\): input from sys-usb:i2c-DLL07D1_01/),
+      });
+      expect(h.forwarded).toEqual([]);
+      expect(h.proxy.list().find((s) => s.device.port.portId === 'i2c-DLL07D1_01')?.verdict).toBe('deny');
+    } finally {
+      h.dispose();
+    }
+  });
+
+  it('asks again when the device is plugged in again, not while it stays', async () => {
+    const h = harness();
+    try {
+      await settle();
+      h.asks[0].answer({ verdict: 'deny', by: 'alice' });
+      await settle();
+      h.replug(); // the same tree again: nothing changed, nothing asked
+      await settle();
+      expect(h.asks).toHaveLength(1);
+      h.unplug('i2c-DLL07D1:01');
+      await settle();
+      h.replug();
+      await settle();
+      expect(h.asks).toHaveLength(2);
+    } finally {
+      h.dispose();
+    }
+  });
+
+  it('an allow rule forwards without asking; a policy for another USB VM does nothing here', async () => {
+    const allowMouse = parsePolicyText('qubes.InputMouse * sys-usb dom0 allow\n', 'x.policy').entries.filter(
+      isPolicyRule,
+    );
+    const h = harness(allowMouse);
+    try {
+      await settle();
+      expect(h.asks).toEqual([]);
+      expect(h.forwarded).toEqual([{ port: 'i2c-DLL07D1_01', frontend: 'dom0', events: ['event13'] }]);
+    } finally {
+      h.dispose();
+    }
+    const other = harness(parsePolicyText(installerDefaultPolicy('sys-usb2'), 'y.policy').entries.filter(isPolicyRule));
+    try {
+      await settle();
+      expect(other.asks).toEqual([]);
+      expect(other.forwarded).toEqual([]);
+      expect(other.audits.every((a) => a.outcome === 'denied')).toBe(true);
+    } finally {
+      other.dispose();
+    }
+  });
+});
