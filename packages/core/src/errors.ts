@@ -395,6 +395,40 @@ export const Errors = {
     message: () => 'the device manager is not started',
   }),
 
+  // -- backend VMs and their agent (devgate-agent, docs/agent-protocol.md)
+  agentUnavailable: define<{ backend: string; reason: string }>({
+    code: 'DG_AGENT_UNAVAILABLE',
+    message: (p) => `the agent of ${p.backend} is not available: ${p.reason}`,
+    hint: () => 'is the backend VM running, with devgate-agent started in it?',
+  }),
+  agentViolation: define<{ backend: string; reason: string }>({
+    code: 'DG_AGENT_VIOLATION',
+    message: (p) => `the agent of ${p.backend} broke the protocol and was cut off: ${p.reason}`,
+    hint: () => "its devices are gone until it reconnects; 'devgate audit --action agent' lists what it did",
+  }),
+  agentTimeout: define<{ backend: string; waitingFor: string; timeoutMs: number }>({
+    code: 'DG_AGENT_TIMEOUT',
+    message: (p) => `the agent of ${p.backend} did not answer ${p.waitingFor} within ${p.timeoutMs} ms`,
+  }),
+  agentRefused: define<{ backend: string; device: string; reason: string }>({
+    code: 'DG_AGENT_REFUSED',
+    message: (p) => `${p.backend} could not export ${p.device}: ${p.reason}`,
+  }),
+  noFreeExportPort: define<{ backend: string; ports: number }>({
+    code: 'DG_NO_FREE_EXPORT_PORT',
+    message: (p) => `${p.backend} has no free export port (all ${p.ports} are in use)`,
+    hint: () => 'detach a device of it first, or give the VM more export ports',
+  }),
+  usbvmExists: define<{ name: string }>({
+    code: 'DG_USBVM_EXISTS',
+    message: (p) => `a USB VM '${p.name}' already exists`,
+    hint: (p) => `remove it first: devgate usbvm remove --name ${p.name}`,
+  }),
+  notUsbvm: define<{ name: string }>({
+    code: 'DG_NOT_USBVM',
+    message: (p) => `'${p.name}' is not a USB VM made by 'devgate usbvm create'`,
+  }),
+
   // -- hypervisor (QEMU)
   qmpUnreachable: define<{ socket: string; reason: string }>({
     code: 'DG_QMP_UNREACHABLE',
