@@ -12,6 +12,7 @@ import { addLabGuestCommands, addLabUpOsOptions, labDownAll, labUpOs } from './l
 import { addHostOptions } from './main.js';
 import { DEVICE_CLASSES, attachOptions, classProgram } from './qvm-device-command.js';
 import { addPolicyCommands } from './policy-command.js';
+import { addUsbControllersCommand } from './usb-controllers-command.js';
 
 /** `devgate`: devgate's own commands, plus `devgate <class> ...` for the Qubes-compatible ones. */
 export function devgateProgram(io: Io): Command {
@@ -119,6 +120,9 @@ export function devgateProgram(io: Io): Command {
 
   // Deny lists, remembered answers and assignments (devgated's state).
   addPolicyCommands(program, io);
+
+  // The USB-controller report and hiding controllers at boot (driver-pci).
+  addUsbControllersCommand(program, io);
 
   program
     .command('config')

@@ -52,26 +52,32 @@ export function compareRows(a: readonly string[], b: readonly string[]): number 
 /**
  * Qubes 4.3's `qvm-device CLASS list`. With assignments (`-s`), assigned frontends are added as
  * `*vm (mode: k=v)`, and an assignment whose device is absent gets a row of its own, described by
- * its device id.
+ * its device id. With `sbdf` (`qvm-pci list --with-sbdf`), an SBDF column follows the port.
  */
 export function formatQubesTable(
   devices: readonly DeviceJson[],
   withHeader: boolean,
   assignments: readonly AssignmentJson[] = [],
+  { sbdf = false }: { sbdf?: boolean } = {},
 ): string {
+  const withSbdf = (row: string[], value: unknown) => (sbdf ? [row[0], String(value ?? ''), ...row.slice(1)] : row);
   const rows = devices.map((d) => {
     const assigned = assignments
       .filter((a) => matches(a, d))
       .map((a) => `*${a.frontend} (${withOptions(a.mode, a.options)})`);
-    return [d.port, d.description, [formatUsedBy(d.attachment), ...assigned].filter(Boolean).join(', ')];
+    const row = [d.port, d.description, [formatUsedBy(d.attachment), ...assigned].filter(Boolean).join(', ')];
+    return withSbdf(row, d.data.sbdf);
   });
   for (const a of assignments) {
     if (devices.some((d) => matches(a, d))) continue;
     const description = a.deviceId === '*' ? 'any device' : a.deviceId;
-    rows.push([`${a.backend}:${a.portId}`, description, `*${a.frontend} (${withOptions(a.mode, a.options)})`]);
+    rows.push(
+      withSbdf([`${a.backend}:${a.portId}`, description, `*${a.frontend} (${withOptions(a.mode, a.options)})`], ''),
+    );
   }
   rows.sort(compareRows);
-  return formatColumns(withHeader ? [['BACKEND:DEVID', 'DESCRIPTION', 'USED BY'], ...rows] : rows);
+  const header = withSbdf(['BACKEND:DEVID', 'DESCRIPTION', 'USED BY'], 'SBDF');
+  return formatColumns(withHeader ? [header, ...rows] : rows);
 }
 
 function matches(a: AssignmentJson, d: DeviceJson): boolean {

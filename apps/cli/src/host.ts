@@ -3,6 +3,7 @@ import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
 import { usbModule } from '@devgate/driver-usb';
 import { inputModule } from '@devgate/driver-input';
+import { pciModule } from '@devgate/driver-pci';
 import { defaultRegistryFile, qemuModule, readRegistrySync } from '@devgate/backend-qemu';
 import { defaultLibvirtUri, libvirtModule } from '@devgate/backend-libvirt';
 import { withCliLock } from './cli-lock.js';
@@ -27,7 +28,7 @@ export interface OpenHost {
 }
 
 /** Every class driver the CLI knows; the module files list what each package contributes. */
-const DRIVER_MODULES = [blockModule, usbModule, inputModule];
+const DRIVER_MODULES = [blockModule, usbModule, inputModule, pciModule];
 
 /**
  * Runs the kernel in-process for one command: no daemon, no hotplug, one snapshot of the host,

@@ -5,10 +5,11 @@ import { type AccessOptions, type DeviceAccess, holderOf, withAccess } from './d
 import { formatInfo, formatLegacyBlockList, formatLegacyList, formatQubesTable } from './format.js';
 import { addHostOptions } from './main.js';
 import { addUsbAuthorizationCommands } from './usb-command.js';
+import { detachAndReattach } from './pci-command.js';
 import { addInputCommands } from './input-command.js';
 
 /** Device classes with a driver in this build. */
-export const DEVICE_CLASSES = ['block', 'usb', 'input'] as const;
+export const DEVICE_CLASSES = ['block', 'usb', 'input', 'pci'] as const;
 
 /** Qubes lets only these classes be `required` (USB cannot). */
 const REQUIRABLE = new Set(['block', 'pci']);
@@ -114,12 +115,18 @@ export function classProgram(prog: string, devclass: string, io: Io): Command {
       }),
     );
 
-  subcommand(program, 'detach', ['dt', 'd'], 'Detach device from domain')
+  const detach = subcommand(program, 'detach', ['dt', 'd'], 'Detach device from domain')
     .argument('VMNAME', 'the frontend domain')
-    .argument('[BACKEND:PORT_ID[:DEVICE_ID]]', 'the device (default: every device of this class)')
-    .action((vm: string, device: string | undefined, options: AccessOptions) =>
-      withAccess(common(options), io, (access) => access.detach(devclass, vm, device)),
-    );
+    .argument('[BACKEND:PORT_ID[:DEVICE_ID]]', 'the device (default: every device of this class)');
+  // PCI: give the device back to its host driver afterwards (Qubes never does; devgate on request).
+  if (devclass === 'pci') detach.option('--reattach', "then give it back to the host's driver (from vfio-pci)");
+  detach.action((vm: string, device: string | undefined, options: AccessOptions & { reattach?: boolean }) =>
+    withAccess(common(options), io, (access) => {
+      if (!options.reattach) return access.detach(devclass, vm, device);
+      if (!device) throw Errors.badOption({ option: '--reattach', reason: 'names one device' });
+      return detachAndReattach(access, common(options), vm, device, io);
+    }),
+  );
 
   subcommand(program, 'assign', ['s'], 'Assign device to domain or edit existing assignment')
     .argument('VMNAME', 'the frontend domain')
@@ -132,6 +139,8 @@ export function classProgram(prog: string, devclass: string, io: Io): Command {
     .addOption(new Option('--device, --only-device', 'this device in any port'))
     .action((vm: string, device: string, options: AssignFlags) =>
       withAccess(common(options), io, async (access) => {
+        // Qubes' client: a PCI device is assigned as required, or not at all.
+        if (devclass === 'pci' && !options.required) throw Errors.pciNotRequired();
         if (options.required && !REQUIRABLE.has(devclass)) {
           throw Errors.unsupportedOption({
             option: 'required',
@@ -193,6 +202,8 @@ export function classProgram(prog: string, devclass: string, io: Io): Command {
 }
 
 interface ListFlags {
+  /** `--with-sbdf, --resolve-paths` (commander names it after the last flag). */
+  readonly resolvePaths?: boolean;
   readonly all?: boolean;
   readonly exclude?: string[];
   readonly assignments?: boolean;
@@ -226,7 +237,8 @@ async function list(devclass: string, vms: string[], flags: ListFlags, options: 
     const assignments = flags.assignments
       ? (await access.assignments(devclass)).filter((a) => vms.length === 0 || vms.includes(a.frontend))
       : [];
-    io.out(formatQubesTable(shown, io.isTTY, assignments));
+    // --with-sbdf is PCI's; Qubes ignores it for other classes.
+    io.out(formatQubesTable(shown, io.isTTY, assignments, { sbdf: devclass === 'pci' && Boolean(flags.resolvePaths) }));
   });
 }
 

@@ -15,6 +15,7 @@ import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
 import { UsbAuthorizer, parseRulesFile, usbModule } from '@devgate/driver-usb';
 import { InputProxy, inputModule, inputProxyPolicy } from '@devgate/driver-input';
+import { pciModule } from '@devgate/driver-pci';
 import { qemuModule, readRegistrySync } from '@devgate/backend-qemu';
 import { libvirtModule } from '@devgate/backend-libvirt';
 import { type DaemonConfig } from './config.js';
@@ -61,7 +62,13 @@ export class Devgated implements Disposable {
   static async start(config: DaemonConfig, log: Logger = pino({ level: 'info' })): Promise<Devgated> {
     const store = openStateStore(config.stateDir);
     const events = new DaemonEvents();
-    const kernel = new Kernel().load(blockModule, usbModule, inputModule, qemuModule({ registryFile: config.domains }));
+    const kernel = new Kernel().load(
+      blockModule,
+      usbModule,
+      inputModule,
+      pciModule,
+      qemuModule({ registryFile: config.domains }),
+    );
     // Every domain at the configured libvirt URIs is a frontend; a disk someone attached there maps to this host.
     const localBackend = Object.entries(config.backends).find(([, spec]) => 'source' in spec)?.[0] ?? 'dom0';
     const libvirt = libvirtModule({ uris: config.libvirt?.uris ?? [], dom0: localBackend });

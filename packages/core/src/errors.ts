@@ -344,7 +344,6 @@ export const Errors = {
   }),
   pciNotRequired: define({
     code: 'DG_PCI_NOT_REQUIRED',
-    kind: 'usage',
     message: () => 'PCI devices cannot be assigned as not required.',
     hint: () => 'use qvm-pci assign --required VM DEVICE',
   }),
@@ -503,6 +502,7 @@ export const Errors = {
     code: 'DG_LAB_START_FAILED',
     message: (p) => `cannot start lab domain '${p.domain}': ${p.reason}`,
   }),
+
   // -- hypervisor (libvirt)
   libvirtUnreachable: define<{ uri: string; reason: string }>({
     code: 'DG_LIBVIRT_UNREACHABLE',
