@@ -74,7 +74,7 @@ describe('parseRegistry', () => {
     [{ domains: { a: { qmp: '/x', pid: -1 } } }, '$.domains.a.pid: expected a positive integer, got -1'],
     [{ domains: { a: { qmp: '/x', pid: '12' } } }, '$.domains.a.pid: expected a positive integer, got "12"'],
     [{ domains: { a: { qmp: '/x', lab: 'yes' } } }, '$.domains.a.lab: expected true or false'],
-    [{ domains: { a: { qmp: '/x', qpm: '/y' } } }, '$.domains.a.qpm: unknown key (known: qmp, pid, lab)'],
+    [{ domains: { a: { qmp: '/x', qpm: '/y' } } }, '$.domains.a.qpm: unknown key (known: qmp, pid, lab, agent)'],
     [{ dom0: 7, domains: {} }, '$.dom0: expected a string, got number 7'],
     [{ dom0: 'host', domains: {}, extra: 1 }, '$.extra: unknown key'],
   ])('rejects %j naming the entry', (value, expected) => {
@@ -162,5 +162,25 @@ describe('reading and writing', () => {
     expect(getDomain(data, 'a', FILE)).toEqual({ qmp: '/a' });
     expect(() => getDomain(data, 'toString', FILE)).toThrow("no such domain: 'toString'");
     expect(() => getDomain(data, 'b', FILE)).toThrow(expect.objectContaining({ code: 'DG_NO_SUCH_DOMAIN' }));
+  });
+});
+
+describe('a backend VM entry (agent)', () => {
+  const agent = { control: '/run/u/agent.sock', exports: { 'org.devgate.export.0': '/run/u/e0.sock' }, usbvm: true };
+
+  it('keeps where its agent and export ports are', () => {
+    const data = parseRegistry(JSON.stringify({ domains: { 'sys-usb': { qmp: '/run/u.qmp', agent } } }), FILE);
+    expect(data.domains['sys-usb']).toEqual({ qmp: '/run/u.qmp', agent });
+  });
+
+  it.each([
+    [{ ...agent, control: 'agent.sock' }, '$.domains["sys-usb"].agent.control: expected an absolute path'],
+    [{ ...agent, exports: { '../x': '/e' } }, 'not a port name'],
+    [{ ...agent, exports: { e0: 3 } }, '$.domains["sys-usb"].agent.exports.e0: expected an absolute path'],
+    [{ ...agent, backend: 'dom0' }, '$.domains["sys-usb"].agent.backend: unknown key'],
+  ])('refuses %j', (value, expected) => {
+    expect(() => parseRegistry(JSON.stringify({ domains: { 'sys-usb': { qmp: '/q', agent: value } } }), FILE)).toThrow(
+      expected,
+    );
   });
 });

@@ -24,6 +24,18 @@ export interface DomainEntry {
   readonly pid?: number;
   /** Started by `labUp`: devgate owns its life cycle. */
   readonly lab?: boolean;
+  /** A backend VM whose devgate-agent devgated reads its devices through (a USB VM). */
+  readonly agent?: AgentEndpoints;
+}
+
+/** Where a backend VM's agent is reached: host sides of its virtio-serial ports (Unix sockets of its QEMU). */
+export interface AgentEndpoints {
+  /** The control channel (port `org.devgate.agent`). */
+  readonly control: string;
+  /** Export port name -> its host-side socket, which a frontend's QEMU connects to. */
+  readonly exports: Readonly<Record<string, string>>;
+  /** Made by `devgate usbvm create` (and so removed by `devgate usbvm remove`). */
+  readonly usbvm?: boolean;
 }
 
 export interface DomainRegistryData {
@@ -79,7 +91,7 @@ export function parseRegistry(text: string, file: string): DomainRegistryData {
       throw invalid(path, `invalid domain name '${name}' (at most 31 characters: a letter, then [a-zA-Z0-9_.-])`);
     if (name === dom0) throw invalid(path, `'${name}' is the name of dom0`);
     if (!isObject(entry)) throw invalid(path, `expected an object, got ${typeName(entry)}`);
-    rejectUnknownKeys(entry, ['qmp', 'pid', 'lab'], path, invalid);
+    rejectUnknownKeys(entry, ['qmp', 'pid', 'lab', 'agent'], path, invalid);
     const { qmp, pid, lab } = entry;
     if (qmp === undefined) throw invalid(`${path}.qmp`, 'missing (the path of the QMP socket)');
     if (typeof qmp !== 'string' || !isAbsolute(qmp))
@@ -89,7 +101,13 @@ export function parseRegistry(text: string, file: string): DomainRegistryData {
     }
     if (lab !== undefined && typeof lab !== 'boolean')
       throw invalid(`${path}.lab`, `expected true or false, got ${JSON.stringify(lab)}`);
-    result[name] = { qmp, ...(pid !== undefined && { pid: pid as number }), ...(lab !== undefined && { lab }) };
+    const agent = entry.agent === undefined ? undefined : parseAgentEndpoints(entry.agent, `${path}.agent`, invalid);
+    result[name] = {
+      qmp,
+      ...(pid !== undefined && { pid: pid as number }),
+      ...(lab !== undefined && { lab }),
+      ...(agent && { agent }),
+    };
   }
   const backends: Record<string, { recording: string }> = {};
   const rawBackends = raw['backends'] ?? {};
@@ -177,6 +195,28 @@ export function isRegistryError(error: unknown): error is DevgateError {
 }
 
 // -- helpers
+
+function parseAgentEndpoints(value: unknown, path: string, invalid: Invalid): AgentEndpoints {
+  if (!isObject(value)) throw invalid(path, `expected an object, got ${typeName(value)}`);
+  rejectUnknownKeys(value, ['control', 'exports', 'usbvm'], path, invalid);
+  const socket = (v: unknown, at: string) => {
+    if (typeof v !== 'string' || !isAbsolute(v))
+      throw invalid(at, `expected an absolute path, got ${JSON.stringify(v)}`);
+    return v;
+  };
+  const control = socket(value.control, `${path}.control`);
+  if (!isObject(value.exports)) throw invalid(`${path}.exports`, `expected an object, got ${typeName(value.exports)}`);
+  const exports: Record<string, string> = {};
+  for (const [port, file] of Object.entries(value.exports)) {
+    if (!/^[a-z0-9][a-z0-9._-]{0,63}$/.test(port))
+      throw invalid(`${path}.exports${jsonPathKey(port)}`, 'not a port name');
+    exports[port] = socket(file, `${path}.exports${jsonPathKey(port)}`);
+  }
+  if (value.usbvm !== undefined && typeof value.usbvm !== 'boolean') {
+    throw invalid(`${path}.usbvm`, `expected true or false, got ${JSON.stringify(value.usbvm)}`);
+  }
+  return { control, exports, ...(value.usbvm !== undefined && { usbvm: value.usbvm }) };
+}
 
 type Invalid = (path: string, reason: string) => DevgateError;
 

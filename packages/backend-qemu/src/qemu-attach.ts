@@ -111,12 +111,23 @@ export function planBlockAttach(
   const qdevId = encodeQdevId({ c: port.devclass, b: port.backend, p: port.portId, d: deviceId, o: ordered });
   // Node names are limited to 31 characters; the frontend name is unique within the domain.
   const nodeName = `dg-${frontendDev}`;
-  const blockdev = {
-    driver: 'host_device',
-    'node-name': nodeName,
-    filename: String(spec.params.path),
-    'read-only': readOnly,
-  };
+  // A backend VM's device comes as an NBD export its agent serves on a port of the VM (the host's
+  // kernel never sees it); this host's own device is its node.
+  const blockdev =
+    typeof spec.params.nbdSocket === 'string'
+      ? {
+          driver: 'nbd',
+          'node-name': nodeName,
+          server: { type: 'unix', path: spec.params.nbdSocket },
+          export: String(spec.params.nbdExport ?? ''),
+          'read-only': readOnly,
+        }
+      : {
+          driver: 'host_device',
+          'node-name': nodeName,
+          filename: String(spec.params.path),
+          'read-only': readOnly,
+        };
   let devices: Record<string, unknown>[];
   if (spec.params.bus === 'virtio') {
     if (!freeRootPort) throw Errors.noFreeFrontend({ domain: 'the frontend', what: 'PCIe root port' });
@@ -170,4 +181,44 @@ export function planUsbHostAttach(port: Port, spec: AttachSpec, deviceId: string
   const options = { ...spec.options };
   const qdevId = encodeQdevId({ c: port.devclass, b: port.backend, p: port.portId, d: deviceId, o: options });
   return { qdevId, device: { driver: 'usb-host', id: qdevId, bus: 'xhci.0', ...selector }, options };
+}
+
+/** The QMP commands that attach a USB device of a backend VM through usbredir: a chardev, then usb-redir. */
+export interface UsbRedirPlan {
+  readonly qdevId: string;
+  /** chardev-add's arguments; its id is the device's (chardevs and devices are separate namespaces). */
+  readonly chardev: Record<string, unknown>;
+  readonly device: Record<string, unknown>;
+  readonly options: Readonly<Record<string, string>>;
+}
+
+/**
+ * `usb-redir` on the xHCI controller, fed by a chardev connected to the export port of the backend
+ * VM (`socket`). The frontend's QEMU speaks usbredir itself: the frontend needs no software. Its
+ * filter lets through only the vendor and product that were listed, whatever the backend presents.
+ */
+export function planUsbRedirAttach(port: Port, spec: AttachSpec, deviceId: string): UsbRedirPlan {
+  const { socket, vendorid, productid } = spec.params;
+  const isId = (v: unknown) => typeof v === 'number' && Number.isInteger(v) && v > 0 && v <= 0xffff;
+  if (typeof socket !== 'string' || !socket.startsWith('/') || !isId(vendorid) || !isId(productid)) {
+    throw new DriverContractError(port.devclass, 'usb-redir needs socket (an absolute path), vendorid and productid');
+  }
+  const hex = (n: number) => `0x${n.toString(16).padStart(4, '0')}`;
+  const options = { ...spec.options };
+  const qdevId = encodeQdevId({ c: port.devclass, b: port.backend, p: port.portId, d: deviceId, o: options });
+  return {
+    qdevId,
+    chardev: {
+      id: qdevId,
+      backend: { type: 'socket', data: { addr: { type: 'unix', data: { path: socket } }, server: false } },
+    },
+    device: {
+      driver: 'usb-redir',
+      id: qdevId,
+      chardev: qdevId,
+      bus: 'xhci.0',
+      filter: `-1:${hex(vendorid as number)}:${hex(productid as number)}:-1:1|-1:-1:-1:-1:0`,
+    },
+    options,
+  };
 }

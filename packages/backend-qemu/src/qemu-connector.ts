@@ -26,6 +26,7 @@ import {
   decodeQdevId,
   planBlockAttach,
   planUsbHostAttach,
+  planUsbRedirAttach,
   toHypervisorAttachment,
 } from './qemu-attach.js';
 import { PCI_UNPLUG_TIMEOUT_MS, planVfioAttach } from './vfio-attach.js';
@@ -238,6 +239,7 @@ export class QemuConnector implements Connector {
    */
   async attach(frontend: DomainName, port: Port, spec: AttachSpec, deviceId: string): Promise<HypervisorAttachment> {
     if (spec.kind === 'usb-host') return this.attachUsbHost(frontend, port, spec, deviceId);
+    if (spec.kind === 'usb-redir') return this.attachUsbRedir(frontend, port, spec, deviceId);
     if (spec.kind === 'vfio-pci') return this.attachVfio(frontend, port, spec, deviceId);
     if (spec.kind !== 'block') throw Errors.unsupported({ driverId: this.id, operation: `attach (${spec.kind})` });
     const existing = await this.devgateDevices(frontend);
@@ -291,6 +293,26 @@ export class QemuConnector implements Connector {
     return { port, frontend, deviceId, options: plan.options };
   }
 
+  /** A backend VM's USB device: `chardev-add` to its export port, then `device_add usb-redir`. */
+  private async attachUsbRedir(
+    frontend: DomainName,
+    port: Port,
+    spec: AttachSpec,
+    deviceId: string,
+  ): Promise<HypervisorAttachment> {
+    const plan = planUsbRedirAttach(port, spec, deviceId);
+    await this.devgateDevices(frontend);
+    await this.execute(frontend, 'chardev-add', plan.chardev);
+    try {
+      await this.execute(frontend, 'device_add', plan.device);
+    } catch (error) {
+      await this.execute(frontend, 'chardev-remove', { id: plan.qdevId }).catch(() => undefined);
+      throw error;
+    }
+    await this.noteDevice(frontend, plan.qdevId, decodeQdevId(plan.qdevId));
+    return { port, frontend, deviceId, options: plan.options };
+  }
+
   /** device_del, wait for QEMU's DEVICE_DELETED (bounded), then blockdev-del for block devices. */
   async detach(frontend: DomainName, port: Port): Promise<void> {
     const found = (await this.devgateDevices(frontend)).find(
@@ -306,6 +328,8 @@ export class QemuConnector implements Connector {
     );
     await this.noteDevice(frontend, qdevId);
     if (frontendDev) await this.execute(frontend, 'blockdev-del', { 'node-name': `dg-${frontendDev}` });
+    // A usb-redir device's chardev has its id (usb-host has none: nothing to remove).
+    if (record.c === 'usb') await this.execute(frontend, 'chardev-remove', { id: qdevId }).catch(() => undefined);
   }
 
   /** Every devgate attachment in every running domain, decoded from the qdev ids. */
