@@ -5,6 +5,7 @@ import { usbModule } from '@devgate/driver-usb';
 import { inputModule } from '@devgate/driver-input';
 import { pciModule } from '@devgate/driver-pci';
 import { defaultRegistryFile, qemuModule, readRegistrySync } from '@devgate/backend-qemu';
+import { AgentSource } from '@devgate/backend-agent';
 import { defaultLibvirtUri, libvirtModule } from '@devgate/backend-libvirt';
 import { withCliLock } from './cli-lock.js';
 
@@ -61,9 +62,19 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
   for (const [name, { recording }] of Object.entries(readRegistrySync(options.domains).backends ?? {})) {
     if (name !== backend) kernel.registerSource(new RecordedHostSource(recording, name));
   }
+  // Backend VMs read through their devgate-agent (`devgate usbvm create`), under the registry's name.
+  const agents: AgentSource[] = [];
+  for (const [name, { agent }] of Object.entries(readRegistrySync(options.domains).domains)) {
+    if (agent && name !== backend) {
+      agents.push(new AgentSource({ backend: name, control: agent.control, exportPorts: agent.exports }));
+      kernel.registerSource(agents[agents.length - 1]);
+    }
+  }
   const manager = kernel.start();
   try {
     await local?.whenProbed();
+    // An agent that does not answer (its VM is down, or devgated holds its channel) lists nothing.
+    await Promise.all(agents.map((agent) => agent.whenReady(5_000)));
     // In-process there is nobody to retry for: a driver that failed fails the command.
     const fault = manager.faults()[0];
     if (fault) throw fault.error;

@@ -7,7 +7,16 @@ import { defaultLibvirtUri } from '@devgate/backend-libvirt';
 
 /** Where a backend domain's devices come from. */
 export type BackendSource =
-  { readonly source: 'local' } | { readonly recording: string } | { readonly sysroot: string };
+  { readonly source: 'local' } | { readonly recording: string } | { readonly sysroot: string } | AgentBackend;
+
+/**
+ * A backend VM read through its devgate-agent (ADR 0008): the host sides of its control port and of
+ * its export ports (Unix sockets of the VM's QEMU).
+ */
+export interface AgentBackend {
+  readonly agent: string;
+  readonly exports: Readonly<Record<string, string>>;
+}
 
 export interface DaemonConfig {
   /** The read-only API socket; state-changing requests go to `<socket>.rw` (see ADR 0004). */
@@ -108,8 +117,13 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
       backends[name] = { recording: source.recording };
     } else if (source && typeof source.sysroot === 'string' && Object.keys(source).length === 1) {
       backends[name] = { sysroot: source.sysroot };
+    } else if (source && typeof source.agent === 'string' && isAgentBackend(source)) {
+      backends[name] = { agent: source.agent, exports: { ...((source.exports ?? {}) as Record<string, string>) } };
     } else {
-      at(valueNode.offset, `backend '${name}' must be {"source": "local"}, {"recording": FILE} or {"sysroot": DIR}`);
+      at(
+        valueNode.offset,
+        `backend '${name}' must be {"source": "local"}, {"recording": FILE}, {"sysroot": DIR} or {"agent": SOCKET, "exports": {PORT: SOCKET}} (absolute paths)`,
+      );
     }
   }
   if (Object.values(backends).filter((b) => 'source' in b).length > 1) {
@@ -208,6 +222,23 @@ export function loadConfig(file?: string): DaemonConfig {
 
 export function formatIssue(issue: ConfigIssue): string {
   return `${issue.file}:${issue.line}:${issue.column}: ${issue.message}`;
+}
+
+function isAgentBackend(source: Record<string, unknown>): boolean {
+  const keys = Object.keys(source);
+  const exports = source.exports;
+  return (
+    keys.every((key) => key === 'agent' || key === 'exports') &&
+    path.isAbsolute(source.agent as string) &&
+    (exports === undefined ||
+      (typeof exports === 'object' &&
+        exports !== null &&
+        !Array.isArray(exports) &&
+        Object.entries(exports).every(
+          ([port, file]) =>
+            /^[a-z0-9][a-z0-9._-]{0,63}$/.test(port) && typeof file === 'string' && path.isAbsolute(file),
+        )))
+  );
 }
 
 function nodeValue(node: Node): unknown {

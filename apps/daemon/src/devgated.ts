@@ -17,6 +17,7 @@ import { UsbAuthorizer, parseRulesFile, usbModule } from '@devgate/driver-usb';
 import { InputProxy, inputModule, inputProxyPolicy } from '@devgate/driver-input';
 import { pciModule } from '@devgate/driver-pci';
 import { qemuModule, readRegistrySync } from '@devgate/backend-qemu';
+import { AgentSource } from '@devgate/backend-agent';
 import { libvirtModule } from '@devgate/backend-libvirt';
 import { type DaemonConfig } from './config.js';
 import { SqliteStateStore } from './store/state-store.js';
@@ -78,6 +79,12 @@ export class Devgated implements Disposable {
     for (const [backend, { recording }] of Object.entries(readRegistrySync(config.domains).backends ?? {})) {
       if (!(backend in config.backends)) kernel.registerSource(sourceFor(backend, { recording }));
     }
+    // Backend VMs read through their devgate-agent (`devgate usbvm create`, ADR 0008), by the registry's name.
+    for (const [backend, { agent }] of Object.entries(readRegistrySync(config.domains).domains)) {
+      if (agent && !(backend in config.backends)) {
+        kernel.registerSource(sourceFor(backend, { agent: agent.control, exports: agent.exports }));
+      }
+    }
     kernel.registerPolicyHook(denyListHook(() => store));
     const manager = kernel.start();
     const asks = new AskService(store, events, config.askTimeoutSeconds * 1000);
@@ -90,6 +97,7 @@ export class Devgated implements Disposable {
       for (const { uri, error } of await libvirt.ready()) {
         if (error) log.warn({ uri, err: error }, 'libvirt is not reachable');
       }
+      await daemon.watchAgents();
       await daemon.reconcile();
       daemon.watch();
       daemon.authorizeUsb();
@@ -119,6 +127,43 @@ export class Devgated implements Disposable {
       'devgated started',
     );
     return daemon;
+  }
+
+  /**
+   * Backend VMs' agents: their first trees are awaited (bounded) before what is attached is read back,
+   * so an attachment that outlived a restart of devgated is not taken for a vanished device; and
+   * what they do wrong (cut off: a broken protocol, a flood, a stall) is audited.
+   */
+  private async watchAgents(): Promise<void> {
+    const agents = this.manager.sources.filter((s): s is AgentSource => s instanceof AgentSource);
+    for (const agent of agents) {
+      agent.incidents$.subscribe((incident) => {
+        if (incident.type === 'cut-off') {
+          this.log.warn({ backend: incident.backend, code: incident.code, reason: incident.reason }, 'agent cut off');
+          this.devices.audit({
+            actor: 'devgated',
+            action: 'agent',
+            backend: incident.backend,
+            outcome: 'denied',
+            code: incident.code,
+            reason: `the agent was cut off: ${incident.reason}; its devices are gone until it reconnects`,
+          });
+        } else if (incident.type === 'connected' || incident.type === 'disconnected') {
+          this.log.info({ backend: incident.backend }, `agent ${incident.type}`);
+          this.devices.audit({
+            actor: 'devgated',
+            action: 'agent',
+            backend: incident.backend,
+            outcome: 'ok',
+            reason:
+              incident.type === 'connected'
+                ? `agent connected (${incident.agent})`
+                : `agent disconnected: ${incident.reason}`,
+          });
+        }
+      });
+    }
+    await Promise.all(agents.map((agent) => agent.whenReady(5_000)));
   }
 
   /**
@@ -271,6 +316,7 @@ export function openStateStore(stateDir: string): SqliteStateStore {
 }
 
 function sourceFor(backend: string, spec: DaemonConfig['backends'][string]): DeviceSource {
+  if ('agent' in spec) return new AgentSource({ backend, control: spec.agent, exportPorts: spec.exports });
   if ('recording' in spec) return new RecordedHostSource(spec.recording, backend);
   if ('sysroot' in spec) return new LocalHostSource({ backend, roots: rootsUnder(spec.sysroot) });
   return new LocalHostSource({ backend });

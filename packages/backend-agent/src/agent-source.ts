@@ -125,6 +125,7 @@ export class AgentSource implements DeviceSource {
   private floodWindowStart = Date.now();
   private floodCount = 0;
   private floodBytes = 0;
+  private floodParseNs = 0n;
   private pingTimer?: NodeJS.Timeout;
   private reconnectTimer?: NodeJS.Timeout;
   private reconnectDelay: number;
@@ -226,7 +227,15 @@ export class AgentSource implements DeviceSource {
     if (!this.countTraffic(0, lines.length)) return;
     for (const line of lines) {
       if (this.state !== 'waiting-hello' && this.state !== 'ready') return;
+      const started = process.hrtime.bigint();
       this.onLine(line);
+      this.floodParseNs += process.hrtime.bigint() - started;
+    }
+    if (this.floodParseNs > BigInt(this.limits.floodParseMs) * 1_000_000n) {
+      this.cutOff(
+        'DG_AGENT_VIOLATION',
+        `a flood: more than ${this.limits.floodParseMs} ms of devgated's time within ${this.limits.floodWindowMs} ms`,
+      );
     }
   }
 
@@ -270,7 +279,6 @@ export class AgentSource implements DeviceSource {
   private onHello(hello: HelloMessage): void {
     this.hello = hello;
     this.state = 'ready';
-    this.reconnectDelay = this.options.reconnectMinMs ?? 250;
     // Ports serving exports made before devgated (re)connected stay out of the pool until they end.
     for (const port of hello.busy ?? []) this.busyPorts.add(port);
     this.incidents.next({ type: 'connected', backend: this.backend, agent: hello.agent });
@@ -352,15 +360,16 @@ export class AgentSource implements DeviceSource {
       this.floodWindowStart = now;
       this.floodCount = 0;
       this.floodBytes = 0;
+      this.floodParseNs = 0n;
     }
     this.floodCount += messages;
     this.floodBytes += bytes;
-    const maxBytes = this.limits.maxTreeBytes * 16;
-    if (this.floodCount > this.limits.floodMessages || this.floodBytes > maxBytes) {
-      this.cutOff(
-        'DG_AGENT_VIOLATION',
-        `a flood: more than ${this.floodCount > this.limits.floodMessages ? `${this.limits.floodMessages} messages` : `${maxBytes} bytes`} within ${this.limits.floodWindowMs} ms`,
-      );
+    if (this.floodCount > this.limits.floodMessages || this.floodBytes > this.limits.floodBytes) {
+      const what =
+        this.floodCount > this.limits.floodMessages
+          ? `${this.limits.floodMessages} messages`
+          : `${this.limits.floodBytes} bytes`;
+      this.cutOff('DG_AGENT_VIOLATION', `a flood: more than ${what} within ${this.limits.floodWindowMs} ms`);
       return false;
     }
     return true;
@@ -372,7 +381,11 @@ export class AgentSource implements DeviceSource {
       if (this.state !== 'ready') return;
       const timeoutMs = this.options.pingTimeoutMs ?? 10_000;
       this.request({ op: 'ping' }, timeoutMs).then(
-        () => this.schedulePing(),
+        () => {
+          // Back-off starts over only for an agent that stayed and answered, not one that says hello and hangs up.
+          this.reconnectDelay = this.options.reconnectMinMs ?? 250;
+          this.schedulePing();
+        },
         (error: Error) => {
           if ((error as { code?: string }).code === Errors.agentTimeout.code && this.state === 'ready') {
             this.cutOff('DG_AGENT_TIMEOUT', `no answer to a ping within ${timeoutMs} ms (a stalled channel)`);

@@ -35,6 +35,10 @@ export interface AgentLimits {
   readonly treesPerSecond: number;
   /** Messages per `floodWindowMs` beyond which the agent is flooding, and is cut off. */
   readonly floodMessages: number;
+  /** Bytes per `floodWindowMs` beyond which the agent is flooding. */
+  readonly floodBytes: number;
+  /** Time devgated may spend parsing one agent's messages per `floodWindowMs`: a bound on what it costs. */
+  readonly floodParseMs: number;
   readonly floodWindowMs: number;
   /** Bytes received before the `hello` (QEMU may deliver what a previous session left): at most this many are skipped. */
   readonly maxPreHelloBytes: number;
@@ -49,6 +53,8 @@ export const DEFAULT_LIMITS: AgentLimits = {
   maxUsageEntries: 4096,
   treesPerSecond: 20,
   floodMessages: 2000,
+  floodBytes: 32 * 1024 * 1024,
+  floodParseMs: 1_000,
   floodWindowMs: 10_000,
   maxPreHelloBytes: 64 * 1024,
 };

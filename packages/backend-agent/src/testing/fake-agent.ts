@@ -22,6 +22,8 @@ export class FakeAgent {
   private requestWaiters: { match: (r: HostRequest) => boolean; resolve: (r: HostRequest) => void }[] = [];
   private seq = 0;
   autoReply: boolean;
+  /** Called on each new connection (what a healthy agent says first: its hello and tree). */
+  onConnect?: (fake: FakeAgent) => void;
   /** Connections accepted so far. */
   connections = 0;
   /** What devgated wrote (bytes), for tests of what it sends. */
@@ -77,6 +79,7 @@ export class FakeAgent {
       }
     });
     for (const wake of this.connectionWaiters.splice(0)) wake(socket);
+    this.onConnect?.(this);
   }
 
   /** Resolves with the next connection (or the current one, if `current` and there is one). */
