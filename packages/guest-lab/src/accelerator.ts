@@ -90,6 +90,8 @@ export function kvmRunsGuest(image: GuestImage, qemu: string, timeoutMs: number)
       settled = true;
       clearTimeout(timer);
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      child.stdout.destroy(); // a grandchild may still hold the pipes
+      child.stderr.destroy();
       resolve(ok);
     };
     const timer = setTimeout(() => finish(false), timeoutMs);
