@@ -373,6 +373,96 @@ async function usbList(dir) {
   );
 }
 
+/**
+ * Attach/detach of a block device through devgate's libvirt connector (the kernel's checks, the data
+ * path, metadata and the read-back included) against `virsh attach-device` / `detach-device` of the
+ * same disk XML, each against its own domain of one private libvirtd (started here in its own mount
+ * namespace, as the tests do); rounds alternate so both see the same load.
+ */
+async function libvirtAttach(dir) {
+  const { libvirtModule, labDomainXml, planBlockDisk } = require('@devgate/backend-libvirt');
+  const sandbox = path.join(dir, 'libvirtd');
+  fs.mkdirSync(sandbox);
+  const script = path.join(ROOT, 'packages/backend-libvirt/src/testing/private-libvirtd.sh');
+  const libvirtd = spawn('bash', [script, sandbox], { stdio: 'ignore', detached: true });
+  const uri = `qemu:///system?socket=${sandbox}/sock/libvirt-sock`;
+  const virsh = (...args) => execFileSync('virsh', ['-q', '-c', uri, ...args], { encoding: 'utf8', stdio: 'pipe' });
+  const image = path.join(dir, 'libvirt-disk.img');
+  fs.writeFileSync(image, '');
+  fs.truncateSync(image, 16 * 1024 * 1024);
+  const loop = execFileSync('losetup', ['-f', '--show', image], { encoding: 'utf8' }).trim();
+  let kernel;
+  try {
+    for (let tries = 0; ; tries++) {
+      try {
+        virsh('list');
+        break;
+      } catch (error) {
+        if (tries > 300) throw error;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    for (const name of ['bench-dg', 'bench-virsh']) {
+      const file = path.join(sandbox, `${name}.xml`);
+      fs.writeFileSync(file, labDomainXml(name, { lab: false }));
+      virsh('define', file);
+      virsh('start', name);
+    }
+    // The peer: the XML devgate would write for this disk, attached and detached by virsh.
+    const peerPort = { devclass: 'block', backend: 'peer', portId: path.basename(loop) };
+    const spec = { kind: 'block', params: { readOnly: false, devtype: 'disk', bus: 'usb', path: loop }, options: {} };
+    const peerXml = path.join(sandbox, 'peer-disk.xml');
+    fs.writeFileSync(peerXml, planBlockDisk(peerPort, spec, 'xvdi', 'sdb').xml);
+    const libvirt = libvirtModule({ uris: [uri] });
+    kernel = new Kernel().load(blockModule, libvirt);
+    kernel.registerSource(new LocalHostSource({ hotplug: 'static' }));
+    const manager = kernel.start();
+    await libvirt.ready();
+    const port = { devclass: 'block', backend: 'dom0', portId: path.basename(loop) };
+    const raw = { attach: [], detach: [] };
+    const ours = { attach: [], detach: [] };
+    const rounds = Math.min(ROUNDS, 40);
+    for (let i = 0; i < rounds + WARMUP; i++) {
+      const rawAttach = await time(() =>
+        run('virsh', ['-q', '-c', uri, 'attach-device', 'bench-virsh', peerXml, '--live']),
+      );
+      const rawDetach = await time(() =>
+        run('virsh', ['-q', '-c', uri, 'detach-device', 'bench-virsh', peerXml, '--live']),
+      );
+      const oursAttach = await time(() => manager.attach({ frontend: 'bench-dg', port }));
+      const oursDetach = await time(() => manager.detach('bench-dg', port));
+      if (i < WARMUP) continue;
+      raw.attach.push(rawAttach);
+      raw.detach.push(rawDetach);
+      ours.attach.push(oursAttach);
+      ours.detach.push(oursDetach);
+    }
+    // Both sides really did it: nothing is left attached in either domain.
+    for (const name of ['bench-dg', 'bench-virsh']) {
+      if (virsh('domblklist', name).includes(loop)) throw new Error(`${loop} is still attached to ${name}`);
+    }
+    report('libvirt block attach (usb)', median(ours.attach), median(raw.attach), 'virsh   ', 1.2);
+    report('libvirt block detach (usb)', median(ours.detach), median(raw.detach), 'virsh   ', 1.2);
+  } finally {
+    kernel?.dispose();
+    for (const name of ['bench-dg', 'bench-virsh']) {
+      try {
+        virsh('destroy', name);
+      } catch {
+        // not running
+      }
+    }
+    try {
+      process.kill(Number(fs.readFileSync(path.join(sandbox, 'libvirtd.pid'), 'utf8')), 'SIGTERM');
+    } catch {
+      libvirtd.kill('SIGTERM');
+    }
+    await new Promise((resolve) => (libvirtd.exitCode === null ? libvirtd.once('exit', resolve) : resolve()));
+    removePartitions(loop);
+    execFileSync('losetup', ['-d', loop]);
+  }
+}
+
 async function main() {
   if (process.getuid?.() !== 0) throw new Error('the benchmarks need root (loop devices, QEMU)');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-bench-'));
@@ -381,7 +471,7 @@ async function main() {
   );
   try {
     const only = process.env.BENCH_ONLY;
-    const benches = { attachLatency, cliStartup, bigList, ueventLatency, usbList };
+    const benches = { attachLatency, libvirtAttach, cliStartup, bigList, ueventLatency, usbList };
     for (const [name, bench] of Object.entries(benches)) if (!only || only === name) await bench(dir);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });

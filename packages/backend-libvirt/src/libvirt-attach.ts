@@ -6,7 +6,7 @@
  * the metadata adds who it is. Devices without a devgate alias are never devgate's.
  */
 import { type AttachSpec, DriverContractError, Errors, type Port } from '@devgate/core';
-import { type DomainDisk, type DomainXml, xmlEscape } from './parse-domain-xml.js';
+import { type DomainDisk, type DomainHostdev, type DomainXml, xmlEscape } from './parse-domain-xml.js';
 
 const PREFIX = 'ua-dg-';
 
@@ -63,6 +63,9 @@ export interface DevicePlan {
   readonly alias: string;
   readonly xml: string;
   readonly options: Readonly<Record<string, string>>;
+  /** The device as the domain's XML will show it (for the connector's cache). */
+  readonly disk?: DomainDisk;
+  readonly hostdev?: DomainHostdev;
 }
 
 /** `<disk type='block'>`: a USB stick by default, virtio with bus=virtio, a CD with devtype=cdrom. */
@@ -87,7 +90,16 @@ export function planBlockDisk(port: Port, spec: AttachSpec, frontendDev: string,
     `<alias name='${alias}'/>`,
     '</disk>',
   ].join('');
-  return { alias, xml, options: ordered };
+  const disk: DomainDisk = {
+    alias,
+    type: 'block',
+    device: cdrom ? 'cdrom' : 'disk',
+    source: path,
+    targetDev,
+    targetBus: bus,
+    readOnly: readOnly || cdrom,
+  };
+  return { alias, xml, options: ordered, disk };
 }
 
 /**
@@ -114,7 +126,7 @@ export function planUsbHostdev(port: Port, spec: AttachSpec, devnum?: number): D
     source = `<address bus='${hostbus}' device='${devnum}'/>`;
   }
   const xml = `<hostdev mode='subsystem' type='usb' managed='no'><source>${source}</source><alias name='${alias}'/></hostdev>`;
-  return { alias, xml, options: { ...spec.options } };
+  return { alias, xml, options: { ...spec.options }, hostdev: { alias, type: 'usb', missing: false } };
 }
 
 /** Whether the domain can take a USB device (a USB controller that is not `none`). */

@@ -86,6 +86,24 @@ interface DomainEntry {
   readonly xml?: DomainXml;
 }
 
+/** A cache entry whose XML is parsed when first needed, not on the path of the call that read it. */
+function lazyEntry(state: string, raw: string): DomainEntry {
+  let parsed: DomainXml | undefined | null = null;
+  return {
+    state,
+    get xml() {
+      if (parsed === null) {
+        try {
+          parsed = parseDomainXml(raw);
+        } catch {
+          parsed = undefined;
+        }
+      }
+      return parsed;
+    },
+  };
+}
+
 /** The options reported for a device devgate did not attach. */
 export const FOREIGN_OPTION = 'attached-by';
 
@@ -107,7 +125,10 @@ export class LibvirtConnector implements Connector {
   private readonly locks = new Map<DomainName, Promise<unknown>>();
   /** Aliases devgate is attaching or detaching now: their events are devgate's own doing. */
   private readonly busy = new Set<string>();
+  /** Aliases devgate changed a moment ago (`domain\0alias` -> until when): their late events too. */
+  private readonly recent = new Map<string, number>();
   private readonly removedWaiters = new Map<string, () => void>();
+  private readonly addedWaiters = new Map<string, () => void>();
   private readonly pendingRefresh = new Map<DomainName, NodeJS.Timeout>();
   private tmpDirPath?: string;
   private tmpCounter = 0;
@@ -215,28 +236,66 @@ export class LibvirtConnector implements Connector {
       const file = path.join(this.tmpDir, `attach-${process.pid}-${++this.tmpCounter}.xml`);
       fs.writeFileSync(file, plan.xml);
       this.busy.add(plan.alias);
+      const key = `${frontend}\0${plan.alias}`;
+      const added = new Promise<void>((resolve) => this.addedWaiters.set(key, resolve));
       try {
-        // Metadata first (the intent, with the identity), then the device, then the read-back.
+        // The identity first (metadata), then the device, in one virsh process.
         const result = await this.transport.call([
           this.setMetadata(frontend, [...kept, record]),
           ['attach-device', frontend, file, '--live'],
-          ...this.readBack(frontend),
         ]);
-        const after = this.parseReadBack(frontend, result.stdout);
-        if (after?.xml?.aliases.has(plan.alias)) {
-          return { port, frontend, deviceId, options: plan.options };
+        const failed = virshErrors(result.stderr).some((e) => !/metadata/i.test(e));
+        // libvirt's device-added confirms it (it comes as the call returns); without the event
+        // stream, or if it does not come, the live XML decides.
+        const confirmed =
+          !failed &&
+          ((await this.waitFor(added, this.eventsConnected ? 2_000 : 0)) ||
+            !!(await this.refresh(frontend).catch(() => undefined))?.xml?.aliases.has(plan.alias));
+        if (!confirmed) {
+          await this.transport.call([this.setMetadata(frontend, kept)]).catch(() => undefined);
+          const now = await this.refresh(frontend).catch(() => undefined);
+          throw this.refusal(frontend, `attach ${portLabel(port)}`, result.stderr, now);
         }
-        // Not there: put the metadata back as it was, and say libvirt's reason.
-        await this.transport.call([this.setMetadata(frontend, kept), ...this.readBack(frontend)]).then(
-          (r) => this.parseReadBack(frontend, r.stdout),
-          () => undefined,
-        );
-        throw this.refusal(frontend, `attach ${portLabel(port)}`, result.stderr, after);
+        this.patch(frontend, (x) => ({
+          ...x,
+          aliases: new Set([...x.aliases, plan.alias]),
+          disks: plan.disk ? [...x.disks, plan.disk] : x.disks,
+          hostdevs: plan.hostdev ? [...x.hostdevs, plan.hostdev] : x.hostdevs,
+          metadata: [...kept, record],
+        }));
+        return { port, frontend, deviceId, options: plan.options };
       } finally {
+        this.addedWaiters.delete(key);
         this.busy.delete(plan.alias);
+        this.markOwn(frontend, plan.alias);
         fs.rmSync(file, { force: true });
       }
     });
+  }
+
+  /** Changes the cached XML of a domain by what devgate just did (applied when next read). */
+  private patch(domain: DomainName, change: (xml: DomainXml) => DomainXml): void {
+    const entry = this.cache.get(domain);
+    if (!entry) return;
+    let memo: DomainXml | undefined | null = null;
+    this.cache.set(domain, {
+      state: entry.state,
+      get xml() {
+        if (memo === null) memo = entry.xml ? change(entry.xml) : undefined;
+        return memo;
+      },
+    });
+  }
+
+  private async waitFor(event: Promise<void>, timeoutMs: number): Promise<boolean> {
+    if (timeoutMs <= 0) return false;
+    let timer: NodeJS.Timeout | undefined;
+    const result = await Promise.race([
+      event.then(() => true),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs))),
+    ]);
+    clearTimeout(timer);
+    return result;
   }
 
   /**
@@ -257,34 +316,26 @@ export class LibvirtConnector implements Connector {
         }
         throw Errors.notAttached({ device: portLabel(port), frontend });
       }
-      const removed = xml.metadata.find((e) => e.alias === alias);
-      const kept = xml.metadata.filter((e) => e.alias !== alias && xml.aliases.has(e.alias));
       const timeoutMs = this.options.detachTimeoutMs ?? 5_000;
       this.busy.add(alias);
       const gone = new Promise<void>((resolve) => this.removedWaiters.set(`${frontend}\0${alias}`, resolve));
       try {
-        const result = await this.transport.call([
-          ['detach-device-alias', frontend, alias, '--live'],
-          this.setMetadata(frontend, kept),
-        ]);
-        const errors = virshErrors(result.stderr);
-        if (errors.some((e) => !/metadata/i.test(e))) {
+        // The metadata entry stays until the next attach to this domain prunes it: an entry whose
+        // alias is not in the domain is never read back as an attachment.
+        const result = await this.transport.call([['detach-device-alias', frontend, alias, '--live']]);
+        if (virshErrors(result.stderr).length > 0) {
           const now = await this.refresh(frontend);
-          if (now?.xml?.aliases.has(alias)) {
-            if (removed) await this.restoreMetadata(frontend, removed);
+          if (now?.xml?.aliases.has(alias))
             throw this.refusal(frontend, `detach ${portLabel(port)}`, result.stderr, now);
-          }
           return;
         }
         const confirmed = await this.waitGone(frontend, alias, gone, timeoutMs);
-        if (!confirmed) {
-          if (removed) await this.restoreMetadata(frontend, removed);
-          throw Errors.detachTimeout({ domain: frontend, device: portLabel(port), timeoutMs });
-        }
+        if (!confirmed) throw Errors.detachTimeout({ domain: frontend, device: portLabel(port), timeoutMs });
         this.forget(frontend, alias);
       } finally {
         this.removedWaiters.delete(`${frontend}\0${alias}`);
         this.busy.delete(alias);
+        this.markOwn(frontend, alias);
       }
     });
   }
@@ -370,15 +421,6 @@ export class LibvirtConnector implements Connector {
     ];
   }
 
-  private async restoreMetadata(domain: DomainName, entry: MetadataEntry): Promise<void> {
-    const now = await this.refresh(domain);
-    const kept = (now?.xml?.metadata ?? []).filter((e) => e.alias !== entry.alias);
-    await this.transport.call([this.setMetadata(domain, [...kept, entry]), ...this.readBack(domain)]).then(
-      (r) => this.parseReadBack(domain, r.stdout),
-      () => undefined,
-    );
-  }
-
   private readBack(domain: DomainName): string[][] {
     return [
       ['echo', MARK],
@@ -398,13 +440,7 @@ export class LibvirtConnector implements Connector {
       // The domain is gone (undefined) or unreadable.
       return undefined;
     }
-    let xml: DomainXml | undefined;
-    try {
-      xml = text ? parseDomainXml(text) : undefined;
-    } catch {
-      xml = undefined;
-    }
-    const entry = { state, xml };
+    const entry = text ? lazyEntry(state, text) : { state };
     this.cache.set(domain, entry);
     return entry;
   }
@@ -455,11 +491,7 @@ export class LibvirtConnector implements Connector {
     if (parts.length < 3) return undefined;
     const state = parts[1].trim().split('\n')[0]?.trim() ?? '';
     if (!state) return undefined;
-    try {
-      return { state, xml: parseDomainXml(parts.slice(2).join(MARK).trim()) };
-    } catch {
-      return { state };
-    }
+    return lazyEntry(state, parts.slice(2).join(MARK).trim());
   }
 
   /** After a reconnection: what stopped, started, vanished or lost a device meanwhile. */
@@ -523,11 +555,14 @@ export class LibvirtConnector implements Connector {
         this.forget(event.domain, event.alias);
         if (port && !this.busy.has(event.alias))
           this.signals.next({ type: 'device-removed', domain: event.domain, port });
-        return this.scheduleRefresh(event.domain);
+        if (this.isOwn(event.domain, event.alias)) return;
+        // Someone else's device: read the domain again soon (once for a burst of changes).
+        return this.scheduleRefresh(event.domain, 1_000);
       }
       case 'device-added':
-        if (this.busy.has(event.alias)) return;
-        return this.scheduleRefresh(event.domain);
+        this.addedWaiters.get(`${event.domain}\0${event.alias}`)?.();
+        if (this.busy.has(event.alias) || this.isOwn(event.domain, event.alias)) return;
+        return this.scheduleRefresh(event.domain, 1_000);
       case 'device-removal-failed':
         return this.scheduleRefresh(event.domain);
       default:
@@ -609,13 +644,23 @@ export class LibvirtConnector implements Connector {
     this.pidTimer.unref?.();
   }
 
-  private scheduleRefresh(domain: DomainName): void {
+  private markOwn(domain: DomainName, alias: string): void {
+    const now = Date.now();
+    for (const [key, until] of this.recent) if (until < now) this.recent.delete(key);
+    this.recent.set(`${domain}\0${alias}`, now + 3_000);
+  }
+
+  private isOwn(domain: DomainName, alias: string): boolean {
+    return (this.recent.get(`${domain}\0${alias}`) ?? 0) >= Date.now();
+  }
+
+  private scheduleRefresh(domain: DomainName, delayMs = 50): void {
     if (this.pendingRefresh.has(domain) || this.disposed) return;
     const timer = setTimeout(() => {
       this.pendingRefresh.delete(domain);
       if (this.locks.has(domain)) return this.scheduleRefresh(domain);
       void this.refresh(domain).catch(() => undefined);
-    }, 50);
+    }, delayMs);
     timer.unref?.();
     this.pendingRefresh.set(domain, timer);
   }
@@ -661,7 +706,10 @@ export class LibvirtConnector implements Connector {
   // -- errors
 
   private refusal(domain: DomainName, operation: string, stderr: string, entry?: DomainEntry): Error {
-    const reason = virshErrors(stderr).join('; ') || stderr.trim() || 'the device did not appear in the domain';
+    const errors = virshErrors(stderr);
+    // "Failed to attach device from FILE" names a temp file; libvirt's reason is the line after it.
+    const useful = errors.filter((e) => !/^Failed to (attach|detach) device/.test(e));
+    const reason = (useful.length > 0 ? useful : errors).join('; ') || 'the device did not appear in the domain';
     if (entry && !RUNNING_STATES.has(entry.state)) return Errors.domainNotRunning({ domain, role: 'frontend' });
     if (/domain is not running/i.test(reason)) return Errors.domainNotRunning({ domain, role: 'frontend' });
     let hint: string | undefined;
