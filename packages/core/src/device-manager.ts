@@ -137,7 +137,11 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
   private watch(driver: DeviceClassDriver, source: DeviceSource): Subscription {
     const pairKey = `${driver.id}@${source.id}`;
     const isolated = combineLatest([defer(() => driver.discover(source)), this.attachmentsChanged]).pipe(
-      map(([snapshot]) => snapshot.map((device) => this.withAttachment(device))),
+      map(([snapshot]) => {
+        // A snapshot after a fault: the driver works again.
+        this.lastFaults.delete(pairKey);
+        return snapshot.map((device) => this.withAttachment(device));
+      }),
       snapshotsToEvents(),
       catchError((error: unknown) => {
         const fault = { driverId: driver.id, sourceId: source.id, error: asError(error) };
@@ -283,6 +287,18 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
     this.inFlight.add(chain);
     try {
       const spec = driver.attachSpec(device, request.options ?? {});
+      // The kind the connector will be handed, after this backend's data path: refused here, before
+      // anything (hook, backend, hypervisor) is touched, when the connector cannot perform it.
+      const kind = source.routesKind ? source.routesKind(spec.kind) : spec.kind;
+      if (kind === undefined || (connector.attachKinds !== undefined && !connector.attachKinds.includes(kind))) {
+        throw Errors.unsupportedAttachKind({
+          device: label,
+          kind: kind ?? spec.kind,
+          frontend,
+          connector: kind === undefined ? `backend ${port.backend}` : connector.id,
+          kinds: kind === undefined ? [] : connector.attachKinds!,
+        });
+      }
       if (!(await connector.isRunning(frontend))) throw Errors.domainNotRunning({ domain: frontend, role: 'frontend' });
       for (const hook of this.policyHooks) {
         const verdict = await hook.preAttach?.({

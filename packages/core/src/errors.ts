@@ -393,6 +393,32 @@ export const Errors = {
     code: 'DG_KERNEL_NOT_STARTED',
     message: () => 'the device manager is not started',
   }),
+  moduleNotFound: define<{ module: string; from: string; reason: string }>({
+    code: 'DG_MODULE_NOT_FOUND',
+    message: (p) => `driver package '${p.module}' cannot be found from ${p.from}: ${p.reason}`,
+    hint: (p) =>
+      `install it where the configuration is (cd ${p.from} && npm install ${p.module}), or name its directory by path`,
+  }),
+  moduleLoadFailed: define<{ module: string; reason: string }>({
+    code: 'DG_MODULE_LOAD_FAILED',
+    message: (p) => `driver package '${p.module}' was not loaded: ${p.reason}`,
+    hint: () => 'a driver package exports its DevgateModule as `devgateModule` (or default); see docs/plugin-api.md',
+  }),
+  unsupportedAttachKind: define<{ device: string; kind: string; frontend: string; connector: string; kinds: readonly string[] }>({
+    code: 'DG_UNSUPPORTED_ATTACH_KIND',
+    message: (p) => `Device ${p.device} cannot be attached to ${p.frontend}: ${p.connector} cannot perform '${p.kind}' attachments; nothing was touched`,
+    hint: (p) => `${p.connector} performs: ${p.kinds.join(', ') || 'nothing'}`,
+  }),
+  notProvided: define<{ token: string; requestedBy: string }>({
+    code: 'DG_NOT_PROVIDED',
+    message: (p) => `${p.requestedBy} asked for ${p.token}, which nothing provides in this kernel`,
+    hint: () => 'devgated and the CLI provide every documented token; a test registers its own (kernel.container.register)',
+  }),
+  driverFault: define<{ driverId: string; source: string; reason: string }>({
+    code: 'DG_DRIVER_FAULT',
+    message: (p) => `driver '${p.driverId}' failed on ${p.source}: ${p.reason}`,
+    hint: () => 'its last devices stay listed and it is retried with backoff; the other drivers are unaffected',
+  }),
 
   // -- backend VMs and their agent (devgate-agent, docs/agent-protocol.md)
   agentUnavailable: define<{ backend: string; reason: string }>({

@@ -12,3 +12,5 @@ export * from './events.js';
 export * from './plugin-api.js';
 export * from './device-manager.js';
 export * from './kernel.js';
+export * from './attach-kinds.js';
+export * from './module-loader.js';

@@ -9,15 +9,28 @@ import { type DeviceClassId, type DeviceInfo, type DomainName, type Port } from 
 import { type Disposable } from './disposable.js';
 import { type HostTree } from './host-tree.js';
 
-/** The plugin API version this kernel provides. A driver's manifest names the one it targets. */
+/**
+ * The plugin API version this kernel provides. A driver's manifest names the one it targets; the
+ * kernel loads drivers for the versions in SUPPORTED_PLUGIN_API_VERSIONS (older ones through an
+ * adapter, see docs/plugin-api.md "Versions") and refuses the others with DG_INCOMPATIBLE_DRIVER.
+ */
 export const PLUGIN_API_VERSION = 1;
+/** Every plugin API version this kernel loads drivers for. @since 1 */
+export const SUPPORTED_PLUGIN_API_VERSIONS: readonly number[] = [1];
 
 export interface DriverManifest {
-  /** The plugin API version the driver was written against. */
+  /** The plugin API version the driver was written against. @since 1 */
   readonly apiVersion: number;
+  /** @since 1 */
   readonly description: string;
-  /** Ids of drivers that must be registered too. */
+  /** Ids of drivers that must be registered too. @since 1 */
   readonly dependsOn?: readonly DeviceClassId[];
+  /**
+   * sysfs classes or buses whose devices the driver reads, beyond those every source reads (block,
+   * usb, input, pci): `['tty']` lists `/sys/class/tty/*` too. Sources that read sysfs include them.
+   * @since 1
+   */
+  readonly subsystems?: readonly string[];
 }
 
 /** A device class (block, usb, input, pci, ...). */
@@ -54,6 +67,17 @@ export interface DeviceSource extends Disposable {
    * backend can be attached. Never builds a path from a name alone.
    */
   dataPath?(device: DeviceInfo, spec: AttachSpec): Promise<AttachSpec>;
+  /**
+   * Optional: read these sysfs classes or buses too (the union of the drivers' manifest
+   * `subsystems`). The kernel calls it once, before it subscribes. @since 1
+   */
+  readSubsystems?(subsystems: readonly string[]): void;
+  /**
+   * Optional: the kind a spec of this kind becomes on its data path (a backend VM's `usb-host`
+   * becomes `usb-redir`), or undefined when this backend has no path for it. Without it, kinds pass
+   * through unchanged. The kernel asks before anything is touched. @since 1
+   */
+  routesKind?(kind: string): string | undefined;
 }
 export const DeviceSource: InjectionToken<DeviceSource> = Symbol.for('devgate.DeviceSource');
 
@@ -104,6 +128,13 @@ export type DomainLifecycleEvent =
 /** A hypervisor connection (QEMU QMP, libvirt, xl) that performs attach specs on frontends. */
 export interface Connector extends Disposable {
   readonly id: string;
+  /**
+   * The attach spec kinds this connector performs (`block`, `usb-host`, `qemu-device`, ...). The
+   * kernel refuses any other kind with DG_UNSUPPORTED_ATTACH_KIND before the backend's data path or
+   * the hypervisor is touched. A connector that declares none is handed every kind and refuses
+   * what it cannot do itself (connectors written before kinds were declared). @since 1
+   */
+  readonly attachKinds?: readonly string[];
   /** Whether this connector manages the domain (from its registry; cheap). */
   manages(domain: DomainName): boolean;
   /** Domains it manages, for listings and completion. */
@@ -137,4 +168,55 @@ export interface ModuleRegistry {
   registerSource(source: DeviceSource): Disposable;
   registerPolicyHook(hook: PolicyHook): Disposable;
   registerConnector(connector: Connector): Disposable;
+  /**
+   * What devgate provides to modules, by token (Clock, Logger, NamesDatabase, SysfsReader): a
+   * module file passes them to the constructors it calls. A token nothing provides is
+   * DG_NOT_PROVIDED. @since 1
+   */
+  resolve<T>(token: InjectionToken<T>): T;
 }
+
+// -- What devgate provides to drivers (resolve them in the module file; tests register their own)
+
+/** The time, for drivers that stamp or age things. Default: the system clock. @since 1 */
+export interface Clock {
+  /** Milliseconds since the epoch. */
+  now(): number;
+}
+export const Clock: InjectionToken<Clock> = Symbol.for('devgate.Clock');
+
+/**
+ * Where a driver logs: devgated's log (JSON lines, with the module's name), the CLI's stderr at
+ * `--verbose`, nothing in tests unless a test provides one. Fields are data, never interpolated. @since 1
+ */
+export interface Logger {
+  debug(message: string, fields?: Readonly<Record<string, unknown>>): void;
+  info(message: string, fields?: Readonly<Record<string, unknown>>): void;
+  warn(message: string, fields?: Readonly<Record<string, unknown>>): void;
+  error(message: string, fields?: Readonly<Record<string, unknown>>): void;
+}
+export const Logger: InjectionToken<Logger> = Symbol.for('devgate.Logger');
+
+/**
+ * Vendor and product names from the host's ID databases (hwdata's usb.ids and pci.ids). Names are
+ * untrusted text like any other: sanitize them in the driver's parser. Default: no names. @since 1
+ */
+export interface NamesDatabase {
+  vendor(bus: 'usb' | 'pci', vendorId: string): string | undefined;
+  product(bus: 'usb' | 'pci', vendorId: string, productId: string): string | undefined;
+}
+export const NamesDatabase: InjectionToken<NamesDatabase> = Symbol.for('devgate.NamesDatabase');
+
+/**
+ * This host's sysfs, read now (not from a snapshot), bounded: for the rare driver that must read
+ * an attribute at attach time. Discovery reads the HostTree its source gives it instead. @since 1
+ */
+export interface SysfsReader {
+  /** The sysfs root read (`/sys`, or a `--sysroot`'s `sys/`). */
+  readonly root: string;
+  /** A text attribute of a device (`/devices/...` devpath), or undefined; never follows `..`. */
+  attribute(devpath: string, name: string): string | undefined;
+  /** The entries of a directory under the root (`class/tty`), or none. */
+  entries(dir: string): readonly string[];
+}
+export const SysfsReader: InjectionToken<SysfsReader> = Symbol.for('devgate.SysfsReader');
