@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { type AttachSpec, type DeviceInfo, Errors, portLabel } from '@devgate/core';
+import { type AttachSpec, type DeviceInfo, Errors, LIBVIRT_XML_KIND, QEMU_DEVICE_KIND, portLabel } from '@devgate/core';
+import { nodeDataPath } from './node-data-path.js';
 import { parseKeyValueLines } from './parse-udev-data.js';
 import { bindGroupToVfio } from './pci-vfio.js';
 import { type HostRoots } from './sysfs-reader.js';
@@ -13,6 +14,8 @@ import { type HostRoots } from './sysfs-reader.js';
  */
 export async function hostDataPath(roots: HostRoots, device: DeviceInfo, spec: AttachSpec): Promise<AttachSpec> {
   const label = portLabel(device.port);
+  // The generic kinds: the device's node, by major:minor, when the spec asks for it.
+  if (spec.kind === QEMU_DEVICE_KIND || spec.kind === LIBVIRT_XML_KIND) return nodeDataPath(roots, device, spec);
   switch (spec.kind) {
     case 'block': {
       const node = path.join(roots.dev, path.basename(device.port.portId));

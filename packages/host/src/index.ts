@@ -12,3 +12,4 @@ export * from './parse-umockdev.js';
 export * from './parse-udev-export-db.js';
 export * from './load-sysfs-tarball.js';
 export * from './recording.js';
+export * from './node-data-path.js';

@@ -11,6 +11,7 @@ import {
   readDeviceWithAncestors,
   readHostTree,
   readUsage,
+  subsystemLists,
 } from './sysfs-reader.js';
 import { parseKeyValueLines } from './parse-udev-data.js';
 import { type KernelUevent, UeventMonitor } from './uevent-monitor.js';
@@ -63,6 +64,8 @@ export class LocalHostSource implements DeviceSource {
   /** Rescans of the live subscriptions, run when a probe finds something. */
   private readonly probeListeners = new Set<() => void>();
   private readonly probeWaiters: (() => void)[] = [];
+  /** Subsystems the drivers asked for beyond the built-in lists (see readSubsystems). */
+  private subsystems: readonly string[] = [];
 
   constructor(private readonly options: LocalHostOptions = {}) {
     this.roots = options.roots ?? LOCAL_ROOTS;
@@ -82,7 +85,7 @@ export class LocalHostSource implements DeviceSource {
         try {
           if (fullRescan)
             devices = new Map(
-              readHostTree(this.roots)
+              readHostTree(this.roots, this.subsystems)
                 .devices()
                 .map((r) => [r.devpath, r]),
             );
@@ -131,7 +134,8 @@ export class LocalHostSource implements DeviceSource {
     };
     if (event.action === 'remove') return dropUnder(event.devpath);
     if (event.action === 'move' && event.properties.DEVPATH_OLD) dropUnder(event.properties.DEVPATH_OLD);
-    if (!LISTED_SUBSYSTEMS.has(event.subsystem) && !devices.has(event.devpath)) return;
+    const listed = LISTED_SUBSYSTEMS.has(event.subsystem) || this.subsystems.includes(event.subsystem);
+    if (!listed && !devices.has(event.devpath)) return;
     const fromUevent = event.action === 'add' || event.action === 'change' ? event.properties : undefined;
     for (const record of readDeviceWithAncestors(this.roots, event.devpath, (d) => devices.has(d), fromUevent)) {
       devices.set(record.devpath, record);
@@ -156,7 +160,7 @@ export class LocalHostSource implements DeviceSource {
 
   /** A fresh tree, without subscribing: what a one-shot command needs. */
   snapshot(): HostTree {
-    return this.withProbes(readHostTree(this.roots));
+    return this.withProbes(readHostTree(this.roots, this.subsystems));
   }
 
   private withProbes(tree: HostTree): HostTree {
@@ -254,7 +258,8 @@ export class LocalHostSource implements DeviceSource {
       }
       case 'fs.watch': {
         const watchers: fs.FSWatcher[] = [];
-        const dirs = [this.roots.dev, ...WATCHED_LISTS.map((list) => path.join(this.roots.sys, list))];
+        const lists = [...WATCHED_LISTS, ...subsystemLists(this.subsystems)];
+        const dirs = [this.roots.dev, ...lists.map((list) => path.join(this.roots.sys, list))];
         for (const dir of dirs) {
           try {
             watchers.push(fs.watch(dir, { persistent: false }, rescan));
@@ -274,6 +279,11 @@ export class LocalHostSource implements DeviceSource {
       case 'static':
         return () => {};
     }
+  }
+
+  /** Also lists the devices of these sysfs classes or buses (the drivers' manifest `subsystems`). */
+  readSubsystems(subsystems: readonly string[]): void {
+    this.subsystems = [...new Set([...this.subsystems, ...subsystems])].sort();
   }
 
   /** This host's own nodes and USB ports, checked against what was listed. */

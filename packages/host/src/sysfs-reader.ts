@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Errors, HostTree, type HostUsage, type RawDeviceRecord } from '@devgate/core';
+import { Errors, HostTree, type HostUsage, type RawDeviceRecord, type SysfsReader } from '@devgate/core';
 import { parseKeyValueLines, parseMountinfo, parseSwaps, parseUdevDataFile } from './parse-udev-data.js';
 import { type DerivedDevice, isTrimmedBlockTree, trimmedAncestor, trimmedBlockDevices } from './trimmed-sysfs.js';
 
@@ -34,17 +34,23 @@ const DEVICE_LISTS = ['class/block', 'bus/usb/devices', 'class/input', 'bus/pci/
 
 const MAX_ATTRIBUTE_BYTES = 64 * 1024;
 
+/** The class and bus directories of other subsystems drivers asked for (`tty`: class/tty). */
+export function subsystemLists(subsystems: readonly string[]): string[] {
+  return subsystems.filter((s) => /^[a-z0-9_-]{1,32}$/.test(s)).flatMap((s) => [`class/${s}`, `bus/${s}/devices`]);
+}
+
 /**
- * Reads a host's devices from sysfs: every device listed under the class and bus directories above,
- * plus all of their ancestors. Attributes are read lazily, on first use.
+ * Reads a host's devices from sysfs: every device listed under the class and bus directories above
+ * (and those of `subsystems`, which drivers asked for), plus all of their ancestors. Attributes are
+ * read lazily, on first use.
  */
-export function readHostTree(roots: HostRoots): HostTree {
+export function readHostTree(roots: HostRoots, subsystems: readonly string[] = []): HostTree {
   const devicesDir = realpathOrUndefined(path.join(roots.sys, 'devices'));
   if (!devicesDir || !isDirectory(devicesDir)) {
     throw Errors.sysrootUnreadable({ root: roots.sys, reason: 'no devices/ directory' });
   }
   const listed: string[] = [];
-  for (const list of DEVICE_LISTS) {
+  for (const list of [...DEVICE_LISTS, ...subsystemLists(subsystems)]) {
     for (const entry of readdirOrEmpty(path.join(roots.sys, list))) {
       const real = realpathOrUndefined(path.join(roots.sys, list, entry));
       if (real) listed.push(real);
@@ -172,6 +178,24 @@ function sysfsRecord(
     link(name) {
       const file = safeJoin(dir, name);
       return file ? readlinkOrUndefined(file) : undefined;
+    },
+  };
+}
+
+/**
+ * What devgate provides to drivers as the `SysfsReader` token: this host's sysfs read now, bounded,
+ * never outside the root (a devpath must be `/devices/...`, no `..`).
+ */
+export function sysfsReader(roots: HostRoots): SysfsReader {
+  const safe = (relative: string) => relative.split('/').every((part) => part !== '' && part !== '.' && part !== '..');
+  return {
+    root: roots.sys,
+    attribute(devpath, name) {
+      if (!devpath.startsWith('/devices/') || !safe(devpath.slice(1)) || !safe(name)) return undefined;
+      return readAttribute(path.join(roots.sys, devpath), name);
+    },
+    entries(dir) {
+      return safe(dir) ? readdirOrEmpty(path.join(roots.sys, dir)).sort() : [];
     },
   };
 }
