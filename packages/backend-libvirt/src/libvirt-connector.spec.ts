@@ -226,6 +226,58 @@ it('reports a crashed domain (QEMU killed) as stopped within 1 s of the kill', a
   await libvirtd.virsh(['start', 'work']);
 });
 
+it('attaches on virtio with bus=virtio; a detach the guest never acknowledges is reported, and the disk stays', async () => {
+  const part = disk.partitions[1];
+  const patient = new LibvirtConnector({ uri: libvirtd.uri, detachTimeoutMs: 1_000 });
+  try {
+    await patient.ready();
+    const result = await patient.attach('personal', port(part), blockSpec(`/dev/${part}`, { bus: 'virtio' }), 'ID-V');
+    expect(result.options).toEqual({ 'read-only': 'no', 'frontend-dev': 'xvdi' });
+    expect((await liveXml('personal')).disks.find((d) => d.alias === aliasFor(port(part)))).toMatchObject({
+      targetBus: 'virtio',
+      targetDev: 'vda',
+    });
+    // No guest OS answers the PCI unplug: libvirt would say "detached successfully"; devgate does not.
+    await expect(patient.detach('personal', port(part))).rejects.toMatchObject({ code: 'DG_DETACH_TIMEOUT' });
+    expect((await liveXml('personal')).aliases.has(aliasFor(port(part)))).toBe(true);
+    expect(await patient.attachments()).toContainEqual(expect.objectContaining({ port: port(part), deviceId: 'ID-V' }));
+    // A reset completes the unplug; libvirt's device-removed reaches the connector as a removal.
+    const removed = firstValueFrom(
+      patient.lifecycle$.pipe(
+        filter((e) => e.type === 'device-removed' && e.domain === 'personal'),
+        timeout(15_000),
+      ),
+    );
+    await libvirtd.virsh(['qemu-monitor-command', 'personal', '{"execute":"system_reset"}']);
+    expect(await removed).toEqual({ type: 'device-removed', domain: 'personal', port: port(part) });
+  } finally {
+    patient.dispose();
+  }
+});
+
+it('refuses virtio once the domain has no free PCI slot, saying how to add one', async () => {
+  await libvirtd.startDomain('noslot', { rootPorts: 1 });
+  try {
+    await connector.isRunning('noslot');
+    const node = `/dev/${disk.partitions[1]}`;
+    // Read-only, the same node can be plugged many times; each virtio disk takes a slot.
+    let error: { code: string; message: string; hint?: string } | undefined;
+    let attached = 0;
+    for (let i = 0; i < 12 && !error; i++) {
+      await connector.attach('noslot', port(`slot${i}`), blockSpec(node, { bus: 'virtio', readOnly: true }), 'x').then(
+        () => attached++,
+        (e: unknown) => (error = e as typeof error),
+      );
+    }
+    expect(error).toMatchObject({ code: 'DG_LIBVIRT_REFUSED', hint: expect.stringContaining('free PCI slot') });
+    expect(error!.message).toMatch(/PCI|slot/i);
+    expect([...(await liveXml('noslot')).aliases].filter((a) => a.startsWith('ua-dg-'))).toHaveLength(attached);
+  } finally {
+    await libvirtd.virsh(['destroy', 'noslot']).catch(() => undefined);
+    await libvirtd.virsh(['undefine', 'noslot']).catch(() => undefined);
+  }
+});
+
 it('fails a USB host device that is absent with libvirt reason, and leaves the domain as it was', async () => {
   const usbPort: Port = { devclass: 'usb', backend: 'dom0', portId: '1-1' };
   const spec: AttachSpec = { kind: 'usb-host', params: { vendorid: 0x0951, productid: 0x1666 }, options: { by: 'id' } };
