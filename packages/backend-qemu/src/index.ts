@@ -7,3 +7,4 @@ export * from './qemu-connector.js';
 export * from './qemu-module.js';
 export * from './qemu-attach.js';
 export * from './vfio-attach.js';
+export * from './qemu-generic.js';

@@ -20,6 +20,8 @@ export interface AttachmentRecord {
   readonly p: string;
   /** the identity of the device attached: a read-back tells another device in the same port */
   readonly d?: string;
+  /** the attach kind, for kinds whose detach removes more than the device (`qemu-device`) */
+  readonly k?: string;
   /** options reported in USED BY, in order */
   readonly o: Readonly<Record<string, string>>;
 }
@@ -28,6 +30,8 @@ const PREFIX = 'dg-';
 const SEPARATOR = '\t';
 /** Marks the identity field; options never start with it (their names are lowercase words). */
 const IDENTITY = '#';
+/** Marks the kind field, after the identity. */
+const KIND = '!';
 
 export function encodeQdevId(record: AttachmentRecord): string {
   const fields = [
@@ -35,6 +39,7 @@ export function encodeQdevId(record: AttachmentRecord): string {
     record.b,
     record.p,
     ...(record.d === undefined ? [] : [IDENTITY + record.d]),
+    ...(record.k === undefined ? [] : [KIND + record.k]),
     ...Object.entries(record.o).map(([k, v]) => `${k}=${v}`),
   ];
   return PREFIX + Buffer.from(fields.join(SEPARATOR), 'utf8').toString('base64url');
@@ -45,6 +50,7 @@ export function decodeQdevId(id: string): AttachmentRecord | undefined {
   const [c, b, p, ...rest] = Buffer.from(id.slice(PREFIX.length), 'base64url').toString('utf8').split(SEPARATOR);
   if (!c || !b || !p) return undefined;
   const d = rest[0]?.startsWith(IDENTITY) ? rest.shift()!.slice(IDENTITY.length) : undefined;
+  const k = rest[0]?.startsWith(KIND) ? rest.shift()!.slice(KIND.length) : undefined;
   const options = rest;
   const o: Record<string, string> = {};
   for (const option of options) {
@@ -52,7 +58,7 @@ export function decodeQdevId(id: string): AttachmentRecord | undefined {
     if (eq <= 0) return undefined;
     o[option.slice(0, eq)] = option.slice(eq + 1);
   }
-  return d === undefined ? { c, b, p, o } : { c, b, p, d, o };
+  return { c, b, p, ...(d === undefined ? {} : { d }), ...(k === undefined ? {} : { k }), o };
 }
 
 export function toHypervisorAttachment(frontend: DomainName, record: AttachmentRecord): HypervisorAttachment {

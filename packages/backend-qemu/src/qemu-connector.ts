@@ -13,6 +13,7 @@ import {
   Errors,
   type HypervisorAttachment,
   type Port,
+  QEMU_DEVICE_KIND,
 } from '@devgate/core';
 import * as fs from 'node:fs';
 import { Observable, Subject, share } from 'rxjs';
@@ -30,6 +31,7 @@ import {
   toHypervisorAttachment,
 } from './qemu-attach.js';
 import { PCI_UNPLUG_TIMEOUT_MS, planVfioAttach } from './vfio-attach.js';
+import { attachQemuDevice, removeGenericBackends } from './qemu-generic.js';
 
 export const QEMU_CONNECTOR_ID = 'qemu';
 
@@ -87,6 +89,8 @@ const NOT_RUNNING_STATES = new Set(['shutdown']);
 
 export class QemuConnector implements Connector {
   readonly id = QEMU_CONNECTOR_ID;
+  /** What it performs (anything else is refused by the kernel before it is asked). */
+  readonly attachKinds: readonly string[] = ['block', 'usb-host', 'usb-redir', 'vfio-pci', 'input-linux', QEMU_DEVICE_KIND];
   readonly registryFile: string;
   private readonly clients = new Map<string, Promise<QmpClient>>();
   private disposed = false;
@@ -241,6 +245,7 @@ export class QemuConnector implements Connector {
     if (spec.kind === 'usb-host') return this.attachUsbHost(frontend, port, spec, deviceId);
     if (spec.kind === 'usb-redir') return this.attachUsbRedir(frontend, port, spec, deviceId);
     if (spec.kind === 'vfio-pci') return this.attachVfio(frontend, port, spec, deviceId);
+    if (spec.kind === QEMU_DEVICE_KIND) return this.attachGeneric(frontend, port, spec, deviceId);
     if (spec.kind !== 'block') throw Errors.unsupported({ driverId: this.id, operation: `attach (${spec.kind})` });
     const existing = await this.devgateDevices(frontend);
     const used = new Set(existing.map(([, record]) => record.o['frontend-dev']).filter(Boolean));
@@ -293,6 +298,19 @@ export class QemuConnector implements Connector {
     return { port, frontend, deviceId, options: plan.options };
   }
 
+  /** The generic kind (qemu-generic.ts): a named QEMU device after its chardev, block node or object. */
+  private async attachGeneric(
+    frontend: DomainName,
+    port: Port,
+    spec: AttachSpec,
+    deviceId: string,
+  ): Promise<HypervisorAttachment> {
+    await this.devgateDevices(frontend);
+    const { qdevId, ...attachment } = await attachQemuDevice(this, frontend, port, spec, deviceId);
+    await this.noteDevice(frontend, qdevId, decodeQdevId(qdevId));
+    return attachment;
+  }
+
   /** A backend VM's USB device: `chardev-add` to its export port, then `device_add usb-redir`. */
   private async attachUsbRedir(
     frontend: DomainName,
@@ -327,6 +345,7 @@ export class QemuConnector implements Connector {
       record.c === 'pci' ? Math.max(this.options.unplugTimeoutMs ?? 0, PCI_UNPLUG_TIMEOUT_MS) : undefined,
     );
     await this.noteDevice(frontend, qdevId);
+    await removeGenericBackends(this, frontend, qdevId, record);
     if (frontendDev) await this.execute(frontend, 'blockdev-del', { 'node-name': `dg-${frontendDev}` });
     // A usb-redir device's chardev has its id (usb-host has none: nothing to remove).
     if (record.c === 'usb') await this.execute(frontend, 'chardev-remove', { id: qdevId }).catch(() => undefined);

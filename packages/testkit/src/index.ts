@@ -6,3 +6,4 @@ export * from './conformance.js';
 export * from './fixtures.js';
 export * from './materialize.js';
 export * from './usb-authorization-files.js';
+export * from './pty.js';
