@@ -10,6 +10,7 @@ import {
   type Disposable,
   Kernel,
   portLabel,
+  type Port,
 } from '@devgate/core';
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
@@ -72,7 +73,9 @@ export class Devgated implements Disposable {
     );
     // Every domain at the configured libvirt URIs is a frontend; a disk someone attached there maps to this host.
     const localBackend = Object.entries(config.backends).find(([, spec]) => 'source' in spec)?.[0] ?? 'dom0';
-    const libvirt = libvirtModule({ uris: config.libvirt?.uris ?? [], dom0: localBackend });
+    const listing: { manager?: DeviceManager } = {};
+    const isListed = (port: Port) => listing.manager?.get(port) !== undefined;
+    const libvirt = libvirtModule({ uris: config.libvirt?.uris ?? [], dom0: localBackend, isListed });
     kernel.load(libvirt);
     for (const [backend, spec] of Object.entries(config.backends)) kernel.registerSource(sourceFor(backend, spec));
     // Backends replayed from recordings that `devgate lab up NAME --recording FILE` registered.
@@ -87,6 +90,7 @@ export class Devgated implements Disposable {
     }
     kernel.registerPolicyHook(denyListHook(() => store));
     const manager = kernel.start();
+    listing.manager = manager;
     const asks = new AskService(store, events, config.askTimeoutSeconds * 1000);
     const devices = new DeviceService(manager, store, events);
     const autoAttach = new AutoAttach(manager, store, asks, devices);

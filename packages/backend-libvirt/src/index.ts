@@ -6,3 +6,4 @@ export * from './libvirt-attach.js';
 export * from './libvirt-connector.js';
 export * from './libvirt-module.js';
 export * from './libvirt-lab.js';
+export * from './libvirt-generic.js';

@@ -17,6 +17,7 @@ import {
   type DomainName,
   Errors,
   type HypervisorAttachment,
+  LIBVIRT_XML_KIND,
   type Port,
   portLabel,
 } from '@devgate/core';
@@ -37,6 +38,7 @@ import {
   portOfAlias,
 } from './libvirt-attach.js';
 import { type LibvirtEvent, type LibvirtTransport, VirshTransport, virshErrors } from './virsh-transport.js';
+import { planXmlFragment } from './libvirt-generic.js';
 
 export const LIBVIRT_CONNECTOR_ID = 'libvirt';
 
@@ -56,6 +58,12 @@ export interface LibvirtConnectorOptions {
   readonly transport?: LibvirtTransport;
   /** The backend domain this host's devices are listed under (a disk a user attached maps to it). */
   readonly dom0?: DomainName;
+  /**
+   * Whether devgate lists a device of this host (the kernel's cache). A disk someone attached
+   * without devgate is reported only when it is one devgate lists; the VMs' own system disks are not
+   * devgate's business. Default: every block device of this host.
+   */
+  readonly isListed?: (port: Port) => boolean;
   /** Whether the URI's domains run on this host; default: the URI has no host part. */
   readonly local?: boolean;
   /** sysfs, for the device number of a USB port. Default `/sys`. */
@@ -111,6 +119,8 @@ const MARK = 'DG-MARK-7f3a';
 
 export class LibvirtConnector implements Connector {
   readonly id: string;
+  /** What it performs (anything else is refused by the kernel before it is asked). */
+  readonly attachKinds: readonly string[] = ['block', 'usb-host', LIBVIRT_XML_KIND];
   readonly uri: string;
   readonly transport: LibvirtTransport;
   readonly lifecycle$: Observable<DomainLifecycleEvent>;
@@ -221,6 +231,8 @@ export class LibvirtConnector implements Connector {
           });
         }
         plan = planUsbHostdev(port, spec, this.usbDevnum(spec));
+      } else if (spec.kind === LIBVIRT_XML_KIND) {
+        plan = planXmlFragment(port, spec);
       } else {
         throw Errors.unsupported({ driverId: this.id, operation: `attach (${spec.kind})` });
       }
@@ -395,6 +407,7 @@ export class LibvirtConnector implements Connector {
         continue;
       }
       const port = { devclass: 'block', backend: this.options.dom0 ?? 'dom0', portId: path.basename(node) };
+      if (this.options.isListed && !this.options.isListed(port)) continue;
       const options = {
         'read-only': disk.readOnly ? 'yes' : 'no',
         ...(disk.targetDev ? { 'frontend-dev': disk.targetDev } : {}),
