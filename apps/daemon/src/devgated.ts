@@ -15,7 +15,7 @@ import {
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
 import { UsbAuthorizer, parseRulesFile, usbModule } from '@devgate/driver-usb';
-import { InputProxy, inputModule, inputProxyPolicy } from '@devgate/driver-input';
+import { InputProxy, InputReplug, inputModule, inputProxyPolicy } from '@devgate/driver-input';
 import { pciModule } from '@devgate/driver-pci';
 import { qemuModule, readRegistrySync } from '@devgate/backend-qemu';
 import { AgentSource } from '@devgate/backend-agent';
@@ -48,6 +48,8 @@ export class Devgated implements Disposable {
   private stopped = false;
   /** Qubes' input proxy: policy, asks and audit for input devices of backends other than dom0. */
   private inputProxy?: InputProxy;
+  /** Input passthrough survives a replug: QEMU never reopens a node, so the same device is attached again. */
+  private inputReplug?: InputReplug;
 
   private constructor(
     readonly config: DaemonConfig,
@@ -121,6 +123,17 @@ export class Devgated implements Disposable {
           }),
       });
       daemon.inputProxy.start();
+      daemon.inputReplug = new InputReplug(manager, {
+        attach: (device, frontend, options) =>
+          devices.attach(
+            { devclass: 'input', frontend, device: portLabel(device.port), deviceId: device.deviceId, options },
+            'devgated (input replug)',
+            'reattach',
+          ),
+        detach: (device, frontend) =>
+          devices.detach({ devclass: 'input', frontend, device: portLabel(device.port) }, 'devgated (input replug)'),
+      });
+      daemon.inputReplug.start();
       await daemon.listen();
     } catch (error) {
       await daemon.stop();
@@ -298,6 +311,7 @@ export class Devgated implements Disposable {
     this.authorizer?.dispose();
     this.autoAttach.dispose();
     this.inputProxy?.dispose();
+    this.inputReplug?.dispose();
     this.asks.dispose();
     // End the event streams first: a server closes only once its open responses have ended.
     this.events.complete();

@@ -7,4 +7,5 @@ export * from './qemu-connector.js';
 export * from './qemu-module.js';
 export * from './qemu-attach.js';
 export * from './vfio-attach.js';
+export * from './qemu-input.js';
 export * from './qemu-generic.js';

@@ -30,6 +30,7 @@ import {
   planUsbRedirAttach,
   toHypervisorAttachment,
 } from './qemu-attach.js';
+import { INPUT_LINUX_KIND, attachInputLinux, detachInputLinux, inputLinuxAttachments } from './qemu-input.js';
 import { PCI_UNPLUG_TIMEOUT_MS, planVfioAttach } from './vfio-attach.js';
 import { attachQemuDevice, removeGenericBackends } from './qemu-generic.js';
 
@@ -243,6 +244,7 @@ export class QemuConnector implements Connector {
    */
   async attach(frontend: DomainName, port: Port, spec: AttachSpec, deviceId: string): Promise<HypervisorAttachment> {
     if (spec.kind === 'usb-host') return this.attachUsbHost(frontend, port, spec, deviceId);
+    if (spec.kind === INPUT_LINUX_KIND) return attachInputLinux(this, frontend, port, spec, deviceId);
     if (spec.kind === 'usb-redir') return this.attachUsbRedir(frontend, port, spec, deviceId);
     if (spec.kind === 'vfio-pci') return this.attachVfio(frontend, port, spec, deviceId);
     if (spec.kind === QEMU_DEVICE_KIND) return this.attachGeneric(frontend, port, spec, deviceId);
@@ -336,7 +338,11 @@ export class QemuConnector implements Connector {
     const found = (await this.devgateDevices(frontend)).find(
       ([, r]) => r.c === port.devclass && r.b === port.backend && r.p === port.portId,
     );
-    if (!found) throw Errors.notAttached({ device: `${port.backend}:${port.portId}`, frontend });
+    if (!found) {
+      // An input device is input-linux objects, not a device (qemu-input.ts).
+      if (await detachInputLinux(this, frontend, port)) return;
+      throw Errors.notAttached({ device: `${port.backend}:${port.portId}`, frontend });
+    }
     const [qdevId, record] = found;
     const frontendDev = record.o['frontend-dev'];
     await this.unplug(
@@ -358,6 +364,7 @@ export class QemuConnector implements Connector {
       if (!(await this.isRunning(domain).catch(() => false))) continue;
       const devices = await this.devgateDevices(domain).catch(() => []);
       for (const [, record] of devices) result.push(toHypervisorAttachment(domain, record));
+      result.push(...(await inputLinuxAttachments(this, domain).catch(() => [])));
     }
     return result;
   }

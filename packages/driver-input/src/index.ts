@@ -12,3 +12,4 @@ export { INPUT_CLASS_ID as INPUT_DRIVER_ID } from './parse-input-devices.js';
 export * from './parse-input-policy.js';
 export * from './input-policy.js';
 export * from './input-proxy.js';
+export * from './input-replug.js';

@@ -5,6 +5,7 @@ import { nodeDataPath } from './node-data-path.js';
 import { parseKeyValueLines } from './parse-udev-data.js';
 import { bindGroupToVfio } from './pci-vfio.js';
 import { type HostRoots } from './sysfs-reader.js';
+import { inputDataPath } from './input-data-path.js';
 
 /**
  * How a device of this host reaches a VM: the host's own node for a block device, the host's USB
@@ -63,6 +64,8 @@ export async function hostDataPath(roots: HostRoots, device: DeviceInfo, spec: A
         },
       };
     }
+    case 'input-linux':
+      return inputDataPath(roots, device, spec);
     default:
       throw Errors.unsupported({ driverId: 'host', operation: `a data path for '${spec.kind}'` });
   }

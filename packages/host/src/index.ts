@@ -12,4 +12,5 @@ export * from './parse-umockdev.js';
 export * from './parse-udev-export-db.js';
 export * from './load-sysfs-tarball.js';
 export * from './recording.js';
+export * from './input-data-path.js';
 export * from './node-data-path.js';
