@@ -11,7 +11,8 @@ const DEVGATE = '/work/main/apps/cli/bin/devgate.cjs';
 let guest: Guest;
 
 beforeAll(async () => {
-  guest = await bootGuest({ name: 'spec-guest', devices: [{ kind: 'usb-kbd' }] });
+  // With an emulated IOMMU: the USB controller's DMA goes through it, as on hosts that pass devices through.
+  guest = await bootGuest({ name: 'spec-guest', devices: [{ kind: 'usb-kbd' }], iommu: true });
   process.stdout.write(`guest-lab: boot ${guest.bootMs} ms (${guest.accel})\n`);
 });
 
@@ -50,6 +51,8 @@ describe('a lab guest', () => {
     expect(uname.trim()).toMatch(/-amd64$/);
     expect(fs.existsSync('/sys/bus/usb/devices/1-1')).toBe(false);
     await guest.waitForPath('/sys/bus/usb/devices/1-1/idVendor');
+    const groups = await guest.check('readlink /sys/bus/pci/devices/*/iommu_group | sort -u | wc -l');
+    expect(Number(groups)).toBeGreaterThan(1);
 
     await expect(guest.check('echo oops >&2; exit 7')).rejects.toMatchObject({
       code: 'DG_GUEST_COMMAND_FAILED',
