@@ -7,3 +7,4 @@ export * from './libvirt-connector.js';
 export * from './libvirt-module.js';
 export * from './libvirt-lab.js';
 export * from './libvirt-generic.js';
+export * from './libvirt-generic.js';
