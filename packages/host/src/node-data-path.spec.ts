@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { type DeviceInfo, HostTree, QEMU_DEVICE_KIND, qemuDeviceSpec } from '@devgate/core';
+import { type DeviceInfo, type HostTree, QEMU_DEVICE_KIND, qemuDeviceSpec } from '@devgate/core';
 import { hostDataPath } from './host-data-path';
 import { type HostRoots, readHostTree, sysfsReader } from './sysfs-reader';
 

@@ -13,7 +13,8 @@ import { type HostRoots } from './sysfs-reader.js';
  * goes into the path, and a `path` the driver set itself is dropped.
  */
 export async function nodeDataPath(roots: HostRoots, device: DeviceInfo, spec: AttachSpec): Promise<AttachSpec> {
-  const { path: _dropped, ...params } = spec.params;
+  const params = { ...spec.params };
+  delete params.path;
   const type = params.hostNode;
   if (type === undefined) return { ...spec, params };
   if (type !== 'char' && type !== 'block') {
