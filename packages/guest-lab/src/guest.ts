@@ -84,7 +84,7 @@ export interface GuestOptions {
 }
 
 export interface WaitOptions {
-  /** Default 10 s. */
+  /** Default 30 s (a deadline: the wait ends as soon as the condition holds). */
   readonly timeoutMs?: number;
 }
 
@@ -201,7 +201,7 @@ export class GuestSession {
   }
 
   private async wait(condition: WaitCondition, what: string, options: WaitOptions): Promise<Record<string, unknown>> {
-    const timeoutMs = options.timeoutMs ?? 10_000;
+    const timeoutMs = options.timeoutMs ?? 30_000;
     try {
       // The guest keeps the deadline; the host's own, a little later, covers a guest that hangs.
       return await this.agent.request('wait', { condition, timeoutMs }, { timeoutMs: timeoutMs + 5_000 });

@@ -101,7 +101,7 @@ class Devgated {
   }
 
   /** The first streamed event from `from` on that matches; waits for it until the deadline. */
-  next(match: (e: StreamedEvent['event']) => boolean, from: number, timeoutMs = 20_000): Promise<StreamedEvent> {
+  next(match: (e: StreamedEvent['event']) => boolean, from: number, timeoutMs = 60_000): Promise<StreamedEvent> {
     return new Promise((resolve, reject) => {
       const check = () => {
         const found = this.events.slice(from).find((e) => match(e.event));
