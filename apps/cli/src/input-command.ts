@@ -134,10 +134,7 @@ async function explain(
     const policy = effectiveInputPolicy(locations, backends, options.target);
     if (policy.issues.length > 0) {
       io.err(policy.issues.map((i) => `${i.file}:${i.line}:${i.column}: ${i.message}\n`).join(''));
-      throw Errors.inputPolicyInvalid({
-        file: [...(locations.dirs ?? []), ...(locations.files ?? [])].join(', '),
-        count: policy.issues.length,
-      });
+      throw Errors.inputPolicyInvalid({ file: where, count: policy.issues.length });
     }
     const rows = devices.map((device: DeviceJson) => {
       if (device.backend === 'dom0') {
@@ -165,10 +162,7 @@ async function explain(
       );
       return;
     }
-    if (policy.defaults)
-      io.notice(
-        `no input policy at ${[...(locations.dirs ?? []), ...(locations.files ?? [])].join(', ')}; Qubes' installer defaults apply\n`,
-      );
+    if (policy.defaults) io.notice(`no input policy at ${where}; Qubes' installer defaults apply\n`);
     io.out(
       formatColumns([
         ['BACKEND:DEVID', 'DESCRIPTION', 'VERDICT', 'EVENTS', 'WHY'],

@@ -364,7 +364,7 @@ describe('loading policy as qrexec does', () => {
 });
 
 describe('one decision per physical device', () => {
-  let recordings: Recording[] = [];
+  const recordings: Recording[] = [];
   afterAll(() => recordings.forEach((r) => r.dispose()));
   const devices = (name: string) => {
     const recording = loadRecording(recordedFixture(name));
