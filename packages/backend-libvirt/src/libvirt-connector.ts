@@ -249,7 +249,10 @@ export class LibvirtConnector implements Connector {
       fs.writeFileSync(file, plan.xml);
       this.busy.add(plan.alias);
       const key = `${frontend}\0${plan.alias}`;
-      const added = new Promise<void>((resolve) => this.addedWaiters.set(key, resolve));
+      let resolveAdded: () => void = () => undefined;
+      const added = new Promise<void>((resolve) => (resolveAdded = resolve));
+      this.addedWaiters.set(key, () => resolveAdded());
+      let handedOver = false;
       try {
         // The identity first (metadata), then the device, in one virsh process.
         const result = await this.transport.call([
@@ -257,12 +260,17 @@ export class LibvirtConnector implements Connector {
           ['attach-device', frontend, file, '--live'],
         ]);
         const failed = virshErrors(result.stderr).some((e) => !/metadata/i.test(e));
-        // libvirt's device-added confirms it (it comes as the call returns); without the event
-        // stream, or if it does not come, the live XML decides.
-        const confirmed =
-          !failed &&
-          ((await this.waitFor(added, this.eventsConnected ? 2_000 : 0)) ||
-            !!(await this.refresh(frontend).catch(() => undefined))?.xml?.aliases.has(plan.alias));
+        let confirmed = !failed;
+        if (confirmed && this.eventsConnected) {
+          // attach-device answers once QEMU has the device, and libvirt's device-added follows: it
+          // is awaited after the answer; if it does not come, the live XML decides, and a device that
+          // is not there is reported removed.
+          handedOver = true;
+          void this.confirmAdded(frontend, port, plan.alias, key, added);
+        } else if (confirmed) {
+          // No event stream (a one-shot command): the live XML decides now.
+          confirmed = !!(await this.refresh(frontend).catch(() => undefined))?.xml?.aliases.has(plan.alias);
+        }
         if (!confirmed) {
           await this.transport.call([this.setMetadata(frontend, kept)]).catch(() => undefined);
           const now = await this.refresh(frontend).catch(() => undefined);
@@ -277,12 +285,31 @@ export class LibvirtConnector implements Connector {
         }));
         return { port, frontend, deviceId, options: plan.options };
       } finally {
-        this.addedWaiters.delete(key);
+        if (!handedOver) this.addedWaiters.delete(key);
         this.busy.delete(plan.alias);
         this.markOwn(frontend, plan.alias);
         fs.rmSync(file, { force: true });
       }
     });
+  }
+
+  /** After an attach answered: libvirt's device-added, else the live XML; a device not there is gone. */
+  private async confirmAdded(
+    domain: DomainName,
+    port: Port,
+    alias: string,
+    key: string,
+    added: Promise<void>,
+  ): Promise<void> {
+    try {
+      if (await this.waitFor(added, 2_000)) return;
+      const now = await this.refresh(domain).catch(() => undefined);
+      if (now && RUNNING_STATES.has(now.state) && !now.xml?.aliases.has(alias)) {
+        this.signals.next({ type: 'device-removed', domain, port });
+      }
+    } finally {
+      this.addedWaiters.delete(key);
+    }
   }
 
   /** Changes the cached XML of a domain by what devgate just did (applied when next read). */
