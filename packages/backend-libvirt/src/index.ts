@@ -7,4 +7,3 @@ export * from './libvirt-connector.js';
 export * from './libvirt-module.js';
 export * from './libvirt-lab.js';
 export * from './libvirt-generic.js';
-export * from './libvirt-generic.js';
