@@ -248,7 +248,7 @@ describe('devgated inside a guest, on the guest kernel USB devices', () => {
       });
     }
     process.stdout.write(
-      `guest-lab: uevent -> devgated event, ${kind} (ms): ` +
+      `guest-lab: uevent -> devgated event, ${kind} (ms; host load ${os.loadavg()[0].toFixed(1)}): ` +
         cycles
           .map(
             (c) =>
