@@ -336,9 +336,13 @@ export function inputKinds(record: RawDeviceRecord): InputKind[] {
   const hasBit = (words: bigint[], bit: number) => ((words[Math.floor(bit / 64)] ?? 0n) >> BigInt(bit % 64)) & 1n;
   const mouseButton = hasBit(key, 0x110) === 1n; // BTN_LEFT
   if (hasBit(rel, 0) && hasBit(rel, 1) && mouseButton) kinds.push('mouse');
-  else if (hasBit(abs, 0) && hasBit(abs, 1) && (mouseButton || hasBit(key, 0x14a))) {
-    // ABS_X/Y with BTN_TOOL_FINGER is a touchpad, with BTN_TOUCH alone a touchscreen.
-    kinds.push(hasBit(key, 0x145) ? 'touchpad' : 'touchscreen');
+  else if (hasBit(abs, 0) && hasBit(abs, 1)) {
+    // udev's order for ABS_X/Y: a pen is a tablet, a finger tool a touchpad, a mouse button an
+    // absolute mouse (QEMU's usb-tablet), BTN_TOUCH a touchscreen.
+    if (hasBit(key, 0x14b) || hasBit(key, 0x140)) kinds.push('tablet');
+    else if (hasBit(key, 0x145)) kinds.push('touchpad');
+    else if (mouseButton) kinds.push('mouse');
+    else if (hasBit(key, 0x14a)) kinds.push('touchscreen');
   }
   return kinds;
 }

@@ -30,18 +30,16 @@ function mounted(base: HostTree, ...devices: string[]): HostTree {
 /** A live-like source: each PCI function's directory can be listed, and has no `reset` file. */
 function withoutReset(base: HostTree, sbdf: string): HostTree {
   return new HostTree(
-    base
-      .devices()
-      .map((r): RawDeviceRecord =>
-        r.subsystem === 'pci' && sysname(r.devpath) === sbdf
-          ? {
-              ...r,
-              attribute: (n) => r.attribute(n),
-              link: (n) => r.link?.(n),
-              entries: (n) => (n === '.' ? ['class', 'config', 'vendor', 'device'] : undefined),
-            }
-          : r,
-      ),
+    base.devices().map((r): RawDeviceRecord =>
+      r.subsystem === 'pci' && sysname(r.devpath) === sbdf
+        ? {
+            ...r,
+            attribute: (n) => r.attribute(n),
+            link: (n) => r.link?.(n),
+            entries: (n) => (n === '.' ? ['class', 'config', 'vendor', 'device'] : undefined),
+          }
+        : r,
+    ),
     base.usage,
   );
 }

@@ -192,15 +192,23 @@ function groupMembers(roots: HostRoots, group: string, sbdf: string): string[] {
 
 async function ensureVfioDriver(roots: HostRoots, load: boolean): Promise<void> {
   const dir = path.join(roots.sys, 'bus', 'pci', 'drivers', VFIO);
+  // The IOMMU backend of VFIO containers: without it QEMU's vfio-pci finds "No available IOMMU
+  // models". Nothing loads it on its own (vfio-pci does not depend on it).
+  const type1 = path.join(roots.sys, 'module', 'vfio_iommu_type1');
+  if (load && !fs.existsSync(type1)) await modprobe('vfio_iommu_type1');
   if (fs.existsSync(dir)) return;
   if (load) {
-    const error = await new Promise<Error | null>((resolve) => execFile('modprobe', [VFIO], (e) => resolve(e)));
+    const error = await modprobe(VFIO);
     if (fs.existsSync(dir)) return;
     throw Errors.vfioUnavailable({
       reason: `modprobe ${VFIO} failed: ${error?.message.trim() ?? 'no driver appeared'}`,
     });
   }
   throw Errors.vfioUnavailable({ reason: `${dir} does not exist` });
+}
+
+function modprobe(module: string): Promise<Error | null> {
+  return new Promise((resolve) => execFile('modprobe', [module], (error) => resolve(error)));
 }
 
 /** Waits for the kernel to (re)bind: driver binding after drivers_probe is synchronous, udev is not involved. */
