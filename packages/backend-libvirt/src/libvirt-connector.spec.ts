@@ -3,7 +3,7 @@ import { type LoopDisk, createLoopDisk, disposeAllLoopDisks } from '@devgate/tes
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { firstValueFrom, filter, timeout } from 'rxjs';
-import { LibvirtConnector, isLocalUri } from './libvirt-connector';
+import { LibvirtConnector, isLocalUri, missingLocalSocket } from './libvirt-connector';
 import { aliasFor } from './libvirt-attach';
 import { parseDomainXml } from './parse-domain-xml';
 import { PrivateLibvirtd, stopAllLibvirtds } from './testing/private-libvirtd';
@@ -46,6 +46,16 @@ it('knows the URI convention and which URIs are this host', () => {
   expect(isLocalUri('qemu:///system?socket=/tmp/x/libvirt-sock')).toBe(true);
   expect(isLocalUri('qemu+ssh://host/system')).toBe(false);
   expect(isLocalUri('qemu+tcp://127.0.0.1:16509/system')).toBe(false);
+  // Without a socket to connect to, nothing is spawned to find out (every CLI command asks).
+  const run = fs.mkdtempSync(path.join(libvirtd.dir, 'run-'));
+  expect(missingLocalSocket('qemu:///system', run)).toContain('libvirtd is not running');
+  fs.writeFileSync(path.join(run, 'virtqemud-sock'), '');
+  expect(missingLocalSocket('qemu:///system', run)).toBeUndefined();
+  expect(missingLocalSocket('qemu:///system', path.join(run, 'nope'))).toContain('does not exist');
+  expect(missingLocalSocket(libvirtd.uri)).toBeUndefined();
+  expect(missingLocalSocket(`qemu:///system?socket=${run}/none`)).toBe(`no socket at ${run}/none`);
+  expect(missingLocalSocket('qemu+ssh://host/system', run + '/nope')).toBeUndefined();
+  expect(missingLocalSocket('qemu:///session', run + '/nope')).toBeUndefined();
 });
 
 it('lists every defined domain as a frontend, running from its state', async () => {

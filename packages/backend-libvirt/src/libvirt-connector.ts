@@ -52,6 +52,28 @@ export function isLocalUri(uri: string): boolean {
   return !/^[a-z0-9+]+:\/\/[^/?]/i.test(uri);
 }
 
+/**
+ * For a URI of this host's system daemon (`qemu:///system`, `xen:///system`, `?socket=PATH`): the
+ * reason libvirt cannot answer when no socket it would use exists, so nothing is spawned to find out
+ * (every CLI command asks). Undefined when it may answer (or a remote or session URI, which can
+ * start or reach a daemon by itself).
+ */
+export function missingLocalSocket(uri: string, runDir = '/run/libvirt'): string | undefined {
+  const socket = /[?&]socket=([^&]+)/.exec(uri)?.[1];
+  if (socket)
+    return fs.existsSync(decodeURIComponent(socket)) ? undefined : `no socket at ${decodeURIComponent(socket)}`;
+  if (!/^[a-z0-9]+:\/\/\/system$/i.test(uri)) return undefined;
+  let entries: string[];
+  try {
+    entries = fs.readdirSync(runDir);
+  } catch {
+    return `${runDir} does not exist (libvirtd is not running)`;
+  }
+  return entries.some((e) => e === 'libvirt-sock' || /^virt[a-z]+d-sock$/.test(e))
+    ? undefined
+    : `no libvirt socket in ${runDir} (libvirtd is not running)`;
+}
+
 export interface LibvirtConnectorOptions {
   readonly uri: string;
   /** Default: `virsh` per call plus one `virsh event` process (VirshTransport). */
@@ -172,7 +194,11 @@ export class LibvirtConnector implements Connector {
         this.eventSub = this.transport.events$.subscribe((event) => this.onEvent(event));
         this.watchPids();
       }
-      this.started = this.refreshAll();
+      const missing = missingLocalSocket(this.uri);
+      // Nothing listens: say so without spawning virsh; the event stream (if any) keeps trying.
+      this.started = missing
+        ? Promise.reject(Errors.libvirtUnreachable({ uri: this.uri, reason: missing }))
+        : this.refreshAll();
       this.started.catch(() => {
         // A later `connected` retries; callers of ready() see the first failure.
       });
