@@ -82,6 +82,9 @@ function aliasOf(node: Node): string | undefined {
 
 /** The parsed live XML; throws only when the text is not a domain's XML at all. */
 export function parseDomainXml(xml: string): DomainXml {
+  // libvirt never writes a DOCTYPE: one here is not libvirt's, and its entities are not expanded.
+  if (/<!DOCTYPE|<!ENTITY/i.test(xml)) throw new Error("a domain XML with a DOCTYPE is not libvirt's");
+  if (xml.length > 4 * 1024 * 1024) throw new Error("a domain XML over 4 MiB is not libvirt's");
   const doc = parser.parse(xml) as Node;
   const domain = nodes(doc, 'domain')[0];
   if (!domain) throw new Error('not a libvirt domain XML document');
