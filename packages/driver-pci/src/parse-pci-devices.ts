@@ -108,7 +108,8 @@ const MAX_LIST = 256;
  * `*_FROM_DATABASE` properties stand in where it has none.
  */
 export function readPciFunctions(tree: HostTree, names: PciNames): PciFunction[] {
-  const pci = tree.devices('pci').filter((r) => parseSbdf(sysname(r.devpath)) !== undefined);
+  // A PCI function's directory is named by its SBDF, on a plain path (no `.`, `..` or empty segments).
+  const pci = tree.devices('pci').filter((r) => parseSbdf(sysname(r.devpath)) !== undefined && plainPath(r.devpath));
   const byPath = new Map(pci.map((r) => [r.devpath, r]));
   const behind = collectBehind(tree, byPath);
   const groups = groupsOf(pci);
@@ -124,6 +125,16 @@ export function readPciFunctions(tree: HostTree, names: PciNames): PciFunction[]
     .filter((fn) => fn.vendorId !== '0000' || fn.classCode !== 0 || fn.driver !== undefined)
     .sort((a, b) => (a.sbdf < b.sbdf ? -1 : a.sbdf > b.sbdf ? 1 : 0));
   return withDisplays(tree, functions);
+}
+
+function plainPath(devpath: string): boolean {
+  return (
+    devpath.startsWith('/devices/') &&
+    devpath
+      .slice(1)
+      .split('/')
+      .every((part) => part !== '' && part !== '.' && part !== '..')
+  );
 }
 
 const EMPTY_BEHIND: Behind = { usbBuses: [], usbDevices: [], inputs: [], disks: [] };
