@@ -1,4 +1,4 @@
-import { HostTree, type RawDeviceRecord, sysname } from '@devgate/core';
+import { HostTree, type RawDeviceRecord, recordOf, sysname } from '@devgate/core';
 import { type Recording, loadRecording } from '@devgate/host';
 import { recordedFixture } from '@devgate/testkit';
 import { NO_PCI_NAMES } from './pci-ids';
@@ -113,6 +113,26 @@ describe('devgate usb-controllers: verdicts on recorded machines', () => {
     expect(xhci.verdict).toBe('unsafe');
     expect(xhci.reasons).toEqual([
       `it shares IOMMU group ${layout['0000:00:14.0']} with 0000:00:17.0, which the host needs (the host uses sda behind it (sda1 mounted))`,
+    ]);
+  });
+
+  it('a group shared with a controller that has the host’s keyboard: both would go, so it is unsafe', () => {
+    // The T420's two EHCI controllers laid in one group (as behind a bridge without ACS), a USB keyboard
+    // plugged into the second one (the laptop keeps its own keyboard, so nothing is hidden).
+    const base = tree(T420);
+    const keyboard = recordOf('/devices/pci0000:00/0000:00:1d.0/usb2/2-1/2-1.2/2-1.2:1.0/input/input20', 'input', {
+      ID_INPUT: '1',
+      ID_INPUT_KEYBOARD: '1',
+      NAME: '"USB Keyboard"',
+    });
+    const grouped = withIommuGroups(new HostTree([...base.devices(), keyboard]), {
+      '0000:00:1a.0': 3,
+      '0000:00:1d.0': 3,
+    });
+    const [ehci2] = usbControllerReport(grouped, NO_PCI_NAMES);
+    expect(ehci2.verdict).toBe('unsafe');
+    expect(ehci2.reasons).toEqual([
+      'it shares IOMMU group 3 with 0000:00:1d.0, which has the host\'s keyboard input20 "USB Keyboard" behind it',
     ]);
   });
 

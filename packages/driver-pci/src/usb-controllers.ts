@@ -105,9 +105,15 @@ function judge(
     const other = bySbdf.get(member);
     const need = host.directNeeds.get(member);
     if (other && isBridge(other)) continue;
-    if (need)
+    const input = other?.behind.inputs[0];
+    if (need) {
       unsafe.push(`it shares IOMMU group ${fn.iommuGroup} with ${member}, which the host needs (${need.reason})`);
-    else {
+    } else if (input) {
+      // The whole group goes to vfio-pci: what is behind the other member goes too.
+      unsafe.push(
+        `it shares IOMMU group ${fn.iommuGroup} with ${member}, which has the host's ${input.kinds[0]} ${inputLabel(input)} behind it`,
+      );
+    } else {
       const what = other ? (descriptions.get(member) ?? member) : 'a function the source does not list';
       notes.push(`it shares IOMMU group ${fn.iommuGroup} with ${member} (${what}), which goes to vfio-pci with it`);
     }
