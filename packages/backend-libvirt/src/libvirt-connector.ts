@@ -161,6 +161,11 @@ export class LibvirtConnector implements Connector {
   private readonly recent = new Map<string, number>();
   private readonly removedWaiters = new Map<string, () => void>();
   private readonly addedWaiters = new Map<string, () => void>();
+  /**
+   * Lifecycle events seen per domain: a read that started before one (a slow virsh call that still
+   * saw the domain running) must not overwrite what the event said.
+   */
+  private readonly epochs = new Map<DomainName, number>();
   private readonly pendingRefresh = new Map<DomainName, NodeJS.Timeout>();
   private tmpDirPath?: string;
   private tmpCounter = 0;
@@ -513,7 +518,13 @@ export class LibvirtConnector implements Connector {
 
   /** Re-reads one domain; undefined (and dropped from the cache) when libvirt no longer has it. */
   private async refresh(domain: DomainName): Promise<DomainEntry | undefined> {
+    const epoch = this.epochs.get(domain) ?? 0;
     const result = await this.transport.call(this.readBack(domain));
+    if ((this.epochs.get(domain) ?? 0) !== epoch) {
+      // An event came while this read was on its way: it is newer; read again after it.
+      this.scheduleRefresh(domain);
+      return this.cache.get(domain);
+    }
     const entry = this.parseReadBack(domain, result.stdout);
     if (!entry && /failed to get domain|Domain not found/i.test(result.stderr)) this.cache.delete(domain);
     return entry;
@@ -532,6 +543,7 @@ export class LibvirtConnector implements Connector {
         .map((l) => l.trim())
         .filter((l) => l.length > 0 && l.length <= 255);
       const before = new Map(this.cache);
+      const epochs = new Map(this.epochs);
       const fresh = new Map<DomainName, DomainEntry>();
       if (names.length > 0) {
         const result = await this.transport.call(
@@ -540,7 +552,12 @@ export class LibvirtConnector implements Connector {
         const chunks = result.stdout.split(`${MARK}-D`).slice(1);
         names.forEach((name, i) => {
           const entry = chunks[i] !== undefined ? this.parseChunk(chunks[i]) : undefined;
-          if (entry) fresh.set(name, entry);
+          const current = this.cache.get(name);
+          if ((this.epochs.get(name) ?? 0) !== (epochs.get(name) ?? 0) && current) {
+            // An event about it came meanwhile: it is newer than this read.
+            fresh.set(name, current);
+            this.scheduleRefresh(name);
+          } else if (entry) fresh.set(name, entry);
         });
       }
       this.cache.clear();
@@ -639,6 +656,7 @@ export class LibvirtConnector implements Connector {
   }
 
   private onLifecycle(domain: DomainName, detail: string): void {
+    this.epochs.set(domain, (this.epochs.get(domain) ?? 0) + 1);
     const what = detail.split(/\s+/)[0];
     const entry = this.cache.get(domain);
     const setState = (state: string) => this.cache.set(domain, { ...entry, state });
