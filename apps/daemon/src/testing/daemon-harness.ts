@@ -78,6 +78,8 @@ export function writeConfigFile(config: DaemonConfig, file: string): string {
       groups: config.access.groups,
     },
     askTimeoutSeconds: config.askTimeoutSeconds,
+    // When set, exactly these URIs (without, devgated adds libvirt's default one, qemu:///system).
+    ...(config.libvirt ? { libvirt: { defaultUri: false, uris: config.libvirt.uris } } : {}),
   };
   fs.writeFileSync(file, JSON.stringify(json, null, 2) + '\n');
   return file;
@@ -108,6 +110,46 @@ function daemonEnv(logLevel: string): NodeJS.ProcessEnv {
 }
 
 // -- devgated as a child process
+
+/**
+ * What `DaemonProcess.standby` runs (`node -e`, cwd DAEMON_SRC): run-devgated.cjs, except that main
+ * runs only once a line arrives on stdin. Stdin closing first (the test died) ends the standby.
+ */
+const STANDBY_SCRIPT = `
+'use strict';
+require('./store/testing/register-ts.cjs');
+const { main } = require('./main.ts');
+// fastify loads most of itself (its schema compilers among them) when the first instance is built
+// and made ready: do that here too, on a throwaway instance that never listens.
+const warm = require('fastify')({ logger: false });
+warm.get('/', { schema: { querystring: { type: 'object', properties: { a: { type: 'string' } } } } }, async () => ({}));
+void warm.ready().then(() => warm.close());
+let started = false;
+// Ends with the test: when stdin closes, or (should stdin stay open) when the test process is gone.
+const parent = process.ppid;
+const orphaned = setInterval(() => process.ppid !== parent && process.exit(0), 250);
+process.stdin.once('data', () => {
+  started = true;
+  clearInterval(orphaned);
+  process.stdin.destroy();
+  main(process.argv.slice(1)).then(
+    (code) => { process.exitCode = code; },
+    (error) => {
+      process.stderr.write('devgated standby: ' + (error && error.stack ? error.stack : String(error)) + '\\n');
+      process.exitCode = 1;
+    },
+  );
+});
+process.stdin.once('end', () => { if (!started) process.exit(0); });
+`;
+
+/** A devgated child process that has loaded its code and waits (see `DaemonProcess.standby`). */
+export interface DaemonStandby {
+  /** The process, already running (not yet devgated): kill() or stop() it to discard the standby. */
+  readonly daemon: DaemonProcess;
+  /** Starts devgated in it and waits until it answers on both sockets. */
+  activate(): Promise<DaemonProcess>;
+}
 
 export interface DaemonExit {
   readonly code: number | null;
@@ -164,6 +206,41 @@ export class DaemonProcess {
       throw error;
     }
     return daemon;
+  }
+
+  /**
+   * devgated as `start` runs it, but only loaded: the child process has required devgated's code
+   * (what costs most of a cold start, ~0.5-1 s) and waits; `activate()` runs main with `config` and
+   * waits until it answers. For tests that restart devgated hundreds of times: the next process
+   * loads while the current one serves, so a restart costs only what devgated does when it starts
+   * (opening the state, reading back the hypervisors, reconciling the journal, listening).
+   * Nothing is opened before `activate()`. Tracked and torn down like `start`'s processes.
+   */
+  static standby(config: DaemonConfig, options: SpawnOptions = {}): DaemonStandby {
+    const configFile = writeConfigFile(config, path.join(path.dirname(config.stateDir), 'devgated.json'));
+    const child = spawn(
+      process.execPath,
+      ['--conditions=@devgate/source', '-e', STANDBY_SCRIPT, '--', '--config', configFile],
+      { cwd: DAEMON_SRC, detached: true, stdio: ['pipe', 'pipe', 'pipe'], env: daemonEnv(options.logLevel ?? 'warn') },
+    );
+    const daemon = new DaemonProcess(config, child);
+    children.add(daemon);
+    child.stdin!.on('error', () => undefined); // a standby killed before activate()
+    let activated: Promise<DaemonProcess> | undefined;
+    return {
+      daemon,
+      activate: () =>
+        (activated ??= (async () => {
+          child.stdin!.end('start\n');
+          try {
+            await daemon.waitUntilReady(options.readyTimeoutMs ?? 20_000);
+          } catch (error) {
+            await daemon.kill();
+            throw error;
+          }
+          return daemon;
+        })()),
+    };
   }
 
   get pid(): number {
@@ -515,14 +592,49 @@ export async function qemuBlockState(
   }
 }
 
-/** What devgated says is attached (block devices of dom0 map to `/dev/<portId>`). */
-export async function daemonAttachments(client: ApiClient): Promise<Attached[]> {
+/**
+ * As qemuBlockState, once QEMU has finished the unplugs under way. `device_del` of a USB stick returns
+ * with the device gone, but its block backend stays listed in `query-block`, without a `qdev`, until
+ * QEMU has finalized the device (some 50 ms later): a devgated killed just after a `device_del` leaves
+ * QEMU in that state for a moment. Waits (polling, as `until`) until no devgate block node is listed
+ * without its device, then reads the state. Only while no devgated runs, as qemuBlockState.
+ */
+export async function qemuSettledBlockState(
+  registryFile: string,
+  vms: readonly string[],
+  timeoutMs = 5_000,
+): Promise<{ attached: Attached[]; orphans: string[] }> {
+  const connector = new QemuConnector({ registryFile, handshakeTimeoutMs: 5_000 });
+  try {
+    await until(
+      'QEMU to finish the unplugs under way',
+      async () => {
+        for (const vm of vms) {
+          for (const block of await connector.queryBlock(vm)) {
+            if (block.inserted?.['node-name']?.startsWith('dg-') && !block.qdev) return false;
+          }
+        }
+        return true;
+      },
+      timeoutMs,
+    );
+  } finally {
+    connector.dispose();
+  }
+  return qemuBlockState(registryFile, vms);
+}
+
+/**
+ * What devgated says is attached (block devices of dom0 map to `<devDir>/<portId>`: `/dev` for the
+ * local source, `<sysroot>/dev` for a host tree, whose own device nodes are what QEMU opens).
+ */
+export async function daemonAttachments(client: ApiClient, devDir = '/dev'): Promise<Attached[]> {
   const { status, body } = await client.get<{ devices: DeviceJson[] }>('/v1/devices?all=true');
   if (status !== 200) throw new Error(`GET /v1/devices: ${status}`);
   return sortAttached(
     body.devices
       .filter((d) => d.class === 'block' && d.attachment)
-      .map((d) => ({ frontend: d.attachment!.frontend, file: `/dev/${d.portId}` })),
+      .map((d) => ({ frontend: d.attachment!.frontend, file: path.join(devDir, d.portId) })),
   );
 }
 
