@@ -104,10 +104,11 @@ function ownHiddenReason(tree: HostTree, record: RawDeviceRecord, name: string):
   return undefined;
 }
 
+/** `major:minor`, only when it is one: a backend VM's agent could send anything here. */
 function majorMinor(record: RawDeviceRecord): string | undefined {
   const { MAJOR, MINOR } = record.properties;
-  if (MAJOR !== undefined && MINOR !== undefined) return `${MAJOR}:${MINOR}`;
-  return record.attribute('dev');
+  const found = MAJOR !== undefined && MINOR !== undefined ? `${MAJOR}:${MINOR}` : record.attribute('dev');
+  return found !== undefined && /^\d{1,5}:\d{1,8}$/.test(found) ? found : undefined;
 }
 
 function toDeviceInfo(tree: HostTree, backend: string, entry: Parsed, ids: Map<RawDeviceRecord, string>): DeviceInfo {

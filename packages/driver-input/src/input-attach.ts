@@ -1,4 +1,4 @@
-import { type AttachSpec, type DeviceInfo, DriverContractError, Errors } from '@devgate/core';
+import { type AttachSpec, type DeviceInfo, Errors, portLabel } from '@devgate/core';
 
 /** QEMU's `grab-toggle` values (qapi/common.json GrabToggleKeys). */
 export const GRAB_TOGGLES = [
@@ -62,10 +62,19 @@ export function inputAttachSpec(device: DeviceInfo, options: Readonly<Record<str
     .split(',')
     .filter(Boolean);
   if (events.length === 0 || events.length !== devices.length) {
-    throw new DriverContractError('input', `${device.port.portId} lists no event node to pass through`);
+    throw Errors.notAttachable({
+      device: portLabel(device.port),
+      backend: device.port.backend,
+      reason: 'it has no event node to pass through',
+    });
   }
   if (!events.every((e) => EVENT_NODE.test(e)) || !devices.every((d) => MAJOR_MINOR.test(d))) {
-    throw new DriverContractError('input', `${device.port.portId} lists malformed event nodes`);
+    // A recording without device numbers (or a backend that sent malformed ones): nothing to open.
+    throw Errors.notAttachable({
+      device: portLabel(device.port),
+      backend: device.port.backend,
+      reason: 'its event nodes have no valid device numbers',
+    });
   }
   return {
     kind: 'input-linux',

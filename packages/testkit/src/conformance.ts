@@ -1,15 +1,16 @@
-import { firstValueFrom, take, toArray } from 'rxjs';
-import {
-  type DeviceClassDriver,
-  type DeviceInfo,
-  type DeviceSource,
-  type HostTree,
-  PLUGIN_API_VERSION,
-  isInterfaceCode,
-  portKey,
-} from '@devgate/core';
 import { of } from 'rxjs';
-import { UNSAFE_CHARACTERS, allStrings, hostileTree } from './hostile.js';
+import { type DeviceClassDriver, type DeviceSource, HostTree } from '@devgate/core';
+import {
+  type AttachOptionsUnderTest,
+  ConformanceError,
+  checkAttachSpecs,
+  checkDeterminism,
+  checkDiscovery,
+  checkDispose,
+  checkHostileStrings,
+  checkHotplug,
+  checkManifest,
+} from './conformance-checks.js';
 
 export interface ConformanceSubject {
   createDriver(): DeviceClassDriver;
@@ -17,6 +18,13 @@ export interface ConformanceSubject {
   trees(): Record<string, HostTree>;
   /** Longest text a driver may emit (sanitizeText's bound, or a path). */
   maxStringLength?: number;
+  /**
+   * Trees before and after a plug or an unplug, named. Without them, each tree is emptied and
+   * filled again (every device removed, then added).
+   */
+  hotplug?(): Record<string, { readonly before: HostTree; readonly after: HostTree }>;
+  /** Attach options to try on the driver's devices (when it has attachSpec). */
+  attachOptions?: AttachOptionsUnderTest;
 }
 
 /** A source that replays one tree, for driving a driver without I/O. */
@@ -24,56 +32,51 @@ export function staticSource(tree: HostTree, backend = 'dom0', id = 'static'): D
   return { id, backend, hotplug: 'static', trees$: of(tree), dispose: () => undefined };
 }
 
-async function discoverOnce(driver: DeviceClassDriver, source: DeviceSource): Promise<readonly DeviceInfo[]> {
-  return firstValueFrom(driver.discover(source));
+/** Every check, by name: `[check, run]`, in the order the suite runs them. */
+function checks(subject: ConformanceSubject): [string, () => Promise<void> | void][] {
+  const trees = Object.entries(subject.trees());
+  const pairs = subject.hotplug
+    ? Object.entries(subject.hotplug())
+    : trees.flatMap(([name, tree]): [string, { before: HostTree; after: HostTree }][] => [
+        [`${name}, unplugged`, { before: tree, after: new HostTree([], tree.usage) }],
+        [`${name}, plugged`, { before: new HostTree([], tree.usage), after: tree }],
+      ]);
+  return [
+    ['has an explicit id and a manifest for this plugin API', () => checkManifest(subject.createDriver())],
+    ...trees.flatMap(([name, tree]): [string, () => Promise<void>][] => [
+      [`on ${name}: emits one snapshot per tree, with unique ports of its own class and backend`, () => checkDiscovery(subject.createDriver(), tree)],
+      [`on ${name}: is deterministic: the same tree gives the same devices`, () => checkDeterminism(subject.createDriver, tree)],
+      [`on ${name}: keeps hostile strings in everything it reads inert and bounded`, () => checkHostileStrings(subject.createDriver, tree, subject.maxStringLength)],
+      [`on ${name}: unsubscribed, leaves no subscription and no open handle`, () => checkDispose(subject.createDriver(), tree)],
+      [`on ${name}: attach specs: valid options accepted, invalid refused with catalogue codes, no host path`, () => checkAttachSpecs(subject.createDriver, tree, subject.attachOptions)],
+    ]),
+    ...pairs.map(([name, { before, after }]): [string, () => Promise<void>] => [
+      `hotplug (${name}): a snapshot per tree, with what was added and removed`,
+      () => checkHotplug(subject.createDriver, before, after),
+    ]),
+  ];
 }
 
 /**
  * The contract every device-class driver keeps, as a jest suite. Third-party drivers call it from a
  * spec file with their own recordings: `describeDriverConformance('usb', { createDriver, trees })`.
+ * A failure names the defect (`discovery: duplicate port ...`, `dispose: leaking subscription ...`).
  */
 export function describeDriverConformance(name: string, subject: ConformanceSubject): void {
   describe(`driver conformance: ${name}`, () => {
-    it('has an explicit id and a manifest for this plugin API', () => {
-      const driver = subject.createDriver();
-      expect(driver.id).toMatch(/^[a-z][a-z0-9-]*$/);
-      expect(driver.manifest.apiVersion).toBe(PLUGIN_API_VERSION);
-      expect(driver.manifest.description.length).toBeGreaterThan(0);
-    });
-
-    describe.each(Object.entries(subject.trees()))('on %s', (_label, tree) => {
-      it('emits one snapshot per tree, with unique ports of its own class and backend', async () => {
-        const driver = subject.createDriver();
-        const snapshots = await firstValueFrom(
-          driver.discover(staticSource(tree, 'backend-x')).pipe(take(2), toArray()),
-        );
-        expect(snapshots).toHaveLength(1);
-        const devices = snapshots[0];
-        expect(new Set(devices.map((d) => portKey(d.port))).size).toBe(devices.length);
-        for (const device of devices) {
-          expect(device.port.devclass).toBe(driver.id);
-          expect(device.port.backend).toBe('backend-x');
-          expect(device.port.portId).not.toBe('');
-          expect(device.deviceId).not.toBe('');
-          for (const code of device.interfaces) expect(isInterfaceCode(code)).toBe(true);
-        }
-      });
-
-      it('is deterministic: the same tree gives the same devices', async () => {
-        const driver = subject.createDriver();
-        const a = await discoverOnce(driver, staticSource(tree));
-        const b = await discoverOnce(driver, staticSource(tree));
-        expect(JSON.stringify(b)).toBe(JSON.stringify(a));
-      });
-
-      it('keeps hostile device strings inert and bounded', async () => {
-        const driver = subject.createDriver();
-        const devices = await discoverOnce(driver, staticSource(hostileTree(tree)));
-        for (const [at, text] of allStrings(devices)) {
-          if (UNSAFE_CHARACTERS.test(text)) throw new Error(`unsafe character at ${at}: ${JSON.stringify(text)}`);
-          expect(text.length).toBeLessThanOrEqual(subject.maxStringLength ?? 4096);
-        }
-      });
-    });
+    for (const [title, run] of checks(subject)) it(title, async () => run(), 30_000);
   });
+}
+
+/** Runs every check outside jest; resolves with what failed (empty: the driver conforms). */
+export async function checkDriverConformance(subject: ConformanceSubject): Promise<ConformanceError[]> {
+  const failures: ConformanceError[] = [];
+  for (const [, run] of checks(subject)) {
+    try {
+      await run();
+    } catch (error) {
+      failures.push(error instanceof ConformanceError ? error : new ConformanceError('driver', String(error)));
+    }
+  }
+  return failures;
 }

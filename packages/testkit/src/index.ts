@@ -7,3 +7,4 @@ export * from './fixtures.js';
 export * from './materialize.js';
 export * from './usb-authorization-files.js';
 export * from './pty.js';
+export * from './conformance-checks.js';

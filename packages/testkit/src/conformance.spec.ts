@@ -1,0 +1,110 @@
+import { type Observable, interval, map, take } from 'rxjs';
+import {
+  type AttachSpec,
+  type DeviceClassDriver,
+  type DeviceInfo,
+  type DeviceSource,
+  Errors,
+  type HostTree,
+  PLUGIN_API_VERSION,
+  type SafeText,
+  qemuDeviceSpec,
+  sanitizeText,
+  sysname,
+} from '@devgate/core';
+import { loadRecording } from '@devgate/host';
+import { ConformanceError } from './conformance-checks';
+import { type ConformanceSubject, checkDriverConformance } from './conformance';
+import { recordedFixture } from './fixtures';
+
+jest.setTimeout(60_000);
+
+// The kit against drivers with one seeded defect each: every one fails it, with a message that
+// names the defect; the same driver without the defect passes.
+
+const recording = loadRecording(recordedFixture('usbkbd.umockdev'));
+afterAll(() => recording.dispose());
+
+type Defect =
+  | 'none'
+  | 'unsanitized'
+  | 'duplicate-ports'
+  | 'leaking-subscription'
+  | 'leaking-timer'
+  | 'ignores-hotplug'
+  | 'bad-interface'
+  | 'host-path'
+  | 'accepts-anything';
+
+/** USB devices by busid, as a small third-party driver would write it, with one defect or none. */
+class ToyDriver implements DeviceClassDriver {
+  readonly id = 'toy';
+  readonly manifest = { apiVersion: PLUGIN_API_VERSION, description: 'toy USB devices' };
+  constructor(private readonly defect: Defect) {}
+
+  discover(source: DeviceSource): Observable<readonly DeviceInfo[]> {
+    if (this.defect === 'leaking-subscription') source.trees$.subscribe(() => undefined);
+    if (this.defect === 'leaking-timer') interval(60_000).subscribe();
+    const trees = this.defect === 'ignores-hotplug' ? source.trees$.pipe(take(1)) : source.trees$;
+    return trees.pipe(map((tree) => this.parse(tree, source.backend)));
+  }
+
+  private parse(tree: HostTree, backend: string): DeviceInfo[] {
+    const devices = tree
+      .devices('usb')
+      .filter((r) => r.properties.DEVTYPE === 'usb_device')
+      .map((record): DeviceInfo => {
+        const model = record.attribute('product');
+        return {
+          port: { devclass: 'toy', backend, portId: this.defect === 'duplicate-ports' ? 'same' : sysname(record.devpath) },
+          deviceId: `${hex4(record.properties.ID_VENDOR_ID)}:${hex4(record.properties.ID_MODEL_ID)}`,
+          name: this.defect === 'unsanitized' ? (model as SafeText | undefined) : sanitizeText(model),
+          interfaces: [this.defect === 'bad-interface' ? 'usb' : 'u******'],
+          data: { devname: sanitizeText(record.properties.DEVNAME) ?? '' },
+        };
+      });
+    return devices;
+  }
+
+  attachSpec(device: DeviceInfo, options: Readonly<Record<string, string>>): AttachSpec {
+    for (const option of Object.keys(options)) {
+      if (option !== 'model' && this.defect !== 'accepts-anything') throw Errors.unsupportedOption({ option });
+    }
+    if (this.defect === 'host-path') {
+      return { kind: 'qemu-device', params: { device: 'usb-serial', 'prop.file': String(device.data.devname) }, options: {} };
+    }
+    return qemuDeviceSpec({ device: 'usb-serial', chardev: 'null' }, { ...options });
+  }
+}
+
+const hex4 = (id: string | undefined) => (id !== undefined && /^[0-9a-f]{4}$/.test(id) ? id : '0000');
+
+const subject = (defect: Defect): ConformanceSubject => ({
+  createDriver: () => new ToyDriver(defect),
+  trees: () => ({ 'usbkbd.umockdev': recording.tree }),
+  attachOptions: { valid: [{}, { model: 'usb-serial' }], invalid: [{ 'no-such-option': 'x' }] },
+});
+
+const messages = (failures: ConformanceError[]) => failures.map((f) => f.message);
+
+describe('the conformance kit', () => {
+  it('passes the toy driver without a defect', async () => {
+    expect(messages(await checkDriverConformance(subject('none')))).toEqual([]);
+  });
+
+  it.each<[Defect, RegExp]>([
+    ['unsanitized', /^hostile-strings: unsanitized string at \$\[\d+\]\.name/],
+    ['duplicate-ports', /^discovery: duplicate port toy:backend-x:same/],
+    ['leaking-subscription', /^dispose: leaking subscription: 1 subscription\(s\) to the source's trees\$/],
+    ['leaking-timer', /^dispose: open handles left after unsubscribing: Timeout ×1/],
+    ['ignores-hotplug', /^hotplug: 1 snapshots for two trees/],
+    ['bad-interface', /^discovery: invalid interface code 'usb'/],
+    ['host-path', /^attach: host path built from an untrusted string: spec\.params\.prop\.file/],
+    ['accepts-anything', /^attach: invalid options \{"no-such-option":"x"\} were accepted/],
+  ])('fails a driver with a seeded defect (%s), naming it', async (defect, message) => {
+    const failures = await checkDriverConformance(subject(defect));
+    expect(failures.length).toBeGreaterThan(0);
+    expect(failures.every((f) => f instanceof ConformanceError)).toBe(true);
+    expect(messages(failures)).toContainEqual(expect.stringMatching(message));
+  });
+});
