@@ -98,14 +98,16 @@ export class Devgated implements Disposable {
     const autoAttach = new AutoAttach(manager, store, asks, devices);
     const daemon = new Devgated(config, kernel, manager, store, events, asks, devices, autoAttach, log);
     try {
+      // Before anything is awaited: an agent's first words are audited too.
+      await daemon.watchAgents();
       // libvirt's domains are read once before what is attached is reconciled; a URI out of reach now
       // is retried in the background, and its domains appear when it answers.
       for (const { uri, error } of await libvirt.ready()) {
         if (error) log.warn({ uri, err: error }, 'libvirt is not reachable');
       }
-      await daemon.watchAgents();
-      await daemon.reconcile();
+      // Watch first: what the read-back ends (a stick swapped while devgated was down) is audited.
       daemon.watch();
+      await daemon.reconcile();
       daemon.authorizeUsb();
       autoAttach.start();
       daemon.inputProxy = new InputProxy(manager, {
