@@ -134,4 +134,4 @@ it(`keeps every acknowledged write through ${RUNS} SIGKILLs at random moments`, 
   }
   // The runs must have done real work for the test to mean anything (about 40 acks a run).
   expect(acks).toBeGreaterThan(RUNS * 20);
-}, 60_000);
+}, 300_000); // 50 writer processes: generous, as the machine may be busy; correctness is what is checked
