@@ -69,7 +69,8 @@ function deviceEntries(root: LayoutNode): Map<string, { label: string; actions: 
   const entries = new Map<string, { label: string; actions: string[]; node: LayoutNode }>();
   for (const node of root.children) {
     const header = node.children[0]?.properties.label;
-    const port = typeof header === 'string' ? /^(\S+) → /.exec(header)?.[1] : undefined;
+    // dbusmenu labels double an underscore (a single one marks a mnemonic): PCI ports have them.
+    const port = typeof header === 'string' ? /^(\S+) → /.exec(header)?.[1]?.replaceAll('__', '_') : undefined;
     if (!port) continue;
     entries.set(port, {
       label: String(node.properties.label),
