@@ -8,6 +8,7 @@
  * the control connection: devgated may restart while a frontend keeps reading a stick.
  */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { type Subscription } from 'rxjs';
 import { type HostTree, type RawDeviceRecord } from '@devgate/core';
 import { type HostRoots, LOCAL_ROOTS, LocalHostSource } from '@devgate/host';
@@ -18,7 +19,9 @@ import {
   type ExportSpec,
   LineReader,
   PROTOCOL_VERSION,
+  type WireRecord,
   treeMessageOf,
+  wireRecordOf,
 } from '@devgate/backend-agent';
 import { UsbAuthorizer, type UsbPolicy, parseRulesFile } from '@devgate/driver-usb';
 import { type ControlSession, type ControlTransport } from './control-channel.js';
@@ -43,6 +46,9 @@ export interface AgentOptions {
   readonly log?: (message: string) => void;
 }
 
+/** How long an export whose device vanished waits for its frontend to let go before it is cut. */
+const DEVICE_GONE_GRACE_MS = 30_000;
+
 /** Requests are small; a longer line from the host is dropped with its session. */
 const MAX_REQUEST_BYTES = 64 * 1024;
 
@@ -58,6 +64,7 @@ export class DevgateAgent {
   private subscription?: Subscription;
   private authorizer?: UsbAuthorizer;
   private readonly runDir: string;
+  private readonly wireCache = new WeakMap<RawDeviceRecord, WireRecord>();
 
   constructor(private readonly options: AgentOptions) {
     this.log = options.log ?? ((message) => process.stderr.write(`devgate-agent: ${message}\n`));
@@ -119,7 +126,7 @@ export class DevgateAgent {
     return {
       v: PROTOCOL_VERSION,
       type: 'hello',
-      agent: `devgate-agent ${AGENT_VERSION}`,
+      agent: 'devgate-agent ' + AGENT_VERSION,
       exports,
       ports,
       ...(busy.length ? { busy } : {}),
@@ -198,9 +205,12 @@ export class DevgateAgent {
 
   private onTree(tree: HostTree): void {
     this.tree = tree;
-    // An export whose device is gone ends now: its frontend is detached by devgated meanwhile.
+    // An export whose device is gone is not cut at once: its server answers what the frontend has in
+    // flight with errors (a read of a vanished disk fails), so the frontend's QEMU can let go of it
+    // when devgated detaches it (a moment later); cut now, QEMU would wait for those answers forever.
+    // It ends when the frontend leaves, or after a grace period.
     for (const live of [...this.exports.values()]) {
-      if (!stillThere(tree, live.spec)) live.end('its device is gone');
+      if (!stillThere(tree, live.spec)) live.deviceGone(DEVICE_GONE_GRACE_MS);
     }
     this.scheduleTree();
   }
@@ -218,7 +228,30 @@ export class DevgateAgent {
   private sendTree(): void {
     if (!this.tree || !this.session) return;
     this.lastSent = Date.now();
-    this.send(this.session, treeMessageOf(this.tree, ++this.seq));
+    this.send(
+      this.session,
+      treeMessageOf(this.tree, ++this.seq, (record) => this.wire(record)),
+    );
+  }
+
+  /**
+   * A record's wire form, made once per record object: the host source hands out the same object
+   * until the device changes, so a hotplug costs the new devices' reads only. Attributes are read
+   * for the files the device directory has (one readdir), not tried one by one: under TCG a failed
+   * open costs as much as a read.
+   */
+  private wire(record: RawDeviceRecord): WireRecord {
+    let wire = this.wireCache.get(record);
+    if (!wire) {
+      const sys = (this.options.roots ?? LOCAL_ROOTS).sys;
+      let present: Set<string> | undefined;
+      wire = wireRecordOf(record, (r, name) => {
+        present ??= new Set(listDir(path.join(sys, r.devpath)));
+        return present.has(name.split('/')[0]) ? r.attribute(name) : undefined;
+      });
+      this.wireCache.set(record, wire);
+    }
+    return wire;
   }
 
   dispose(): void {
@@ -246,6 +279,14 @@ function describe(spec: ExportSpec): string {
   return spec.kind === 'nbd'
     ? `/dev/${spec.devname} over NBD${spec.readOnly ? ', read-only' : ''}`
     : `USB ${spec.busid} (${spec.vendorId}:${spec.productId}) over usbredir`;
+}
+
+function listDir(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir);
+  } catch {
+    return [];
+  }
 }
 
 function hasExecutable(name: string): boolean {

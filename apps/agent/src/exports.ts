@@ -47,6 +47,7 @@ export class LiveExport extends EventEmitter {
   private child?: ChildProcess;
   private pidFile?: string;
   private armTimer?: NodeJS.Timeout;
+  private goneTimer?: NodeJS.Timeout;
   private server?: net.Server;
 
   constructor(
@@ -169,11 +170,21 @@ export class LiveExport extends EventEmitter {
     return socket;
   }
 
+  /** The device went: the export ends when the frontend leaves, or after `graceMs`. */
+  deviceGone(graceMs: number): void {
+    if (this.ended || this.goneTimer) return;
+    this.env.log(`export ${this.spec.id}: its device is gone; waiting for the frontend to let go`);
+    // Never armed (nobody connected): nothing is in flight, end now.
+    if (!this.session?.connected) return this.end('its device is gone');
+    this.goneTimer = setTimeout(() => this.end('its device is gone'), graceMs);
+  }
+
   /** Ends the export, once. */
   end(reason: string): void {
     if (this.ended) return;
     this.ended = true;
     clearTimeout(this.armTimer);
+    clearTimeout(this.goneTimer);
     this.session?.close(reason);
     const clean = !this.session?.dirty;
     this.local?.destroy();

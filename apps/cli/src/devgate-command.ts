@@ -9,6 +9,7 @@ import { type AccessOptions, holderOf, withAccess } from './device-access.js';
 import { assertRequiredDevices } from './required-devices.js';
 import { formatColumns, formatDevgateTable } from './format.js';
 import { addLabGuestCommands, addLabUpOsOptions, labDownAll, labUpOs } from './lab-command.js';
+import { addUsbVmCommands } from './usbvm-command.js';
 import { addHostOptions } from './main.js';
 import { DEVICE_CLASSES, attachOptions, classProgram } from './qvm-device-command.js';
 import { addPolicyCommands } from './policy-command.js';
@@ -172,6 +173,7 @@ export function devgateProgram(io: Io): Command {
     io.out(formatColumns(domains.map((d) => [d.name, d.running ? 'running' : 'stopped', String(d.pid), d.socket])));
   });
   addLabGuestCommands(lab, io, registry);
+  addUsbVmCommands(program, io);
 
   for (const devclass of DEVICE_CLASSES) {
     program

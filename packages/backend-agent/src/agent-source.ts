@@ -135,7 +135,11 @@ export class AgentSource implements DeviceSource {
   constructor(private readonly options: AgentSourceOptions) {
     this.backend = options.backend;
     this.id = `agent:${options.backend}`;
-    this.limits = { ...DEFAULT_LIMITS, ...options.limits };
+    const limits = { ...DEFAULT_LIMITS, ...options.limits };
+    // Room for one stale write (a tree) before the hello, unless said otherwise.
+    this.limits = options.limits?.maxPreHelloBytes
+      ? limits
+      : { ...limits, maxPreHelloBytes: limits.maxTreeBytes + 64 * 1024 };
     this.treeTokens = this.limits.treesPerSecond;
     this.reconnectDelay = options.reconnectMinMs ?? 250;
     this.incidents$ = this.incidents.asObservable();

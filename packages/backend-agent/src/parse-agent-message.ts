@@ -128,8 +128,10 @@ function wireRecord(value: unknown, at: string, limits: AgentLimits): WireRecord
   keys(record, ['devpath', 'subsystem', 'properties', 'attributes', 'entries', 'links'], at);
   const devpath = string(record.devpath, `${at}.devpath`, 4096);
   if (!isSafeDevpath(devpath)) throw new AgentViolation(`${at}.devpath: not a safe /devices/... path`);
+  // Empty: a device directory with no subsystem link (a bus's root, `/devices/pci0000:00`).
   const subsystem = string(record.subsystem, `${at}.subsystem`, 64);
-  if (!isSafeSubsystem(subsystem)) throw new AgentViolation(`${at}.subsystem: not a subsystem name`);
+  if (subsystem !== '' && !isSafeSubsystem(subsystem))
+    throw new AgentViolation(`${at}.subsystem: not a subsystem name`);
 
   const properties = stringMap(record.properties, `${at}.properties`, limits.maxPropertiesPerRecord, limits, (key) =>
     PROPERTY_KEY.test(key),

@@ -40,7 +40,10 @@ export interface AgentLimits {
   /** Time devgated may spend parsing one agent's messages per `floodWindowMs`: a bound on what it costs. */
   readonly floodParseMs: number;
   readonly floodWindowMs: number;
-  /** Bytes received before the `hello` (QEMU may deliver what a previous session left): at most this many are skipped. */
+  /**
+   * Bytes received before the `hello`, skipped: what the agent was writing when the previous host
+   * connection went (one write, at most a tree) reaches the next connection first.
+   */
   readonly maxPreHelloBytes: number;
 }
 
@@ -56,7 +59,7 @@ export const DEFAULT_LIMITS: AgentLimits = {
   floodBytes: 32 * 1024 * 1024,
   floodParseMs: 1_000,
   floodWindowMs: 10_000,
-  maxPreHelloBytes: 64 * 1024,
+  maxPreHelloBytes: 4 * 1024 * 1024 + 64 * 1024,
 };
 
 /**

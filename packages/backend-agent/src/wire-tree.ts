@@ -12,10 +12,15 @@ import {
   type WireRecord,
 } from './protocol.js';
 
-export function wireRecordOf(record: RawDeviceRecord): WireRecord {
+/** How an attribute is read: the record's own reader, or a faster one that knows the files. */
+export type AttributeReader = (record: RawDeviceRecord, name: string) => string | undefined;
+
+const ownAttribute: AttributeReader = (record, name) => record.attribute(name);
+
+export function wireRecordOf(record: RawDeviceRecord, read: AttributeReader = ownAttribute): WireRecord {
   const attributes: Record<string, string> = {};
   for (const name of WIRE_ATTRIBUTES[record.subsystem] ?? []) {
-    const value = record.attribute(name);
+    const value = read(record, name);
     if (value !== undefined) attributes[name] = value;
   }
   const entries: Record<string, readonly string[]> = {};
@@ -39,12 +44,17 @@ export function wireRecordOf(record: RawDeviceRecord): WireRecord {
   };
 }
 
-export function treeMessageOf(tree: HostTree, seq: number): TreeMessage {
+/** A tree message; `wire` turns one record into its wire form (an agent caches them per record). */
+export function treeMessageOf(
+  tree: HostTree,
+  seq: number,
+  wire: (record: RawDeviceRecord) => WireRecord = (record) => wireRecordOf(record),
+): TreeMessage {
   return {
     v: PROTOCOL_VERSION,
     type: 'tree',
     seq,
-    records: tree.devices().map(wireRecordOf),
+    records: tree.devices().map((record) => wire(record)),
     usage: { mounted: [...tree.usage.mounted], swaps: [...tree.usage.swaps] },
   };
 }

@@ -345,6 +345,13 @@ export class QemuConnector implements Connector {
     }
     const [qdevId, record] = found;
     const frontendDev = record.o['frontend-dev'];
+    // A backend VM's export (an NBD node): its connection is cut first (QMP yank), so nothing in flight
+    // to a USB VM that stopped answering (its stick pulled out, or hostile) can hold up the unplug.
+    if (frontendDev && record.b !== this.registry().dom0) {
+      await this.execute(frontend, 'yank', {
+        instances: [{ type: 'block-node', 'node-name': `dg-${frontendDev}` }],
+      }).catch(() => undefined);
+    }
     await this.unplug(
       frontend,
       record.o.devtype === 'cdrom' && frontendDev ? cdTransportId(frontendDev) : qdevId,
