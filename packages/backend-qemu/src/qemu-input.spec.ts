@@ -21,10 +21,10 @@ const spec: AttachSpec = {
 describe('planInputLinux', () => {
   it('adds one input-linux object per event node, each carrying the attachment and the identity', () => {
     const plan = planInputLinux(port, spec, '0627:0001:68284:u030101');
-    expect(plan.objects.map((o) => ({ ...o, id: String(o.id).slice(0, 5) }))).toEqual([
+    expect(plan.objects.map((o) => ({ ...o, id: String(o.id).replace(/n[0-9a-z]+-.*$/, '') }))).toEqual([
       {
         'qom-type': 'input-linux',
-        id: 'dgi0-',
+        id: 'dgi0',
         evdev: '/dev/input/event1',
         grab_all: true,
         repeat: false,
@@ -32,7 +32,7 @@ describe('planInputLinux', () => {
       },
       {
         'qom-type': 'input-linux',
-        id: 'dgi1-',
+        id: 'dgi1',
         evdev: '/dev/input/event4',
         grab_all: true,
         repeat: false,
@@ -44,6 +44,9 @@ describe('planInputLinux', () => {
       record: { c: 'input', b: 'dom0', p: '1-1', d: '0627:0001:68284:u030101', o: spec.options },
     });
     expect(plan.objects.every((o) => /^[A-Za-z][A-Za-z0-9_.-]*$/.test(String(o.id)))).toBe(true); // QOM's id rule
+    // Another attach of the same device gets other ids: a late detach of the old one cannot take it.
+    const again = planInputLinux(port, spec, '0627:0001:68284:u030101');
+    expect(again.objects.map((o) => o.id)).not.toEqual(plan.objects.map((o) => o.id));
   });
 
   it('refuses a spec without nodes from the data path, or with a bad hotkey', () => {

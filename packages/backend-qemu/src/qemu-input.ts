@@ -18,7 +18,9 @@ import { type AttachmentRecord, decodeQdevId, encodeQdevId, toHypervisorAttachme
 
 export const INPUT_LINUX_KIND = 'input-linux';
 const GRAB_TOGGLES = new Set(['ctrl-ctrl', 'alt-alt', 'shift-shift', 'meta-meta', 'scrolllock', 'ctrl-scrolllock']);
-const OBJECT_ID = /^dgi(\d{1,3})-([A-Za-z0-9_-]+)$/;
+/** `dgi<node>n<attach>-<record>`: the attach part keeps a new attach's ids apart from a late detach's. */
+const OBJECT_ID = /^dgi(\d{1,3})(?:n[0-9a-z]{1,13})?-([A-Za-z0-9_-]+)$/;
+let attaches = 0;
 const EVDEV = /^\/[^,\s]*\/event\d{1,6}$/;
 
 /** What the connector offers these helpers: QMP on a domain. */
@@ -41,9 +43,10 @@ export function planInputLinux(port: Port, spec: AttachSpec, deviceId: string): 
   if (!GRAB_TOGGLES.has(grabToggle)) throw new DriverContractError(port.devclass, `grab-toggle ${grabToggle}`);
   const options = { ...spec.options };
   const payload = encodeQdevId({ c: port.devclass, b: port.backend, p: port.portId, d: deviceId, o: options }).slice(3);
+  const nonce = `n${(Date.now() * 1000 + (attaches++ % 1000)).toString(36)}`;
   const objects = evdev.map((node, i) => ({
     'qom-type': 'input-linux',
-    id: `dgi${i}-${payload}`,
+    id: `dgi${i}${nonce}-${payload}`,
     evdev: node,
     grab_all: spec.params.grabAll === true,
     repeat: spec.params.repeat === true,

@@ -49,7 +49,7 @@ function anotherKeyboard(): HostTree {
   );
 }
 
-function harness() {
+function harness(detachGate?: Promise<void>) {
   const trees = new BehaviorSubject<HostTree>(recording.tree);
   const source: DeviceSource = {
     id: 'replay',
@@ -74,6 +74,8 @@ function harness() {
     },
     detach: async (frontend, port) => {
       calls.push(`detach ${frontend} ${port.portId}`);
+      await detachGate;
+      if (detachGate) calls.push(`detached ${frontend} ${port.portId}`);
       live.delete(portKey(port));
     },
     attachments: async () => [...live.values()],
@@ -171,6 +173,31 @@ describe('InputReplug: passthrough that survives a replug', () => {
       ]);
       expect(h.manager.get(KEYBOARD)?.data['event-devices']).toBe('13:70');
       expect(h.manager.get(KEYBOARD)?.attachment?.frontend).toBe('work');
+    } finally {
+      h.dispose();
+    }
+  });
+
+  it('waits for the old passthrough to be taken down before it attaches the device again', async () => {
+    let release = () => {};
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const h = harness(gate);
+    try {
+      await h.manager.attach({ frontend: 'work', port: KEYBOARD });
+      h.pull(); // the kernel starts detaching it from the VM; the VM is slow to let go
+      await settle();
+      h.plug(); // back already
+      await settle();
+      expect(h.calls).toEqual([
+        'attach work 1-1.5.4.2 {"grab-toggle":"ctrl-ctrl","grab-all":"no","repeat":"no"}',
+        'detach work 1-1.5.4.2',
+      ]);
+      release();
+      await settle();
+      expect(h.calls.slice(2)).toEqual([
+        'detached work 1-1.5.4.2',
+        'attach work 1-1.5.4.2 {"grab-toggle":"ctrl-ctrl","grab-all":"no","repeat":"no"}',
+      ]);
     } finally {
       h.dispose();
     }

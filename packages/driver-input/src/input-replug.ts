@@ -31,6 +31,10 @@ interface Remembered {
   readonly backend: string;
   readonly frontend: string;
   readonly options: Readonly<Record<string, string>>;
+  /** The kernel has detached the old attachment (QEMU let go of the dead nodes). */
+  ended: boolean;
+  /** The device came back before that: attached once it has. */
+  waiting?: DeviceInfo;
 }
 
 export class InputReplug implements Disposable {
@@ -51,7 +55,16 @@ export class InputReplug implements Disposable {
         backend: device.port.backend,
         frontend: device.attachment.frontend,
         options: device.attachment.options,
+        ended: false,
       });
+    };
+    // The kernel detaches a vanished device from its VM, then says so: only then may it go back in.
+    const ended = (event: { port: { devclass: string }; deviceId?: string; reason: string }) => {
+      if (event.port.devclass !== INPUT_CLASS_ID || event.reason !== 'device-removed' || !event.deviceId) return;
+      const entry = this.remembered.get(event.deviceId);
+      if (!entry) return;
+      entry.ended = true;
+      if (entry.waiting) void this.consider(entry.waiting);
     };
     // A device can show up before its event node does (hidden until then): `changed` brings the node.
     const appeared = ({ device }: { device: DeviceInfo }) => void this.consider(device);
@@ -60,10 +73,12 @@ export class InputReplug implements Disposable {
       else void this.consider(device);
     };
     this.manager.on('removed', removed);
+    this.manager.on('attachment-ended', ended);
     this.manager.on('added', appeared);
     this.manager.on('changed', changed);
     this.handlers.push(
       () => this.manager.off('removed', removed),
+      () => this.manager.off('attachment-ended', ended),
       () => this.manager.off('added', appeared),
       () => this.manager.off('changed', changed),
     );
@@ -78,6 +93,10 @@ export class InputReplug implements Disposable {
     if (device.port.devclass !== INPUT_CLASS_ID || device.hiddenReason || device.attachment) return;
     const wanted = this.remembered.get(device.deviceId);
     if (!wanted || wanted.backend !== device.port.backend || this.busy.has(device.deviceId)) return;
+    if (!wanted.ended) {
+      wanted.waiting = device;
+      return;
+    }
     this.busy.add(device.deviceId);
     this.remembered.delete(device.deviceId);
     try {
