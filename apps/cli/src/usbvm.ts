@@ -216,9 +216,12 @@ export async function removeUsbVm(options: Pick<UsbVmOptions, 'name' | 'registry
  * `--controller BDF`: the controller report decides. Refused here with its reasons when it is not
  * safe for a USB VM (on a host without an IOMMU, never); a safe one is not passed through yet.
  */
-export function checkController(bdf: string): never {
-  const report = usbControllerReport(readHostTree(LOCAL_ROOTS), systemPciNames(), {
-    iommu: hasIommu() ? 'present' : 'absent',
+export function checkController(bdf: string, sysRoot = LOCAL_ROOTS.sys): never {
+  // Without an IOMMU no controller can be passed through safely: said first, whatever the controller.
+  if (!hasIommu(sysRoot))
+    throw Errors.noIommu({ device: bdf, reason: 'this host has no IOMMU (no /sys/kernel/iommu_groups)' });
+  const report = usbControllerReport(readHostTree({ ...LOCAL_ROOTS, sys: sysRoot }), systemPciNames(), {
+    iommu: 'present',
   });
   const wanted = bdf.toLowerCase().replace(/^(?![0-9a-f]{4}:)/, '0000:');
   const controller = report.find((c) => c.sbdf === wanted || c.portId === bdf);
@@ -230,7 +233,6 @@ export function checkController(bdf: string): never {
       suggestion: report[0]?.sbdf,
     });
   }
-  if (!hasIommu()) throw Errors.noIommu({ device: controller.sbdf, reason: 'this host has no IOMMU' });
   if (controller.verdict !== 'safe for a USB VM') {
     throw Errors.badOption({
       option: '--controller',
@@ -243,7 +245,7 @@ export function checkController(bdf: string): never {
   });
 }
 
-function hasIommu(): boolean {
-  const groups = path.join(LOCAL_ROOTS.sys, 'kernel', 'iommu_groups');
+function hasIommu(sysRoot: string): boolean {
+  const groups = path.join(sysRoot, 'kernel', 'iommu_groups');
   return fs.existsSync(groups) && fs.readdirSync(groups).length > 0;
 }
