@@ -12,6 +12,7 @@ const { blockModule } = require('@devgate/driver-block');
 const { LocalHostSource } = require('@devgate/host');
 const { QmpClient, labUp, labDown, qemuModule } = require('@devgate/backend-qemu');
 const { removePartitions } = require('@devgate/testkit');
+const { usbVmLatency } = require('./usbvm.cjs');
 const http = require('node:http');
 const { spawn } = require('node:child_process');
 
@@ -471,7 +472,7 @@ async function main() {
   );
   try {
     const only = process.env.BENCH_ONLY;
-    const benches = { attachLatency, libvirtAttach, cliStartup, bigList, ueventLatency, usbList };
+    const benches = { attachLatency, libvirtAttach, cliStartup, bigList, ueventLatency, usbList, usbVmLatency };
     for (const [name, bench] of Object.entries(benches)) if (!only || only === name) await bench(dir);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
