@@ -5,13 +5,14 @@ import { labBackendUp, labList, labUp } from '@devgate/backend-qemu';
 import { defaultLibvirtUri, libvirtLabDown, libvirtLabUp } from '@devgate/backend-libvirt';
 import { Errors } from '@devgate/core';
 import { type Io } from './io.js';
-import { type AccessOptions, holderOf, withAccess } from './device-access.js';
+import { type AccessOptions, assertDeviceClass, holderOf, withAccess } from './device-access.js';
 import { assertRequiredDevices } from './required-devices.js';
 import { formatColumns, formatDevgateTable } from './format.js';
 import { addLabGuestCommands, addLabUpOsOptions, labDownAll, labUpOs } from './lab-command.js';
 import { addUsbVmCommands } from './usbvm-command.js';
 import { addHostOptions } from './main.js';
-import { DEVICE_CLASSES, attachOptions, classProgram } from './qvm-device-command.js';
+import { attachOptions } from './qvm-device-command.js';
+import { addDriversCommand } from './drivers-command.js';
 import { addPolicyCommands } from './policy-command.js';
 import { addUsbControllersCommand } from './usb-controllers-command.js';
 
@@ -23,15 +24,16 @@ export function devgateProgram(io: Io): Command {
     .exitOverride()
     .enablePositionalOptions()
     .configureOutput({ writeOut: io.out, writeErr: () => undefined });
-  const classOption = () =>
-    new Option('--class <class>', 'the device class').choices([...DEVICE_CLASSES]).default('block');
+  // Classes are the loaded drivers' (devgate drivers): checked when used, never listed here.
+  const classOption = () => new Option('--class <class>', 'the device class').default('block');
 
   addHostOptions(program.command('list').description('list devices of every class'))
-    .addOption(new Option('--class <class>', 'only this device class').choices([...DEVICE_CLASSES]))
+    .addOption(new Option('--class <class>', 'only this device class (devgate drivers lists them)'))
     .option('--json', 'print JSON (one array of devices)')
     .option('--all', 'also list devices hidden because they are in use, with the reason')
     .action((options: AccessOptions & { class?: string; json?: boolean; all?: boolean }) =>
       withAccess(options, io, async (access) => {
+        if (options.class !== undefined) await assertDeviceClass(access, options.class);
         const devices = await access.list({ devclass: options.class, all: options.all });
         io.out(
           options.json ? JSON.stringify(devices, null, 2) + '\n' : formatDevgateTable(devices, Boolean(options.all)),
@@ -68,7 +70,7 @@ export function devgateProgram(io: Io): Command {
     .option('--until <time>', 'ISO 8601 time, exclusive')
     .option('--action <action>', 'attach, detach, assign, unassign, policy, ask, answer, auto-attach, ...')
     .option('--frontend <vm>', 'only this frontend')
-    .addOption(new Option('--class <class>', 'only this device class').choices([...DEVICE_CLASSES]))
+    .addOption(new Option('--class <class>', 'only this device class'))
     .option('--limit <n>', 'at most this many entries', '100')
     .option('--json', 'print JSON')
     .action((options: AccessOptions & Record<string, string | boolean | undefined>) =>
@@ -175,18 +177,14 @@ export function devgateProgram(io: Io): Command {
   addLabGuestCommands(lab, io, registry);
   addUsbVmCommands(program, io);
 
-  for (const devclass of DEVICE_CLASSES) {
-    program
-      .command(devclass)
-      .description(`the same as qvm-${devclass}`)
-      .helpOption(false)
-      .allowUnknownOption()
-      .passThroughOptions()
-      .argument('[args...]')
-      .action(async (args: string[]) => {
-        await classProgram(`devgate ${devclass}`, devclass, io).parseAsync(args, { from: 'user' });
-      });
-  }
+  // What is loaded, from where, and its health.
+  addDriversCommand(program, io);
+
+  // `devgate CLASS ...` is `qvm-device CLASS ...` for every loaded class (main.ts dispatches it).
+  program.addHelpText(
+    'after',
+    '\n  devgate CLASS ...  the same as qvm-device CLASS ... (block, usb, ...: devgate drivers lists them)\n',
+  );
   return program;
 }
 

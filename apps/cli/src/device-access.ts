@@ -1,4 +1,14 @@
-import { type DeviceJson, DevgateError, Errors, deviceToJson, portLabel, parseDeviceArgument } from '@devgate/core';
+import {
+  type DeviceJson,
+  DevgateError,
+  type DriverReport,
+  Errors,
+  deviceToJson,
+  driverReport,
+  portLabel,
+  parseDeviceArgument,
+} from '@devgate/core';
+import { configuredModules } from './configured-modules.js';
 import {
   DaemonEvents,
   DeviceService,
@@ -32,6 +42,10 @@ export interface DeviceAccess {
   assign(request: AssignRequest): Promise<void>;
   unassign(request: Omit<AssignRequest, 'mode' | 'options' | 'device'> & { device?: string }): Promise<number>;
   daemon<T>(method: 'GET' | 'POST', route: string, body?: unknown): Promise<T>;
+  /** Every driver with its origin and health, and the driver packages that were refused. */
+  drivers(): Promise<DriverReport[]>;
+  /** The device classes there are drivers for: the built-in ones and the configured packages'. */
+  classes(): Promise<string[]>;
 }
 
 export interface AccessOptions extends HostOptions {
@@ -56,7 +70,8 @@ export async function withAccess<T>(
   let store: SqliteStateStore | undefined;
   const state = () => (store ??= openStateStore(defaultConfig().stateDir));
   try {
-    return await withHost({ ...options, policyHooks: [denyListHook(state)] }, (host) =>
+    const modules = options.modules ?? (await configuredModules());
+    return await withHost({ ...options, modules, policyHooks: [denyListHook(state)] }, (host) =>
       work(inProcessAccess(host, state)),
     );
   } finally {
@@ -96,6 +111,12 @@ function daemonAccess(socket: string): DeviceAccess {
       return (await api<{ removed: number }>('POST', '/v1/assignments/remove', { class: devclass, ...rest })).removed;
     },
     daemon: api,
+    async drivers() {
+      return (await api<{ drivers: DriverReport[] }>('GET', '/v1/drivers')).drivers;
+    },
+    async classes() {
+      return classesOf(await this.drivers());
+    },
   };
 }
 
@@ -126,7 +147,23 @@ function inProcessAccess(host: OpenHost, state: () => SqliteStateStore): DeviceA
     assign: async () => needsDaemon(),
     unassign: async () => needsDaemon(),
     daemon: async () => needsDaemon(),
+    async drivers() {
+      return driverReport(host.kernel, host.manager);
+    },
+    async classes() {
+      return classesOf(driverReport(host.kernel, host.manager));
+    },
   };
+}
+
+function classesOf(drivers: readonly DriverReport[]): string[] {
+  return drivers.flatMap((d) => (d.class !== null && d.health !== 'refused' ? [d.class] : []));
+}
+
+/** DG_UNKNOWN_DEVICE_CLASS unless a loaded driver has the class (through devgated: one it loaded). */
+export async function assertDeviceClass(access: DeviceAccess, devclass: string): Promise<void> {
+  const known = await access.classes();
+  if (!known.includes(devclass)) throw Errors.unknownDeviceClass({ devclass, known });
 }
 
 /** API errors become the CLI's coded errors, with the daemon's message and hint. */

@@ -1,4 +1,12 @@
-import { type DeviceManager, type DeviceSource, Errors, Kernel, type PolicyHook } from '@devgate/core';
+import {
+  type DeviceManager,
+  type DeviceSource,
+  Errors,
+  Kernel,
+  type ModuleReference,
+  type PolicyHook,
+} from '@devgate/core';
+import { loadConfiguredModules, provideServices } from '@devgate/daemon';
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
 import { usbModule } from '@devgate/driver-usb';
@@ -20,10 +28,14 @@ export interface HostOptions {
   readonly policyHooks?: readonly PolicyHook[];
   /** libvirt URIs whose domains are frontends; default libvirt's own (LIBVIRT_DEFAULT_URI, else qemu:///system). */
   readonly libvirtUris?: readonly string[];
+  /** Driver packages to load besides the built-in ones (devgated's configured `modules`). */
+  readonly modules?: readonly ModuleReference[];
 }
 
 export interface OpenHost {
   readonly manager: DeviceManager;
+  /** What it was composed of: `devgate drivers` reads the modules from it. */
+  readonly kernel: Kernel;
   readonly backends: readonly string[];
   close(): void;
 }
@@ -54,6 +66,9 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
   }
   const kernel = new Kernel().load(...DRIVER_MODULES, qemuModule({ registryFile: options.domains }));
   kernel.registerSource(source);
+  // Driver packages, as devgated loads them: isolated, with what devgate provides them.
+  provideServices(kernel, { roots: options.sysroot ? rootsUnder(options.sysroot) : undefined });
+  loadConfiguredModules(kernel, options.modules ?? []);
   // One-shot: libvirt's domains are read once, no event stream; a detach is confirmed by reading back.
   const libvirt = libvirtModule({ uris: options.libvirtUris ?? [defaultLibvirtUri()], dom0: backend, watch: false });
   kernel.load(libvirt);
@@ -75,8 +90,10 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
     await local?.whenProbed();
     // An agent that does not answer (its VM is down, or devgated holds its channel) lists nothing.
     await Promise.all(agents.map((agent) => agent.whenReady(5_000)));
-    // In-process there is nobody to retry for: a driver that failed fails the command.
-    const fault = manager.faults()[0];
+    // In-process there is nobody to retry for: a built-in driver that failed fails the command (a
+    // driver package's fault is its own: `devgate drivers` shows it, the other classes work).
+    const builtIn = new Set(kernel.modules().flatMap((m) => (m.origin.kind === 'built-in' ? m.drivers : [])));
+    const fault = manager.faults().find((f) => builtIn.has(f.driverId));
     if (fault) throw fault.error;
     await libvirt.ready();
     await manager.syncAttachments();
@@ -84,7 +101,7 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
     kernel.dispose();
     throw error;
   }
-  return { manager, backends: manager.sources.map((s) => s.backend), close: () => kernel.dispose() };
+  return { manager, kernel, backends: manager.sources.map((s) => s.backend), close: () => kernel.dispose() };
 }
 
 /** Opens the host, runs `work`, and always closes it; commands take turns through the CLI lock. */

@@ -14,16 +14,24 @@ export type ProgramName = (typeof PROGRAMS)[number];
  * (as Qubes' argparse-based tools do).
  */
 export async function run(prog: ProgramName, argv: readonly string[], io: Io = processIo): Promise<number> {
-  const program =
+  let program =
     prog === 'devgate'
       ? devgateProgram(io)
       : qvmDeviceProgram(prog, prog === 'qvm-device' ? undefined : prog.slice('qvm-'.length), io);
+  // `devgate CLASS ...` is `qvm-device CLASS ...`: any word that is not one of devgate's own
+  // commands names a class, which a loaded driver must have (checked when it is used).
+  if (prog === 'devgate' && isClassWord(program, argv[0])) program = qvmDeviceProgram('devgate', undefined, io);
   try {
     await program.parseAsync([...argv], { from: 'user' });
     return 0;
   } catch (error) {
     return reportError(prog, program, error, io);
   }
+}
+
+function isClassWord(program: Command, word: string | undefined): boolean {
+  if (word === undefined || word === 'help' || !/^[a-z][a-z0-9-]{0,31}$/.test(word)) return false;
+  return !program.commands.some((command) => command.name() === word || command.aliases().includes(word));
 }
 
 function reportError(prog: string, program: Command, error: unknown, io: Io): number {

@@ -14,7 +14,6 @@ import {
 import { DevgateError, Errors, categoryOf, isInterfaceCode } from '@devgate/core';
 import { type Io } from './io.js';
 import { formatColumns } from './format.js';
-import { DEVICE_CLASSES } from './qvm-device-command.js';
 
 interface SocketOptions {
   readonly socket?: string;
@@ -28,10 +27,19 @@ function vmName(name: string): string {
   return name;
 }
 
+/** A device class name as devgated's API takes it. */
+function className(name: string): string {
+  if (!/^[a-z][a-z0-9-]{0,31}$/.test(name)) {
+    throw Errors.badOption({ option: '--class', reason: `'${name}' is not a device class name` });
+  }
+  return name;
+}
+
 /** Adds the commands to `devgate`. */
 export function addPolicyCommands(program: Command, io: Io): void {
   const socketOption = () => new Option('--socket <path>', "devgated's API socket").env('DEVGATE_SOCKET');
-  const classOption = (what: string) => new Option('--class <class>', what).choices([...DEVICE_CLASSES]);
+  // Any class name: devgated filters by it (its state may hold classes whose driver is not loaded now).
+  const classOption = (what: string) => new Option('--class <class>', what).argParser(className);
 
   const deny = program
     .command('deny')

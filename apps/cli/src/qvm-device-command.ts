@@ -1,15 +1,12 @@
 import { Command, Option } from 'commander';
 import { Errors, parseDeviceArgument } from '@devgate/core';
 import { type Io } from './io.js';
-import { type AccessOptions, type DeviceAccess, holderOf, withAccess } from './device-access.js';
+import { type AccessOptions, type DeviceAccess, assertDeviceClass, holderOf, withAccess } from './device-access.js';
 import { formatInfo, formatLegacyBlockList, formatLegacyList, formatQubesTable } from './format.js';
 import { addHostOptions } from './main.js';
 import { addUsbAuthorizationCommands } from './usb-command.js';
 import { detachAndReattach } from './pci-command.js';
 import { addInputCommands } from './input-command.js';
-
-/** Device classes with a driver in this build. */
-export const DEVICE_CLASSES = ['block', 'usb', 'input', 'pci'] as const;
 
 /** Qubes lets only these classes be `required` (USB cannot). */
 const REQUIRABLE = new Set(['block', 'pci']);
@@ -30,20 +27,28 @@ export function qvmDeviceProgram(prog: string, devclass: string | undefined, io:
       .allowUnknownOption()
       .helpOption('-h, --help')
       .action(async (cls: string | undefined, args: string[], options: { listDeviceClasses?: boolean }) => {
-        if (options.listDeviceClasses) return io.out(DEVICE_CLASSES.map((c) => c + '\n').join(''));
+        // The classes are the loaded drivers' (through devgated: those it loaded), never a list here.
+        if (options.listDeviceClasses) {
+          return withAccess({}, io, async (access) => io.out((await access.classes()).map((c) => c + '\n').join('')));
+        }
         if (!cls) throw usage('the following arguments are required: class');
-        await classProgram(`${prog} ${cls}`, checkClass(cls), io).parseAsync(args, { from: 'user' });
+        await classProgram(`${prog} ${cls}`, cls, io, { checkClass: true }).parseAsync(args, { from: 'user' });
       });
     return quiet(program, io);
   }
-  return classProgram(prog, checkClass(devclass), io);
+  return classProgram(prog, devclass, io);
 }
 
-function checkClass(devclass: string): string {
-  if (!(DEVICE_CLASSES as readonly string[]).includes(devclass)) {
-    throw Errors.unknownDeviceClass({ devclass, known: DEVICE_CLASSES });
-  }
-  return devclass;
+type WithAccess = <T>(options: AccessOptions, io: Io, work: (access: DeviceAccess) => Promise<T>) => Promise<T>;
+
+/** withAccess, after checking that a loaded driver has the class (for a class the user named). */
+function accessFor(devclass: string, check: boolean): WithAccess {
+  if (!check) return withAccess;
+  return (options, io, work) =>
+    withAccess(options, io, async (access) => {
+      await assertDeviceClass(access, devclass);
+      return work(access);
+    });
 }
 
 interface AttachFlags {
@@ -51,7 +56,12 @@ interface AttachFlags {
   readonly ro?: boolean;
 }
 
-export function classProgram(prog: string, devclass: string, io: Io): Command {
+/**
+ * The commands of one device class. `checkClass`: the class was named by the user (`qvm-device
+ * CLASS`, `devgate CLASS`), so it must be one a loaded driver has: DG_UNKNOWN_DEVICE_CLASS otherwise.
+ */
+export function classProgram(prog: string, devclass: string, io: Io, options: { checkClass?: boolean } = {}): Command {
+  const withClass = accessFor(devclass, options.checkClass ?? false);
   const program = quiet(new Command(prog), io)
     .description(`list and manage ${devclass} devices`)
     // Options after a subcommand are the subcommand's (`attach -o ...` is not the old `-o`).
@@ -69,7 +79,7 @@ export function classProgram(prog: string, devclass: string, io: Io): Command {
 
   program.action(
     (args: string[], options: AttachFlags & AccessOptions & { list?: boolean; attach?: boolean; detach?: boolean }) =>
-      withAccess(options, io, async (access) => {
+      withClass(options, io, async (access) => {
         if (options.attach) {
           if (args.length !== 2) throw usage('-a/--attach takes VMNAME BACKEND:DEVICE');
           return access.attach(devclass, args[0], args[1], attachOptions(options));
@@ -97,7 +107,9 @@ export function classProgram(prog: string, devclass: string, io: Io): Command {
     .option('--exclude <vm>', 'exclude a domain from --all', collect, [])
     .option('-s, --assignments', 'also list assignments')
     .option('--with-sbdf, --resolve-paths', 'show the PCI SBDF (pci only)')
-    .action((vms: string[], options: ListFlags & AccessOptions) => list(devclass, vms, options, common(options), io));
+    .action((vms: string[], options: ListFlags & AccessOptions) =>
+      list(devclass, vms, options, common(options), io, withClass),
+    );
 
   subcommand(program, 'attach', ['at', 'a'], 'Attach device to domain')
     .argument('VMNAME', 'the frontend domain')
@@ -106,7 +118,7 @@ export function classProgram(prog: string, devclass: string, io: Io): Command {
     .option('--ro', 'attach read-only')
     .option('-p, --persistent', 'also assign it, as required')
     .action((vm: string, device: string, options: AttachFlags & AccessOptions & { persistent?: boolean }) =>
-      withAccess(common(options), io, async (access) => {
+      withClass(common(options), io, async (access) => {
         const attachOpts = attachOptions(options);
         if (!options.persistent) return access.attach(devclass, vm, device, attachOpts);
         // Qubes' --persistent: attach now, then assign as required, even if the attach failed.
@@ -121,7 +133,7 @@ export function classProgram(prog: string, devclass: string, io: Io): Command {
   // PCI: give the device back to its host driver afterwards (Qubes never does; devgate on request).
   if (devclass === 'pci') detach.option('--reattach', "then give it back to the host's driver (from vfio-pci)");
   detach.action((vm: string, device: string | undefined, options: AccessOptions & { reattach?: boolean }) =>
-    withAccess(common(options), io, (access) => {
+    withClass(common(options), io, (access) => {
       if (!options.reattach) return access.detach(devclass, vm, device);
       if (!device) throw Errors.badOption({ option: '--reattach', reason: 'names one device' });
       return detachAndReattach(access, common(options), vm, device, io);
@@ -138,7 +150,7 @@ export function classProgram(prog: string, devclass: string, io: Io): Command {
     .addOption(new Option('--port, --only-port', 'any device in this port').conflicts('device'))
     .addOption(new Option('--device, --only-device', 'this device in any port'))
     .action((vm: string, device: string, options: AssignFlags) =>
-      withAccess(common(options), io, async (access) => {
+      withClass(common(options), io, async (access) => {
         // Qubes' client: a PCI device is assigned as required, or not at all.
         if (devclass === 'pci' && !options.required) throw Errors.pciNotRequired();
         if (options.required && !REQUIRABLE.has(devclass)) {
@@ -171,7 +183,7 @@ export function classProgram(prog: string, devclass: string, io: Io): Command {
     .addOption(new Option('--port, --only-port', 'the assignment of this port').conflicts('device'))
     .addOption(new Option('--device, --only-device', 'the assignment of this device in any port'))
     .action((vm: string, device: string | undefined, options: AssignFlags) =>
-      withAccess(common(options), io, async (access) => {
+      withClass(common(options), io, async (access) => {
         const only = options.onlyPort ? 'port' : options.onlyDevice ? 'device' : undefined;
         await access.unassign({ devclass, frontend: vm, device, only });
       }),
@@ -185,7 +197,7 @@ export function classProgram(prog: string, devclass: string, io: Io): Command {
   subcommand(program, 'info', ['i'], 'Show info about device from domain')
     .argument('[BACKEND:PORT_ID]', 'the device')
     .action((device: string | undefined, options: AccessOptions) =>
-      withAccess(common(options), io, async (access) => {
+      withClass(common(options), io, async (access) => {
         let devices = await access.list({ devclass, all: true });
         if (device !== undefined) {
           const wanted = parseDeviceArgument(device);
@@ -220,11 +232,18 @@ function subcommand(program: Command, name: string, aliases: string[], descripti
   return addHostOptions(program.command(name).aliases(aliases).description(description));
 }
 
-async function list(devclass: string, vms: string[], flags: ListFlags, options: AccessOptions, io: Io): Promise<void> {
+async function list(
+  devclass: string,
+  vms: string[],
+  flags: ListFlags,
+  options: AccessOptions,
+  io: Io,
+  withClass: WithAccess,
+): Promise<void> {
   if (flags.exclude?.length && !flags.all) {
     throw Errors.badOption({ option: '--exclude', reason: '--exclude can only be used with --all' });
   }
-  await withAccess(options, io, async (access: DeviceAccess) => {
+  await withClass(options, io, async (access: DeviceAccess) => {
     const devices = await access.list({ devclass });
     const known = new Set([...(await access.domains()), ...devices.map((d) => d.backend)]);
     for (const vm of vms) if (!known.has(vm)) throw usage(`no such domain: '${vm}'`);

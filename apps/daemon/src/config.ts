@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { type Node, type ParseError, findNodeAtLocation, parseTree, printParseErrorCode } from 'jsonc-parser';
-import { Errors } from '@devgate/core';
+import { Errors, type ModuleReference, PACKAGE_NAME, isPathSpecifier } from '@devgate/core';
 import { defaultLibvirtUri } from '@devgate/backend-libvirt';
 
 /** Where a backend domain's devices come from. */
@@ -44,6 +44,12 @@ export interface DaemonConfig {
    * `qemu:///system`) unless `"defaultUri": false`, then `libvirt.uris` (e.g. `qemu+ssh://host/system`).
    */
   readonly libvirt?: { readonly uris: readonly string[] };
+  /**
+   * Driver packages to load besides the built-in ones: package names, found as Node finds an
+   * installed package from the configuration file's directory, or paths (`./x`, `/x`) relative to it.
+   * A package that cannot be loaded is refused (logged, and listed by `devgate drivers`); the others run.
+   */
+  readonly modules?: readonly ModuleReference[];
 }
 
 export interface ConfigIssue {
@@ -71,7 +77,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfi
   };
 }
 
-const TOP_KEYS = new Set(['socket', 'stateDir', 'domains', 'backends', 'access', 'askTimeoutSeconds', 'usbPolicy', 'libvirt']);
+const TOP_KEYS = new Set(['socket', 'stateDir', 'domains', 'backends', 'access', 'askTimeoutSeconds', 'usbPolicy', 'libvirt', 'modules']);
 const LIBVIRT_URI = /^[a-z][a-z0-9+]*:\/\/[^\s]{0,1000}$/i;
 const NAME = /^[a-zA-Z][a-zA-Z0-9_.-]{0,30}$/;
 const ACCOUNT = /^[a-z_][a-z0-9_-]{0,31}\$?$/;
@@ -187,6 +193,26 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
     const useDefault = defaultNode?.value !== false;
     libvirt = { uris: [...new Set([...(useDefault ? (base.libvirt?.uris ?? []) : []), ...uris])] };
   }
+  // Driver packages: names or paths, resolved from the configuration's directory when loaded.
+  const modules: ModuleReference[] = [];
+  const modulesNode = findNodeAtLocation(tree, ['modules']);
+  if (modulesNode && modulesNode.type !== 'array')
+    at(modulesNode.offset, 'modules must be a list of driver packages: names or paths');
+  for (const item of modulesNode?.type === 'array' ? (modulesNode.children ?? []) : []) {
+    const specifier = item.value;
+    if (
+      item.type !== 'string' ||
+      !(isPathSpecifier(specifier) || PACKAGE_NAME.test(specifier)) ||
+      specifier.length > 1024
+    ) {
+      at(
+        item.offset,
+        `modules: '${String(specifier)}' is not a package name (like @acme/devgate-driver-serial) or a path (./x, /x)`,
+      );
+    } else if (modules.some((m) => m.specifier === specifier)) {
+      at(item.offset, `modules: '${specifier}' is named twice`);
+    } else modules.push({ specifier, from: path.dirname(path.resolve(file)) });
+  }
   if (issues.length > 0) return { issues };
   return {
     issues,
@@ -199,6 +225,7 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
       askTimeoutSeconds,
       usbPolicy,
       libvirt,
+      ...(modules.length > 0 ? { modules } : {}),
     },
   };
 }

@@ -21,6 +21,8 @@ import { qemuModule, readRegistrySync } from '@devgate/backend-qemu';
 import { AgentSource } from '@devgate/backend-agent';
 import { libvirtModule } from '@devgate/backend-libvirt';
 import { type DaemonConfig } from './config.js';
+import { loadConfiguredModules, logRefusedModules, pinoLogger, provideServices } from './driver-packages.js';
+import { driverReport } from '@devgate/core';
 import { SqliteStateStore } from './store/state-store.js';
 import { DaemonEvents } from './services/daemon-events.js';
 import { AskService } from './services/asks.js';
@@ -79,6 +81,13 @@ export class Devgated implements Disposable {
     const isListed = (port: Port) => listing.manager?.get(port) !== undefined;
     const libvirt = libvirtModule({ uris: config.libvirt?.uris ?? [], dom0: localBackend, isListed });
     kernel.load(libvirt);
+    // Third-party driver packages (the configuration's `modules`), each isolated, and what devgate provides them.
+    const ownSysfs = Object.values(config.backends).find((spec) => 'sysroot' in spec);
+    provideServices(kernel, {
+      log: pinoLogger(log),
+      roots: ownSysfs && 'sysroot' in ownSysfs ? rootsUnder(ownSysfs.sysroot) : undefined,
+    });
+    loadConfiguredModules(kernel, config.modules ?? [], log);
     for (const [backend, spec] of Object.entries(config.backends)) kernel.registerSource(sourceFor(backend, spec));
     // Backends replayed from recordings that `devgate lab up NAME --recording FILE` registered.
     for (const [backend, { recording }] of Object.entries(readRegistrySync(config.domains).backends ?? {})) {
@@ -92,6 +101,7 @@ export class Devgated implements Disposable {
     }
     kernel.registerPolicyHook(denyListHook(() => store));
     const manager = kernel.start();
+    logRefusedModules(kernel, log);
     listing.manager = manager;
     const asks = new AskService(store, events, config.askTimeoutSeconds * 1000);
     const devices = new DeviceService(manager, store, events);
@@ -282,6 +292,7 @@ export class Devgated implements Disposable {
       events: this.events,
       version: DAEMON_VERSION,
       startedAt: new Date().toISOString(),
+      drivers: () => driverReport(this.kernel, this.manager),
     };
     const readOnly = buildApi(context, { readOnly: true, actor: () => 'reader' });
     const full = buildApi(context, {

@@ -7,3 +7,4 @@ export { MIGRATIONS, SCHEMA_VERSION, type Migration, migrate } from './store/mig
 export { type DaemonEvent, DaemonEvents } from './services/daemon-events.js';
 export { DeviceService, denyListHook } from './services/device-service.js';
 export { type Ask } from './services/asks.js';
+export * from './driver-packages.js';

@@ -10,7 +10,10 @@ import { devgateModule } from './serial-module';
 // AMT's serial-over-LAN port on PCI, and the 8250 driver's placeholders with no chip behind them).
 const adapters = loadRecording(path.join(__dirname, '../fixtures/usb-serial-adapters.umockdev')).tree;
 const t420 = loadRecording(recordedFixture('LENOVO_T420.txt')).tree;
-const withoutFtdi = new HostTree(adapters.devices().filter((r) => !r.devpath.includes('/1-2')), adapters.usage);
+const withoutFtdi = new HostTree(
+  adapters.devices().filter((r) => !r.devpath.includes('/1-2')),
+  adapters.usage,
+);
 
 describeDriverConformance('serial', {
   createDriver: () => new SerialDriver(),
@@ -26,11 +29,21 @@ describe('SerialDriver', () => {
   it('lists USB adapters under their USB device, CDC ACM boards, and UARTs that answered', async () => {
     const devices = await firstValueFrom(new SerialDriver().discover(staticSource(adapters)));
     expect(devices.map((d) => [d.port.portId, d.deviceId, describeDevice(d), d.parent?.portId])).toEqual([
-      ['ttyACM0', '2341:0043:85736323838351F0E1C1:u020201', 'Network: Arduino (www.arduino.cc) 85736323838351F0E1C1', '1-3'],
+      [
+        'ttyACM0',
+        '2341:0043:85736323838351F0E1C1:u020201',
+        'Network: Arduino (www.arduino.cc) 85736323838351F0E1C1',
+        '1-3',
+      ],
       ['ttyS0', 'uart:ttyS0', '?******: unknown vendor UART ttyS0', undefined],
       ['ttyUSB0', '0403:6001:A50285BI:uffffff', 'uffffff: FTDI FT232R USB UART', '1-2'],
     ]);
-    expect(devices[2].data).toEqual({ 'major-minor': '188:0', tty: 'ttyUSB0', 'vendor-id': '0403', 'product-id': '6001' });
+    expect(devices[2].data).toEqual({
+      'major-minor': '188:0',
+      tty: 'ttyUSB0',
+      'vendor-id': '0403',
+      'product-id': '6001',
+    });
   });
 
   it('finds the PCI serial port of a real machine, not the 8250 placeholders', async () => {

@@ -125,7 +125,9 @@ function usbParent(tree: HostTree, record: RawDeviceRecord): UsbParent | undefin
       vendor: sanitizeText(ancestor.attribute('manufacturer') ?? ancestor.properties.ID_VENDOR_FROM_DATABASE),
       product: sanitizeText(ancestor.attribute('product') ?? ancestor.properties.ID_MODEL_FROM_DATABASE),
       serial: sanitizeText(ancestor.attribute('serial'), 64),
-      interface: (klass.every((hex) => HEX2.test(hex)) ? `u${klass.join('').toLowerCase()}` : 'u******') as InterfaceCode,
+      interface: (klass.every((hex) => HEX2.test(hex))
+        ? `u${klass.join('').toLowerCase()}`
+        : 'u******') as InterfaceCode,
     };
   }
   return undefined;

@@ -56,7 +56,8 @@ export function planXmlFragment(port: Port, spec: AttachSpec): DevicePlan {
   };
   const check = (text: string) => {
     if (text === PLACEHOLDER) placeholders++;
-    else if (text.includes('/') || text.includes(PLACEHOLDER)) refuse(`'${text.slice(0, 80)}': a host path is only {path}`);
+    else if (text.includes('/') || text.includes(PLACEHOLDER))
+      refuse(`'${text.slice(0, 80)}': a host path is only {path}`);
   };
   walk(tree);
   const hostNode = spec.params.hostNode;

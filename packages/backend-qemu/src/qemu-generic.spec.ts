@@ -37,10 +37,13 @@ const serialSpec = (filledPath?: string): AttachSpec => {
   return filledPath ? { ...spec, params: { ...spec.params, path: filledPath } } : spec;
 };
 const peripherals = async () =>
-  (await connector.execute<{ name: string; type: string }[]>('work', 'qom-list', { path: '/machine/peripheral' })).filter(
-    (c) => c.name.startsWith('dg-'),
+  (
+    await connector.execute<{ name: string; type: string }[]>('work', 'qom-list', { path: '/machine/peripheral' })
+  ).filter((c) => c.name.startsWith('dg-'));
+const chardevs = async () =>
+  (await connector.execute<{ label: string; filename: string }[]>('work', 'query-chardev')).filter((c) =>
+    c.label.startsWith('dg-'),
   );
-const chardevs = async () => (await connector.execute<{ label: string; filename: string }[]>('work', 'query-chardev')).filter((c) => c.label.startsWith('dg-'));
 
 describe('the qemu-device kind', () => {
   it('is declared, so the kernel can refuse what QEMU cannot do before it asks', () => {
@@ -49,11 +52,19 @@ describe('the qemu-device kind', () => {
 
   it('adds the chardev on the node, then the device linked to it; reads back; detach removes both', async () => {
     const attachment = await connector.attach('work', port, serialSpec(pty.path), 'serial:0403:6001:A50285BI');
-    expect(attachment).toEqual({ port, frontend: 'work', deviceId: 'serial:0403:6001:A50285BI', options: { model: 'usb-serial' } });
+    expect(attachment).toEqual({
+      port,
+      frontend: 'work',
+      deviceId: 'serial:0403:6001:A50285BI',
+      options: { model: 'usb-serial' },
+    });
     const [device] = await peripherals();
     expect(device.type).toBe('child<usb-serial>');
     expect(decodeQdevId(device.name)).toEqual(expect.objectContaining({ c: 'serial', p: 'ttyUSB0', k: 'qemu-device' }));
-    const chardev = await connector.execute<string>('work', 'qom-get', { path: `/machine/peripheral/${device.name}`, property: 'chardev' });
+    const chardev = await connector.execute<string>('work', 'qom-get', {
+      path: `/machine/peripheral/${device.name}`,
+      property: 'chardev',
+    });
     expect(chardev).toBe(device.name);
     expect(await chardevs()).toEqual([expect.objectContaining({ label: device.name, filename: 'serial' })]);
     expect(await connector.attachments()).toEqual([attachment]);

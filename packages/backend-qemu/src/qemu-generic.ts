@@ -30,7 +30,10 @@ interface QmpExecutor {
 export interface QemuDevicePlanCommands {
   readonly qdevId: string;
   /** In order; each undone in reverse if a later one fails. */
-  readonly steps: readonly { readonly add: [string, Record<string, unknown>]; readonly undo: [string, Record<string, unknown>] }[];
+  readonly steps: readonly {
+    readonly add: [string, Record<string, unknown>];
+    readonly undo: [string, Record<string, unknown>];
+  }[];
   readonly options: Readonly<Record<string, string>>;
 }
 
@@ -44,7 +47,14 @@ export function planQemuDevice(port: Port, spec: AttachSpec, deviceId: string): 
   const { plan, problem } = checkQemuDeviceParams(spec.params, true);
   if (!plan) throw new DriverContractError(port.devclass, `qemu-device: ${problem}`);
   const options = { ...spec.options };
-  const qdevId = encodeQdevId({ c: port.devclass, b: port.backend, p: port.portId, d: deviceId, k: QEMU_DEVICE_KIND, o: options });
+  const qdevId = encodeQdevId({
+    c: port.devclass,
+    b: port.backend,
+    p: port.portId,
+    d: deviceId,
+    k: QEMU_DEVICE_KIND,
+    o: options,
+  });
   const steps: { add: [string, Record<string, unknown>]; undo: [string, Record<string, unknown>] }[] = [];
   const device: Record<string, unknown> = { driver: plan.device, id: qdevId, ...plan.properties };
   if (plan.chardev) {
@@ -67,7 +77,11 @@ export function planQemuDevice(port: Port, spec: AttachSpec, deviceId: string): 
     device.drive = nodeName;
   }
   if (plan.object) {
-    const object = { 'qom-type': plan.object.type, id: qdevId, ...(plan.object.type === 'rng-random' ? { filename: plan.path } : {}) };
+    const object = {
+      'qom-type': plan.object.type,
+      id: qdevId,
+      ...(plan.object.type === 'rng-random' ? { filename: plan.path } : {}),
+    };
     steps.push({ add: ['object-add', object], undo: ['object-del', { id: qdevId }] });
     device[plan.object.link] = qdevId;
   }
@@ -98,7 +112,12 @@ export async function attachQemuDevice(
 }
 
 /** After the device is unplugged: its chardev, block node and object go too (whichever it had). */
-export async function removeGenericBackends(qmp: QmpExecutor, frontend: DomainName, qdevId: string, record: AttachmentRecord): Promise<void> {
+export async function removeGenericBackends(
+  qmp: QmpExecutor,
+  frontend: DomainName,
+  qdevId: string,
+  record: AttachmentRecord,
+): Promise<void> {
   if (record.k !== QEMU_DEVICE_KIND) return;
   await qmp.execute(frontend, 'chardev-remove', { id: qdevId }).catch(() => undefined);
   await qmp.execute(frontend, 'blockdev-del', { 'node-name': genericNodeName(qdevId) }).catch(() => undefined);

@@ -91,7 +91,8 @@ export function checkQemuDeviceParams(
       }
       properties[name] = value;
     } else if (key === 'chardev') {
-      if (typeof value !== 'string' || !CHARDEVS.has(value)) return problem(`chardev must be one of ${[...CHARDEVS].join(', ')}`);
+      if (typeof value !== 'string' || !CHARDEVS.has(value))
+        return problem(`chardev must be one of ${[...CHARDEVS].join(', ')}`);
       chardev = value as QemuDeviceRequest['chardev'];
     } else if (key === 'blockdev') {
       if (value !== 'host_device') return problem('blockdev must be host_device');
@@ -99,7 +100,8 @@ export function checkQemuDeviceParams(
     } else if (key === 'blockdev.read-only') {
       if (typeof value !== 'boolean') return problem('blockdev.read-only must be true or false');
     } else if (key === 'object') {
-      if (typeof value !== 'string' || !OBJECTS.has(value)) return problem(`object must be one of ${[...OBJECTS].join(', ')}`);
+      if (typeof value !== 'string' || !OBJECTS.has(value))
+        return problem(`object must be one of ${[...OBJECTS].join(', ')}`);
       object = { ...object, type: value };
     } else if (key === 'object.link') {
       if (typeof value !== 'string' || !QEMU_NAME.test(value) || RESERVED_PROPERTIES.has(value)) {
@@ -126,7 +128,8 @@ export function checkQemuDeviceParams(
     (object?.type !== undefined && NEEDS_NODE.object.has(object.type));
   if (opensNode && hostNode === undefined) return problem('a serial chardev, a blockdev or rng-random needs hostNode');
   if (blockdev && hostNode !== 'block') return problem("a blockdev needs hostNode 'block'");
-  if (filled && hostNode !== undefined && nodePath === undefined) return problem('the data path gave no path for hostNode');
+  if (filled && hostNode !== undefined && nodePath === undefined)
+    return problem('the data path gave no path for hostNode');
   return {
     plan: {
       device,
@@ -141,6 +144,10 @@ export function checkQemuDeviceParams(
 }
 
 /** The spec a driver returns for a `libvirt-xml` attach: one device element, `{path}` for the node. */
-export function libvirtXmlSpec(xml: string, hostNode: HostNodeType | undefined, options: Readonly<Record<string, string>>): AttachSpec {
+export function libvirtXmlSpec(
+  xml: string,
+  hostNode: HostNodeType | undefined,
+  options: Readonly<Record<string, string>>,
+): AttachSpec {
   return { kind: LIBVIRT_XML_KIND, params: { xml, ...(hostNode ? { hostNode } : {}) }, options: { ...options } };
 }

@@ -404,15 +404,23 @@ export const Errors = {
     message: (p) => `driver package '${p.module}' was not loaded: ${p.reason}`,
     hint: () => 'a driver package exports its DevgateModule as `devgateModule` (or default); see docs/plugin-api.md',
   }),
-  unsupportedAttachKind: define<{ device: string; kind: string; frontend: string; connector: string; kinds: readonly string[] }>({
+  unsupportedAttachKind: define<{
+    device: string;
+    kind: string;
+    frontend: string;
+    connector: string;
+    kinds: readonly string[];
+  }>({
     code: 'DG_UNSUPPORTED_ATTACH_KIND',
-    message: (p) => `Device ${p.device} cannot be attached to ${p.frontend}: ${p.connector} cannot perform '${p.kind}' attachments; nothing was touched`,
+    message: (p) =>
+      `Device ${p.device} cannot be attached to ${p.frontend}: ${p.connector} cannot perform '${p.kind}' attachments; nothing was touched`,
     hint: (p) => `${p.connector} performs: ${p.kinds.join(', ') || 'nothing'}`,
   }),
   notProvided: define<{ token: string; requestedBy: string }>({
     code: 'DG_NOT_PROVIDED',
     message: (p) => `${p.requestedBy} asked for ${p.token}, which nothing provides in this kernel`,
-    hint: () => 'devgated and the CLI provide every documented token; a test registers its own (kernel.container.register)',
+    hint: () =>
+      'devgated and the CLI provide every documented token; a test registers its own (kernel.container.register)',
   }),
   driverFault: define<{ driverId: string; source: string; reason: string }>({
     code: 'DG_DRIVER_FAULT',

@@ -14,3 +14,4 @@ export * from './device-manager.js';
 export * from './kernel.js';
 export * from './attach-kinds.js';
 export * from './module-loader.js';
+export * from './driver-report.js';

@@ -21,7 +21,14 @@ import {
 
 function source(backend = 'dom0', extra: Partial<DeviceSource> = {}): DeviceSource {
   const tree = new HostTree([recordOf('/devices/virtual/test/one', 'test', {})]);
-  return { id: `test:${backend}`, backend, hotplug: 'static', trees$: new BehaviorSubject(tree), dispose() {}, ...extra };
+  return {
+    id: `test:${backend}`,
+    backend,
+    hotplug: 'static',
+    trees$: new BehaviorSubject(tree),
+    dispose() {},
+    ...extra,
+  };
 }
 
 function driver(id: string, extra: Partial<DeviceClassDriver> = {}): DeviceClassDriver {
@@ -51,7 +58,15 @@ const moduleOf = (id: string, ...drivers: DeviceClassDriver[]): DevgateModule =>
   },
 });
 const pkg = (specifier: string) => ({ kind: 'package' as const, specifier });
-const classes = (kernel: Kernel) => [...new Set(kernel.start().list().map((d) => d.port.devclass))].sort();
+const classes = (kernel: Kernel) =>
+  [
+    ...new Set(
+      kernel
+        .start()
+        .list()
+        .map((d) => d.port.devclass),
+    ),
+  ].sort();
 
 describe('Kernel: isolated modules (third-party driver packages)', () => {
   it('refuses a module whose register throws, withdraws what it registered, and runs the others', () => {
@@ -81,7 +96,9 @@ describe('Kernel: isolated modules (third-party driver packages)', () => {
     const old = driver('old', { manifest: { apiVersion: 99, description: 'from the future' } });
     const status = kernel.loadIsolated(moduleOf('driver-old', old), pkg('@acme/old'));
     expect(status.error?.code).toBe('DG_INCOMPATIBLE_DRIVER');
-    expect(status.error?.message).toBe("package '@acme/old': driver 'old' targets plugin API 99, this kernel provides 1");
+    expect(status.error?.message).toBe(
+      "package '@acme/old': driver 'old' targets plugin API 99, this kernel provides 1",
+    );
     expect(classes(kernel)).toEqual([]);
     kernel.dispose();
   });
@@ -92,15 +109,26 @@ describe('Kernel: isolated modules (third-party driver packages)', () => {
     const impostor = driver('block', { discover: () => new BehaviorSubject([]) });
     const status = kernel.loadIsolated(moduleOf('driver-impostor', impostor), pkg('@acme/impostor'));
     expect(status.error?.code).toBe('DG_DUPLICATE_DRIVER');
-    expect(kernel.start().list().map((d) => d.deviceId)).toEqual(['block-device']);
+    expect(
+      kernel
+        .start()
+        .list()
+        .map((d) => d.deviceId),
+    ).toEqual(['block-device']);
     kernel.dispose();
   });
 
   it('refuses a module whose dependency is missing at start, and those that depended on it', () => {
     const kernel = new Kernel().load(moduleOf('driver-usb', driver('usb')));
     kernel.registerSource(source());
-    kernel.loadIsolated(moduleOf('a', driver('a', { manifest: { apiVersion: 1, description: 'a', dependsOn: ['pci'] } })), pkg('a'));
-    kernel.loadIsolated(moduleOf('b', driver('b', { manifest: { apiVersion: 1, description: 'b', dependsOn: ['a', 'usb'] } })), pkg('b'));
+    kernel.loadIsolated(
+      moduleOf('a', driver('a', { manifest: { apiVersion: 1, description: 'a', dependsOn: ['pci'] } })),
+      pkg('a'),
+    );
+    kernel.loadIsolated(
+      moduleOf('b', driver('b', { manifest: { apiVersion: 1, description: 'b', dependsOn: ['a', 'usb'] } })),
+      pkg('b'),
+    );
     expect(classes(kernel)).toEqual(['usb']);
     const byId = Object.fromEntries(kernel.modules().map((m) => [m.id, m]));
     expect(byId.a.error?.code).toBe('DG_MISSING_DEPENDENCY');
@@ -110,7 +138,9 @@ describe('Kernel: isolated modules (third-party driver packages)', () => {
   });
 
   it('still throws for a built-in module with a missing dependency (the build is wrong)', () => {
-    const kernel = new Kernel().load(moduleOf('x', driver('x', { manifest: { apiVersion: 1, description: '', dependsOn: ['y'] } })));
+    const kernel = new Kernel().load(
+      moduleOf('x', driver('x', { manifest: { apiVersion: 1, description: '', dependsOn: ['y'] } })),
+    );
     expect(() => kernel.start()).toThrow(expect.objectContaining({ code: 'DG_MISSING_DEPENDENCY' }));
   });
 });
@@ -119,7 +149,12 @@ describe('Kernel: the container is real', () => {
   it('starts with what is registered in its container, not only what went through register*', () => {
     const kernel = new Kernel().load(moduleOf('driver-a', driver('a')));
     kernel.container.register(DeviceSource, { useValue: source('sys-usb') });
-    expect(kernel.start().list().map((d) => d.port.backend)).toEqual(['sys-usb']);
+    expect(
+      kernel
+        .start()
+        .list()
+        .map((d) => d.port.backend),
+    ).toEqual(['sys-usb']);
     kernel.dispose();
   });
 
@@ -148,7 +183,9 @@ describe('Kernel: the container is real', () => {
     expect(seen).toBe(42);
     expect(lines).toEqual([['hello', { module: 'driver-clocked', n: 1 }]]);
     expect(notProvided?.code).toBe('DG_NOT_PROVIDED');
-    expect(notProvided?.message).toBe("module 'driver-clocked' asked for devgate.SysfsReader, which nothing provides in this kernel");
+    expect(notProvided?.message).toBe(
+      "module 'driver-clocked' asked for devgate.SysfsReader, which nothing provides in this kernel",
+    );
   });
 
   it('asks sources to read the subsystems its drivers name', () => {
@@ -156,7 +193,9 @@ describe('Kernel: the container is real', () => {
     const asked: string[][] = [];
     kernel.registerSource(source('dom0', { readSubsystems: (s) => asked.push([...s]) }));
     kernel.registerDriver(driver('serial', { manifest: { apiVersion: 1, description: '', subsystems: ['tty'] } }));
-    kernel.registerDriver(driver('other', { manifest: { apiVersion: 1, description: '', subsystems: ['tty', 'sound'] } }));
+    kernel.registerDriver(
+      driver('other', { manifest: { apiVersion: 1, description: '', subsystems: ['tty', 'sound'] } }),
+    );
     kernel.start();
     expect(asked).toEqual([['sound', 'tty']]);
     kernel.dispose();
@@ -197,7 +236,8 @@ describe('DeviceManager: attach kinds', () => {
     kernel.registerPolicyHook({ id: 'hook', preAttach: () => (touched.push('hook'), { verdict: 'allow' }) });
     kernel.registerConnector(connector);
     const manager = kernel.start();
-    const attach = () => manager.attach({ frontend: 'work', port: { devclass: 'serial', backend: 'dom0', portId: 'one' } });
+    const attach = () =>
+      manager.attach({ frontend: 'work', port: { devclass: 'serial', backend: 'dom0', portId: 'one' } });
     return { kernel, touched, attach };
   }
 
@@ -214,7 +254,9 @@ describe('DeviceManager: attach kinds', () => {
   });
 
   it('checks the kind the backend routes it to', async () => {
-    const { kernel, touched, attach } = setup(['block', 'qemu-device'], (kind) => (kind === 'qemu-device' ? 'usb-redir' : kind));
+    const { kernel, touched, attach } = setup(['block', 'qemu-device'], (kind) =>
+      kind === 'qemu-device' ? 'usb-redir' : kind,
+    );
     expect(await attach().catch((e: DevgateError) => e.code)).toBe('DG_UNSUPPORTED_ATTACH_KIND');
     expect(touched).toEqual([]);
     kernel.dispose();
@@ -237,7 +279,10 @@ describe('loadDriverPackages: packages found as npm finds them', () => {
     const write = (name: string, main: string, json: Record<string, unknown> = {}) => {
       const root = path.join(dir, 'node_modules', name);
       fs.mkdirSync(root, { recursive: true });
-      fs.writeFileSync(path.join(root, 'package.json'), JSON.stringify({ name, version: '1.2.3', main: 'index.js', ...json }));
+      fs.writeFileSync(
+        path.join(root, 'package.json'),
+        JSON.stringify({ name, version: '1.2.3', main: 'index.js', ...json }),
+      );
       fs.writeFileSync(path.join(root, 'index.js'), main);
     };
     write('@acme/throws', "throw new Error('cannot start');");

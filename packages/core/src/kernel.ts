@@ -250,12 +250,7 @@ export class Kernel implements ModuleRegistry, Disposable {
     const sources = this.resolveAll(DeviceSource);
     const subsystems = [...new Set(drivers.flatMap((d) => d.manifest.subsystems ?? []))].sort();
     if (subsystems.length > 0) for (const source of sources) source.readSubsystems?.(subsystems);
-    const manager = new DeviceManager(
-      drivers,
-      sources,
-      this.resolveAll(PolicyHook),
-      this.resolveAll(Connector),
-    );
+    const manager = new DeviceManager(drivers, sources, this.resolveAll(PolicyHook), this.resolveAll(Connector));
     this.container.registerInstance(DeviceManager, manager);
     this.owned.push(manager);
     manager.start();
@@ -274,7 +269,7 @@ export class Kernel implements ModuleRegistry, Disposable {
       const checked = this.drivers.get(driver.id) === driver ? driver : checkDriver(driver, seen);
       seen.set(checked.id, checked);
     }
-    for (let changed = true; changed; ) {
+    for (let changed = true; changed;) {
       changed = false;
       for (const driver of seen.values()) {
         const missing = (driver.manifest.dependsOn ?? []).find((dependency) => !seen.has(dependency));

@@ -73,15 +73,18 @@ export function requireDriverPackage(reference: ModuleReference): { module: Devg
   const manifest = root ? readManifest(root) : undefined;
   origin = { kind: 'package', specifier, name: manifest?.name, version: manifest?.version, path: file };
   providePeers(root ?? path.dirname(file));
-  let exports: unknown;
+  // (Not `exports`: in CommonJS output that name is the module's own.)
+  let loaded: unknown;
   try {
     // A driver package is CommonJS, found at run time: this is what require() is for.
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    exports = require(file);
+    loaded = require(file);
   } catch (error) {
-    return fail(Errors.moduleLoadFailed({ module: labelOf(origin), reason: `it threw while loading: ${reasonOf(error)}` }));
+    return fail(
+      Errors.moduleLoadFailed({ module: labelOf(origin), reason: `it threw while loading: ${reasonOf(error)}` }),
+    );
   }
-  const module = moduleIn(exports);
+  const module = moduleIn(loaded);
   if (!module) {
     return fail(
       Errors.moduleLoadFailed({
@@ -93,11 +96,11 @@ export function requireDriverPackage(reference: ModuleReference): { module: Devg
   return { module, origin };
 }
 
-function moduleIn(exports: unknown): DevgateModule | undefined {
+function moduleIn(loaded: unknown): DevgateModule | undefined {
   const candidates = [
-    (exports as { devgateModule?: unknown } | undefined)?.devgateModule,
-    (exports as { default?: unknown } | undefined)?.default,
-    exports,
+    (loaded as { devgateModule?: unknown } | undefined)?.devgateModule,
+    (loaded as { default?: unknown } | undefined)?.default,
+    loaded,
   ];
   return candidates.find(
     (c): c is DevgateModule =>

@@ -28,7 +28,11 @@ const spec = (extra: Record<string, string> = {}) => {
   const s = qemuDeviceSpec({ device: 'usb-serial', chardev: 'serial', hostNode: 'char' }, {});
   return { ...s, params: { ...s.params, ...extra } };
 };
-const codeOf = (p: Promise<unknown>) => p.then(() => 'resolved', (e: { code?: string }) => e.code);
+const codeOf = (p: Promise<unknown>) =>
+  p.then(
+    () => 'resolved',
+    (e: { code?: string }) => e.code,
+  );
 
 describe('the generic kinds’ data path on this host', () => {
   it('finds the node by the listed major:minor through sys/dev, checked by stat; a driver’s own path is dropped', async () => {
@@ -63,7 +67,12 @@ describe('sysfs reading for drivers', () => {
       fs.writeFileSync(path.join(tty, 'type'), '4\n');
       fs.mkdirSync(path.join(root, 'sys/class/tty'), { recursive: true });
       fs.symlinkSync('../../devices/pnp0/00:01/tty/ttyS0', path.join(root, 'sys/class/tty/ttyS0'));
-      const r = { sys: path.join(root, 'sys'), dev: path.join(root, 'dev'), proc: path.join(root, 'proc'), udevData: '' };
+      const r = {
+        sys: path.join(root, 'sys'),
+        dev: path.join(root, 'dev'),
+        proc: path.join(root, 'proc'),
+        udevData: '',
+      };
       const names = (tree: HostTree) => tree.devices().map((d) => d.devpath);
       expect(names(readHostTree(r))).toEqual([]);
       expect(names(readHostTree(r, ['tty']))).toContain('/devices/pnp0/00:01/tty/ttyS0');

@@ -125,13 +125,19 @@ export function checkManifest(driver: DeviceClassDriver): void {
   const fail = (message: string) => {
     throw new ConformanceError('manifest', message);
   };
-  if (typeof driver.id !== 'string' || !/^[a-z][a-z0-9-]{0,31}$/.test(driver.id)) fail(`id '${String(driver.id)}' is not a class id (a-z, 0-9, -)`);
+  if (typeof driver.id !== 'string' || !/^[a-z][a-z0-9-]{0,31}$/.test(driver.id))
+    fail(`id '${String(driver.id)}' is not a class id (a-z, 0-9, -)`);
   if (!SUPPORTED_PLUGIN_API_VERSIONS.includes(driver.manifest?.apiVersion)) {
-    fail(`apiVersion ${String(driver.manifest?.apiVersion)} is not one this kernel loads (${SUPPORTED_PLUGIN_API_VERSIONS.join(', ')})`);
+    fail(
+      `apiVersion ${String(driver.manifest?.apiVersion)} is not one this kernel loads (${SUPPORTED_PLUGIN_API_VERSIONS.join(', ')})`,
+    );
   }
-  if (typeof driver.manifest.description !== 'string' || driver.manifest.description.trim() === '') fail('no description');
-  for (const id of driver.manifest.dependsOn ?? []) if (!/^[a-z][a-z0-9-]{0,31}$/.test(id)) fail(`dependsOn '${id}' is not a class id`);
-  for (const s of driver.manifest.subsystems ?? []) if (!/^[a-z0-9_-]{1,32}$/.test(s)) fail(`subsystem '${s}' is not a sysfs name`);
+  if (typeof driver.manifest.description !== 'string' || driver.manifest.description.trim() === '')
+    fail('no description');
+  for (const id of driver.manifest.dependsOn ?? [])
+    if (!/^[a-z][a-z0-9-]{0,31}$/.test(id)) fail(`dependsOn '${id}' is not a class id`);
+  for (const s of driver.manifest.subsystems ?? [])
+    if (!/^[a-z0-9_-]{1,32}$/.test(s)) fail(`subsystem '${s}' is not a sysfs name`);
 }
 
 /** One snapshot per tree, with unique, valid ports of the driver's class and backend. */
@@ -152,9 +158,11 @@ export async function checkDiscovery(driver: DeviceClassDriver, tree: HostTree):
     seen.add(key);
     if (device.port.devclass !== driver.id) fail(`port ${key} has class '${device.port.devclass}', not '${driver.id}'`);
     if (device.port.backend !== 'backend-x') fail(`port ${key} is not of the source's backend (backend-x)`);
-    if (!device.port.portId || /[\s:/]/.test(device.port.portId)) fail(`port id '${device.port.portId}' is empty or holds a space, ':' or '/'`);
+    if (!device.port.portId || /[\s:/]/.test(device.port.portId))
+      fail(`port id '${device.port.portId}' is empty or holds a space, ':' or '/'`);
     if (!device.deviceId) fail(`port ${key} has no device id`);
-    for (const code of device.interfaces) if (!isInterfaceCode(code)) fail(`invalid interface code '${code}' on ${key}`);
+    for (const code of device.interfaces)
+      if (!isInterfaceCode(code)) fail(`invalid interface code '${code}' on ${key}`);
   }
 }
 
@@ -170,7 +178,11 @@ export async function checkDeterminism(createDriver: () => DeviceClassDriver, tr
  * 100 kB): what it emits stays inert and bounded, and it does not fail on it. A backend VM's agent
  * sends every one of them, so none is trusted.
  */
-export async function checkHostileStrings(driver: () => DeviceClassDriver, tree: HostTree, maxLength = 4096): Promise<void> {
+export async function checkHostileStrings(
+  driver: () => DeviceClassDriver,
+  tree: HostTree,
+  maxLength = 4096,
+): Promise<void> {
   const reads = new Map<string, Set<string>>();
   await discoverOnce(driver(), trackReads(tree, reads), 'hostile-strings');
   // One key at a time: a hostile DEVTYPE makes a driver skip the device, which would hide what it
@@ -190,7 +202,10 @@ export async function checkHostileStrings(driver: () => DeviceClassDriver, tree:
         );
       }
       if (text.length > maxLength) {
-        throw new ConformanceError('hostile-strings', `unbounded string at ${at} when ${describeKey(key)} is hostile: ${text.length} characters`);
+        throw new ConformanceError(
+          'hostile-strings',
+          `unbounded string at ${at} when ${describeKey(key)} is hostile: ${text.length} characters`,
+        );
       }
     }
   }
@@ -205,7 +220,10 @@ export async function checkHotplug(
   const fail = (message: string) => {
     throw new ConformanceError('hotplug', message);
   };
-  const expected = [await discoverOnce(createDriver(), before, 'hotplug'), await discoverOnce(createDriver(), after, 'hotplug')];
+  const expected = [
+    await discoverOnce(createDriver(), before, 'hotplug'),
+    await discoverOnce(createDriver(), after, 'hotplug'),
+  ];
   const source = new ProbeSource(before);
   const watch = new Watch(createDriver(), source);
   await watch.until(1);
@@ -223,13 +241,26 @@ export async function checkHotplug(
   if (JSON.stringify(keys(second)) !== JSON.stringify(keys(expected[1]))) {
     const added = keys(expected[1]).filter((k) => !keys(expected[0]).includes(k));
     const removed = keys(expected[0]).filter((k) => !keys(expected[1]).includes(k));
-    fail(`after the change the driver listed ${keys(second).length} devices, not those of the new tree (added ${added.length}, removed ${removed.length}): stale state kept across trees`);
+    fail(
+      `after the change the driver listed ${keys(second).length} devices, not those of the new tree (added ${added.length}, removed ${removed.length}): stale state kept across trees`,
+    );
   }
-  if (JSON.stringify(second) !== JSON.stringify(expected[1])) fail('the snapshot after a change differs from discovering that tree alone');
+  if (JSON.stringify(second) !== JSON.stringify(expected[1]))
+    fail('the snapshot after a change differs from discovering that tree alone');
 }
 
 /** Resource kinds that a driver leaves open if it forgets to clean up. */
-const HANDLES = ['Timeout', 'Immediate', 'FSWatcher', 'StatWatcher', 'ProcessWrap', 'PipeWrap', 'TCPWrap', 'UDPWrap', 'FSEventWrap'];
+const HANDLES = [
+  'Timeout',
+  'Immediate',
+  'FSWatcher',
+  'StatWatcher',
+  'ProcessWrap',
+  'PipeWrap',
+  'TCPWrap',
+  'UDPWrap',
+  'FSEventWrap',
+];
 
 /** Unsubscribing (and `dispose()`, if it has one) leaves no subscription to the source and no open handle. */
 export async function checkDispose(driver: DeviceClassDriver, tree: HostTree): Promise<void> {
@@ -244,7 +275,9 @@ export async function checkDispose(driver: DeviceClassDriver, tree: HostTree): P
   (driver as Partial<{ dispose(): void }>).dispose?.();
   await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
   if (source.open > 0) {
-    fail(`leaking subscription: ${source.open} subscription(s) to the source's trees$ still open after unsubscribing from discover()`);
+    fail(
+      `leaking subscription: ${source.open} subscription(s) to the source's trees$ still open after unsubscribing from discover()`,
+    );
   }
   // What is left now may be someone else's, ending in a moment (jest's own); a leak stays.
   let after = handleCounts();
@@ -254,7 +287,10 @@ export async function checkDispose(driver: DeviceClassDriver, tree: HostTree): P
     after = handleCounts();
     leaked = HANDLES.filter((kind) => (after.get(kind) ?? 0) > (before.get(kind) ?? 0));
   }
-  if (leaked.length > 0) fail(`open handles left after unsubscribing: ${leaked.map((k) => `${k} ×${after.get(k)! - (before.get(k) ?? 0)}`).join(', ')}`);
+  if (leaked.length > 0)
+    fail(
+      `open handles left after unsubscribing: ${leaked.map((k) => `${k} ×${after.get(k)! - (before.get(k) ?? 0)}`).join(', ')}`,
+    );
 }
 
 /**
@@ -280,7 +316,9 @@ export async function checkAttachSpecs(
       return attachSpec(device, opts);
     } catch (error) {
       if (error instanceof DevgateError && CATALOGUE_CODES.has(error.code)) return error;
-      return fail(`attachSpec(${portKey(device.port)}, ${JSON.stringify(opts)}) threw outside the catalogue: ${describe(error)}`);
+      return fail(
+        `attachSpec(${portKey(device.port)}, ${JSON.stringify(opts)}) threw outside the catalogue: ${describe(error)}`,
+      );
     }
   };
   // A valid option may still be refused for a device's own reasons (read-only, no reset, no data
@@ -290,7 +328,9 @@ export async function checkAttachSpecs(
     for (const device of devices) {
       const spec = attempt(device, opts);
       if (spec instanceof DevgateError && AS_OPTION.has(spec.code)) {
-        fail(`valid options ${JSON.stringify(opts)} were refused for ${portKey(device.port)}: ${spec.code}: ${spec.message}`);
+        fail(
+          `valid options ${JSON.stringify(opts)} were refused for ${portKey(device.port)}: ${spec.code}: ${spec.message}`,
+        );
       }
       if (!(spec instanceof DevgateError)) checkSpec(device, spec);
     }
@@ -298,7 +338,9 @@ export async function checkAttachSpecs(
   for (const opts of options.invalid ?? [{ 'no-such-option': 'x' }]) {
     for (const device of devices) {
       if (!(attempt(device, opts) instanceof DevgateError)) {
-        fail(`invalid options ${JSON.stringify(opts)} were accepted for ${portKey(device.port)} (refuse them with Errors.unsupportedOption)`);
+        fail(
+          `invalid options ${JSON.stringify(opts)} were accepted for ${portKey(device.port)} (refuse them with Errors.unsupportedOption)`,
+        );
       }
     }
   }
@@ -318,13 +360,17 @@ export async function checkAttachSpecs(
     const at = portKey(device.port);
     if (typeof spec.kind !== 'string' || !/^[a-z][a-z0-9-]{0,31}$/.test(spec.kind)) fail(`spec of ${at} has no kind`);
     for (const [name, value] of Object.entries(spec.params)) {
-      if (!['string', 'number', 'boolean'].includes(typeof value)) fail(`spec.params.${name} of ${at} is not a string, number or boolean`);
+      if (!['string', 'number', 'boolean'].includes(typeof value))
+        fail(`spec.params.${name} of ${at} is not a string, number or boolean`);
       if (typeof value === 'string' && (value.includes('/') || UNSAFE_CHARACTERS.test(value))) {
-        fail(`host path built from an untrusted string: spec.params.${name} of ${at} is ${JSON.stringify(value.slice(0, 80))} (paths are the backend's: DeviceSource.dataPath)`);
+        fail(
+          `host path built from an untrusted string: spec.params.${name} of ${at} is ${JSON.stringify(value.slice(0, 80))} (paths are the backend's: DeviceSource.dataPath)`,
+        );
       }
     }
     for (const [name, value] of Object.entries(spec.options)) {
-      if (typeof value !== 'string' || UNSAFE_CHARACTERS.test(value) || value.length > 256) fail(`spec.options.${name} of ${at} is not a short, safe string`);
+      if (typeof value !== 'string' || UNSAFE_CHARACTERS.test(value) || value.length > 256)
+        fail(`spec.options.${name} of ${at} is not a short, safe string`);
     }
     if (spec.kind === QEMU_DEVICE_KIND) {
       const { problem } = checkQemuDeviceParams(spec.params, false);

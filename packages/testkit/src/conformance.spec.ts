@@ -56,7 +56,11 @@ class ToyDriver implements DeviceClassDriver {
       .map((record): DeviceInfo => {
         const model = record.attribute('product');
         return {
-          port: { devclass: 'toy', backend, portId: this.defect === 'duplicate-ports' ? 'same' : sysname(record.devpath) },
+          port: {
+            devclass: 'toy',
+            backend,
+            portId: this.defect === 'duplicate-ports' ? 'same' : sysname(record.devpath),
+          },
           deviceId: `${hex4(record.properties.ID_VENDOR_ID)}:${hex4(record.properties.ID_MODEL_ID)}`,
           name: this.defect === 'unsanitized' ? (model as SafeText | undefined) : sanitizeText(model),
           interfaces: [this.defect === 'bad-interface' ? 'usb' : 'u******'],
@@ -71,7 +75,11 @@ class ToyDriver implements DeviceClassDriver {
       if (option !== 'model' && this.defect !== 'accepts-anything') throw Errors.unsupportedOption({ option });
     }
     if (this.defect === 'host-path') {
-      return { kind: 'qemu-device', params: { device: 'usb-serial', 'prop.file': String(device.data.devname) }, options: {} };
+      return {
+        kind: 'qemu-device',
+        params: { device: 'usb-serial', 'prop.file': String(device.data.devname) },
+        options: {},
+      };
     }
     return qemuDeviceSpec({ device: 'usb-serial', chardev: 'null' }, { ...options });
   }

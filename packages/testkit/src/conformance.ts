@@ -44,11 +44,26 @@ function checks(subject: ConformanceSubject): [string, () => Promise<void> | voi
   return [
     ['has an explicit id and a manifest for this plugin API', () => checkManifest(subject.createDriver())],
     ...trees.flatMap(([name, tree]): [string, () => Promise<void>][] => [
-      [`on ${name}: emits one snapshot per tree, with unique ports of its own class and backend`, () => checkDiscovery(subject.createDriver(), tree)],
-      [`on ${name}: is deterministic: the same tree gives the same devices`, () => checkDeterminism(subject.createDriver, tree)],
-      [`on ${name}: keeps hostile strings in everything it reads inert and bounded`, () => checkHostileStrings(subject.createDriver, tree, subject.maxStringLength)],
-      [`on ${name}: unsubscribed, leaves no subscription and no open handle`, () => checkDispose(subject.createDriver(), tree)],
-      [`on ${name}: attach specs: valid options accepted, invalid refused with catalogue codes, no host path`, () => checkAttachSpecs(subject.createDriver, tree, subject.attachOptions)],
+      [
+        `on ${name}: emits one snapshot per tree, with unique ports of its own class and backend`,
+        () => checkDiscovery(subject.createDriver(), tree),
+      ],
+      [
+        `on ${name}: is deterministic: the same tree gives the same devices`,
+        () => checkDeterminism(subject.createDriver, tree),
+      ],
+      [
+        `on ${name}: keeps hostile strings in everything it reads inert and bounded`,
+        () => checkHostileStrings(subject.createDriver, tree, subject.maxStringLength),
+      ],
+      [
+        `on ${name}: unsubscribed, leaves no subscription and no open handle`,
+        () => checkDispose(subject.createDriver(), tree),
+      ],
+      [
+        `on ${name}: attach specs: valid options accepted, invalid refused with catalogue codes, no host path`,
+        () => checkAttachSpecs(subject.createDriver, tree, subject.attachOptions),
+      ],
     ]),
     ...pairs.map(([name, { before, after }]): [string, () => Promise<void>] => [
       `hotplug (${name}): a snapshot per tree, with what was added and removed`,

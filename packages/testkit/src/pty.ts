@@ -39,7 +39,10 @@ export async function openPty(timeoutMs = 10_000): Promise<Pty> {
   try {
     const ptyPath = await new Promise<string>((resolve, reject) => {
       let output = '';
-      const timer = setTimeout(() => reject(new Error(`script printed no tty within ${timeoutMs} ms: ${output}`)), timeoutMs);
+      const timer = setTimeout(
+        () => reject(new Error(`script printed no tty within ${timeoutMs} ms: ${output}`)),
+        timeoutMs,
+      );
       child.once('error', reject);
       child.once('exit', (code) => reject(new Error(`script exited (${code}) before printing its tty: ${output}`)));
       child.stdout!.on('data', (chunk: Buffer) => {

@@ -5,6 +5,7 @@ import {
   ASSIGNMENT_MODES,
   type DeviceManager,
   DevgateError,
+  type DriverReport,
   Errors,
   deviceToJson,
   errorCode,
@@ -27,6 +28,8 @@ export interface ApiContext {
   readonly events: DaemonEvents;
   readonly version: string;
   readonly startedAt: string;
+  /** What `GET /v1/drivers` lists: every driver with its origin and health, and refused packages. */
+  readonly drivers?: () => readonly DriverReport[];
 }
 
 // JSON schemas: fastify validates every body and query before a handler runs.
@@ -167,6 +170,8 @@ export function buildApi(
       return reply.type('application/json').send(body);
     },
   );
+
+  app.get(`/${API_VERSION}/drivers`, async () => ({ drivers: context.drivers?.() ?? [] }));
 
   app.get(`/${API_VERSION}/domains`, async () => {
     // Which can take a device now: backends are there while devgated runs; VMs ask their connector.

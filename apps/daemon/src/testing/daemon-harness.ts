@@ -80,6 +80,8 @@ export function writeConfigFile(config: DaemonConfig, file: string): string {
     askTimeoutSeconds: config.askTimeoutSeconds,
     // When set, exactly these URIs (without, devgated adds libvirt's default one, qemu:///system).
     ...(config.libvirt ? { libvirt: { defaultUri: false, uris: config.libvirt.uris } } : {}),
+    // Driver packages, as written: names and relative paths resolve from the file's directory.
+    ...(config.modules ? { modules: config.modules.map((m) => m.specifier) } : {}),
   };
   fs.writeFileSync(file, JSON.stringify(json, null, 2) + '\n');
   return file;
