@@ -4,7 +4,14 @@ import { type DriverReport } from '@devgate/core';
 import { loadRecording } from '@devgate/host';
 import { materializeHost, recordedFixture } from '@devgate/testkit';
 import { checkConfig } from './config.js';
-import { ApiClient, cleanupHarness, harnessConfig, makeTempDir, startInProcess, until } from './testing/daemon-harness.js';
+import {
+  ApiClient,
+  cleanupHarness,
+  harnessConfig,
+  makeTempDir,
+  startInProcess,
+  until,
+} from './testing/daemon-harness.js';
 
 // devgated loading driver packages from its configuration: broken ones are refused (or isolated)
 // with their coded errors, named by package, while every other class keeps working.
@@ -84,7 +91,9 @@ describe('devgated with broken driver packages', () => {
     expect(rows['driver-usb'].error!.message).toContain("package '@acme/impostor'");
     expect(rows['@acme/missing']).toMatchObject({ health: 'refused', error: { code: 'DG_MODULE_NOT_FOUND' } });
     expect(rows.flaky).toMatchObject({ health: 'faulted', error: { code: 'DG_DRIVER_FAULT' } });
-    expect(rows.flaky.error!.message).toBe("driver 'flaky' failed on local:" + path.join(host, 'sys') + ': the adapter table is corrupt');
+    expect(rows.flaky.error!.message).toBe(
+      "driver 'flaky' failed on local:" + path.join(host, 'sys') + ': the adapter table is corrupt',
+    );
 
     // The built-in USB driver still lists the keyboard's hubs and the keyboard, from this host.
     const usb = (await client.get<{ devices: { portId: string }[] }>('/v1/devices?class=usb')).body.devices;
