@@ -89,6 +89,13 @@ async function plugStick(): Promise<void> {
   );
 }
 
+interface AuditRow {
+  backend?: string;
+  portId?: string;
+  frontend?: string;
+  outcome: string;
+}
+
 interface DeviceRow {
   port: { backend: string; portId: string; devclass: string };
   attachment?: { frontend: string };
@@ -201,9 +208,12 @@ describe('the USB VM: sys-usb as a real guest', () => {
     const overlap = await qvmBlock('-a', 'work', 'sys-usb:sda');
     expect(overlap).toMatchObject({ code: 1, err: expect.stringContaining('sys-usb:sda1') });
 
+    const ended = incidents.length;
     expect(await qvmBlock('-d', 'work', 'sys-usb:sda1')).toMatchObject({ code: 0, err: '' });
     expect(await devgate('lab', 'wait', 'work', '/sys/class/block/sda', '--gone')).toMatchObject({ code: 0 });
     expect(holderOf('sda1')).toBeUndefined();
+    // The detach tore the export down in sys-usb (its qemu-nbd is gone, its port free again).
+    await until('the export ended', () => incidents.slice(ended).some((i) => i.includes('"export-ended"')), 10_000);
     // What work wrote is on the stick (read in sys-usb, where it is).
     const check = await devgate(
       'lab',
@@ -243,9 +253,14 @@ describe('the USB VM: sys-usb as a real guest', () => {
       1_000,
     );
     expect(await devgate('lab', 'wait', 'work', '/sys/class/block/sda', '--gone')).toMatchObject({ code: 0 });
-    const audit = await devgate('audit', '--json', '--action', 'surprise-removal');
-    expect(JSON.parse(audit.out)).toContainEqual(
-      expect.objectContaining({ backend: 'sys-usb', portId: 'sda1', frontend: 'work', outcome: 'ok' }),
+    // Audited once the frontend's QEMU let go (the detach's outcome is part of the entry).
+    await until(
+      'the surprise removal in the audit',
+      async () =>
+        (JSON.parse((await devgate('audit', '--json', '--action', 'surprise-removal')).out) as AuditRow[]).some(
+          (e) => e.backend === 'sys-usb' && e.portId === 'sda1' && e.frontend === 'work' && e.outcome === 'ok',
+        ),
+      5_000,
     );
 
     // Back in the same port: the same device, and the assignment attaches it again.
@@ -308,9 +323,26 @@ describe('the USB VM: sys-usb as a real guest', () => {
     expect(hostViolations).toEqual([]);
   });
 
-  it('usbvm remove --yes, after the warning, leaves the host as it was', async () => {
+  it('without devgated, the CLI reads sys-usb through its agent in-process, and attaches from it', async () => {
     await daemon?.stop();
     daemon = undefined;
+    // Nobody listens there: the commands work in-process (not through another test's devgated).
+    process.env.DEVGATE_SOCKET = path.join(dir, 'no-devgated.sock');
+    const list = await qvmBlock('-l');
+    expect(list).toMatchObject({ code: 0 });
+    expect(list.out).toMatch(/^sys-usb:sda1 +QEMU_HARDDISK \(LABSTICK\) 31 MiB$/m);
+    expect(await qvmBlock('-a', 'work', 'sys-usb:sda1')).toMatchObject({ code: 0, err: '' });
+    expect(await devgate('lab', 'wait', 'work', '/sys/class/block/sda')).toMatchObject({ code: 0 });
+    // The command has ended; the export goes on in sys-usb, QEMU to QEMU.
+    expect((await inWork('mount -o ro /dev/sda /mnt/stick && cat /mnt/stick/hello.txt; umount /mnt/stick')).out).toBe(
+      'written before it went into sys-usb\n',
+    );
+    expect((await qvmBlock('-l')).out).toMatch(/^sys-usb:sda1 .*\(attached to 'work' as 'xvdi'\)$/m);
+    expect(await qvmBlock('-d', 'work', 'sys-usb:sda1')).toMatchObject({ code: 0, err: '' });
+    expect(await devgate('lab', 'wait', 'work', '/sys/class/block/sda', '--gone')).toMatchObject({ code: 0 });
+  });
+
+  it('usbvm remove --yes, after the warning, leaves the host as it was', async () => {
     const { pid } = readRegistrySync(registryFile).domains['sys-usb'];
     const refused = await devgate('usbvm', 'remove');
     expect(refused).toMatchObject({ code: 2, err: expect.stringContaining('attached directly to dom0') });
