@@ -173,6 +173,19 @@ describe('a driver package installed outside the workspace', () => {
     ]);
     expect((await runCaptured('qvm-device', ['--list-device-classes'])).out.split('\n')).toContain('serial');
     expect((await runCaptured('devgate', ['list', '--class', 'usb'])).out).toMatch(/^dom0:1-2 +usb /m);
+    // Assignments take any loaded class too.
+    expect((await runCaptured('qvm-device', ['serial', 'assign', '--ask', 'work', 'dom0:ttyACM0'])).code).toBe(0);
+    const assignments = JSON.parse((await runCaptured('devgate', ['assignments', '--class', 'serial', '--json'])).out);
+    expect(assignments).toEqual([
+      expect.objectContaining({
+        devclass: 'serial',
+        backend: 'dom0',
+        portId: 'ttyACM0',
+        frontend: 'work',
+        mode: 'ask-to-attach',
+      }),
+    ]);
+    expect((await runCaptured('qvm-device', ['serial', 'unassign', 'work', 'dom0:ttyACM0'])).code).toBe(0);
     const unknown = await runCaptured('devgate', ['list', '--class', 'future']);
     expect(unknown.code).toBe(2);
     expect(unknown.err).toContain("unknown device class 'future'");
