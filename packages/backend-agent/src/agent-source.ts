@@ -507,6 +507,15 @@ export class AgentSource implements DeviceSource {
    * USB device through usbredir (kind `usb-redir`, with the vendor and product the frontend's QEMU
    * lets through).
    */
+  /**
+   * What a spec becomes on this data path: a block device stays `block` (an NBD node), a USB device is
+   * `usb-redir`; nothing else has a path from a backend VM. The kernel asks before anything is
+   * exported, so a frontend whose connector cannot take it is refused first.
+   */
+  routesKind(kind: string): string | undefined {
+    return kind === 'block' ? 'block' : kind === 'usb-host' ? 'usb-redir' : undefined;
+  }
+
   async dataPath(device: DeviceInfo, spec: AttachSpec): Promise<AttachSpec> {
     const label = portLabel(device.port);
     if (this.state !== 'ready') {
