@@ -510,7 +510,8 @@ export class AgentSource implements DeviceSource {
   /**
    * What a spec becomes on this data path: a block device stays `block` (an NBD node), a USB device is
    * `usb-redir`; nothing else has a path from a backend VM. The kernel asks before anything is
-   * exported, so a frontend whose connector cannot take it is refused first.
+   * exported, so a frontend whose connector cannot take it is refused first. Keep it in step with the
+   * cases of `dataPath` below: a kind it does not name is refused here before dataPath could take it.
    */
   routesKind(kind: string): string | undefined {
     return kind === 'block' ? 'block' : kind === 'usb-host' ? 'usb-redir' : undefined;
