@@ -27,28 +27,6 @@ export function portOfAlias(alias: string): Port | undefined {
   return aliasFor(port) === alias ? port : undefined;
 }
 
-/**
- * Qubes' frontend names, in Qubes' order: xvdi..xvdz, then xvdaa..xvdzz, then xvda..xvdh last
- * (reserved for system volumes in Qubes).
- */
-export function* frontendNames(): Generator<string> {
-  const letters = 'abcdefghijklmnopqrstuvwxyz';
-  for (const c of letters.slice(letters.indexOf('i'))) yield `xvd${c}`;
-  for (const a of letters) for (const b of letters) yield `xvd${a}${b}`;
-  for (const c of letters.slice(0, letters.indexOf('h') + 1)) yield `xvd${c}`;
-}
-
-export function chooseFrontendDev(domain: string, spec: AttachSpec, used: ReadonlySet<string>): string {
-  const asked = spec.params.frontendDev;
-  if (typeof asked === 'string') {
-    if (used.has(asked)) throw Errors.frontendDevInUse({ domain, dev: asked });
-    return asked;
-  }
-  if (spec.params.devtype === 'cdrom' && !used.has('xvdd')) return 'xvdd';
-  for (const name of frontendNames()) if (!used.has(name)) return name;
-  throw Errors.noFreeFrontend({ domain, what: 'block frontend name' });
-}
-
 /** libvirt's target name: the first free `sdX` (USB) or `vdX` (virtio) in the domain. */
 export function chooseTargetDev(domain: string, bus: string, disks: readonly DomainDisk[]): string {
   const prefix = bus === 'virtio' ? 'vd' : 'sd';

@@ -10,6 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { type Observable, Subject, type Subscription } from 'rxjs';
 import {
+  chooseFrontendDev,
   type AttachSpec,
   type Connector,
   DevgateError,
@@ -30,7 +31,6 @@ import {
 } from './parse-domain-xml.js';
 import {
   aliasFor,
-  chooseFrontendDev,
   chooseTargetDev,
   hasUsbController,
   planBlockDisk,

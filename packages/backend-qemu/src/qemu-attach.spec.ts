@@ -1,8 +1,8 @@
 import { join } from 'node:path';
-import { type AttachSpec, type Port } from '@devgate/core';
+import { type AttachSpec, type Port, frontendNames } from '@devgate/core';
 import { type LoopDisk, createLoopDisk, disposeAllLoopDisks } from '@devgate/testkit';
 import { labDown, labUp } from './lab.js';
-import { decodeQdevId, encodeQdevId, frontendNames } from './qemu-attach.js';
+import { decodeQdevId, encodeQdevId } from './qemu-attach.js';
 import { QemuConnector, type QemuBlockInfo } from './qemu-connector.js';
 import { Cleanup } from './testing/fixtures.js';
 

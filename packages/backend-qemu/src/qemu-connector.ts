@@ -5,6 +5,7 @@
  * one QMP client at a time, so the connector (in devgated) is meant to be that client.
  */
 import {
+  chooseFrontendDev,
   type AttachSpec,
   type Connector,
   DevgateError,
@@ -23,7 +24,6 @@ import { QmpClient, type QmpClientOptions } from './qmp-client.js';
 import {
   type AttachmentRecord,
   cdTransportId,
-  chooseFrontendDev,
   decodeQdevId,
   planBlockAttach,
   planUsbHostAttach,
@@ -91,7 +91,14 @@ const NOT_RUNNING_STATES = new Set(['shutdown']);
 export class QemuConnector implements Connector {
   readonly id = QEMU_CONNECTOR_ID;
   /** What it performs (anything else is refused by the kernel before it is asked). */
-  readonly attachKinds: readonly string[] = ['block', 'usb-host', 'usb-redir', 'vfio-pci', 'input-linux', QEMU_DEVICE_KIND];
+  readonly attachKinds: readonly string[] = [
+    'block',
+    'usb-host',
+    'usb-redir',
+    'vfio-pci',
+    'input-linux',
+    QEMU_DEVICE_KIND,
+  ];
   readonly registryFile: string;
   private readonly clients = new Map<string, Promise<QmpClient>>();
   private disposed = false;

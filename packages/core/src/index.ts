@@ -6,6 +6,7 @@ export * from './interfaces.js';
 export * from './device-model.js';
 export * from './device-json.js';
 export * from './assignments.js';
+export * from './frontend-names.js';
 export * from './host-tree.js';
 export * from './identity.js';
 export * from './events.js';
