@@ -1,6 +1,6 @@
 import { BehaviorSubject } from 'rxjs';
 import { type DeviceInfo, type DeviceSource, HostTree, Kernel } from '@devgate/core';
-import { type Recording, loadRecording } from '@devgate/host';
+import { RecordedDevice, type Recording, isRecordedDevice, loadRecording } from '@devgate/host';
 import { recordedFixture } from '@devgate/testkit';
 import { inputModule } from './input-module';
 import { installerDefaultPolicy } from './input-policy';
@@ -16,8 +16,8 @@ const defaults = parsePolicyText(installerDefaultPolicy('sys-usb'), '50-config-i
 );
 
 /** A sys-usb whose devices come and go: the Dell laptop's, replayed. */
-function harness(rules = defaults) {
-  const trees = new BehaviorSubject<HostTree>(recording.tree);
+function harness(rules = defaults, tree: HostTree = recording.tree) {
+  const trees = new BehaviorSubject<HostTree>(tree);
   const source: DeviceSource = {
     id: 'replay',
     backend: 'sys-usb',
@@ -145,6 +145,38 @@ describe('InputProxy: Qubes’ input proxy, one decision per physical device', (
       expect(other.audits.every((a) => a.outcome === 'denied')).toBe(true);
     } finally {
       other.dispose();
+    }
+  });
+
+  it('flags a keyboard that is also a USB stick in the question itself', async () => {
+    const kbd = loadRecording(recordedFixture('usbkbd.umockdev'));
+    const usbPath = '/devices/pci0000:00/0000:00:1a.0/usb1/1-1/1-1.5/1-1.5.4/1-1.5.4.2';
+    const stickKeyboard = new HostTree([
+      ...kbd.tree
+        .devices()
+        .map((r) =>
+          r.devpath === usbPath && isRecordedDevice(r)
+            ? new RecordedDevice({ ...r, properties: { ...r.properties, ID_USB_INTERFACES: ':030101:080650:' } })
+            : r,
+        ),
+    ]);
+    const askKeyboards = parsePolicyText('qubes.InputKeyboard * sys-usb dom0 ask\n', 'k.policy').entries.filter(
+      isPolicyRule,
+    );
+    const h = harness(askKeyboards, stickKeyboard);
+    try {
+      await settle();
+      expect(h.asks).toHaveLength(1);
+      expect(h.asks[0].description).toMatch(
+        /^Keyboard: .* \[BadUSB\? this keyboard is also USB storage in one USB device\]$/,
+      );
+      expect(h.asks[0].reason).toMatch(
+        /^WARNING: BadUSB\? this keyboard is also USB storage in one USB device; input from sys-usb:1-1\.5\.4\.2 \(/,
+      );
+      expect(h.asks[0].reason).toMatch(/interfaces i010300 u030101 u080650\)/);
+    } finally {
+      h.dispose();
+      kbd.dispose();
     }
   });
 });
