@@ -311,6 +311,9 @@ describe('DeviceManager: the promises it keeps', () => {
     devices.next([dev('sdc')]);
     expect(manager.get(port('sdb'))).toBeUndefined();
     expect(seen).toEqual([]); // not before the hypervisor answered
+    // Re-inserted before the hypervisor let go of it: not attached over its own detach.
+    devices.next([dev('sdb'), dev('sdc')]);
+    expect(await codeOf(manager.attach({ frontend: 'personal', port: port('sdb') }))).toBe('DG_ATTACH_IN_PROGRESS');
     release();
     await new Promise((resolve) => manager.once('attachment-ended', resolve));
     expect(seen).toEqual(['sdb@work:device-removed:ok']);

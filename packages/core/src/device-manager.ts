@@ -178,13 +178,16 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
   private async reclaim(port: Port): Promise<void> {
     const live = this.attachments.get(portKey(port));
     if (!live) return;
-    // Free at once: the device is gone whatever the hypervisor answers.
+    // Listed free at once (the device is gone whatever the hypervisor answers), but in flight until
+    // the hypervisor let go: a re-inserted device is not attached over its own detach.
     this.attachments.delete(portKey(port));
     this.attachmentsChanged.next();
+    this.inFlight.add(live.chain);
     const error = await live.connector.detach(live.frontend, port).then(
       () => undefined,
       (e: unknown) => asError(e),
     );
+    this.inFlight.delete(live.chain);
     this.end(live, 'device-removed', error);
   }
 

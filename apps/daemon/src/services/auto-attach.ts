@@ -38,6 +38,8 @@ export class AutoAttach {
     // A device freed by a detach or a removal may be wanted elsewhere; a frontend that starts
     // gets its devices again.
     this.manager.on('detached', () => this.reconcile());
+    // A re-inserted device waits for its old attachment's detach to finish (the kernel holds it).
+    this.manager.on('attachment-ended', () => this.reconcile());
     this.manager.on('domain', (event) => {
       if (event.state === 'started' || event.state === 'resumed') this.reconcile();
     });
