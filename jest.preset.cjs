@@ -20,5 +20,7 @@ module.exports = {
     ],
   },
   testMatch: ['<rootDir>/src/**/*.spec.ts'],
+  // A handle a test forgot must not hang the whole suite (CI has a deadline); tests clean up all the same.
+  forceExit: true,
   cacheDirectory: path.join(__dirname, '.jest-cache'),
 };
