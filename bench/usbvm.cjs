@@ -54,26 +54,34 @@ async function usbVmLatency(dir) {
     kernel = new Kernel().load(blockModule, usbModule, qemuModule({ registryFile }));
     kernel.registerSource(source);
     const manager = kernel.start();
-    await source.whenReady(30_000);
+    source.incidents$.subscribe((incident) => process.env.BENCH_VERBOSE && console.log('usbvm: agent', incident));
+    if (!(await source.whenReady(60_000))) throw new Error('the agent of sys-usb sent no tree within 60 s');
     const usbvm = await openGuestSession('sys-usb', guestDir(registry.domains['sys-usb'], 'sys-usb'));
     const work = await openGuestSession('work', guestDir(registry.domains.work, 'work'));
     sessions.push(usbvm, work);
     const port = { devclass: 'block', backend: 'sys-usb', portId: 'sda1' };
     const listed = (present) =>
-      new Promise((resolve) => {
+      new Promise((resolve, reject) => {
         if (Boolean(manager.get(port)) === present) return resolve(Date.now());
+        const timer = setTimeout(() => {
+          sub.unsubscribe();
+          reject(new Error(`sys-usb:sda1 not ${present ? 'listed' : 'gone'} within 30 s`));
+        }, 30_000);
         const sub = manager.events$.subscribe(() => {
           if (Boolean(manager.get(port)) === present) {
+            clearTimeout(timer);
             sub.unsubscribe();
             resolve(Date.now());
           }
         });
       });
+    const step = (what) => process.env.BENCH_VERBOSE && console.log(`usbvm: ${new Date().toISOString()} ${what}`);
 
     const listing = { ours: [], raw: [] };
     const attach = { ours: [], raw: [] };
     for (let i = 0; i < rounds + 1; i++) {
       // -- device_add in sys-usb -> listed, and -> the raw uevent in sys-usb (both from one plug)
+      step(`round ${i}: plug`);
       const mark = await usbvm.ueventMark();
       const started = Date.now();
       const raw = usbvm
@@ -83,6 +91,7 @@ async function usbVmLatency(dir) {
       await usbvm.plug({ kind: 'usb-storage', image, id: 'stick1', serial: 'BENCH0001' });
       const [rawAt, oursAt] = await Promise.all([raw, ours]);
 
+      step('attach');
       // -- qvm-block attach (the kernel, the export, QMP) -> the disk in work
       let workMark = await work.ueventMark();
       let t0 = Date.now();
@@ -99,6 +108,7 @@ async function usbVmLatency(dir) {
         { since: workMark, timeoutMs: 30_000 },
       );
 
+      step('raw attach');
       // -- the same export, attached by hand on work's lab monitor: blockdev-add nbd + device_add
       const device = manager.get(port);
       const spec = await source.dataPath(device, { kind: 'block', params: { readOnly: false }, options: {} });
@@ -127,6 +137,7 @@ async function usbVmLatency(dir) {
       await deleted;
       await work.qmp.execute('blockdev-del', { 'node-name': 'benchnbd' });
 
+      step('unplug');
       await usbvm.unplug('stick1');
       await listed(false);
       if (i === 0) continue; // warm-up

@@ -151,6 +151,11 @@ export class DevgateAgent {
     switch (request.op) {
       case 'ping':
         return reply(true);
+      case 'hello':
+        // devgated connected before this session saw the previous connection go: the hello again.
+        this.send(session, this.hello());
+        if (this.tree) this.sendTree();
+        return reply(true);
       case 'export':
         return void this.export(request.export as ExportSpec).then(
           () => reply(true),

@@ -158,6 +158,20 @@ describe('a well-behaved agent', () => {
     expect(third.params.nbdSocket).toBe(PORTS['org.devgate.export.0']);
   });
 
+  it('is asked for its hello when it does not say it (its session outlived a quick reconnect)', async () => {
+    await fake.connection();
+    const asked = await fake.waitForRequest('hello', 5_000);
+    fake.hello(Object.keys(PORTS));
+    fake.tree(usbDisk);
+    await listed((ports) => ports.includes('block:sdc1'));
+    // The spontaneous hello and the asked-for one may both come: the second is no violation.
+    fake.hello(Object.keys(PORTS));
+    fake.reply(asked.id, true);
+    fake.tree(usbDisk);
+    await fake.waitForRequest('ping');
+    expect(incidents.filter((i) => i.type === 'cut-off')).toEqual([]);
+  });
+
   it("refuses an export the agent fails, with the agent's reason made inert", async () => {
     await connectedAgent();
     fake.autoReply = false;

@@ -130,6 +130,9 @@ export class AgentSource implements DeviceSource {
   private reconnectTimer?: NodeJS.Timeout;
   private reconnectDelay: number;
   private readyWaiters: (() => void)[] = [];
+  /** Asking the agent for its hello: a session that outlived a quick reconnect never says it again. */
+  private helloTimer?: NodeJS.Timeout;
+  private helloAsked = false;
   private treeSeen = false;
 
   constructor(private readonly options: AgentSourceOptions) {
@@ -205,10 +208,10 @@ export class AgentSource implements DeviceSource {
     this.hello = undefined;
     this.lastSeq = -1;
     socket.on('connect', () => {
-      if (this.socket === socket && this.state === 'connecting') this.state = 'waiting-hello';
+      if (this.socket === socket && this.state === 'connecting') this.waitForHello();
     });
     // A socket handed over already connected (a test's transport) emits no 'connect'.
-    if ((socket as net.Socket).connecting === false || !(socket instanceof net.Socket)) this.state = 'waiting-hello';
+    if ((socket as net.Socket).connecting === false || !(socket instanceof net.Socket)) this.waitForHello();
     socket.on('data', (chunk: Buffer) => {
       if (this.socket === socket) this.onData(chunk);
     });
@@ -216,6 +219,27 @@ export class AgentSource implements DeviceSource {
     socket.on('close', () => {
       if (this.socket === socket) this.onClosed('the channel closed');
     });
+  }
+
+  /**
+   * The agent says hello when a connection starts; if the previous connection went and this one came
+   * before the VM's kernel told the agent (a quick reconnect), its session simply goes on. So the
+   * hello is asked for, if it has not come within a second, and again every few seconds.
+   */
+  private waitForHello(): void {
+    this.state = 'waiting-hello';
+    const ask = (delayMs: number) => {
+      this.helloTimer = setTimeout(() => {
+        if (this.state !== 'waiting-hello' || !this.socket) return;
+        this.helloAsked = true;
+        this.socket.write(
+          JSON.stringify({ v: PROTOCOL_VERSION, type: 'request', id: this.nextRequestId++, op: 'hello' }) + '\n',
+        );
+        ask(3_000);
+      }, delayMs);
+      this.helloTimer.unref?.();
+    };
+    ask(1_000);
   }
 
   private onData(chunk: Buffer): void {
@@ -270,6 +294,11 @@ export class AgentSource implements DeviceSource {
     }
     switch (message.type) {
       case 'hello':
+        // The answer to our own request, come after the agent's spontaneous one: harmless, once.
+        if (this.helloAsked) {
+          this.helloAsked = false;
+          return;
+        }
         return this.cutOff('DG_AGENT_VIOLATION', 'a second hello');
       case 'tree':
         return this.onTree(message);
@@ -283,6 +312,7 @@ export class AgentSource implements DeviceSource {
   private onHello(hello: HelloMessage): void {
     this.hello = hello;
     this.state = 'ready';
+    clearTimeout(this.helloTimer);
     // Ports serving exports made before devgated (re)connected stay out of the pool until they end.
     for (const port of hello.busy ?? []) this.busyPorts.add(port);
     this.incidents.next({ type: 'connected', backend: this.backend, agent: hello.agent });
@@ -433,6 +463,8 @@ export class AgentSource implements DeviceSource {
     this.reader = undefined;
     socket?.destroy();
     clearTimeout(this.pingTimer);
+    clearTimeout(this.helloTimer);
+    this.helloAsked = false;
     clearTimeout(this.treeTimer);
     this.treeTimer = undefined;
     this.pendingTree = undefined;

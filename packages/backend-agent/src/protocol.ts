@@ -240,7 +240,9 @@ interface ExportCommon {
 export type HostRequest =
   | { readonly v: 1; readonly type: 'request'; readonly id: number; readonly op: 'export'; readonly export: ExportSpec }
   | { readonly v: 1; readonly type: 'request'; readonly id: number; readonly op: 'unexport'; readonly export: string }
-  | { readonly v: 1; readonly type: 'request'; readonly id: number; readonly op: 'ping' };
+  | { readonly v: 1; readonly type: 'request'; readonly id: number; readonly op: 'ping' }
+  /** Say hello again (and send the tree): a connection that came before the agent saw the last one go. */
+  | { readonly v: 1; readonly type: 'request'; readonly id: number; readonly op: 'hello' };
 
 /** An export id: what a qemu-nbd export name and a file name may hold. */
 export const EXPORT_ID = /^[a-z0-9][a-z0-9-]{0,40}$/;
