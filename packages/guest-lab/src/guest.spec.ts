@@ -7,7 +7,8 @@ import { createDiskImage } from './images';
 // events, and plugging and pulling emulated USB devices over QMP. Nothing waits a fixed time.
 jest.setTimeout(240_000);
 
-const DEVGATE = '/work/main/apps/cli/bin/devgate.cjs';
+// This checkout's own build: the guest sees the host's files at the same paths.
+const DEVGATE = path.resolve(__dirname, '../../../apps/cli/bin/devgate.cjs');
 let guest: Guest;
 
 beforeAll(async () => {

@@ -12,9 +12,11 @@ const TCG_BOUND_MS = 2000;
 // CLOCK_MONOTONIC, from the kernel uevent to the moment devgated's event stream reports the change.
 jest.setTimeout(600_000);
 
-const DEVGATE = '/work/main/apps/cli/bin/devgate.cjs';
-const QVM_USB = '/work/main/apps/cli/bin/qvm-usb.cjs';
-const DEVGATED = '/work/main/apps/daemon/bin/devgated.cjs';
+// This checkout's own builds: the guest sees the host's files at the same paths.
+const REPO = path.resolve(__dirname, '../../..');
+const DEVGATE = `${REPO}/apps/cli/bin/devgate.cjs`;
+const QVM_USB = `${REPO}/apps/cli/bin/qvm-usb.cjs`;
+const DEVGATED = `${REPO}/apps/daemon/bin/devgated.cjs`;
 const SOCKET = '/run/devgate/devgate.sock';
 
 interface DeviceJson {
