@@ -77,7 +77,17 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfi
   };
 }
 
-const TOP_KEYS = new Set(['socket', 'stateDir', 'domains', 'backends', 'access', 'askTimeoutSeconds', 'usbPolicy', 'libvirt', 'modules']);
+const TOP_KEYS = new Set([
+  'socket',
+  'stateDir',
+  'domains',
+  'backends',
+  'access',
+  'askTimeoutSeconds',
+  'usbPolicy',
+  'libvirt',
+  'modules',
+]);
 const LIBVIRT_URI = /^[a-z][a-z0-9+]*:\/\/[^\s]{0,1000}$/i;
 const NAME = /^[a-zA-Z][a-zA-Z0-9_.-]{0,30}$/;
 const ACCOUNT = /^[a-z_][a-z0-9_-]{0,31}\$?$/;
@@ -179,7 +189,8 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
   } else if (libvirtNode) {
     for (const property of libvirtNode.children ?? []) {
       const key = property.children?.[0];
-      if (key && !['uris', 'defaultUri'].includes(String(key.value))) at(key.offset, `unknown setting 'libvirt.${key.value}'`);
+      if (key && !['uris', 'defaultUri'].includes(String(key.value)))
+        at(key.offset, `unknown setting 'libvirt.${key.value}'`);
     }
     const uris: string[] = [];
     const urisNode = findNodeAtLocation(tree, ['libvirt', 'uris']);
@@ -189,7 +200,8 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
       else at(item.offset, `libvirt.uris: '${String(item.value)}' is not a libvirt URI (like qemu+ssh://host/system)`);
     }
     const defaultNode = findNodeAtLocation(tree, ['libvirt', 'defaultUri']);
-    if (defaultNode && defaultNode.type !== 'boolean') at(defaultNode.offset, 'libvirt.defaultUri must be true or false');
+    if (defaultNode && defaultNode.type !== 'boolean')
+      at(defaultNode.offset, 'libvirt.defaultUri must be true or false');
     const useDefault = defaultNode?.value !== false;
     libvirt = { uris: [...new Set([...(useDefault ? (base.libvirt?.uris ?? []) : []), ...uris])] };
   }
