@@ -427,11 +427,16 @@ it(`keeps every acknowledged write and the truth about QEMU through ${KILLS + 1}
   }
   const restarts: Restart[] = [];
 
-  // Requests wait at the gate while the daemon is down; those already past it are cut off.
+  // Requests wait at the gate while the daemon is down; those already past it are cut off. A request
+  // that reads before it writes (an answer looks for the ask, a detach for the holder) and was
+  // overtaken by a kill meanwhile sends nothing: its write must not reach the restarted daemon before
+  // the restart is checked.
   let gate: Promise<void> = Promise.resolve();
+  let kills = 0;
   const crashAndRestart = async (at: number) => {
     let open!: () => void;
     gate = new Promise((resolve) => (open = resolve));
+    kills++;
     try {
       const killed = Date.now();
       const exit = await daemon.kill();
@@ -486,9 +491,11 @@ it(`keeps every acknowledged write and the truth about QEMU through ${KILLS + 1}
 
   const send = async (i: number, op: Op): Promise<Result> => {
     const headers = { 'x-devgate-actor': `op-${i}` };
+    const killsBefore = kills;
+    const overtaken = () => kills !== killsBefore;
     if (op.kind === 'answer') {
       const ask = await pendingAsk(client, device, ASK_WAIT_MS);
-      if (!ask) return { noAsk: true };
+      if (!ask || overtaken()) return { noAsk: true };
       const answer =
         op.verdict === 'allow'
           ? { verdict: op.verdict, frontend: ask.candidates[Math.floor(op.pick * ask.candidates.length)] }
@@ -504,6 +511,7 @@ it(`keeps every acknowledged write and the truth about QEMU through ${KILLS + 1}
     }
     try {
       const holder = op.kind === 'detach' && op.holder ? await holderOf(client, device) : undefined;
+      if (overtaken()) return { lost: 'overtaken by a kill before it was sent' };
       const reply = await client.post<{ error?: { code: string } }>(ROUTES[op.kind], body(op, device, holder), {
         headers,
       });
