@@ -167,7 +167,7 @@ EOF`,
       (e) => `${e.action} ${e.portId ?? ''} ${e.outcome} ${e.actor}`,
     );
     // Seen gone then back (a surprise removal, then a re-attach), or too quickly to be seen gone (the
-    // event node changed under the attachment: detached and attached again). Either way, by devgated.
+    // input device changed under the attachment: detached and attached again). Either way, by devgated.
     expect(actions).toContainEqual('reattach 1-1 ok devgated (input replug)');
     expect(
       actions.some((a) => /^(surprise-removal 1-1 ok devgated|detach 1-1 ok devgated \(input replug\))$/.test(a)),

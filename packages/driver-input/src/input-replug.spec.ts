@@ -36,6 +36,22 @@ function sameKeyboardNewNode(): HostTree {
   );
 }
 
+/**
+ * The same keyboard plugged back so fast that nobody saw it gone, and the kernel gave its event node
+ * the same name and number again: only the input device's instance (input17 -> input99) differs.
+ */
+function sameKeyboardSameNodeNewInstance(): HostTree {
+  const renamed = (devpath: string) =>
+    devpath.replace(/\/input(\d+)(?=\/|$)/, (_m, n: string) => `/input${Number(n) + 82}`);
+  return new HostTree(
+    recording.tree.devices().map((r): RawDeviceRecord => {
+      if (!/\/input\/input\d+/.test(r.devpath)) return r;
+      const devpath = renamed(r.devpath);
+      return isRecordedDevice(r) ? new RecordedDevice({ ...r, devpath }) : recordOf(devpath, r.subsystem, r.properties);
+    }),
+  );
+}
+
 /** The same keyboard with another serial: another identity in the same port. */
 function anotherKeyboard(): HostTree {
   return new HostTree(
@@ -173,6 +189,26 @@ describe('InputReplug: passthrough that survives a replug', () => {
       ]);
       expect(h.manager.get(KEYBOARD)?.data['event-devices']).toBe('13:70');
       expect(h.manager.get(KEYBOARD)?.attachment?.frontend).toBe('work');
+    } finally {
+      h.dispose();
+    }
+  });
+
+  it('renews a passthrough when the kernel reused the event node’s number for the replugged device', async () => {
+    const h = harness();
+    try {
+      await h.manager.attach({ frontend: 'work', port: KEYBOARD });
+      const before = h.manager.get(KEYBOARD)!.data;
+      h.plug(sameKeyboardSameNodeNewInstance());
+      await settle();
+      const after = h.manager.get(KEYBOARD)!.data;
+      expect(after['event-devices']).toBe(before['event-devices']);
+      expect(after['input-instances']).not.toBe(before['input-instances']);
+      expect(h.calls).toEqual([
+        'attach work 1-1.5.4.2 {"grab-toggle":"ctrl-ctrl","grab-all":"no","repeat":"no"}',
+        'detach work 1-1.5.4.2',
+        'attach work 1-1.5.4.2 {"grab-toggle":"ctrl-ctrl","grab-all":"no","repeat":"no"}',
+      ]);
     } finally {
       h.dispose();
     }

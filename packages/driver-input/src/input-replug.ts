@@ -108,11 +108,14 @@ export class InputReplug implements Disposable {
     }
   }
 
-  /** An attached device whose event nodes are not the ones QEMU opened any more. */
+  /**
+   * An attached device whose event nodes are not the ones QEMU opened any more: other numbers, or the
+   * same numbers reused by the kernel for a replugged device (other input instances).
+   */
   private async renewed(previous: DeviceInfo, device: DeviceInfo): Promise<void> {
     const attachment = previous.attachment!;
-    if (previous.data['event-devices'] === device.data['event-devices'] && previous.deviceId === device.deviceId)
-      return;
+    const sameNodes = (['event-devices', 'input-instances'] as const).every((k) => previous.data[k] === device.data[k]);
+    if (sameNodes && previous.deviceId === device.deviceId) return;
     if (this.busy.has(device.deviceId)) return;
     this.busy.add(device.deviceId);
     try {

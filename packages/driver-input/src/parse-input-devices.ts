@@ -192,6 +192,9 @@ function toDeviceInfo(
     'product-id': hex4(productHex) ?? '0000',
     'event-nodes': events.map((n) => n.event).join(','),
     'event-devices': events.map((n) => n.majorMinor ?? '?').join(','),
+    // The kernel numbers input devices once and never again (input7 replugged is input8), while an
+    // event node's name and number are reused: this is what tells a replug from the same device.
+    'input-instances': events.map((n) => sysname(n.devpath)).join(','),
     'qubes-services': services.join(','),
     'qubes-calls': events
       .map((n) => (n.service ? `${n.service}${qubesArgument(tree.device(n.devpath))}` : ''))
