@@ -5,7 +5,8 @@ import { RecordedDevice, type Recording, loadRecording } from '@devgate/host';
 import { HOSTILE_STRINGS, UNSAFE_CHARACTERS, recordedFixture, recordedFixturesDir } from '@devgate/testkit';
 import { generatePolicy, generatePolicyRules } from './generate-policy';
 import { evaluate, matchesDevice } from './usbguard/evaluate-rules';
-import { formatRule, parseRulesFile } from './usbguard/parse-usbguard-rules';
+import { formatRule } from './usbguard/format-usbguard-rules';
+import { parseRulesFile } from './usbguard/parse-usbguard-rules';
 import { type UsbGuardDeviceEntry, usbGuardDevices } from './usbguard-devices';
 
 const NOW = { now: new Date('2026-01-01T12:00:00Z') };

@@ -17,7 +17,8 @@
  */
 import { type HostTree } from '@devgate/core';
 import { type PolicyTarget } from './usbguard/evaluate-rules.js';
-import { type UsbGuardRule, formatRule } from './usbguard/parse-usbguard-rules.js';
+import { formatRule } from './usbguard/format-usbguard-rules.js';
+import { type UsbGuardRule } from './usbguard/parse-usbguard-rules.js';
 import { type UsbGuardDeviceEntry, type UsbGuardDevicesOptions, usbGuardDevices } from './usbguard-devices.js';
 
 export interface GeneratePolicyOptions extends UsbGuardDevicesOptions {

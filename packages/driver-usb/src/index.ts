@@ -7,6 +7,7 @@ export * from './parse-usb-devices.js';
 export * from './parse-usb-descriptors.js';
 export * from './usb-ids.js';
 export * from './usbguard/parse-usbguard-rules.js';
+export * from './usbguard/format-usbguard-rules.js';
 export * from './usbguard/evaluate-rules.js';
 export * from './usbguard-devices.js';
 export * from './usb-authorization.js';

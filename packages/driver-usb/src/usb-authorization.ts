@@ -32,7 +32,8 @@ import {
   matchesDevice,
   meetsConditions,
 } from './usbguard/evaluate-rules.js';
-import { type UsbGuardRule, formatRule, formatInterfaceType } from './usbguard/parse-usbguard-rules.js';
+import { formatInterfaceType, formatRule } from './usbguard/format-usbguard-rules.js';
+import { type UsbGuardRule } from './usbguard/parse-usbguard-rules.js';
 import { deviceRule } from './generate-policy.js';
 import {
   type UsbAttributeBytes,

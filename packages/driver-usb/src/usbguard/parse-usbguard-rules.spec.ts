@@ -1,51 +1,11 @@
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { DevgateError } from '@devgate/core';
 import { RULE_CORPUS, type CorpusEntry } from './corpus/rules.js';
-import {
-  checkRules,
-  formatRule,
-  parseRule,
-  parseRuleLine,
-  parseRulesFile,
-  type UsbGuardRule,
-} from './parse-usbguard-rules.js';
-
-/**
- * The reference: USBGuard's own parser. CI installs it (apt-get install usbguard); without it this
- * suite fails rather than skips, because passing here is the claim that devgate reads rules as
- * USBGuard does.
- */
-const USBGUARD_RULE_PARSER = 'usbguard-rule-parser';
-const ENV = { ...process.env, TZ: 'UTC', LC_ALL: 'C' };
-
-interface Verdict {
-  readonly valid: boolean;
-  /** The normalised rule; '' for a comment-only line. */
-  readonly output?: string;
-  readonly detail: string;
-}
-
-function runUsbguard(args: readonly string[]) {
-  const result = spawnSync(USBGUARD_RULE_PARSER, args, { env: ENV, maxBuffer: 64 * 1024 * 1024 });
-  if (result.error) {
-    throw new Error(`cannot run ${USBGUARD_RULE_PARSER} (apt-get install usbguard): ${result.error.message}`);
-  }
-  return { status: result.status, stdout: result.stdout.toString('utf8'), stderr: result.stderr.toString('utf8') };
-}
-
-/** `usbguard-rule-parser -- RULE`: rc 0 and "INPUT: RULE\nOUTPUT: TEXT\n", or rc 1 and a message. */
-function usbguardVerdict(rule: string): Verdict {
-  const { status, stdout, stderr } = runUsbguard(['--', rule]);
-  if (status !== 0) return { valid: false, detail: stderr.trim() };
-  const prefix = `INPUT: ${rule}\nOUTPUT: `;
-  if (!stdout.startsWith(prefix) || !stdout.endsWith('\n')) {
-    throw new Error(`unexpected output from ${USBGUARD_RULE_PARSER}: ${JSON.stringify(stdout.slice(0, 200))}`);
-  }
-  return { valid: true, output: stdout.slice(prefix.length, -1), detail: '' };
-}
+import { formatRule } from './format-usbguard-rules.js';
+import { checkRules, parseRule, parseRuleLine, parseRulesFile } from './parse-usbguard-rules.js';
+import { type Verdict, runUsbguard, usbguardVerdict } from './testing/usbguard-rule-parser.js';
 
 function devgateVerdict(rule: string): Verdict {
   try {
@@ -108,52 +68,6 @@ describe('devgate and usbguard-rule-parser agree on the corpus', () => {
       expect(r.usbguard.valid).toBe(true);
       expect(r.usbguard.output).not.toBe(r.devgate.output);
     }
-  });
-});
-
-describe('formatRule', () => {
-  const validRules = RULE_CORPUS.filter((e) => e.valid && !e.rule.trimStart().startsWith('#'));
-
-  it('prints text that parses back to the same rule', () => {
-    for (const { rule } of validRules) {
-      const once = formatRule(parseRule(rule));
-      expect(formatRule(parseRule(once))).toBe(once);
-    }
-  });
-
-  it('orders attributes as USBGuard does and drops the equals operator of a single value', () => {
-    expect(formatRule(parseRule('allow label "l" if true name "n" id equals { 1234:5678 }'))).toBe(
-      'allow id 1234:5678 name "n" if true label "l"',
-    );
-  });
-
-  it('prints rules built in code, deriving condition arguments', () => {
-    const query = parseRule('allow with-interface 03:*:*');
-    const rule: UsbGuardRule = {
-      target: 'reject',
-      id: { operator: 'one-of', values: [{ vendor: '046d', product: '*' }] },
-      name: { operator: 'equals', values: ['caf\u00e9 "bar"\\ \udcff'] },
-      withInterface: { operator: 'equals', values: [{ bClass: 3, bSubClass: 1, bProtocol: 2 }] },
-      conditions: {
-        operator: 'all-of',
-        values: [
-          { kind: 'localtime', negated: false, from: 8 * 3600, to: 17 * 3600 + 30 * 60 },
-          { kind: 'allowed-matches', negated: true, query },
-          { kind: 'random', negated: false, probability: 0.25 },
-          { kind: 'rule-applied', negated: false, withinSeconds: 60 },
-        ],
-      },
-    };
-    const text = formatRule(rule);
-    expect(text).toBe(
-      'reject id one-of { 046d:* } name "caf\\xc3\\xa9 \\"bar\\"\\\\ \\xff" with-interface 03:01:02 ' +
-        'if all-of { localtime(08:00-17:30) !allowed-matches(with-interface 03:*:*) random(0.25) rule-applied(60) }',
-    );
-    expect(usbguardVerdict(text)).toEqual({ valid: true, output: text, detail: '' });
-    const seconds = { kind: 'localtime', negated: false, from: 5, to: 23 * 3600 + 59 * 60 + 59 } as const;
-    expect(formatRule({ target: 'allow', conditions: { operator: 'equals', values: [seconds] } })).toBe(
-      'allow if localtime(00:00:05-23:59:59)',
-    );
   });
 });
 

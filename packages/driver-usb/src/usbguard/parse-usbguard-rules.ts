@@ -27,9 +27,12 @@
  * The durations of rule-applied(D) and rule-evaluated(D) are the exception: USBGuard reads their
  * leading number and ignores the rest (`10s`), users' files rely on it, and so devgate reads them
  * exactly as USBGuard does (parseDuration).
+ *
+ * This file only reads rules; printing them back as USBGuard does is format-usbguard-rules.ts.
  */
 import { Errors } from '@devgate/core';
-import { bytesToString, pushUtf8, quoteRuleString } from './rule-strings.js';
+import { type AttributeKey, ATTRIBUTES } from './rule-attributes.js';
+import { bytesToString, pushUtf8 } from './rule-strings.js';
 
 export const USBGUARD_TARGETS = ['allow', 'block', 'reject', 'match', 'device'] as const;
 /** `match` and `device` are for queries and device descriptions; only the others decide anything. */
@@ -104,26 +107,6 @@ export interface CheckRulesResult {
   readonly rules: UsbGuardRule[];
   readonly errors: RuleSyntaxIssue[];
 }
-
-type AttributeKey = Exclude<keyof UsbGuardRule, 'target' | 'source'>;
-
-/** Keyword, AST field and value kind, in the order USBGuard prints attributes. */
-const ATTRIBUTES: readonly {
-  keyword: string;
-  key: AttributeKey;
-  value: 'string' | 'id' | 'interface' | 'condition';
-}[] = [
-  { keyword: 'id', key: 'id', value: 'id' },
-  { keyword: 'serial', key: 'serial', value: 'string' },
-  { keyword: 'name', key: 'name', value: 'string' },
-  { keyword: 'hash', key: 'hash', value: 'string' },
-  { keyword: 'parent-hash', key: 'parentHash', value: 'string' },
-  { keyword: 'via-port', key: 'viaPort', value: 'string' },
-  { keyword: 'with-interface', key: 'withInterface', value: 'interface' },
-  { keyword: 'if', key: 'conditions', value: 'condition' },
-  { keyword: 'with-connect-type', key: 'withConnectType', value: 'string' },
-  { keyword: 'label', key: 'label', value: 'string' },
-];
 
 /** USBGuard tries `equals-ordered` before `equals`, so a longer name always wins. */
 const OPERATORS_BY_LENGTH = [...USBGUARD_SET_OPERATORS].sort((a, b) => b.length - a.length);
@@ -201,68 +184,6 @@ export function parseRulesFile(text: string, fileName: string): UsbGuardRule[] {
     throw Errors.ruleSyntax({ file: first.file, line: first.line, column: first.column, what: first.message });
   }
   return rules;
-}
-
-/** The rule as USBGuard prints it (`usbguard-rule-parser`, `usbguard list-rules`). */
-export function formatRule(rule: UsbGuardRule): string {
-  let out: string = rule.target;
-  for (const { keyword, key, value } of ATTRIBUTES) {
-    const attribute = rule[key] as UsbGuardAttribute<unknown> | undefined;
-    if (!attribute || attribute.values.length === 0) continue;
-    const print = (v: unknown): string => {
-      if (value === 'id') return formatDeviceId(v as UsbGuardDeviceId);
-      if (value === 'interface') return formatInterfaceType(v as UsbGuardInterfaceType);
-      if (value === 'condition') return formatCondition(v as UsbGuardCondition);
-      return quoteRuleString(v as string);
-    };
-    const values = attribute.values.map(print);
-    if (attribute.operator === 'equals' && values.length === 1) {
-      out += ` ${keyword} ${values[0]}`;
-    } else {
-      const operator = attribute.operator === 'equals' ? '' : `${attribute.operator} `;
-      out += ` ${keyword} ${operator}{ ${values.join(' ')} }`;
-    }
-  }
-  return out;
-}
-
-export function formatDeviceId(id: UsbGuardDeviceId): string {
-  return `${id.vendor}:${id.product}`;
-}
-
-export function formatInterfaceType(type: UsbGuardInterfaceType): string {
-  const hex = (n: number | '*') => (n === '*' ? '*' : n.toString(16).padStart(2, '0'));
-  return `${hex(type.bClass)}:${hex(type.bSubClass)}:${type.bSubClass === '*' ? '*' : hex(type.bProtocol)}`;
-}
-
-export function formatCondition(condition: UsbGuardCondition): string {
-  const argument = condition.argument ?? defaultArgument(condition);
-  return `${condition.negated ? '!' : ''}${condition.kind}${argument === undefined ? '' : `(${argument})`}`;
-}
-
-/** For conditions built in code rather than parsed: the argument from the parsed fields. */
-function defaultArgument(condition: UsbGuardCondition): string | undefined {
-  switch (condition.kind) {
-    case 'localtime':
-      return condition.from === condition.to
-        ? formatClock(condition.from)
-        : `${formatClock(condition.from)}-${formatClock(condition.to)}`;
-    case 'allowed-matches':
-      return formatRule({ ...condition.query, target: 'allow' }).slice('allow '.length);
-    case 'random':
-      return condition.probability === 0.5 ? undefined : String(condition.probability);
-    case 'rule-applied':
-    case 'rule-evaluated':
-      return condition.withinSeconds === undefined ? undefined : String(condition.withinSeconds);
-    default:
-      return undefined;
-  }
-}
-
-function formatClock(seconds: number): string {
-  const two = (n: number) => String(n).padStart(2, '0');
-  const [h, m, s] = [Math.floor(seconds / 3600), Math.floor(seconds / 60) % 60, seconds % 60];
-  return s === 0 ? `${two(h)}:${two(m)}` : `${two(h)}:${two(m)}:${two(s)}`;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@
  * directly with the names and serials the USB driver reads, and uses the "surrogate escape" trick
  * (Python's PEP 383) for bytes that are not valid UTF-8: such a byte b becomes the lone surrogate
  * U+DC00+b, which no real text contains, and turns back into the byte when the rule is printed.
- * So decode(encode(x)) and encode(decode(b)) are both identities, and formatRule can print exactly
- * the bytes USBGuard would.
+ * So decode(encode(x)) and encode(decode(b)) are both identities, and formatRule
+ * (format-usbguard-rules.ts) can print exactly the bytes USBGuard would.
  */
 
 /** The UTF-8 bytes of a string; lone surrogates U+DC80..U+DCFF stand for the raw bytes 80..ff. */
@@ -72,20 +72,4 @@ function decodeSequence(bytes: readonly number[], at: number): { cp: number; len
   }
   if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return undefined;
   return { cp, length };
-}
-
-/**
- * A value as USBGuard prints it: in double quotes, `"` and `\` escaped with a backslash, printable
- * ASCII as is, and every other byte (control characters, DEL, each byte of a UTF-8 sequence) as
- * `\xHH` with lowercase hex digits.
- */
-export function quoteRuleString(value: string): string {
-  let out = '"';
-  for (const byte of stringToBytes(value)) {
-    if (byte === 0x22) out += '\\"';
-    else if (byte === 0x5c) out += '\\\\';
-    else if (byte >= 0x20 && byte <= 0x7e) out += String.fromCharCode(byte);
-    else out += `\\x${byte.toString(16).padStart(2, '0')}`;
-  }
-  return `${out}"`;
 }
