@@ -12,6 +12,6 @@ export const SYSTEM_CONFIG = '/etc/devgate/devgated.json';
 export async function configuredModules(env: NodeJS.ProcessEnv = process.env): Promise<readonly ModuleReference[]> {
   const file = env.DEVGATE_CONFIG || (fs.existsSync(SYSTEM_CONFIG) ? SYSTEM_CONFIG : undefined);
   if (!file) return [];
-  const { loadConfig } = await import('@devgate/daemon');
+  const { loadConfig } = await import('@devgate/service');
   return loadConfig(file).modules ?? [];
 }

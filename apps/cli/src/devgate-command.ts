@@ -134,7 +134,7 @@ export function devgateProgram(io: Io): Command {
     .description('check a devgated configuration file; problems are printed as FILE:LINE:COLUMN')
     .argument('FILE')
     .action(async (file: string) => {
-      const { checkConfig, formatIssue } = await import('@devgate/daemon');
+      const { checkConfig, formatIssue } = await import('@devgate/service');
       const { issues } = checkConfig(fs.readFileSync(file, 'utf8'), file);
       if (issues.length === 0) return io.out(`${file}: ok\n`);
       io.err(issues.map((issue) => formatIssue(issue) + '\n').join(''));

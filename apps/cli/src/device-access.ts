@@ -16,7 +16,7 @@ import {
   defaultConfig,
   denyListHook,
   openStateStore,
-} from '@devgate/daemon';
+} from '@devgate/service';
 import { type HostOptions, type OpenHost, withHost } from './host.js';
 import { ApiError, type AssignmentJson, callApi, daemonPresent, localActor, resolveSocket } from '@devgate/client';
 import { type Io } from './io.js';

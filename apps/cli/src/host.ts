@@ -6,15 +6,11 @@ import {
   type ModuleReference,
   type PolicyHook,
 } from '@devgate/core';
-import { loadConfiguredModules, provideServices } from '@devgate/daemon';
+import { builtinModules, loadConfiguredModules, provideServices, registryBackends } from '@devgate/service';
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
-import { blockModule } from '@devgate/driver-block';
-import { usbModule } from '@devgate/driver-usb';
-import { inputModule } from '@devgate/driver-input';
-import { pciModule } from '@devgate/driver-pci';
-import { defaultRegistryFile, qemuModule, readRegistrySync } from '@devgate/backend-qemu';
+import { defaultRegistryFile } from '@devgate/backend-qemu';
 import { AgentSource } from '@devgate/backend-agent';
-import { defaultLibvirtUri, libvirtModule } from '@devgate/backend-libvirt';
+import { defaultLibvirtUri } from '@devgate/backend-libvirt';
 import { withCliLock } from './cli-lock.js';
 
 /** Where the devices come from: this host, a tree laid out like `/`, or a recording. */
@@ -40,9 +36,6 @@ export interface OpenHost {
   close(): void;
 }
 
-/** Every class driver the CLI knows; the module files list what each package contributes. */
-const DRIVER_MODULES = [blockModule, usbModule, inputModule, pciModule];
-
 /**
  * Runs the kernel in-process for one command: no daemon, no hotplug, one snapshot of the host,
  * and the attachments read back from every running VM.
@@ -64,27 +57,23 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
     });
     source = local;
   }
-  const kernel = new Kernel().load(...DRIVER_MODULES, qemuModule({ registryFile: options.domains }));
+  // devgated's built-in modules. One-shot: libvirt's domains are read once, no event stream; a
+  // detach is confirmed by reading back.
+  const { modules, libvirt } = builtinModules({
+    domains: options.domains,
+    libvirt: { uris: options.libvirtUris ?? [defaultLibvirtUri()], dom0: backend, watch: false },
+  });
+  const kernel = new Kernel().load(...modules);
   kernel.registerSource(source);
   // Driver packages, as devgated loads them: isolated, with what devgate provides them.
   provideServices(kernel, { roots: options.sysroot ? rootsUnder(options.sysroot) : undefined });
   loadConfiguredModules(kernel, options.modules ?? []);
-  // One-shot: libvirt's domains are read once, no event stream; a detach is confirmed by reading back.
-  const libvirt = libvirtModule({ uris: options.libvirtUris ?? [defaultLibvirtUri()], dom0: backend, watch: false });
-  kernel.load(libvirt);
   for (const hook of options.policyHooks ?? []) kernel.registerPolicyHook(hook);
-  // Backend domains replayed from recordings (`devgate lab up sys-usb --recording FILE`).
-  for (const [name, { recording }] of Object.entries(readRegistrySync(options.domains).backends ?? {})) {
-    if (name !== backend) kernel.registerSource(new RecordedHostSource(recording, name));
-  }
-  // Backend VMs read through their devgate-agent (`devgate usbvm create`), under the registry's name.
-  const agents: AgentSource[] = [];
-  for (const [name, { agent }] of Object.entries(readRegistrySync(options.domains).domains)) {
-    if (agent && name !== backend) {
-      agents.push(new AgentSource({ backend: name, control: agent.control, exportPorts: agent.exports }));
-      kernel.registerSource(agents[agents.length - 1]);
-    }
-  }
+  // The registry's backend domains: recordings (`devgate lab up sys-usb --recording FILE`), and
+  // backend VMs read through their devgate-agent (`devgate usbvm create`).
+  const others = registryBackends(options.domains, (name) => name === backend);
+  for (const other of others) kernel.registerSource(other);
+  const agents = others.filter((s): s is AgentSource => s instanceof AgentSource);
   const manager = kernel.start();
   try {
     await local?.whenProbed();

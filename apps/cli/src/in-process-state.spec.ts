@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { labDown, labUp } from '@devgate/backend-qemu';
-import { openStateStore } from '@devgate/daemon';
+import { openStateStore } from '@devgate/service';
 import { type LoopDisk, createLoopDisk, disposeAllLoopDisks } from '@devgate/testkit';
 import { runCaptured } from './test-io';
 

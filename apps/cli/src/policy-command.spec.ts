@@ -3,7 +3,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import pino from 'pino';
 import { labDown, labUp } from '@devgate/backend-qemu';
-import { Devgated, defaultConfig } from '@devgate/daemon';
+import { Devgated } from '@devgate/daemon';
+import { defaultConfig } from '@devgate/service';
 import { type LoopDisk, createLoopDisk, disposeAllLoopDisks } from '@devgate/testkit';
 import { runCaptured } from './test-io';
 

@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import type * as net from 'node:net';
-import { type DaemonConfig } from './config.js';
+import { type DaemonConfig } from '@devgate/service';
 
 export interface AccessLog {
   warn(message: string): void;

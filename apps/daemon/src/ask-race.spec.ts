@@ -13,10 +13,8 @@ import {
   type Port,
   portKey,
 } from '@devgate/core';
-import { SqliteStateStore } from './store/state-store';
-import { DaemonEvents } from './services/daemon-events';
+import { DaemonEvents, DeviceService, SqliteStateStore } from '@devgate/service';
 import { AskService } from './services/asks';
-import { DeviceService } from './services/device-service';
 import { AutoAttach } from './services/auto-attach';
 
 // The ask race: a question is about one device, and its answer may come a minute later. If another

@@ -13,7 +13,7 @@ import {
   materializeHost,
   removeDevice,
 } from '@devgate/testkit';
-import { type DaemonConfig, defaultConfig } from './config';
+import { type DaemonConfig, defaultConfig } from '@devgate/service';
 import { Devgated } from './devgated';
 
 // devgated end to end: a backend tree that reports hotplug (a stick named like a real loop device,

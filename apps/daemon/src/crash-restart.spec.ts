@@ -37,7 +37,7 @@ import path from 'node:path';
 import { QemuConnector, decodeQdevId } from '@devgate/backend-qemu';
 import { RecordedDevice } from '@devgate/host';
 import { type LoopDisk, addDevice, createLoopDisk, loopStickRecord, removeDevice } from '@devgate/testkit';
-import { SqliteStateStore } from './store/state-store.js';
+import { type DaemonConfig, SqliteStateStore } from '@devgate/service';
 import {
   type Attached,
   ApiClient,
@@ -55,7 +55,6 @@ import {
   stopDaemons,
   until,
 } from './testing/daemon-harness.js';
-import { type DaemonConfig } from './config.js';
 
 jest.setTimeout(90_000);
 

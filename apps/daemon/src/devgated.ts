@@ -9,24 +9,29 @@ import {
   type DeviceSource,
   type Disposable,
   Kernel,
+  type Logger as PluginLogger,
   portLabel,
   type Port,
 } from '@devgate/core';
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
-import { blockModule } from '@devgate/driver-block';
-import { UsbAuthorizer, parseRulesFile, usbModule } from '@devgate/driver-usb';
-import { InputProxy, InputReplug, inputModule, inputProxyPolicy } from '@devgate/driver-input';
-import { pciModule } from '@devgate/driver-pci';
-import { qemuModule, readRegistrySync } from '@devgate/backend-qemu';
+import { UsbAuthorizer, parseRulesFile } from '@devgate/driver-usb';
+import { InputProxy, InputReplug, inputProxyPolicy } from '@devgate/driver-input';
 import { AgentSource } from '@devgate/backend-agent';
-import { libvirtModule } from '@devgate/backend-libvirt';
-import { type DaemonConfig } from './config.js';
-import { loadConfiguredModules, logRefusedModules, pinoLogger, provideServices } from './driver-packages.js';
+import {
+  type DaemonConfig,
+  DaemonEvents,
+  DeviceService,
+  type SqliteStateStore,
+  builtinModules,
+  denyListHook,
+  loadConfiguredModules,
+  logRefusedModules,
+  openStateStore,
+  provideServices,
+  registryBackends,
+} from '@devgate/service';
 import { driverReport } from '@devgate/core';
-import { SqliteStateStore } from './store/state-store.js';
-import { DaemonEvents } from './services/daemon-events.js';
 import { AskService } from './services/asks.js';
-import { DeviceService, denyListHook } from './services/device-service.js';
 import { AutoAttach } from './services/auto-attach.js';
 import { buildApi } from './api/server.js';
 import { READ_SOCKET_MODE, RW_SOCKET_MODE, applySocketAccess, listenOnNewSocket } from './access.js';
@@ -68,19 +73,15 @@ export class Devgated implements Disposable {
   static async start(config: DaemonConfig, log: Logger = pino({ level: 'info' })): Promise<Devgated> {
     const store = openStateStore(config.stateDir);
     const events = new DaemonEvents();
-    const kernel = new Kernel().load(
-      blockModule,
-      usbModule,
-      inputModule,
-      pciModule,
-      qemuModule({ registryFile: config.domains }),
-    );
     // Every domain at the configured libvirt URIs is a frontend; a disk someone attached there maps to this host.
     const localBackend = Object.entries(config.backends).find(([, spec]) => 'source' in spec)?.[0] ?? 'dom0';
     const listing: { manager?: DeviceManager } = {};
     const isListed = (port: Port) => listing.manager?.get(port) !== undefined;
-    const libvirt = libvirtModule({ uris: config.libvirt?.uris ?? [], dom0: localBackend, isListed });
-    kernel.load(libvirt);
+    const { modules, libvirt } = builtinModules({
+      domains: config.domains,
+      libvirt: { uris: config.libvirt?.uris ?? [], dom0: localBackend, isListed },
+    });
+    const kernel = new Kernel().load(...modules);
     // Third-party driver packages (the configuration's `modules`), each isolated, and what devgate provides them.
     const ownSysfs = Object.values(config.backends).find((spec) => 'sysroot' in spec);
     provideServices(kernel, {
@@ -89,15 +90,9 @@ export class Devgated implements Disposable {
     });
     loadConfiguredModules(kernel, config.modules ?? [], log);
     for (const [backend, spec] of Object.entries(config.backends)) kernel.registerSource(sourceFor(backend, spec));
-    // Backends replayed from recordings that `devgate lab up NAME --recording FILE` registered.
-    for (const [backend, { recording }] of Object.entries(readRegistrySync(config.domains).backends ?? {})) {
-      if (!(backend in config.backends)) kernel.registerSource(sourceFor(backend, { recording }));
-    }
-    // Backend VMs read through their devgate-agent (`devgate usbvm create`, ADR 0008), by the registry's name.
-    for (const [backend, { agent }] of Object.entries(readRegistrySync(config.domains).domains)) {
-      if (agent && !(backend in config.backends)) {
-        kernel.registerSource(sourceFor(backend, { agent: agent.control, exports: agent.exports }));
-      }
+    // The registry's backend domains (recordings, devgate-agents) that the configuration does not name.
+    for (const source of registryBackends(config.domains, (backend) => backend in config.backends)) {
+      kernel.registerSource(source);
     }
     kernel.registerPolicyHook(denyListHook(() => store));
     const manager = kernel.start();
@@ -340,17 +335,21 @@ export class Devgated implements Disposable {
   }
 }
 
-/** The state file in `stateDir`, made if needed: devgated's, and the CLI's when devgated is not running. */
-export function openStateStore(stateDir: string): SqliteStateStore {
-  fs.mkdirSync(stateDir, { recursive: true, mode: 0o750 });
-  return new SqliteStateStore(path.join(stateDir, 'state.db'));
-}
-
 function sourceFor(backend: string, spec: DaemonConfig['backends'][string]): DeviceSource {
   if ('agent' in spec) return new AgentSource({ backend, control: spec.agent, exportPorts: spec.exports });
   if ('recording' in spec) return new RecordedHostSource(spec.recording, backend);
   if ('sysroot' in spec) return new LocalHostSource({ backend, roots: rootsUnder(spec.sysroot) });
   return new LocalHostSource({ backend });
+}
+
+/** devgated's log as the plugin API's Logger: fields stay fields. */
+export function pinoLogger(log: Logger): PluginLogger {
+  return {
+    debug: (message, fields) => log.debug(fields ?? {}, message),
+    info: (message, fields) => log.info(fields ?? {}, message),
+    warn: (message, fields) => log.warn(fields ?? {}, message),
+    error: (message, fields) => log.error(fields ?? {}, message),
+  };
 }
 
 /**

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { type DriverReport } from '@devgate/core';
 import { loadRecording } from '@devgate/host';
 import { materializeHost, recordedFixture } from '@devgate/testkit';
-import { checkConfig } from './config.js';
+import { checkConfig } from '@devgate/service';
 import {
   ApiClient,
   cleanupHarness,

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { labDown, labUp, readRegistrySync } from '@devgate/backend-qemu';
 import { type LoopDisk, addDevice, createLoopDisk, disposeAllLoopDisks, loopStickRecord } from '@devgate/testkit';
-import { type DaemonConfig } from './config';
+import { type DaemonConfig } from '@devgate/service';
 import {
   ApiClient,
   type Lab,

@@ -3,7 +3,7 @@ import { HostTree } from '@devgate/core';
 import { RecordedHostSource } from '@devgate/host';
 import { FakeAgent, treeMessageOf } from '@devgate/backend-agent';
 import { addDevice, loopStickRecord, recordedFixture } from '@devgate/testkit';
-import { type DaemonConfig, checkConfig } from './config';
+import { checkConfig, type DaemonConfig } from '@devgate/service';
 import { type Devgated } from './devgated';
 import { ApiClient, cleanupHarness, harnessConfig, makeTempDir, startInProcess, until } from './testing/daemon-harness';
 

@@ -1,4 +1,4 @@
-import { checkConfig, defaultConfig } from './config';
+import { checkConfig, defaultConfig } from '@devgate/service';
 
 // devgated's libvirt URIs: libvirt's own default, then the configured ones; bad entries are located.
 describe('libvirt in the configuration', () => {

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { aliasFor, parseDomainXml } from '@devgate/backend-libvirt';
 import { PrivateLibvirtd, stopAllLibvirtds } from '@devgate/backend-libvirt/testing';
 import { type LoopDisk, createLoopDisk, disposeAllLoopDisks } from '@devgate/testkit';
-import { type DaemonConfig } from './config';
+import { type DaemonConfig } from '@devgate/service';
 import { type Devgated } from './devgated';
 import { ApiClient, cleanupHarness, harnessConfig, makeTempDir, startInProcess, until } from './testing/daemon-harness';
 

@@ -2,7 +2,7 @@ import 'reflect-metadata';
 import { Command, Option } from 'commander';
 import pino from 'pino';
 import { DevgateError } from '@devgate/core';
-import { type DaemonConfig, checkConfig, defaultConfig, formatIssue, loadConfig } from './config.js';
+import { checkConfig, type DaemonConfig, defaultConfig, formatIssue, loadConfig } from '@devgate/service';
 import { Devgated } from './devgated.js';
 import * as fs from 'node:fs';
 

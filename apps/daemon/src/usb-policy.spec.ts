@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import pino from 'pino';
 import { loadRecording } from '@devgate/host';
 import { addDevice, materializeHost, recordedFixture, withUsbAuthorizationFiles } from '@devgate/testkit';
-import { defaultConfig } from './config';
+import { defaultConfig } from '@devgate/service';
 import { Devgated } from './devgated';
 
 // devgated enforcing a USBGuard rules file on a host tree made from recordings of real machines.

@@ -1,7 +1,10 @@
 import { Subject } from 'rxjs';
 import { type DeviceEvent, type DeviceJson, deviceToJson } from '@devgate/core';
-import { type AuditEntry } from '../store/state-store.js';
-import { type Ask } from './asks.js';
+import { type AskJson } from '@devgate/client';
+import { type AuditEntry } from './store/state-store.js';
+
+/** A pending question: may this device go to one of these frontends? (The API's own shape.) */
+export type Ask = AskJson;
 
 /** Everything devgated streams to clients (`GET /v1/events`). */
 export type DaemonEvent =

@@ -15,7 +15,7 @@ import {
   portKey,
   portLabel,
 } from '@devgate/core';
-import { type AuditEntryInput, type SqliteStateStore, type StoredAssignment } from '../store/state-store.js';
+import { type AuditEntryInput, type SqliteStateStore, type StoredAssignment } from './store/state-store.js';
 import { type DaemonEvents } from './daemon-events.js';
 
 /**

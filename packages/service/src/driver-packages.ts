@@ -4,7 +4,6 @@
  * each loaded isolated. A refused package is logged with its coded error and listed by
  * `devgate drivers`; the other drivers run.
  */
-import { type Logger as Pino } from 'pino';
 import {
   type Kernel,
   type Logger,
@@ -31,14 +30,10 @@ export function systemNamesDatabase(): NamesDatabase {
   };
 }
 
-/** devgated's log as the plugin API's Logger: fields stay fields. */
-export function pinoLogger(log: Pino): Logger {
-  return {
-    debug: (message, fields) => log.debug(fields ?? {}, message),
-    info: (message, fields) => log.info(fields ?? {}, message),
-    warn: (message, fields) => log.warn(fields ?? {}, message),
-    error: (message, fields) => log.error(fields ?? {}, message),
-  };
+/** Where what became of each package is logged: pino's shape (fields first), which devgated uses. */
+export interface PackageLog {
+  info(fields: object, message: string): void;
+  error(fields: object, message: string): void;
 }
 
 /** Registers what devgate provides to drivers, before any driver package is loaded. */
@@ -49,14 +44,18 @@ export function provideServices(kernel: Kernel, options: { log?: Logger; roots?:
 }
 
 /** Loads the configured driver packages; logs what each became. */
-export function loadConfiguredModules(kernel: Kernel, modules: readonly ModuleReference[], log?: Pino): ModuleStatus[] {
+export function loadConfiguredModules(
+  kernel: Kernel,
+  modules: readonly ModuleReference[],
+  log?: PackageLog,
+): ModuleStatus[] {
   const statuses = loadDriverPackages(kernel, modules);
   for (const status of statuses) if (status.state === 'loaded') log?.info(describe(status), 'driver package loaded');
   return statuses;
 }
 
 /** After start: every package the kernel refused (at load, or for a missing dependency). */
-export function logRefusedModules(kernel: Kernel, log: Pino): void {
+export function logRefusedModules(kernel: Kernel, log: PackageLog): void {
   for (const status of kernel.modules()) {
     if (status.state === 'refused')
       log.error({ ...describe(status), code: status.error?.code, err: status.error }, 'driver package refused');

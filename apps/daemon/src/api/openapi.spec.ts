@@ -6,7 +6,7 @@
  *  - the documented request schemas are the ones enforced: each example passes validation, and for
  *    every property, boundary and sample value the server accepts exactly what the document accepts;
  *  - answers fit the documented response schemas (errors the Error shape), and server-sent events
- *    the DaemonEvent schema, with the event types of services/daemon-events.ts.
+ *    the DaemonEvent schema, with the event types of @devgate/service's daemon-events.ts.
  */
 import * as fs from 'node:fs';
 import * as http from 'node:http';
@@ -401,8 +401,11 @@ describe('docs/openapi.json', () => {
       expect(await send(byId('forgetAnswers'), { id: '0123456789ab' })).toMatchObject({ status: 404 });
     });
 
-    it('streams the documented events, with the types services/daemon-events.ts declares', async () => {
-      const source = fs.readFileSync(path.join(__dirname, '..', 'services', 'daemon-events.ts'), 'utf8');
+    it('streams the documented events, with the types daemon-events.ts declares', async () => {
+      const source = fs.readFileSync(
+        path.join(path.dirname(require.resolve('@devgate/service/package.json')), 'src', 'daemon-events.ts'),
+        'utf8',
+      );
       const union = source.slice(
         source.indexOf('export type DaemonEvent'),
         source.indexOf('export class DaemonEvents'),

@@ -10,8 +10,7 @@ import * as path from 'node:path';
 import { type LoopDisk, createLoopDisk } from '@devgate/testkit';
 import { type DenyListChangeJson, type DenyListJson, type RememberedAnswerJson } from '@devgate/client';
 import { type Devgated } from '../devgated.js';
-import { type DaemonEvent, DaemonEvents } from '../services/daemon-events.js';
-import { SqliteStateStore } from '../store/state-store.js';
+import { type DaemonEvent, DaemonEvents, SqliteStateStore } from '@devgate/service';
 import {
   ApiClient,
   cleanupHarness,

@@ -11,10 +11,10 @@ import { DevgateError, Errors, INTERFACE_CODE_PATTERN, errorCode } from '@devgat
 import {
   type AuditEntry,
   type AuditEntryInput,
+  type DaemonEvents,
   type PolicyAnswer,
   type SqliteStateStore,
-} from '../store/state-store.js';
-import { type DaemonEvents } from '../services/daemon-events.js';
+} from '@devgate/service';
 
 // -- schemas (fastify validates every body, query and parameter before a handler runs)
 

@@ -11,10 +11,8 @@ import {
   errorCode,
   parseDeviceArgument,
 } from '@devgate/core';
-import { type SqliteStateStore } from '../store/state-store.js';
+import { type DaemonEvents, type DeviceService, type SqliteStateStore } from '@devgate/service';
 import { type AskService } from '../services/asks.js';
-import { type DaemonEvents } from '../services/daemon-events.js';
-import { type DeviceService } from '../services/device-service.js';
 import { PolicyStateService, registerPolicyRoutes } from './policy-routes.js';
 
 export const API_VERSION = 'v1';

@@ -1,11 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { type AskJson } from '@devgate/client';
 import { type DeviceInfo, Errors, portLabel } from '@devgate/core';
-import { type SqliteStateStore } from '../store/state-store.js';
-import { type DaemonEvents } from './daemon-events.js';
-
-/** A pending question: may this device go to one of these frontends? (The API's own shape.) */
-export type Ask = AskJson;
+import { type Ask, type DaemonEvents, type SqliteStateStore } from '@devgate/service';
 
 export interface AskAnswer {
   readonly verdict: 'allow' | 'deny';

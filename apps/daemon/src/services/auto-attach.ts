@@ -7,9 +7,8 @@ import {
   portLabel,
   specificity,
 } from '@devgate/core';
-import { type SqliteStateStore, type StoredAssignment } from '../store/state-store.js';
+import { type DeviceService, type SqliteStateStore, type StoredAssignment } from '@devgate/service';
 import { type AskService } from './asks.js';
-import { type DeviceService } from './device-service.js';
 
 export const AUTO_ATTACH_ACTOR = 'devgated (auto-attach)';
 

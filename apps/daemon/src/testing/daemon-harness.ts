@@ -19,7 +19,7 @@ import pino from 'pino';
 import { type DeviceJson } from '@devgate/core';
 import { QemuConnector, isQemuAlive, labDown, labUp } from '@devgate/backend-qemu';
 import { disposeAllLoopDisks, materializeHost } from '@devgate/testkit';
-import { type DaemonConfig } from '../config.js';
+import { type DaemonConfig } from '@devgate/service';
 import { Devgated, rwSocketPath } from '../devgated.js';
 
 /** apps/daemon/src */
@@ -119,7 +119,7 @@ function daemonEnv(logLevel: string): NodeJS.ProcessEnv {
  */
 const STANDBY_SCRIPT = `
 'use strict';
-require('./store/testing/register-ts.cjs');
+require('@devgate/service/testing/register-ts.cjs');
 const { main } = require('./main.ts');
 // fastify loads most of itself (its schema compilers among them) when the first instance is built
 // and made ready: do that here too, on a throwaway instance that never listens.

@@ -3,7 +3,7 @@
 //   node --conditions=@devgate/source run-devgated.cjs --config FILE
 // Test-only: the installed devgated runs the tsc build (bin/devgated.cjs).
 'use strict';
-require('../store/testing/register-ts.cjs');
+require('@devgate/service/testing/register-ts.cjs');
 const { main } = require('../main.ts');
 
 main(process.argv.slice(2)).then(
