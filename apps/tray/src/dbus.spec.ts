@@ -30,6 +30,8 @@ describe('DBusConnection on a real session bus', () => {
             throw new Error('as asked');
           },
         },
+        Never: { in: '', out: '', handler: () => new Promise<unknown[]>(() => undefined) },
+        Slow: { in: '', out: 's', handler: () => new Promise<unknown[]>((r) => setTimeout(() => r(['late']), 300)) },
       },
       properties: { Answer: { signature: 'u', get: () => 42 } },
       signals: { Happened: 's' },
@@ -79,5 +81,80 @@ describe('DBusConnection on a real session bus', () => {
       dbusName: 'org.freedesktop.DBus.Error.PropertyReadOnly',
     });
     expect((await call('Echo', 'sv', ['still', variant('s', 'here')])).body[0]).toBe('still');
+  });
+
+  it('gets a unique name, times out a call and ignores its late answer', async () => {
+    expect(client!.uniqueName).toMatch(/^:\d+\.\d+$/);
+    expect(client!.uniqueName).not.toBe(server!.uniqueName);
+    const started = Date.now();
+    await expect(
+      client!.call({
+        destination: 'org.devgate.Test',
+        path: '/test',
+        interface: 'org.devgate.Test',
+        member: 'Slow',
+        timeoutMs: 100,
+      }),
+    ).rejects.toMatchObject({ dbusName: 'org.freedesktop.DBus.Error.NoReply' });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(90);
+    await new Promise((r) => setTimeout(r, 400)); // the answer arrives, and finds nobody waiting
+    expect((await call('Echo', 'sv', ['after', variant('s', 'timeout')])).body[0]).toBe('after');
+  });
+
+  it('fails waiting calls when disposed, and every call after', async () => {
+    const own = await DBusConnection.connect(desktop!.busAddress);
+    const closes: unknown[] = [];
+    own.onClose((error) => closes.push(error));
+    const waiting = own.call({
+      destination: 'org.devgate.Test',
+      path: '/test',
+      interface: 'org.devgate.Test',
+      member: 'Never',
+    });
+    own.dispose();
+    await expect(waiting).rejects.toMatchObject({ dbusName: 'org.freedesktop.DBus.Error.Disconnected' });
+    expect(own.isClosed).toBe(true);
+    await expect(own.callBus('GetId')).rejects.toMatchObject({ dbusName: 'org.freedesktop.DBus.Error.Disconnected' });
+    expect(closes).toEqual([]); // disposing is not the bus going away
+  });
+});
+
+describe('DBusConnection when the bus is not there or goes away', () => {
+  it('refuses an address nobody listens on with the socket error', async () => {
+    await expect(DBusConnection.connect('unix:path=/nonexistent/devgate-test-bus')).rejects.toThrow(/ENOENT/);
+  });
+
+  it('reports the bus going away once and fails what was waiting', async () => {
+    const desktop = await Desktop.start({ xvfb: false });
+    try {
+      const bus = await DBusConnection.connect(desktop.busAddress);
+      const closes: (Error | undefined)[] = [];
+      const closed = new Promise<Error | undefined>((resolve) =>
+        bus.onClose((error) => {
+          closes.push(error);
+          resolve(error);
+        }),
+      );
+      await bus.requestName('org.devgate.Waiting');
+      const waiting = bus
+        .call({
+          destination: 'org.devgate.Waiting',
+          path: '/',
+          interface: 'org.devgate.Nobody',
+          member: 'Hang',
+        })
+        .then(
+          () => 'answered',
+          (error: unknown) => error,
+        );
+      await desktop.stop();
+      expect(await closed).toMatchObject({ message: expect.any(String) });
+      expect(bus.isClosed).toBe(true);
+      expect(await waiting).toMatchObject({ dbusName: 'org.freedesktop.DBus.Error.Disconnected' });
+      await new Promise((r) => setTimeout(r, 100));
+      expect(closes).toHaveLength(1);
+    } finally {
+      await desktop.stop();
+    }
   });
 });

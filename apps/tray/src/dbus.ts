@@ -2,53 +2,27 @@
  * A small, typed layer over @homebridge/dbus-native (ADR 0005): method calls with a timeout,
  * signal subscriptions, and exported objects served by our own dispatcher, so that a malformed call
  * from another client on the bus is answered with an error instead of throwing inside the library.
+ *
+ * It uses only the library's documented low-level connection (dbus-native-api.ts): it says Hello,
+ * numbers its messages and matches replies to calls itself.
  */
-import { type EventEmitter } from 'node:events';
-import * as dbusNative from '@homebridge/dbus-native';
 import { type Disposable } from '@devgate/core';
+import {
+  type DBusMessage,
+  type NativeConnection,
+  type NativeSignatureTree,
+  MessageType,
+  createConnection,
+  endConnection,
+  fromNativeVariant,
+  noReplyExpected,
+  toNativeVariant,
+} from './dbus-native-api.js';
 
-/** dbus-native's message object (the fields we use). */
-export interface DBusMessage {
-  type?: number;
-  serial?: number;
-  replySerial?: number;
-  path?: string;
-  interface?: string;
-  member?: string;
-  destination?: string;
-  sender?: string;
-  signature?: string;
-  errorName?: string;
-  body?: unknown[];
-  flags?: number;
-}
+export type { DBusMessage } from './dbus-native-api.js';
 
-const METHOD_CALL = 1;
-const METHOD_RETURN = 2;
-const ERROR = 3;
-const SIGNAL = 4;
-
-interface NativeConnection extends EventEmitter {
-  message(message: DBusMessage): void;
-  end(): void;
-}
-
-interface NativeBus {
-  name?: string | null;
-  serial: number;
-  connection: NativeConnection;
-  cookies: Record<number, unknown>;
-  invoke(
-    message: DBusMessage,
-    callback: (
-      this: { message: DBusMessage },
-      error: { name: string; message: string } | null,
-      ...body: unknown[]
-    ) => void,
-  ): void;
-}
-
-const native = dbusNative as unknown as { createClient(options: { busAddress: string }): NativeBus };
+const { METHOD_CALL, METHOD_RETURN, ERROR, SIGNAL } = MessageType;
+const BUS = { destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus' };
 
 /** An error a D-Bus peer returned (or a call that never got an answer). */
 export class DBusError extends Error {
@@ -62,7 +36,7 @@ export class DBusError extends Error {
 
 /** A variant to send: its signature and value, in dbus-native's `[signature, value]` form. */
 export type Variant = [string, unknown];
-export const variant = (signature: string, value: unknown): Variant => [signature, value];
+export const variant = (signature: string, value: unknown): Variant => toNativeVariant(signature, value);
 
 export interface MethodCall {
   readonly destination: string;
@@ -108,64 +82,47 @@ export class DBusConnection implements Disposable {
   private readonly signalListeners = new Set<{ filter: SignalFilter; handler: (m: DBusMessage) => void }>();
   private readonly closeListeners = new Set<(error?: Error) => void>();
   private closed = false;
-  /** Calls waiting for an answer: failed at once when the connection ends. */
-  private readonly pending = new Set<{ fail: (error: Error) => void }>();
+  /** Calls waiting for an answer, by serial: failed at once when the connection ends. */
+  private readonly pending = new Map<number, { answer: (m: DBusMessage) => void; fail: (error: Error) => void }>();
+  private lastSerial = 0;
+  private name = '';
+  /** Why the connection closed, if it failed. */
+  private closeError?: Error;
 
-  private constructor(
-    private readonly bus: NativeBus,
-    readonly uniqueName: string,
-  ) {
-    // Replace the library's dispatcher: we route replies back to it and serve calls ourselves.
-    const connection = bus.connection;
-    const libraryHandlers = connection.listeners('message') as ((m: DBusMessage) => void)[];
-    connection.removeAllListeners('message');
+  private constructor(private readonly connection: NativeConnection) {
     connection.on('message', (message: DBusMessage) => {
       if (message.type === METHOD_CALL) this.serve(message);
       else if (message.type === SIGNAL) this.dispatchSignal(message);
-      else for (const handler of libraryHandlers) handler(message);
+      else if (message.type === METHOD_RETURN || message.type === ERROR) this.answer(message);
     });
-    connection.on('end', () => this.markClosed(new Error('the bus closed the connection')));
+    const ended = () => this.markClosed(new Error('the bus closed the connection'));
+    connection.stream.once('end', ended);
+    connection.stream.once('close', ended);
     connection.on('error', (error: Error) => this.markClosed(error));
+  }
+
+  /** The unique name (`:1.42`) the bus gave this connection. */
+  get uniqueName(): string {
+    return this.name;
   }
 
   /** Connects and completes the Hello handshake; `address` defaults to $DBUS_SESSION_BUS_ADDRESS. */
   static async connect(address = process.env.DBUS_SESSION_BUS_ADDRESS, timeoutMs = 5000): Promise<DBusConnection> {
     if (!address) throw new Error('no session bus: DBUS_SESSION_BUS_ADDRESS is not set');
-    const bus = native.createClient({ busAddress: address });
-    const name = await new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(
-        () => fail(new Error(`no answer from the bus at ${address} within ${timeoutMs} ms`)),
-        timeoutMs,
-      );
-      const fail = (error: Error) => {
-        clearTimeout(timer);
-        bus.connection.removeListener('error', fail);
-        try {
-          bus.connection.end();
-        } catch {
-          // already closed
-        }
-        reject(error);
-      };
-      bus.connection.once('error', fail);
-      // Hello was queued first by the library; GetId answers after it, so the name is known by then.
-      bus.invoke(
-        {
-          destination: 'org.freedesktop.DBus',
-          path: '/org/freedesktop/DBus',
-          interface: 'org.freedesktop.DBus',
-          member: 'GetId',
-        },
-        (error) => {
-          clearTimeout(timer);
-          bus.connection.removeListener('error', fail);
-          if (error) reject(new DBusError(error.name, error.message));
-          else if (typeof bus.name !== 'string') reject(new Error('the bus did not accept Hello'));
-          else resolve(bus.name);
-        },
-      );
-    });
-    return new DBusConnection(bus, name);
+    const bus = new DBusConnection(createConnection(address));
+    try {
+      const { body } = await bus.call({ ...BUS, member: 'Hello', timeoutMs });
+      if (typeof body[0] !== 'string') throw new Error('the bus did not accept Hello');
+      bus.name = body[0];
+      return bus;
+    } catch (error) {
+      bus.dispose();
+      if (bus.closeError) throw bus.closeError;
+      if (error instanceof DBusError && error.dbusName === 'org.freedesktop.DBus.Error.NoReply') {
+        throw new Error(`no answer from the bus at ${address} within ${timeoutMs} ms`);
+      }
+      throw error;
+    }
   }
 
   get isClosed(): boolean {
@@ -179,7 +136,10 @@ export class DBusConnection implements Disposable {
 
   call(call: MethodCall): Promise<MethodReply> {
     if (this.closed) return Promise.reject(new DBusError('org.freedesktop.DBus.Error.Disconnected', 'not connected'));
+    const serial = this.nextSerial();
     const message: DBusMessage = {
+      type: METHOD_CALL,
+      serial,
       destination: call.destination,
       path: call.path,
       interface: call.interface,
@@ -188,11 +148,23 @@ export class DBusConnection implements Disposable {
     };
     const timeoutMs = call.timeoutMs ?? 10_000;
     return new Promise((resolve, reject) => {
+      const settle = () => {
+        clearTimeout(timer);
+        this.pending.delete(serial);
+      };
       const pending = {
+        answer: (reply: DBusMessage) => {
+          settle();
+          const body = reply.body ?? [];
+          if (reply.type === ERROR) {
+            const text = typeof body[0] === 'string' ? body[0] : '';
+            reject(new DBusError(reply.errorName ?? 'org.freedesktop.DBus.Error.Failed', text));
+          } else {
+            resolve({ body, sender: reply.sender ?? '' });
+          }
+        },
         fail: (error: Error) => {
-          clearTimeout(timer);
-          this.pending.delete(pending);
-          if (message.serial !== undefined) delete this.bus.cookies[message.serial];
+          settle();
           reject(error);
         },
       };
@@ -203,17 +175,9 @@ export class DBusConnection implements Disposable {
           ),
         timeoutMs,
       );
-      this.pending.add(pending);
-      const done = () => {
-        clearTimeout(timer);
-        this.pending.delete(pending);
-      };
+      this.pending.set(serial, pending);
       try {
-        this.bus.invoke(message, function (error, ...body) {
-          done();
-          if (error) reject(new DBusError(error.name, error.message));
-          else resolve({ body, sender: this.message.sender ?? '' });
-        });
+        this.connection.message(message);
       } catch (error) {
         pending.fail(error as Error);
       }
@@ -222,14 +186,7 @@ export class DBusConnection implements Disposable {
 
   /** Calls a method of the bus itself (org.freedesktop.DBus). */
   async callBus(member: string, signature?: string, body?: unknown[]): Promise<unknown[]> {
-    const reply = await this.call({
-      destination: 'org.freedesktop.DBus',
-      path: '/org/freedesktop/DBus',
-      interface: 'org.freedesktop.DBus',
-      member,
-      signature,
-      body,
-    });
+    const reply = await this.call({ ...BUS, member, signature, body });
     return reply.body;
   }
 
@@ -296,29 +253,37 @@ export class DBusConnection implements Disposable {
     if (this.closed) return;
     this.closed = true;
     this.failPending();
-    try {
-      this.bus.connection.end();
-    } catch {
-      // already gone
-    }
+    endConnection(this.connection);
   }
 
   // -- internals
 
   private failPending(): void {
     const error = new DBusError('org.freedesktop.DBus.Error.Disconnected', 'the connection was closed');
-    for (const pending of [...this.pending]) pending.fail(error);
+    for (const pending of [...this.pending.values()]) pending.fail(error);
   }
 
   private markClosed(error?: Error): void {
     const wasOpen = !this.closed;
+    if (wasOpen) this.closeError = error;
     this.closed = true;
     this.failPending();
     if (wasOpen) for (const listener of [...this.closeListeners]) listener(error);
   }
 
+  /** D-Bus serials are nonzero 32-bit numbers; ours count up from 1 and wrap. */
+  private nextSerial(): number {
+    this.lastSerial = this.lastSerial >= 0xffffffff ? 1 : this.lastSerial + 1;
+    return this.lastSerial;
+  }
+
   private send(message: DBusMessage): void {
-    this.bus.connection.message({ ...message, serial: this.bus.serial++ });
+    this.connection.message({ ...message, serial: this.nextSerial() });
+  }
+
+  /** A method return or error: to the call waiting for it, if any (a late answer finds none). */
+  private answer(message: DBusMessage): void {
+    if (message.replySerial !== undefined) this.pending.get(message.replySerial)?.answer(message);
   }
 
   private dispatchSignal(message: DBusMessage): void {
@@ -336,7 +301,7 @@ export class DBusConnection implements Disposable {
   }
 
   private reply(call: DBusMessage, signature: string, body: unknown[]): void {
-    if ((call.flags ?? 0) & 1) return; // NO_REPLY_EXPECTED
+    if (noReplyExpected(call)) return;
     try {
       this.send({
         type: METHOD_RETURN,
@@ -355,7 +320,7 @@ export class DBusConnection implements Disposable {
   }
 
   private replyError(call: DBusMessage, name: string, text: string): void {
-    if ((call.flags ?? 0) & 1) return;
+    if (noReplyExpected(call)) return;
     try {
       this.send({
         type: ERROR,
@@ -536,12 +501,7 @@ function splitSignature(signature: string): string[] {
   return parseSignature(signature).map(signatureText);
 }
 
-/** dbus-native's parsed signature tree, as found in received variants. */
-interface NativeTree {
-  readonly type: string;
-  readonly child: readonly NativeTree[];
-}
-const fromNativeTree = (tree: NativeTree): SignatureNode => ({
+const fromNativeTree = (tree: NativeSignatureTree): SignatureNode => ({
   type: tree.type,
   children: tree.child.map(fromNativeTree),
 });
@@ -554,8 +514,8 @@ export function plain(signature: string | SignatureNode, value: unknown): unknow
   const node = typeof signature === 'string' ? parseSignature(signature)[0] : signature;
   switch (node.type) {
     case 'v': {
-      const [trees, values] = value as [NativeTree[], unknown[]];
-      return plain(fromNativeTree(trees[0]), values[0]);
+      const received = fromNativeVariant(value);
+      return plain(fromNativeTree(received.tree), received.value);
     }
     case 'a': {
       const item = node.children[0];

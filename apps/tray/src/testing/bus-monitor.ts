@@ -2,9 +2,14 @@
  * Watches every Notify call on a test bus (org.freedesktop.DBus.Monitoring.BecomeMonitor), with the
  * id the server returned: what the tray really sent, hints included, matched to dunst's ids.
  */
-import { type EventEmitter } from 'node:events';
-import * as dbusNative from '@homebridge/dbus-native';
-import { type DBusMessage, plain } from '../dbus.js';
+import { plain } from '../dbus.js';
+import {
+  type DBusMessage,
+  type NativeConnection,
+  MessageType,
+  createConnection,
+  endConnection,
+} from '../dbus-native-api.js';
 
 export interface SeenNotification {
   readonly id: number;
@@ -19,28 +24,49 @@ export interface SeenNotification {
   readonly expireMs: number;
 }
 
-interface RawBus {
-  connection: EventEmitter & { end(): void };
-  invoke(message: DBusMessage, callback: (error: unknown) => void): void;
-}
+/** The serials of our own two calls; a monitor sends nothing after them. */
+const HELLO = 1;
+const BECOME_MONITOR = 2;
 
 export class NotifyMonitor {
   readonly seen: SeenNotification[] = [];
   private readonly calls = new Map<string, DBusMessage>();
 
-  private constructor(private readonly bus: RawBus) {}
+  private constructor(private readonly connection: NativeConnection) {}
 
+  /**
+   * A raw connection (DBusConnection would answer the calls it sees, and a monitor may not send):
+   * Hello, then BecomeMonitor; after its answer, every message that arrives is one being watched.
+   */
   static async start(busAddress: string): Promise<NotifyMonitor> {
-    const bus = (dbusNative as unknown as { createClient(o: { busAddress: string }): RawBus }).createClient({
-      busAddress,
-    });
-    const monitor = new NotifyMonitor(bus);
-    await new Promise<void>((resolve, reject) => {
-      bus.connection.once('error', reject);
-      bus.invoke(
-        {
-          destination: 'org.freedesktop.DBus',
-          path: '/org/freedesktop/DBus',
+    const connection = createConnection(busAddress);
+    const monitor = new NotifyMonitor(connection);
+    const bus = { destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus' };
+    try {
+      await new Promise<void>((resolve, reject) => {
+        let monitoring = false;
+        connection.on('error', (error: Error) => {
+          if (!monitoring) reject(error);
+        });
+        connection.on('message', (m: DBusMessage) => {
+          if (monitoring) return monitor.onMessage(m);
+          if (m.replySerial !== BECOME_MONITOR) return;
+          if (m.type !== MessageType.METHOD_RETURN)
+            return reject(new Error(JSON.stringify({ name: m.errorName, message: m.body?.[0] })));
+          monitoring = true;
+          resolve();
+        });
+        connection.message({
+          ...bus,
+          type: MessageType.METHOD_CALL,
+          serial: HELLO,
+          interface: 'org.freedesktop.DBus',
+          member: 'Hello',
+        });
+        connection.message({
+          ...bus,
+          type: MessageType.METHOD_CALL,
+          serial: BECOME_MONITOR,
           interface: 'org.freedesktop.DBus.Monitoring',
           member: 'BecomeMonitor',
           signature: 'asu',
@@ -48,21 +74,19 @@ export class NotifyMonitor {
             ["type='method_call',interface='org.freedesktop.Notifications',member='Notify'", "type='method_return'"],
             0,
           ],
-        },
-        (error) => (error ? reject(new Error(JSON.stringify(error))) : resolve()),
-      );
-    });
-    // A monitor only listens: the library's handler would answer the calls it sees, so it goes.
-    bus.connection.removeAllListeners('message');
-    bus.connection.on('message', (m: DBusMessage) => monitor.onMessage(m));
-    bus.connection.on('error', () => undefined);
+        });
+      });
+    } catch (error) {
+      monitor.stop();
+      throw error;
+    }
     return monitor;
   }
 
   private onMessage(message: DBusMessage): void {
-    if (message.type === 1 && message.member === 'Notify') {
+    if (message.type === MessageType.METHOD_CALL && message.member === 'Notify') {
       this.calls.set(`${message.sender}/${message.serial}`, message);
-    } else if (message.type === 2) {
+    } else if (message.type === MessageType.METHOD_RETURN) {
       const call = this.calls.get(`${message.destination}/${message.replySerial}`);
       if (!call) return;
       this.calls.delete(`${message.destination}/${message.replySerial}`);
@@ -93,10 +117,6 @@ export class NotifyMonitor {
   }
 
   stop(): void {
-    try {
-      this.bus.connection.end();
-    } catch {
-      // gone already
-    }
+    endConnection(this.connection);
   }
 }
