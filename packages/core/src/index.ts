@@ -1,6 +1,7 @@
 // @devgate/core: the device model, the plugin API and the kernel every driver and app composes.
 export * from './errors.js';
 export * from './sanitize.js';
+export * from './ids-file.js';
 export * from './disposable.js';
 export * from './interfaces.js';
 export * from './device-model.js';
