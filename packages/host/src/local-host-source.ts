@@ -55,15 +55,19 @@ export class LocalHostSource implements DeviceSource {
   readonly trees$: Observable<HostTree>;
   hotplug: HotplugMechanism;
   readonly roots: HostRoots;
-  private readonly probes = new Map<string, Record<string, string> | 'pending'>();
+  /** blkid's findings by device (devpath, disk sequence, size); a probe still running is its token. */
+  private readonly probes = new Map<string, Record<string, string> | ProbeToken>();
   private readonly probeBlock: boolean;
   private probesRunning = 0;
   private probesActive = 0;
-  private readonly probeQueue: { key: string; node: string }[] = [];
+  private readonly probeQueue: { key: string; node: string; token: ProbeToken }[] = [];
   private readonly probed = new WeakMap<RawDeviceRecord, RawDeviceRecord>();
   /** Rescans of the live subscriptions, run when a probe finds something. */
   private readonly probeListeners = new Set<() => void>();
   private readonly probeWaiters: (() => void)[] = [];
+  /** Whether a live subscription's hotplug mechanism is listening, and who waits for it. */
+  private listening = false;
+  private readonly listeningWaiters: (() => void)[] = [];
   /** Subsystems the drivers asked for beyond the built-in lists (see readSubsystems). */
   private subsystems: readonly string[] = [];
 
@@ -78,6 +82,10 @@ export class LocalHostSource implements DeviceSource {
       let devices = new Map<string, RawDeviceRecord>();
       let fullRescan = true;
       let events: KernelUevent[] = [];
+      // udevd's event of a device comes after the kernel's, from another socket: by then the
+      // kernel may have sent a newer event of it (its removal). SEQNUM orders them.
+      const lastKernelEvent = new Map<string, number>();
+      const removedAt = new Map<string, number>();
       let pending: NodeJS.Timeout | undefined;
       let burstStarted = 0;
       const flush = () => {
@@ -89,7 +97,12 @@ export class LocalHostSource implements DeviceSource {
                 .devices()
                 .map((r) => [r.devpath, r]),
             );
-          else for (const event of events) this.apply(devices, event);
+          else {
+            for (const event of events) {
+              if (event.source === 'udev' && outdated(event)) continue;
+              this.apply(devices, event);
+            }
+          }
           fullRescan = false;
           events = [];
           subscriber.next(this.withProbes(new HostTree(devices.values(), readUsage(this.roots))));
@@ -111,8 +124,29 @@ export class LocalHostSource implements DeviceSource {
         schedule();
       };
       const onUevent = (event: KernelUevent) => {
+        const seqnum = Number(event.properties.SEQNUM);
+        if (event.source === 'kernel' && Number.isFinite(seqnum)) {
+          lastKernelEvent.set(event.devpath, seqnum);
+          if (event.action === 'remove') removedAt.set(event.devpath, seqnum);
+          const old = event.action === 'move' ? event.properties.DEVPATH_OLD : undefined;
+          if (old) removedAt.set(old, seqnum);
+        }
         events.push(event);
         schedule();
+      };
+      /**
+       * A udev event the kernel has since overtaken: the device (or a parent) was removed, or sent a
+       * newer event whose own udev event is still to come. Applied, it would list a removed device,
+       * drop a re-added one or bring back udev's older findings.
+       */
+      const outdated = (event: KernelUevent): boolean => {
+        const seqnum = Number(event.properties.SEQNUM);
+        if (!Number.isFinite(seqnum)) return false;
+        if ((lastKernelEvent.get(event.devpath) ?? -1) > seqnum) return true;
+        for (let at = event.devpath; at.length > '/devices'.length; at = path.posix.dirname(at)) {
+          if ((removedAt.get(at) ?? -1) > seqnum) return true;
+        }
+        return false;
       };
       // Probe results change no sysfs record: the same devices are emitted again, with them.
       const reprobe = () => schedule();
@@ -136,10 +170,45 @@ export class LocalHostSource implements DeviceSource {
     if (event.action === 'move' && event.properties.DEVPATH_OLD) dropUnder(event.properties.DEVPATH_OLD);
     const listed = LISTED_SUBSYSTEMS.has(event.subsystem) || this.subsystems.includes(event.subsystem);
     if (!listed && !devices.has(event.devpath)) return;
+    // A `change` says the content may differ (a new filesystem, a new table): blkid looks again.
+    if (event.action === 'change') this.forgetProbes(event.devpath);
     const fromUevent = event.action === 'add' || event.action === 'change' ? event.properties : undefined;
-    for (const record of readDeviceWithAncestors(this.roots, event.devpath, (d) => devices.has(d), fromUevent)) {
+    // Until udevd has processed a kernel `add`, its database entry under that major:minor is a
+    // removed device's: its labels would be listed for the new one. udev's own event brings them.
+    const udevDatabase = !(event.source === 'kernel' && event.action === 'add');
+    const known = (d: string) => devices.has(d);
+    for (const record of readDeviceWithAncestors(this.roots, event.devpath, known, fromUevent, { udevDatabase })) {
       devices.set(record.devpath, record);
     }
+  }
+
+  private forgetProbes(devpath: string): void {
+    for (const key of this.probes.keys()) if (key.startsWith(`${devpath}|`)) this.probes.delete(key);
+  }
+
+  /**
+   * Resolves true once a live subscription's hotplug mechanism listens (for uevents: udevadm has
+   * bound its sockets, so no later event is missed), or false after `timeoutMs`.
+   */
+  whenListening(timeoutMs = 5000): Promise<boolean> {
+    if (this.listening) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      const timer = setTimeout(() => {
+        const at = this.listeningWaiters.indexOf(wake);
+        if (at >= 0) this.listeningWaiters.splice(at, 1);
+        resolve(false);
+      }, timeoutMs);
+      this.listeningWaiters.push(wake);
+    });
+  }
+
+  private setListening(listening: boolean): void {
+    this.listening = listening;
+    if (listening) this.listeningWaiters.splice(0).forEach((wake) => wake());
   }
 
   /** Resolves once no blkid probe is running (at most `timeoutMs` later). */
@@ -181,16 +250,17 @@ export class LocalHostSource implements DeviceSource {
     const key = `${record.devpath}|${record.properties.DISKSEQ ?? ''}|${record.attribute('size') ?? ''}`;
     const known = this.probes.get(key);
     if (known === undefined) {
-      this.probes.set(key, 'pending');
+      const token: ProbeToken = { probing: true };
+      this.probes.set(key, token);
       this.probesRunning++;
       const node = path.join(this.roots.dev, devname.replace(/^\/dev\//, ''));
-      this.probeQueue.push({ key, node });
+      this.probeQueue.push({ key, node, token });
       // Probe after a short pause, so a burst (a disk and its partitions) is probed together, and
       // forking blkid does not hold up the burst's own events.
       if (this.probeQueue.length === 1) setTimeout(() => this.drainProbes(), PROBE_DELAY_MS);
       return record;
     }
-    if (known === 'pending') return record;
+    if (isProbeToken(known)) return record;
     // The same wrapped record each time, so drivers can tell it did not change.
     const wrapped = this.probed.get(record);
     if (wrapped) return wrapped;
@@ -207,7 +277,7 @@ export class LocalHostSource implements DeviceSource {
     }
   }
 
-  private probe(batch: { key: string; node: string }[]): void {
+  private probe(batch: { key: string; node: string; token: ProbeToken }[]): void {
     const nodes = batch.map((entry) => entry.node);
     execFile('blkid', ['-p', '-o', 'export', ...nodes], { timeout: 10_000 }, (_error, stdout) => {
       // One block per device that blkid recognized, each with its DEVNAME; the others found nothing.
@@ -217,7 +287,9 @@ export class LocalHostSource implements DeviceSource {
         if (found.DEVNAME) byNode.set(found.DEVNAME, found);
       }
       let foundAny = false;
-      for (const { key, node } of batch) {
+      for (const { key, node, token } of batch) {
+        // Forgotten while it ran (a `change`): a newer probe, or none, stands for the device now.
+        if (this.probes.get(key) !== token) continue;
         const found = byNode.get(node) ?? {};
         const properties: Record<string, string> = {};
         for (const [k, v] of Object.entries(found)) if (k !== 'DEVNAME') properties[`ID_${k}`] = v;
@@ -240,20 +312,31 @@ export class LocalHostSource implements DeviceSource {
   private watch(rescan: () => void, onUevent: (event: KernelUevent) => void): () => void {
     switch (this.hotplug) {
       case 'uevent': {
-        const monitor = new UeventMonitor(onUevent, () => {
-          // udevadm went away: fall back rather than go blind.
-          this.hotplug = 'fs.watch';
-          stopFallback = this.watch(rescan, onUevent);
-        });
+        const monitor = new UeventMonitor(
+          onUevent,
+          () => {
+            // udevadm went away: fall back rather than go blind.
+            this.setListening(false);
+            this.hotplug = 'fs.watch';
+            stopFallback = this.watch(rescan, onUevent);
+          },
+          () => {
+            // udevadm has bound its sockets: catch what changed before, then trust the events.
+            clearTimeout(settle);
+            rescan();
+            this.setListening(true);
+          },
+        );
         let stopFallback = () => {};
         monitor.start();
-        // udevadm needs a moment to bind its socket; catch what changed in between.
+        // An udevadm that prints no header: catch up after a moment all the same.
         const settle = setTimeout(rescan, 250);
         settle.unref();
         return () => {
           clearTimeout(settle);
           monitor.stop();
           stopFallback();
+          this.setListening(false);
         };
       }
       case 'fs.watch': {
@@ -267,14 +350,24 @@ export class LocalHostSource implements DeviceSource {
             // Missing directories are normal (no USB bus here); the others still report.
           }
         }
-        if (watchers.length > 0) return () => watchers.forEach((w) => w.close());
+        if (watchers.length > 0) {
+          this.setListening(true);
+          return () => {
+            watchers.forEach((w) => w.close());
+            this.setListening(false);
+          };
+        }
         this.hotplug = 'poll';
         return this.watch(rescan, onUevent);
       }
       case 'poll': {
         const timer = setInterval(rescan, this.options.pollIntervalMs ?? 1000);
         timer.unref();
-        return () => clearInterval(timer);
+        this.setListening(true);
+        return () => {
+          clearInterval(timer);
+          this.setListening(false);
+        };
       }
       case 'static':
         return () => {};
@@ -294,6 +387,14 @@ export class LocalHostSource implements DeviceSource {
   dispose(): void {
     this.probes.clear();
   }
+}
+
+interface ProbeToken {
+  readonly probing: true;
+}
+
+function isProbeToken(value: Record<string, string> | ProbeToken): value is ProbeToken {
+  return (value as Partial<ProbeToken>).probing === true;
 }
 
 function chooseHotplug(wanted: HotplugMechanism | 'auto', isRealHost: boolean): HotplugMechanism {

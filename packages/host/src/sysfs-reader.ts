@@ -87,19 +87,22 @@ export const LISTED_SUBSYSTEMS = new Set(['block', 'usb', 'input', 'pci']);
 
 /**
  * One device, read again after a uevent, with those of its ancestors `known` does not have yet:
- * an update of one device instead of a rescan of the whole tree.
+ * an update of one device instead of a rescan of the whole tree. `udevDatabase: false` leaves
+ * udev's database entry of the device itself unread: after the kernel's `add`, before udevd has
+ * processed it, the entry under its major:minor can only be a removed device's (stale labels).
  */
 export function readDeviceWithAncestors(
   roots: HostRoots,
   devpath: string,
   known: (devpath: string) => boolean,
   fromUevent?: Record<string, string>,
+  { udevDatabase = true }: { readonly udevDatabase?: boolean } = {},
 ): RawDeviceRecord[] {
   if (!devpath.startsWith('/devices/') || devpath.split('/').includes('..')) return [];
   const records: RawDeviceRecord[] = [];
   for (let at = devpath; at.length > '/devices'.length; at = path.posix.dirname(at)) {
     if (at !== devpath && known(at)) break;
-    if (at === devpath && fromUevent) records.push(sysfsRecord(roots, at, fromUevent));
+    if (at === devpath && fromUevent) records.push(sysfsRecord(roots, at, fromUevent, undefined, udevDatabase));
     else if (fs.existsSync(path.join(roots.sys, at, 'uevent'))) records.push(sysfsRecord(roots, at));
   }
   return records;
@@ -132,6 +135,7 @@ function sysfsRecord(
   devpath: string,
   fromUevent?: Record<string, string>,
   derived?: DerivedDevice,
+  udevDatabase = true,
 ): RawDeviceRecord {
   const dir = path.join(roots.sys, devpath);
   let properties: Record<string, string>;
@@ -155,7 +159,8 @@ function sysfsRecord(
   }
   // The kernel writes DEVNAME relative to /dev; udev (and so every recording) writes it absolute.
   if (properties.DEVNAME && !properties.DEVNAME.startsWith('/')) properties.DEVNAME = `/dev/${properties.DEVNAME}`;
-  const udev = hasUdevDatabase(roots) ? readUdevData(roots, subsystem, properties, path.basename(devpath)) : {};
+  const udev =
+    udevDatabase && hasUdevDatabase(roots) ? readUdevData(roots, subsystem, properties, path.basename(devpath)) : {};
   const attributes = new Map<string, string | undefined>();
   const listings = new Map<string, string[] | undefined>();
   return {

@@ -2,6 +2,12 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { parseKeyValueLines } from './parse-udev-data.js';
 
 export interface KernelUevent {
+  /**
+   * `kernel`: the kernel's uevent, as it happened. `udev`: the same event (same SEQNUM) once udevd
+   * has processed it: its properties carry udev's findings (ID_FS_LABEL, ...) and its database
+   * entry is written. Hosts without udevd only ever send `kernel` events.
+   */
+  readonly source: 'kernel' | 'udev';
   readonly action: string;
   readonly devpath: string;
   readonly subsystem: string;
@@ -9,9 +15,11 @@ export interface KernelUevent {
 }
 
 /**
- * Kernel uevents through `udevadm monitor --kernel --property`. Node has no netlink socket, and
- * spawning udevadm needs neither udevd nor a native addon. Each event is a block of KEY=VALUE lines
- * ended by a blank line, after a `KERNEL[...]` header line.
+ * Kernel uevents, and udevd's events where a udevd runs, through `udevadm monitor --kernel --udev
+ * --property`. Node has no netlink socket, and spawning udevadm needs neither udevd nor a native
+ * addon. Each event is a block of KEY=VALUE lines ended by a blank line, after a `KERNEL[...]` or
+ * `UDEV  [...]` header line. The two kinds come from two sockets: a device's udev event can arrive
+ * after a later kernel event of the same device (its removal), so listeners order them by SEQNUM.
  */
 export class UeventMonitor {
   private child?: ChildProcess;
@@ -20,10 +28,14 @@ export class UeventMonitor {
   constructor(
     private readonly onEvent: (event: KernelUevent) => void,
     private readonly onExit: (reason: string) => void,
+    /** udevadm has bound its sockets (its header is printed after that): no event is missed from now. */
+    private readonly onListening: () => void = () => {},
   ) {}
 
   start(udevadm = 'udevadm'): void {
-    const child = spawn(udevadm, ['monitor', '--kernel', '--property'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const child = spawn(udevadm, ['monitor', '--kernel', '--udev', '--property'], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
     this.child = child;
     child.stdout!.setEncoding('utf8');
     child.stdout!.on('data', (chunk: string) => this.feed(chunk));
@@ -37,11 +49,15 @@ export class UeventMonitor {
     if (this.buffer.length > 1 << 20) this.buffer = this.buffer.slice(-(1 << 16));
     let end: number;
     while ((end = this.buffer.indexOf('\n\n')) >= 0) {
-      const block = this.buffer.slice(0, end);
+      const block = this.buffer.slice(0, end).replace(/^\n+/, '');
       this.buffer = this.buffer.slice(end + 2);
       const properties = parseKeyValueLines(block);
-      if (properties.ACTION && properties.DEVPATH) {
+      const header = block.split('\n', 1)[0];
+      const source = /^UDEV\b/.test(header) ? 'udev' : /^KERNEL\b/.test(header) ? 'kernel' : undefined;
+      if (!source && /^KERNEL - /m.test(block)) this.onListening();
+      if (source && properties.ACTION && properties.DEVPATH) {
         this.onEvent({
+          source,
           action: properties.ACTION,
           devpath: properties.DEVPATH,
           subsystem: properties.SUBSYSTEM ?? '',
