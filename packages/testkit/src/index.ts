@@ -1,6 +1,7 @@
 // @devgate/testkit: what tests and third-party drivers need: real loop disks, recorded hosts,
 // fake sysfs trees, hostile strings and the driver conformance suite.
 export * from './loop-device.js';
+export * from './udevd.js';
 export * from './hostile.js';
 export * from './conformance.js';
 export * from './fixtures.js';

@@ -35,6 +35,10 @@ const live = new Set<LoopDisk>();
  * A real kernel block device backed by a sparse file, with a GPT and partitions. This kernel has
  * no partition parsers, so partitions are added with `partx -a` (BLKPG). Needs root, util-linux,
  * fdisk (sfdisk) and e2fsprogs. Never assume which /dev/loopN is returned.
+ *
+ * Where a udevd runs (as on real hosts), this returns once udev has processed the new devices:
+ * its blkid probes hold them open for a moment, and its database and by-label links are written.
+ * Filesystems are made in the image before it is attached, so udev's first probe sees them.
  */
 export function createLoopDisk(spec: LoopDiskSpec): LoopDisk {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-loop-'));
@@ -42,11 +46,19 @@ export function createLoopDisk(spec: LoopDiskSpec): LoopDisk {
   fs.writeFileSync(image, '');
   fs.truncateSync(image, spec.sizeMiB * 1024 * 1024);
   const parts = spec.partitions ?? [];
-  if (parts.length > 0) {
-    const table = ['label: gpt', ...parts.map((p, i) => partitionLine(p, i))].join('\n') + '\n';
-    execFileSync('sfdisk', ['--quiet', image], { input: table });
+  // Filesystems are made in the image before it becomes a (possibly read-only) loop device.
+  try {
+    if (parts.length > 0) {
+      const table = ['label: gpt', ...parts.map((p, i) => partitionLine(p, i))].join('\n') + '\n';
+      // A file has no partitions to re-read: without these flags sfdisk syncs and sleeps 250 ms.
+      execFileSync('sfdisk', ['--quiet', '--no-reread', '--no-tell-kernel', image], { input: table });
+      const layout = partitionLayout(image);
+      parts.forEach((p, i) => p.label && mkfs(image, p.label, layout[i]));
+    } else if (spec.label) mkfs(image, spec.label);
+  } catch (error) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw error;
   }
-  // Filesystems are made on the image before it becomes a (possibly read-only) loop device.
   let device = '';
   let disk: LoopDisk | undefined;
   try {
@@ -65,21 +77,24 @@ export function createLoopDisk(spec: LoopDiskSpec): LoopDisk {
       image,
       dispose: () => {
         live.delete(disk!);
-        detachQuietly(device);
-        fs.rmSync(dir, { recursive: true, force: true });
+        try {
+          detachQuietly(device);
+        } finally {
+          fs.rmSync(dir, { recursive: true, force: true });
+        }
       },
     };
     live.add(disk);
-    if (!spec.readOnly) {
-      parts.forEach((p, i) => p.label && mkfs(`/dev/${partitions[i]}`, p.label));
-      if (spec.label && parts.length === 0) mkfs(device, spec.label);
-    }
+    settleUdev();
     return disk;
   } catch (error) {
     if (disk) disk.dispose();
     else {
-      if (device) detachQuietly(device);
-      fs.rmSync(dir, { recursive: true, force: true });
+      try {
+        if (device) detachQuietly(device);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
     }
     throw error;
   }
@@ -87,7 +102,15 @@ export function createLoopDisk(spec: LoopDiskSpec): LoopDisk {
 
 /** Detaches every loop disk this process created and has not disposed (for afterAll). */
 export function disposeAllLoopDisks(): void {
-  for (const disk of [...live]) disk.dispose();
+  const errors: unknown[] = [];
+  for (const disk of [...live]) {
+    try {
+      disk.dispose();
+    } catch (error) {
+      errors.push(error);
+    }
+  }
+  if (errors.length > 0) throw errors[0];
 }
 
 function partitionLine(p: LoopPartitionSpec, i: number): string {
@@ -95,34 +118,83 @@ function partitionLine(p: LoopPartitionSpec, i: number): string {
   return fields.filter(Boolean).join(', ');
 }
 
-function mkfs(node: string, label: string): void {
-  execFileSync('mkfs.ext4', ['-q', '-F', '-L', label, node]);
+/** Where each partition is in the image, in bytes (sfdisk counts 512-byte sectors). */
+function partitionLayout(image: string): { offset: number; size: number }[] {
+  const dump = JSON.parse(execFileSync('sfdisk', ['--json', image], { encoding: 'utf8' })) as {
+    partitiontable: { sectorsize?: number; partitions: { start: number; size: number }[] };
+  };
+  const sector = dump.partitiontable.sectorsize ?? 512;
+  return dump.partitiontable.partitions.map((p) => ({ offset: p.start * sector, size: p.size * sector }));
+}
+
+/** An ext4 filesystem in the image file, at a partition's place or over all of it. */
+function mkfs(image: string, label: string, at?: { offset: number; size: number }): void {
+  const placed = at ? ['-E', `offset=${at.offset},nodiscard`, image, `${Math.floor(at.size / 1024)}k`] : [image];
+  execFileSync('mkfs.ext4', ['-q', '-F', '-L', label, ...placed]);
+}
+
+/** Whether a udevd answers on this host (real hosts run one; bare CI machines may not). */
+export function udevdRunning(): boolean {
+  try {
+    execFileSync('udevadm', ['control', '--ping', '--timeout=2'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Waits until a running udevd has processed every event so far (its probes of new devices, its
+ * database, its symlinks); returns at once where no udevd runs. Fails after `timeoutS`.
+ */
+export function settleUdev(timeoutS = 30): void {
+  if (!udevdRunning()) return;
+  execFileSync('udevadm', ['settle', `--timeout=${timeoutS}`], { stdio: 'ignore' });
 }
 
 /**
  * Deletes the kernel's partitions of a loop device. A partition that something holds open for a
- * moment (a blkid probe) refuses with EBUSY, so this tries again for a while.
+ * moment (udev's blkid probe) refuses with EBUSY: this waits for udev to finish (or, without
+ * udevd, a moment) and tries again, and fails, naming what is left, after `timeoutMs`.
  */
-export function removePartitions(device: string, timeoutMs = 3000): void {
-  const sysDir = `/sys/block/${path.basename(device)}`;
-  const remaining = () => fs.readdirSync(sysDir).filter((entry) => entry.startsWith(`${path.basename(device)}p`));
-  const deadline = Date.now() + timeoutMs;
-  while (fs.existsSync(sysDir) && remaining().length > 0) {
+export function removePartitions(device: string, timeoutMs = 10_000): void {
+  const name = path.basename(device);
+  const sysDir = `/sys/block/${name}`;
+  const remaining = () => {
     try {
-      execFileSync('partx', ['-d', device], { stdio: 'ignore' });
+      return fs.readdirSync(sysDir).filter((entry) => entry.startsWith(`${name}p`));
     } catch {
-      if (Date.now() > deadline) return;
-      execFileSync('sleep', ['0.05']);
+      return [];
     }
+  };
+  const deadline = Date.now() + timeoutMs;
+  for (let left = remaining(); left.length > 0; left = remaining()) {
+    let error = '';
+    try {
+      execFileSync('partx', ['-d', device], { stdio: ['ignore', 'ignore', 'pipe'] });
+      continue;
+    } catch (e) {
+      error = String((e as { stderr?: Buffer }).stderr ?? e).trim();
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`partx -d ${device}: ${left.join(' ')} still there after ${timeoutMs} ms (${error})`);
+    }
+    if (udevdRunning()) settleUdev(5);
+    else Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
   }
 }
 
+/** Partitions first (else a busy one stays behind as a stale `loopNpM`), then the loop device. */
 function detachQuietly(device: string): void {
-  removePartitions(device);
   try {
-    execFileSync('losetup', ['-d', device], { stdio: 'ignore' });
-  } catch {
-    // Already detached.
+    removePartitions(device);
+  } finally {
+    try {
+      execFileSync('losetup', ['-d', device], { stdio: 'ignore' });
+    } catch {
+      // Already detached.
+    }
+    settleUdev();
   }
 }
 
@@ -141,4 +213,3 @@ export function loopStickRecord(name: string, properties: Record<string, string>
     attributes: { size: sectors, ro: '0', removable: '1' },
   });
 }
-
