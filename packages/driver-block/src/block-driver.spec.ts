@@ -91,7 +91,7 @@ describe('BlockDriver through the kernel (hotplug and probing)', () => {
     kernel.registerSource(source);
     const manager = kernel.start();
     expect(source.hotplug).toBe('uevent');
-    await new Promise((r) => setTimeout(r, 300)); // let udevadm bind its socket
+    expect(await source.whenListening()).toBe(true); // udevadm has bound its sockets
 
     const added = firstValueFrom(
       manager.events$.pipe(
