@@ -10,7 +10,7 @@ import { assertRequiredDevices } from './required-devices.js';
 import { formatColumns, formatDevgateTable } from './format.js';
 import { addLabGuestCommands, addLabUpOsOptions, labDownAll, labUpOs } from './lab-command.js';
 import { addUsbVmCommands } from './usbvm-command.js';
-import { addHostOptions } from './main.js';
+import { addHostOptions } from './host-options.js';
 import { attachOptions } from './qvm-device-command.js';
 import { addDriversCommand } from './drivers-command.js';
 import { addPolicyCommands } from './policy-command.js';

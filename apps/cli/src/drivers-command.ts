@@ -3,7 +3,7 @@ import { type DriverReport } from '@devgate/core';
 import { type AccessOptions, withAccess } from './device-access.js';
 import { formatColumns } from './format.js';
 import { type Io } from './io.js';
-import { addHostOptions } from './main.js';
+import { addHostOptions } from './host-options.js';
 
 /**
  * `devgate drivers`: every device-class driver, where it came from (built in, or a driver package

@@ -29,7 +29,7 @@ import {
 import { type Io } from './io.js';
 import { type AccessOptions, withAccess } from './device-access.js';
 import { formatColumns } from './format.js';
-import { addHostOptions } from './main.js';
+import { addHostOptions } from './host-options.js';
 
 const ACTIONS = ['ask', 'allow', 'deny'] as const;
 

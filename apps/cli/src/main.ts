@@ -1,10 +1,10 @@
 import 'reflect-metadata';
 import * as path from 'node:path';
-import { type Command, CommanderError, Option } from 'commander';
-import { DevgateError, DriverContractError } from '@devgate/core';
+import { type Command } from 'commander';
 import { type Io, exitQuietlyOnClosedPipe, processIo } from './io.js';
 import { devgateProgram } from './devgate-command.js';
 import { qvmDeviceProgram } from './qvm-device-command.js';
+import { reportError } from './report-error.js';
 
 export const PROGRAMS = ['devgate', 'qvm-device', 'qvm-block', 'qvm-usb', 'qvm-pci'] as const;
 export type ProgramName = (typeof PROGRAMS)[number];
@@ -32,38 +32,6 @@ export async function run(prog: ProgramName, argv: readonly string[], io: Io = p
 function isClassWord(program: Command, word: string | undefined): boolean {
   if (word === undefined || word === 'help' || !/^[a-z][a-z0-9-]{0,31}$/.test(word)) return false;
   return !program.commands.some((command) => command.name() === word || command.aliases().includes(word));
-}
-
-function reportError(prog: string, program: Command, error: unknown, io: Io): number {
-  if ((error as { silent?: boolean }).silent) return (error as { exitCode?: number }).exitCode ?? 1;
-  if (error instanceof CommanderError) {
-    if (error.exitCode === 0) return 0; // --help, --version
-    io.err(`usage: ${prog} ${program.usage()}\n${prog}: error: ${error.message.replace(/^error: /, '')}\n`);
-    return 2;
-  }
-  if (error instanceof DevgateError) {
-    if (error.kind === 'usage') io.err(`usage: ${prog} ${program.usage()}\n`);
-    io.err(`${prog}: error: ${error.message}\n`);
-    if (error.hint) io.err(`${prog}: hint: ${error.hint}\n`);
-    return error.kind === 'usage' ? 2 : 1;
-  }
-  const detail = error instanceof DriverContractError ? error.message : String((error as Error)?.stack ?? error);
-  io.err(`${prog}: error: internal error, please report it: ${detail}\n`);
-  return 1;
-}
-
-/** Options every program takes to choose where devices are read from. */
-export function addHostOptions(command: Command): Command {
-  return command
-    .addOption(new Option('--sysroot <dir>', 'read sys/, dev/, proc/ and run/udev/ under DIR instead of /'))
-    .addOption(
-      new Option('--recording <file>', 'read a recorded host (umockdev, udevadm export-db, sysfs tarball)').conflicts(
-        'sysroot',
-      ),
-    )
-    .addOption(new Option('--backend <name>', 'the backend domain name of these devices').default('dom0'))
-    .addOption(new Option('--domains <file>', 'the domain registry').env('DEVGATE_DOMAINS'))
-    .addOption(new Option('--socket <path>', "devgated's API socket").env('DEVGATE_SOCKET'));
 }
 
 /** The launcher's entry: `bin/<name>.cjs` calls this with its own name. */

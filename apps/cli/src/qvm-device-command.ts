@@ -3,7 +3,7 @@ import { Errors, parseDeviceArgument } from '@devgate/core';
 import { type Io } from './io.js';
 import { type AccessOptions, type DeviceAccess, assertDeviceClass, holderOf, withAccess } from './device-access.js';
 import { formatInfo, formatLegacyBlockList, formatLegacyList, formatQubesTable } from './format.js';
-import { addHostOptions } from './main.js';
+import { addHostOptions } from './host-options.js';
 import { addUsbAuthorizationCommands } from './usb-command.js';
 import { detachAndReattach } from './pci-command.js';
 import { addInputCommands } from './input-command.js';
