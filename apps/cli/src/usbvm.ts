@@ -150,6 +150,8 @@ export async function createEmulatedUsbVm(options: UsbVmOptions = {}): Promise<U
  * restarts it if it dies (a real USB VM runs it as a systemd service: apps/agent/systemd/).
  */
 async function startAgent(guest: Guest, options: UsbVmOptions): Promise<void> {
+  // The guest runs the agent's own files: the CLI locates the package, it imports none of its code.
+  // eslint-disable-next-line @nx/enforce-module-boundaries
   const agentBin = path.join(path.dirname(require.resolve('@devgate/agent/package.json')), 'bin', 'devgate-agent.cjs');
   const quote = (text: string) => `'${text.replaceAll("'", "'\\''")}'`;
   const args = [process.execPath, agentBin, '--port', CONTROL_PORT_NAME];

@@ -142,6 +142,8 @@ let hooked = false;
 
 /** What a driver package's `require(name)` resolves to when it is the kernel's to give. */
 function hostPeer(request: string): string | undefined {
+  // The package's own entry, resolved by name to hand it to driver packages (not an import).
+  // eslint-disable-next-line @nx/enforce-module-boundaries
   if (request === '@devgate/core') return require.resolve('@devgate/core');
   for (const peer of ['rxjs', 'tsyringe']) {
     if (request === peer || request.startsWith(`${peer}/`)) return require.resolve(request);
