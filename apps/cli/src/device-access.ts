@@ -142,7 +142,7 @@ function inProcessAccess(host: OpenHost, state: () => SqliteStateStore): DeviceA
       await service().detach({ devclass, frontend, device }, actor);
     },
     async assignments(devclass) {
-      return state().listAssignments(devclass === undefined ? {} : { devclass });
+      return state().assignments.list(devclass === undefined ? {} : { devclass });
     },
     assign: async () => needsDaemon(),
     unassign: async () => needsDaemon(),

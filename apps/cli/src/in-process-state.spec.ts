@@ -44,17 +44,17 @@ function withState<T>(work: (store: ReturnType<typeof openStateStore>) => T): T 
 
 it('refuses an attach the deny list forbids, audits it as devgated would, and attaches once allowed', async () => {
   const partition = disk.partitions[0];
-  withState((store) => store.addDenied('work', ['b******']));
+  withState((store) => store.denyLists.add('work', ['b******']));
 
   const refused = await runCaptured('qvm-block', ['-a', 'work', `dom0:${partition}`]);
   expect(refused.code).toBe(1);
   expect(refused.err).toContain("work's deny list");
 
-  withState((store) => store.removeDenied('work', ['b******']));
+  withState((store) => store.denyLists.remove('work', ['b******']));
   expect(await runCaptured('qvm-block', ['-a', 'work', `dom0:${partition}`])).toMatchObject({ code: 0, err: '' });
   expect(await runCaptured('qvm-block', ['-d', `dom0:${partition}`])).toMatchObject({ code: 0, err: '' });
 
-  const rows = withState((store) => store.queryAudit({ frontend: 'work' }));
+  const rows = withState((store) => store.audit.query({ frontend: 'work' }));
   const target = { devclass: 'block', backend: 'dom0', portId: partition, frontend: 'work' };
   expect(rows).toEqual([
     expect.objectContaining({ ...target, action: 'attach', outcome: 'denied', code: 'DG_POLICY_DENIED' }),
@@ -63,7 +63,7 @@ it('refuses an attach the deny list forbids, audits it as devgated would, and at
   ]);
   for (const row of rows) expect(row.actor).toMatch(/\(in-process\)$/);
   // The attach and the detach were journaled, and each settled with its audit row.
-  expect(withState((store) => store.journalPending())).toEqual([]);
+  expect(withState((store) => store.journal.pending())).toEqual([]);
 });
 
 it('does not start a lab VM whose required device is absent, and starts it once the device is there', async () => {
@@ -76,15 +76,15 @@ it('does not start a lab VM whose required device is absent, and starts it once 
     mode: 'required' as const,
     options: {},
   });
-  withState((store) => store.assign(required('sdz9')));
+  withState((store) => store.assignments.add(required('sdz9')));
   const refused = await runCaptured('devgate', ['lab', 'up', 'needy']);
   expect(refused.code).toBe(1);
   expect(refused.err).toContain('Domain needy requires device dom0:sdz9, which is not present');
   expect((await runCaptured('devgate', ['lab', 'list'])).out).not.toContain('needy');
 
   withState((store) => {
-    store.unassign(required('sdz9'));
-    store.assign(required(disk.partitions[0]));
+    store.assignments.remove(required('sdz9'));
+    store.assignments.add(required(disk.partitions[0]));
   });
   expect(await runCaptured('devgate', ['lab', 'up', 'needy'])).toMatchObject({ code: 0, err: '' });
   expect((await runCaptured('devgate', ['lab', 'list'])).out).toMatch(/^needy +running/m);

@@ -143,7 +143,7 @@ describe('devgate answers and devgate assignments', () => {
     expect((await runCaptured('devgate', ['answers', 'list'])).out.split('\n').filter(Boolean)).toHaveLength(1);
 
     const remember = (frontend: string, devclass: string) =>
-      daemon.store.rememberAnswer({
+      daemon.store.answers.remember({
         devclass,
         backend: 'dom0',
         portId: '*',

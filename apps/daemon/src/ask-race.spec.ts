@@ -96,7 +96,13 @@ function never(): never {
 it('attaches nothing when the device in the port changed between the ask and the answer', async () => {
   const { devices, connector, store, events, asks, autoAttach, manager, dispose } = setup([]);
   try {
-    store.assign({ ...usbStick('A').port, deviceId: '*', frontend: 'work', mode: 'ask-to-attach', options: {} });
+    store.assignments.add({
+      ...usbStick('A').port,
+      deviceId: '*',
+      frontend: 'work',
+      mode: 'ask-to-attach',
+      options: {},
+    });
     devices.next([usbStick('A')]);
     const asked = firstAsk(events);
     const considered = autoAttach.consider(usbStick('A'));
@@ -111,7 +117,7 @@ it('attaches nothing when the device in the port changed between the ask and the
     expect(connector.attached.size).toBe(0);
     expect(manager.get(usbStick('B').port)?.attachment).toBeUndefined();
     // The answer is audited for the device it was about.
-    expect(store.queryAudit({ action: 'answer' })).toEqual([
+    expect(store.audit.query({ action: 'answer' })).toEqual([
       expect.objectContaining({ deviceId: usbStick('A').deviceId, outcome: 'ok' }),
     ]);
   } finally {
@@ -122,7 +128,13 @@ it('attaches nothing when the device in the port changed between the ask and the
 it('attaches the device asked about when it is still the one in the port', async () => {
   const { devices, connector, events, asks, autoAttach, store, dispose } = setup([]);
   try {
-    store.assign({ ...usbStick('A').port, deviceId: '*', frontend: 'work', mode: 'ask-to-attach', options: {} });
+    store.assignments.add({
+      ...usbStick('A').port,
+      deviceId: '*',
+      frontend: 'work',
+      mode: 'ask-to-attach',
+      options: {},
+    });
     autoAttach.start();
     const asked = firstAsk(events);
     devices.next([usbStick('A')]);

@@ -96,7 +96,7 @@ it(`lets exactly one of ${REQUESTS} concurrent attaches of one device win, and Q
     });
   });
   // The journal: every intent settled, none pending.
-  expect(daemon.store.journalPending()).toEqual([]);
+  expect(daemon.store.journal.pending()).toEqual([]);
 
   // Restarted, devgated reads the attachment back from QEMU; QEMU, asked directly, says the same.
   await daemon.stop();

@@ -179,9 +179,9 @@ async function pendingAsk(client: ApiClient, device: string, waitMs: number): Pr
 
 /** The whole audit log, oldest first. */
 function wholeAudit(store: SqliteStateStore) {
-  const all: ReturnType<SqliteStateStore['queryAudit']> = [];
+  const all: ReturnType<SqliteStateStore['audit']['query']> = [];
   for (;;) {
-    const page = store.queryAudit({ limit: 10_000, offset: all.length });
+    const page = store.audit.query({ limit: 10_000, offset: all.length });
     all.push(...page);
     if (page.length < 10_000) return all;
   }
@@ -452,8 +452,8 @@ it(`keeps every acknowledged write and the truth about QEMU through ${KILLS + 1}
       try {
         integrity = store.integrityCheck();
         // Entries the restarted daemon made itself (an auto-attach) may be in flight; older ones may not.
-        pending = store
-          .journalPending()
+        pending = store.journal
+          .pending()
           .filter((e) => new Date(e.at) < spawned)
           .map((e) => `#${e.id} ${e.op} ${e.portId} ${e.frontend} at ${e.at}`);
       } finally {
@@ -574,8 +574,8 @@ it(`keeps every acknowledged write and the truth about QEMU through ${KILLS + 1}
   const store = new SqliteStateStore(stateFile);
   try {
     expect(store.integrityCheck()).toEqual(['ok']);
-    expect(store.journalPending()).toEqual([]);
-    const stored = store.listAssignments();
+    expect(store.journal.pending()).toEqual([]);
+    const stored = store.assignments.list();
     const present = new Set(stored.map((a) => `${a.backend}:${a.portId}`));
     expect(stored.map((a) => `${a.backend}:${a.portId} ${a.frontend}`).sort()).toEqual(
       listed.map((a) => `dom0:${a.portId} ${a.frontend}`).sort(),

@@ -118,7 +118,7 @@ export class Devgated implements Disposable {
       daemon.inputProxy = new InputProxy(manager, {
         rules: inputProxyPolicy(manager, (warning) => log.warn(warning)),
         ask: (device, candidates, reason, description) => asks.ask(device, candidates, reason, description),
-        remembered: (device, frontend) => store.lookupAnswer(device, frontend)?.verdict,
+        remembered: (device, frontend) => store.answers.lookup(device, frontend)?.verdict,
         audit: ({ device, by, ...entry }) =>
           devices.audit({
             ...entry,
@@ -196,12 +196,12 @@ export class Devgated implements Disposable {
    */
   private async reconcile(): Promise<void> {
     await this.manager.syncAttachments();
-    for (const entry of this.store.journalPending()) {
+    for (const entry of this.store.journal.pending()) {
       const device = this.manager.get({ devclass: entry.devclass, backend: entry.backend, portId: entry.portId });
       const attachedThere = device?.attachment?.frontend === entry.frontend;
       const happened = entry.op === 'attach' ? attachedThere : !attachedThere;
-      if (happened) this.store.journalComplete(entry.id);
-      else this.store.journalFail(entry.id, 'DG_INTERRUPTED');
+      if (happened) this.store.journal.complete(entry.id);
+      else this.store.journal.fail(entry.id, 'DG_INTERRUPTED');
       this.devices.audit({
         actor: 'devgated',
         action: 'reconcile',
@@ -227,7 +227,7 @@ export class Devgated implements Disposable {
       if (this.stopped) return;
       this.store.transaction(() => {
         for (const device of batch) {
-          if (this.store.noteSeen(device).isNew) this.log.info({ device: portLabel(device.port) }, 'new device');
+          if (this.store.seen.note(device).isNew) this.log.info({ device: portLabel(device.port) }, 'new device');
         }
       });
     };

@@ -48,7 +48,7 @@ it('applies the policy to present devices and to a device plugged in later, and 
       await new Promise((r) => setTimeout(r, 10));
     expect(attribute(cameraPath, 'remove')).toBe('1');
 
-    const audit = daemon.store.queryAudit({ action: 'policy' });
+    const audit = daemon.store.audit.query({ action: 'policy' });
     expect(audit.find((e) => e.portId === '1-1.5.4.2')).toMatchObject({
       outcome: 'denied',
       actor: 'devgated (usb policy)',

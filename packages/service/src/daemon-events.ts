@@ -1,7 +1,7 @@
 import { Subject } from 'rxjs';
 import { type DeviceEvent, type DeviceJson, deviceToJson } from '@devgate/core';
 import { type AskJson } from '@devgate/client';
-import { type AuditEntry } from './store/state-store.js';
+import { type AuditEntry } from './store/audit-log.js';
 
 /** A pending question: may this device go to one of these frontends? (The API's own shape.) */
 export type Ask = AskJson;

@@ -15,7 +15,9 @@ import {
   portKey,
   portLabel,
 } from '@devgate/core';
-import { type AuditEntryInput, type SqliteStateStore, type StoredAssignment } from './store/state-store.js';
+import { type StoredAssignment } from './store/assignments.js';
+import { type AuditEntryInput } from './store/audit-log.js';
+import { type SqliteStateStore } from './store/state-store.js';
 import { type DaemonEvents } from './daemon-events.js';
 
 /**
@@ -26,7 +28,7 @@ export function denyListHook(store: () => SqliteStateStore): PolicyHook {
   return {
     id: 'deny-list',
     preAttach: ({ device, frontend }) =>
-      isDenied(store().denyList(frontend), device)
+      isDenied(store().denyLists.get(frontend), device)
         ? { verdict: 'deny', reason: `its interfaces are on ${frontend}'s deny list` }
         : { verdict: 'allow' },
   };
@@ -62,7 +64,7 @@ export class DeviceService {
   ) {}
 
   audit(entry: AuditEntryInput): void {
-    const stored = this.store.appendAudit(entry);
+    const stored = this.store.audit.append(entry);
     this.events.publish({ type: 'audit', entry: stored });
   }
 
@@ -76,7 +78,7 @@ export class DeviceService {
     const { port } = parsed;
     const deviceId = input.deviceId ?? parsed.deviceId;
     const known = this.manager.get(port);
-    const journal = this.store.journalBegin({
+    const journal = this.store.journal.begin({
       op: 'attach',
       devclass: port.devclass,
       backend: port.backend,
@@ -103,7 +105,7 @@ export class DeviceService {
       });
       return deviceToJson(device);
     } catch (error) {
-      this.store.journalFail(journal.id, errorCode(error));
+      this.store.journal.fail(journal.id, errorCode(error));
       this.auditFailure(error, { ...this.target(known, port), actor, action, frontend: input.frontend });
       throw error;
     }
@@ -124,7 +126,7 @@ export class DeviceService {
             .filter((d) => d.attachment?.frontend === input.frontend)
             .map((d) => d.port);
     const journals = targets.map((p) =>
-      this.store.journalBegin({
+      this.store.journal.begin({
         op: 'detach',
         devclass: p.devclass,
         backend: p.backend,
@@ -136,7 +138,7 @@ export class DeviceService {
       const done = await this.manager.detach(input.frontend, wildcard ? undefined : port, input.devclass);
       const detachedKeys = new Set(done.map(portKey));
       targets.forEach((p, i) => {
-        if (!detachedKeys.has(portKey(p))) return this.store.journalFail(journals[i].id, 'DG_NOT_ATTACHED');
+        if (!detachedKeys.has(portKey(p))) return this.store.journal.fail(journals[i].id, 'DG_NOT_ATTACHED');
         this.settle(journals[i].id, {
           ...this.target(this.manager.get(p), p),
           actor,
@@ -147,7 +149,7 @@ export class DeviceService {
       });
       return done.map(portLabel);
     } catch (error) {
-      for (const journal of journals) this.store.journalFail(journal.id, errorCode(error));
+      for (const journal of journals) this.store.journal.fail(journal.id, errorCode(error));
       this.auditFailure(error, { ...this.target(known, port), actor, action: 'detach', frontend: input.frontend });
       throw error;
     }
@@ -182,8 +184,8 @@ export class DeviceService {
   /** Settles a journal entry and writes its audit row in one transaction: neither without the other. */
   private settle(journalId: number, entry: AuditEntryInput): void {
     const stored = this.store.transaction(() => {
-      this.store.journalComplete(journalId);
-      return this.store.appendAudit(entry);
+      this.store.journal.complete(journalId);
+      return this.store.audit.append(entry);
     });
     this.events.publish({ type: 'audit', entry: stored });
   }
@@ -207,8 +209,13 @@ export class DeviceService {
       const [stored, audited] = this.store.transaction(
         () =>
           [
-            this.store.assign({ ...entry, deviceId: key.deviceId!, mode: input.mode, options: input.options ?? {} }),
-            this.store.appendAudit({
+            this.store.assignments.add({
+              ...entry,
+              deviceId: key.deviceId!,
+              mode: input.mode,
+              options: input.options ?? {},
+            }),
+            this.store.audit.append({
               ...entry,
               outcome: 'ok',
               details: { mode: input.mode, options: input.options ?? {} },
@@ -226,8 +233,8 @@ export class DeviceService {
   /** Removes a frontend's assignments of this device (every one of the class without a device). */
   unassign(input: Omit<AssignInput, 'device' | 'mode'> & { readonly device?: string }, actor: string): number {
     const key = input.device === undefined ? undefined : this.assignmentKey({ ...input, device: input.device });
-    const matches = this.store
-      .listAssignments({ devclass: input.devclass, frontend: input.frontend })
+    const matches = this.store.assignments
+      .list({ devclass: input.devclass, frontend: input.frontend })
       .filter(
         (a) =>
           !key ||
@@ -240,8 +247,8 @@ export class DeviceService {
     // One transaction: every removal with its audit record, or none of them.
     const audited = this.store.transaction(() =>
       matches.map((a) => {
-        this.store.unassign(a);
-        return this.store.appendAudit({
+        this.store.assignments.remove(a);
+        return this.store.audit.append({
           devclass: a.devclass,
           backend: a.backend,
           portId: a.portId,

@@ -365,7 +365,7 @@ describe('docs/openapi.json', () => {
       // Something in each list first.
       await send(byId('assign'), { class: 'block', frontend: 'work', device: 'dom0:sdz9', only: 'port', options: {} });
       await send(byId('addDenied'), { patterns: ['u03****'] });
-      daemon.store.rememberAnswer({
+      daemon.store.answers.remember({
         devclass: 'usb',
         backend: 'dom0',
         portId: '*',

@@ -278,10 +278,10 @@ describe('deny lists', () => {
 
 describe('remembered answers', () => {
   const remember = (frontend: string, devclass: string, deviceId: string, verdict: 'allow' | 'deny' = 'allow') =>
-    daemon.store.rememberAnswer({ devclass, backend: 'dom0', portId: '*', deviceId, frontend, verdict });
+    daemon.store.answers.remember({ devclass, backend: 'dom0', portId: '*', deviceId, frontend, verdict });
 
   beforeEach(() => {
-    daemon.store.forgetAnswers();
+    daemon.store.answers.forgetAll();
     remember('work', 'block', 'disk-a');
     remember('work', 'usb', '1d6b:0002:serial:u090000', 'deny');
     remember('personal', 'block', 'disk-b');
@@ -402,7 +402,7 @@ describe('PolicyStateService', () => {
     try {
       const service = new PolicyStateService(store, new DaemonEvents());
       service.changeDenyList('add', 'work', ['u03****'], 'test');
-      store.rememberAnswer({
+      store.answers.remember({
         devclass: 'block',
         backend: 'dom0',
         portId: '*',
@@ -410,18 +410,18 @@ describe('PolicyStateService', () => {
         frontend: 'work',
         verdict: 'allow',
       });
-      const append = store.appendAudit.bind(store);
-      const spy = jest.spyOn(store, 'appendAudit').mockImplementation((entry) => {
+      const append = store.audit.append.bind(store.audit);
+      const spy = jest.spyOn(store.audit, 'append').mockImplementation((entry) => {
         if (entry.outcome === 'ok') throw new Error('disk full');
         return append(entry);
       });
       expect(() => service.changeDenyList('replace', 'work', ['b******'], 'test')).toThrow('disk full');
       expect(() => service.forgetAnswers({ all: true }, 'test')).toThrow('disk full');
       spy.mockRestore();
-      expect(store.denyList('work').patterns).toEqual(['u03****']);
-      expect(store.listAnswers().map((a) => a.deviceId)).toEqual(['disk-a']);
+      expect(store.denyLists.get('work').patterns).toEqual(['u03****']);
+      expect(store.answers.list().map((a) => a.deviceId)).toEqual(['disk-a']);
       // The failed change is audited as such.
-      expect(store.queryAudit({ action: 'deny-list' }).map((e) => e.outcome)).toEqual(['ok', 'error']);
+      expect(store.audit.query({ action: 'deny-list' }).map((e) => e.outcome)).toEqual(['ok', 'error']);
     } finally {
       store.dispose();
       fs.rmSync(dir, { recursive: true, force: true });

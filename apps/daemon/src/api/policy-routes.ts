@@ -82,11 +82,11 @@ export class PolicyStateService {
   ) {}
 
   denyLists(): DenyListJson[] {
-    return this.store.denyLists();
+    return this.store.denyLists.all();
   }
 
   denyList(frontend: string): DenyListJson {
-    return this.store.denyList(frontend);
+    return this.store.denyLists.get(frontend);
   }
 
   /** Adds, removes (unknown patterns are ignored, as in Qubes) or replaces a frontend's patterns. */
@@ -94,16 +94,16 @@ export class PolicyStateService {
     const entry = { actor, action: 'deny-list', frontend } as const;
     try {
       const [change, audited] = this.store.transaction(() => {
-        const before = this.store.denyList(frontend).patterns;
+        const before = this.store.denyLists.get(frontend).patterns;
         const after =
           op === 'add'
-            ? this.store.addDenied(frontend, codes)
+            ? this.store.denyLists.add(frontend, codes)
             : op === 'remove'
-              ? this.store.removeDenied(frontend, codes)
-              : this.store.setDenyList(frontend, codes);
+              ? this.store.denyLists.remove(frontend, codes)
+              : this.store.denyLists.set(frontend, codes);
         const added = after.patterns.filter((p) => !before.includes(p));
         const removed = before.filter((p) => !after.patterns.includes(p));
-        const row = this.store.appendAudit({
+        const row = this.store.audit.append({
           ...entry,
           outcome: 'ok',
           reason: describeChange(op, added, removed),
@@ -120,21 +120,21 @@ export class PolicyStateService {
   }
 
   answers(filter: { frontend?: string; devclass?: string }): RememberedAnswerJson[] {
-    return this.store.listAnswers(filter).map(answerJson);
+    return this.store.answers.list(filter).map(answerJson);
   }
 
   /** Forgets remembered answers (expired ones too); one audit row per answer forgotten. */
   forgetAnswers(scope: ForgetScope, actor: string): RememberedAnswerJson[] {
     const [forgotten, audited] = this.store.transaction(() => {
       const filter = 'all' in scope || 'id' in scope ? {} : scope;
-      let chosen = this.store.listAnswers({ ...filter, includeExpired: true });
+      let chosen = this.store.answers.list({ ...filter, includeExpired: true });
       if ('id' in scope) {
         chosen = chosen.filter((a) => answerId(a) === scope.id);
         if (chosen.length === 0) throw Errors.answerNotFound({ id: scope.id });
       }
       const rows = chosen.map((answer) => {
-        this.store.forgetAnswer(answer);
-        return this.store.appendAudit({
+        this.store.answers.forget(answer);
+        return this.store.audit.append({
           actor,
           action: 'answer',
           devclass: answer.devclass,
@@ -162,7 +162,7 @@ export class PolicyStateService {
     const code = errorCode(error);
     const outcome = error instanceof DevgateError && !code.startsWith('DG_STATE_') ? 'denied' : 'error';
     try {
-      this.publish(this.store.appendAudit({ ...entry, outcome, code, reason: (error as Error).message }));
+      this.publish(this.store.audit.append({ ...entry, outcome, code, reason: (error as Error).message }));
     } catch {
       // the store is unusable: the original error says so
     }

@@ -193,7 +193,7 @@ export function buildApi(
       },
     },
     async (request) => ({
-      assignments: store.listAssignments({ devclass: request.query.class, frontend: request.query.frontend }),
+      assignments: store.assignments.list({ devclass: request.query.class, frontend: request.query.frontend }),
     }),
   );
 
@@ -225,7 +225,7 @@ export function buildApi(
     async (request) => {
       const q = request.query;
       return {
-        entries: store.queryAudit({
+        entries: store.audit.query({
           since: q.since,
           until: q.until,
           action: q.action,

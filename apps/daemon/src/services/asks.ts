@@ -64,7 +64,7 @@ export class AskService {
     if (answer.remember) {
       const frontends = answer.frontend ? [answer.frontend] : pending.ask.candidates;
       for (const frontend of frontends) {
-        this.store.rememberAnswer({
+        this.store.answers.remember({
           devclass: pending.device.port.devclass,
           backend: pending.device.port.backend,
           portId: '*',

@@ -49,7 +49,7 @@ export class AutoAttach {
 
   /** One pass over every device that some assignment names. */
   reconcile(): void {
-    const assignments = this.store.listAssignments();
+    const assignments = this.store.assignments.list();
     if (assignments.length === 0) return;
     const classes = new Set(assignments.map((a) => a.devclass));
     for (const device of this.manager.list()) if (classes.has(device.port.devclass)) void this.consider(device);
@@ -60,7 +60,7 @@ export class AutoAttach {
     if (device.attachment || device.hiddenReason || this.busy.has(key)) return;
     if (this.declined.get(key) === device.deviceId) return;
     // Stored assignments are never `manual`: a manual attach is not persisted.
-    const candidates = this.store.matchingAssignments(device);
+    const candidates = this.store.assignments.matching(device);
     if (candidates.length === 0) return;
     this.busy.add(key);
     try {
@@ -70,7 +70,7 @@ export class AutoAttach {
       const best = running.filter((a) => specificity(a) === specificity(running[0]));
       const frontends = [...new Set(best.map((a) => a.frontend))];
       let chosen = best[0];
-      const remembered = this.store.lookupAnswer(device, chosen.frontend);
+      const remembered = this.store.answers.lookup(device, chosen.frontend);
       if (remembered?.verdict === 'deny') return;
       if ((frontends.length > 1 || chosen.mode === 'ask-to-attach') && remembered?.verdict !== 'allow') {
         const reason =

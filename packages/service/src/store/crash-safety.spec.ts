@@ -109,14 +109,14 @@ it(`keeps every acknowledged write through ${RUNS} SIGKILLs at random moments`, 
       const integrity = store.integrityCheck();
       if (integrity.join() !== 'ok') throw new Error(`${where}: integrity check: ${integrity.join('; ')}`);
       const seqs = (action: string) =>
-        new Set(store.queryAudit({ action, limit: 10_000 }).map((e) => (e.details as { seq: number }).seq));
+        new Set(store.audit.query({ action, limit: 10_000 }).map((e) => (e.details as { seq: number }).seq));
       const auditSeqs = seqs('attach');
       const assignAuditSeqs = seqs('assign');
-      const assignSeqs = new Set(store.listAssignments().map((a) => Number(a.options.seq)));
+      const assignSeqs = new Set(store.assignments.list().map((a) => Number(a.options.seq)));
 
       for (const seq of ackedAudit) if (!auditSeqs.has(seq)) throw new Error(`${where}: lost audit ${seq}`);
       for (const [id, seq] of ackedBegin) {
-        const entry = store.journalEntry(id);
+        const entry = store.journal.entry(id);
         if (entry?.portId !== `1-${seq}`) throw new Error(`${where}: lost journal intent ${id}`);
         if (ackedDone.has(id) && entry.state !== 'done') throw new Error(`${where}: lost completion of ${id}`);
       }

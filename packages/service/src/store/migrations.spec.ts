@@ -52,13 +52,13 @@ describe('migrations', () => {
 
   it('re-open keeps the data and runs nothing again', () => {
     const first = new SqliteStateStore(tmp.file());
-    first.addDenied('work', ['u03****']);
+    first.denyLists.add('work', ['u03****']);
     first.dispose();
     const db = new Database(tmp.file());
     expect(migrate(db, tmp.file())).toEqual({ from: SCHEMA_VERSION, to: SCHEMA_VERSION });
     db.close();
     const second = new SqliteStateStore(tmp.file());
-    expect(second.denyList('work').patterns).toEqual(['u03****']);
+    expect(second.denyLists.get('work').patterns).toEqual(['u03****']);
     second.dispose();
   });
 

@@ -1,6 +1,7 @@
 import Database from 'better-sqlite3';
 import { type DeviceAssignment, isDenied } from '@devgate/core';
-import { SqliteStateStore, toStateError } from './state-store.js';
+import { toStateError } from './connection.js';
+import { SqliteStateStore } from './state-store.js';
 import { TempDir, usbDevice } from './testing/temp-store.js';
 
 const STICK = '0781:5567:4c5300:u080650';
@@ -49,95 +50,99 @@ function codeOf(fn: () => unknown): string | undefined {
 
 describe('assignments', () => {
   it('assign, list with filters, unassign', () => {
-    const a = store.assign({ ...assignment('2-1', STICK), options: { 'read-only': 'true' } });
+    const a = store.assignments.add({ ...assignment('2-1', STICK), options: { 'read-only': 'true' } });
     expect(a).toEqual({
       ...assignment('2-1', STICK),
       options: { 'read-only': 'true' },
       createdAt: clock.toISOString(),
     });
-    store.assign({ ...assignment('*', MOUSE, 'personal'), mode: 'ask-to-attach' });
-    store.assign({ ...assignment('00_14.0', '*'), devclass: 'pci', backend: 'dom0', mode: 'required' });
+    store.assignments.add({ ...assignment('*', MOUSE, 'personal'), mode: 'ask-to-attach' });
+    store.assignments.add({ ...assignment('00_14.0', '*'), devclass: 'pci', backend: 'dom0', mode: 'required' });
 
-    expect(store.listAssignments()).toHaveLength(3);
-    expect(store.listAssignments({ frontend: 'personal' }).map((x) => x.deviceId)).toEqual([MOUSE]);
-    expect(store.listAssignments({ devclass: 'pci' }).map((x) => x.mode)).toEqual(['required']);
-    expect(store.listAssignments({ mode: 'auto-attach', backend: 'sys-usb' }).map((x) => x.portId)).toEqual(['2-1']);
+    expect(store.assignments.list()).toHaveLength(3);
+    expect(store.assignments.list({ frontend: 'personal' }).map((x) => x.deviceId)).toEqual([MOUSE]);
+    expect(store.assignments.list({ devclass: 'pci' }).map((x) => x.mode)).toEqual(['required']);
+    expect(store.assignments.list({ mode: 'auto-attach', backend: 'sys-usb' }).map((x) => x.portId)).toEqual(['2-1']);
 
-    store.unassign(assignment('2-1', STICK));
-    expect(store.listAssignments({ frontend: 'work' })).toEqual([expect.objectContaining({ devclass: 'pci' })]);
+    store.assignments.remove(assignment('2-1', STICK));
+    expect(store.assignments.list({ frontend: 'work' })).toEqual([expect.objectContaining({ devclass: 'pci' })]);
   });
 
   it('turns the unique constraint into DG_ALREADY_ASSIGNED, and a missing one into DG_NOT_ASSIGNED', () => {
-    store.assign(assignment('2-1', STICK));
-    expect(() => store.assign({ ...assignment('2-1', STICK), mode: 'required' })).toThrow(
+    store.assignments.add(assignment('2-1', STICK));
+    expect(() => store.assignments.add({ ...assignment('2-1', STICK), mode: 'required' })).toThrow(
       expect.objectContaining({
         code: 'DG_ALREADY_ASSIGNED',
         message: `usb device sys-usb:2-1:${STICK} already assigned to work`,
       }),
     );
     // Same device, another frontend: a separate assignment.
-    store.assign(assignment('2-1', STICK, 'personal'));
-    expect(codeOf(() => store.unassign(assignment('2-2', STICK)))).toBe('DG_NOT_ASSIGNED');
+    store.assignments.add(assignment('2-1', STICK, 'personal'));
+    expect(codeOf(() => store.assignments.remove(assignment('2-2', STICK)))).toBe('DG_NOT_ASSIGNED');
   });
 
   it('rejects manual mode, *:* and malformed names with coded errors before writing', () => {
-    expect(codeOf(() => store.assign({ ...assignment('2-1', STICK), mode: 'manual' }))).toBe(
+    expect(codeOf(() => store.assignments.add({ ...assignment('2-1', STICK), mode: 'manual' }))).toBe(
       'DG_MANUAL_NOT_ASSIGNABLE',
     );
-    expect(codeOf(() => store.assign({ ...assignment('2-1', STICK), mode: 'bogus' as never }))).toBe(
+    expect(codeOf(() => store.assignments.add({ ...assignment('2-1', STICK), mode: 'bogus' as never }))).toBe(
       'DG_INVALID_STATE_VALUE',
     );
-    expect(codeOf(() => store.assign(assignment('*', '*')))).toBe('DG_INVALID_STATE_VALUE');
-    expect(codeOf(() => store.assign(assignment('2-1', STICK, 'bad name')))).toBe('DG_INVALID_DOMAIN_NAME');
-    expect(codeOf(() => store.assign({ ...assignment('2-1', STICK), backend: '-x' }))).toBe('DG_INVALID_DOMAIN_NAME');
-    expect(codeOf(() => store.assign(assignment('2-1;drop', STICK)))).toBe('DG_INVALID_STATE_VALUE');
-    expect(codeOf(() => store.assign(assignment('2-1', 'id\u001b[31m')))).toBe('DG_INVALID_STATE_VALUE');
-    expect(codeOf(() => store.assign({ ...assignment('2-1', STICK), devclass: 'USB' }))).toBe('DG_INVALID_STATE_VALUE');
-    expect(codeOf(() => store.assign({ ...assignment('2-1', STICK), options: { 'bad key': 'x' } }))).toBe(
+    expect(codeOf(() => store.assignments.add(assignment('*', '*')))).toBe('DG_INVALID_STATE_VALUE');
+    expect(codeOf(() => store.assignments.add(assignment('2-1', STICK, 'bad name')))).toBe('DG_INVALID_DOMAIN_NAME');
+    expect(codeOf(() => store.assignments.add({ ...assignment('2-1', STICK), backend: '-x' }))).toBe(
+      'DG_INVALID_DOMAIN_NAME',
+    );
+    expect(codeOf(() => store.assignments.add(assignment('2-1;drop', STICK)))).toBe('DG_INVALID_STATE_VALUE');
+    expect(codeOf(() => store.assignments.add(assignment('2-1', 'id\u001b[31m')))).toBe('DG_INVALID_STATE_VALUE');
+    expect(codeOf(() => store.assignments.add({ ...assignment('2-1', STICK), devclass: 'USB' }))).toBe(
       'DG_INVALID_STATE_VALUE',
     );
-    expect(store.listAssignments()).toEqual([]);
+    expect(codeOf(() => store.assignments.add({ ...assignment('2-1', STICK), options: { 'bad key': 'x' } }))).toBe(
+      'DG_INVALID_STATE_VALUE',
+    );
+    expect(store.assignments.list()).toEqual([]);
   });
 
-  it('matchingAssignments: most specific first (port+device, port, device), only real matches', () => {
-    store.assign(assignment('*', STICK));
-    store.assign(assignment('2-1', '*'));
-    store.assign(assignment('2-1', STICK));
-    store.assign(assignment('2-1', '*', 'personal'));
-    store.assign(assignment('2-2', STICK)); // another port
-    store.assign(assignment('2-1', MOUSE)); // another device
-    store.assign({ ...assignment('2-1', STICK), backend: 'dom0' }); // another backend
+  it('assignments.matching: most specific first (port+device, port, device), only real matches', () => {
+    store.assignments.add(assignment('*', STICK));
+    store.assignments.add(assignment('2-1', '*'));
+    store.assignments.add(assignment('2-1', STICK));
+    store.assignments.add(assignment('2-1', '*', 'personal'));
+    store.assignments.add(assignment('2-2', STICK)); // another port
+    store.assignments.add(assignment('2-1', MOUSE)); // another device
+    store.assignments.add({ ...assignment('2-1', STICK), backend: 'dom0' }); // another backend
 
     const stick = usbDevice('2-1', STICK);
-    const forWork = store.matchingAssignments(stick, 'work');
+    const forWork = store.assignments.matching(stick, 'work');
     expect(forWork.map((a) => `${a.portId} ${a.deviceId}`)).toEqual([`2-1 ${STICK}`, '2-1 *', `* ${STICK}`]);
-    expect(store.matchingAssignments(stick).map((a) => a.frontend)).toEqual(['work', 'personal', 'work', 'work']);
-    expect(store.matchingAssignments(usbDevice('3-1', 'other'))).toEqual([]);
+    expect(store.assignments.matching(stick).map((a) => a.frontend)).toEqual(['work', 'personal', 'work', 'work']);
+    expect(store.assignments.matching(usbDevice('3-1', 'other'))).toEqual([]);
   });
 });
 
 describe('deny list', () => {
   it('add, remove, replace and read back normalised (deduplicated, sorted)', () => {
-    expect(store.denyList('work')).toEqual({ frontend: 'work', patterns: [] });
-    expect(store.addDenied('work', ['u03****', 'b******', 'u03****']).patterns).toEqual(['b******', 'u03****']);
-    store.addDenied('personal', ['m******']);
-    expect(store.removeDenied('work', ['b******', 'p******']).patterns).toEqual(['u03****']);
-    expect(store.setDenyList('personal', ['u0e****', 'u06****']).patterns).toEqual(['u06****', 'u0e****']);
-    expect(store.denyLists()).toEqual([
+    expect(store.denyLists.get('work')).toEqual({ frontend: 'work', patterns: [] });
+    expect(store.denyLists.add('work', ['u03****', 'b******', 'u03****']).patterns).toEqual(['b******', 'u03****']);
+    store.denyLists.add('personal', ['m******']);
+    expect(store.denyLists.remove('work', ['b******', 'p******']).patterns).toEqual(['u03****']);
+    expect(store.denyLists.set('personal', ['u0e****', 'u06****']).patterns).toEqual(['u06****', 'u0e****']);
+    expect(store.denyLists.all()).toEqual([
       { frontend: 'personal', patterns: ['u06****', 'u0e****'] },
       { frontend: 'work', patterns: ['u03****'] },
     ]);
-    expect(isDenied(store.denyList('work'), usbDevice('2-3', MOUSE, ['u030102']))).toBe(true);
-    expect(store.setDenyList('work', []).patterns).toEqual([]);
+    expect(isDenied(store.denyLists.get('work'), usbDevice('2-3', MOUSE, ['u030102']))).toBe(true);
+    expect(store.denyLists.set('work', []).patterns).toEqual([]);
   });
 
   it('rejects a bad pattern with Qubes wording and writes none of the batch', () => {
-    expect(() => store.addDenied('work', ['u03****', 'x123456'])).toThrow(
+    expect(() => store.denyLists.add('work', ['u03****', 'x123456'])).toThrow(
       expect.objectContaining({ code: 'DG_INVALID_INTERFACE_PATTERN', message: expect.stringContaining('chhhhhh') }),
     );
-    expect(codeOf(() => store.setDenyList('work', ['U03****']))).toBe('DG_INVALID_INTERFACE_PATTERN');
-    expect(codeOf(() => store.addDenied('work', ['u03***']))).toBe('DG_INVALID_INTERFACE_PATTERN');
-    expect(store.denyLists()).toEqual([]);
+    expect(codeOf(() => store.denyLists.set('work', ['U03****']))).toBe('DG_INVALID_INTERFACE_PATTERN');
+    expect(codeOf(() => store.denyLists.add('work', ['u03***']))).toBe('DG_INVALID_INTERFACE_PATTERN');
+    expect(store.denyLists.all()).toEqual([]);
   });
 });
 
@@ -145,18 +150,18 @@ describe('policy answers', () => {
   const base = { devclass: 'usb', backend: 'sys-usb', frontend: 'work' };
 
   it('remembers answers; the most specific unexpired one wins', () => {
-    store.rememberAnswer({ ...base, portId: '*', deviceId: STICK, verdict: 'allow' });
-    store.rememberAnswer({ ...base, portId: '2-1', deviceId: '*', verdict: 'deny' });
+    store.answers.remember({ ...base, portId: '*', deviceId: STICK, verdict: 'allow' });
+    store.answers.remember({ ...base, portId: '2-1', deviceId: '*', verdict: 'deny' });
     const stick = usbDevice('2-1', STICK);
-    expect(store.lookupAnswer(stick, 'work')?.verdict).toBe('deny'); // port beats device
-    store.rememberAnswer({
+    expect(store.answers.lookup(stick, 'work')?.verdict).toBe('deny'); // port beats device
+    store.answers.remember({
       ...base,
       portId: '2-1',
       deviceId: STICK,
       verdict: 'allow',
       expiresAt: '2026-11-27T11:00:00.000Z',
     });
-    expect(store.lookupAnswer(stick, 'work')).toEqual({
+    expect(store.answers.lookup(stick, 'work')).toEqual({
       ...base,
       portId: '2-1',
       deviceId: STICK,
@@ -165,33 +170,33 @@ describe('policy answers', () => {
       expiresAt: '2026-11-27T11:00:00.000Z',
     });
     tick(3_600_000); // the specific answer expires exactly now
-    expect(store.lookupAnswer(stick, 'work')?.verdict).toBe('deny');
-    expect(store.lookupAnswer(stick, 'personal')).toBeUndefined();
-    expect(store.lookupAnswer(usbDevice('2-9', STICK), 'work')?.verdict).toBe('allow');
+    expect(store.answers.lookup(stick, 'work')?.verdict).toBe('deny');
+    expect(store.answers.lookup(stick, 'personal')).toBeUndefined();
+    expect(store.answers.lookup(usbDevice('2-9', STICK), 'work')?.verdict).toBe('allow');
   });
 
   it('a new answer for the same scope replaces the old one; forget removes them', () => {
-    store.rememberAnswer({ ...base, portId: '2-1', deviceId: STICK, verdict: 'deny' });
-    store.rememberAnswer({ ...base, portId: '2-1', deviceId: STICK, verdict: 'allow' });
-    expect(store.lookupAnswer(usbDevice('2-1', STICK), 'work')?.verdict).toBe('allow');
-    store.rememberAnswer({ ...base, frontend: 'personal', portId: '2-1', deviceId: STICK, verdict: 'deny' });
-    expect(store.forgetAnswers({ frontend: 'work' })).toBe(1);
-    expect(store.forgetAnswers()).toBe(1);
-    expect(codeOf(() => store.rememberAnswer({ ...base, portId: '*', deviceId: '*', verdict: 'allow' }))).toBe(
+    store.answers.remember({ ...base, portId: '2-1', deviceId: STICK, verdict: 'deny' });
+    store.answers.remember({ ...base, portId: '2-1', deviceId: STICK, verdict: 'allow' });
+    expect(store.answers.lookup(usbDevice('2-1', STICK), 'work')?.verdict).toBe('allow');
+    store.answers.remember({ ...base, frontend: 'personal', portId: '2-1', deviceId: STICK, verdict: 'deny' });
+    expect(store.answers.forgetAll({ frontend: 'work' })).toBe(1);
+    expect(store.answers.forgetAll()).toBe(1);
+    expect(codeOf(() => store.answers.remember({ ...base, portId: '*', deviceId: '*', verdict: 'allow' }))).toBe(
       'DG_INVALID_STATE_VALUE',
     );
     expect(
-      codeOf(() => store.rememberAnswer({ ...base, portId: '2-1', deviceId: STICK, verdict: 'ask' as never })),
+      codeOf(() => store.answers.remember({ ...base, portId: '2-1', deviceId: STICK, verdict: 'ask' as never })),
     ).toBe('DG_INVALID_STATE_VALUE');
   });
 });
 
 describe('devices seen', () => {
   it('is new only the first time an identity is seen, wherever it is plugged', () => {
-    expect(store.noteSeen(usbDevice('2-1', STICK))).toEqual({ isNew: true, firstSeen: '2026-11-27T10:00:00.000Z' });
+    expect(store.seen.note(usbDevice('2-1', STICK))).toEqual({ isNew: true, firstSeen: '2026-11-27T10:00:00.000Z' });
     tick(5000);
-    expect(store.noteSeen(usbDevice('3-4', STICK))).toEqual({ isNew: false, firstSeen: '2026-11-27T10:00:00.000Z' });
-    expect(store.seenDevice('usb', STICK)).toEqual({
+    expect(store.seen.note(usbDevice('3-4', STICK))).toEqual({ isNew: false, firstSeen: '2026-11-27T10:00:00.000Z' });
+    expect(store.seen.get('usb', STICK)).toEqual({
       devclass: 'usb',
       deviceId: STICK,
       backend: 'sys-usb',
@@ -200,7 +205,7 @@ describe('devices seen', () => {
       lastSeen: '2026-11-27T10:00:05.000Z',
       description: 'USB_Storage: unknown vendor unknown usb device',
     });
-    expect(store.noteSeen(usbDevice('2-1', MOUSE, ['u030102'])).isNew).toBe(true);
+    expect(store.seen.note(usbDevice('2-1', MOUSE, ['u030102'])).isNew).toBe(true);
   });
 });
 
@@ -214,13 +219,13 @@ describe('audit log', () => {
       { action: 'auto-attach', frontend: 'work', devclass: 'usb', outcome: 'error', code: 'DG_QMP_TIMEOUT' },
     ] as const;
     for (const row of rows) {
-      store.appendAudit({ actor: 'uid:1000(alice)', backend: 'sys-usb', portId: '2-1', deviceId: STICK, ...row });
+      store.audit.append({ actor: 'uid:1000(alice)', backend: 'sys-usb', portId: '2-1', deviceId: STICK, ...row });
       tick(1000);
     }
   }
 
   it('appends entries with ids, ms timestamps and JSON details', () => {
-    const entry = store.appendAudit({
+    const entry = store.audit.append({
       actor: 'devgated',
       action: 'surprise-removal',
       outcome: 'ok',
@@ -236,12 +241,12 @@ describe('audit log', () => {
       reason: 'device removed while attached',
       details: { wasAttachedTo: 'work', options: { 'read-only': 'true' } },
     });
-    expect(store.queryAudit()).toEqual([entry]);
+    expect(store.audit.query()).toEqual([entry]);
   });
 
   it('filters by time window, action, frontend and class, and pages', () => {
     seed();
-    const actions = (q: Parameters<SqliteStateStore['queryAudit']>[0]) => store.queryAudit(q).map((e) => e.id);
+    const actions = (q: Parameters<SqliteStateStore['audit']['query']>[0]) => store.audit.query(q).map((e) => e.id);
     expect(actions({})).toEqual([1, 2, 3, 4, 5]);
     expect(actions({ since: '2026-11-27T10:00:01.000Z', until: new Date('2026-11-27T10:00:03.000Z') })).toEqual([2, 3]);
     expect(actions({ action: 'attach' })).toEqual([1, 2]);
@@ -249,22 +254,22 @@ describe('audit log', () => {
     expect(actions({ frontend: 'work', order: 'desc', limit: 2 })).toEqual([5, 4]);
     expect(actions({ limit: 2, offset: 2 })).toEqual([3, 4]);
     expect(actions({ action: 'unassign' })).toEqual([]);
-    expect(store.queryAudit({ action: 'auto-attach' })[0]).toMatchObject({ outcome: 'error', code: 'DG_QMP_TIMEOUT' });
+    expect(store.audit.query({ action: 'auto-attach' })[0]).toMatchObject({ outcome: 'error', code: 'DG_QMP_TIMEOUT' });
   });
 
   it('validates entries and queries', () => {
     const ok = { actor: 'devgated', action: 'attach', outcome: 'ok' } as const;
-    expect(codeOf(() => store.appendAudit({ ...ok, action: 'Attach!' }))).toBe('DG_INVALID_STATE_VALUE');
-    expect(codeOf(() => store.appendAudit({ ...ok, outcome: 'maybe' as never }))).toBe('DG_INVALID_STATE_VALUE');
-    expect(codeOf(() => store.appendAudit({ ...ok, actor: '' }))).toBe('DG_INVALID_STATE_VALUE');
-    expect(codeOf(() => store.appendAudit({ ...ok, at: '2026-11-27 10:00' }))).toBe('DG_INVALID_STATE_VALUE');
-    expect(codeOf(() => store.appendAudit({ ...ok, code: 'lower' }))).toBe('DG_INVALID_STATE_VALUE');
-    expect(codeOf(() => store.appendAudit({ ...ok, details: { big: 'x'.repeat(70_000) } }))).toBe(
+    expect(codeOf(() => store.audit.append({ ...ok, action: 'Attach!' }))).toBe('DG_INVALID_STATE_VALUE');
+    expect(codeOf(() => store.audit.append({ ...ok, outcome: 'maybe' as never }))).toBe('DG_INVALID_STATE_VALUE');
+    expect(codeOf(() => store.audit.append({ ...ok, actor: '' }))).toBe('DG_INVALID_STATE_VALUE');
+    expect(codeOf(() => store.audit.append({ ...ok, at: '2026-11-27 10:00' }))).toBe('DG_INVALID_STATE_VALUE');
+    expect(codeOf(() => store.audit.append({ ...ok, code: 'lower' }))).toBe('DG_INVALID_STATE_VALUE');
+    expect(codeOf(() => store.audit.append({ ...ok, details: { big: 'x'.repeat(70_000) } }))).toBe(
       'DG_INVALID_STATE_VALUE',
     );
-    expect(codeOf(() => store.queryAudit({ limit: 10_001 }))).toBe('DG_INVALID_STATE_VALUE');
-    expect(codeOf(() => store.queryAudit({ since: 'yesterday' }))).toBe('DG_INVALID_STATE_VALUE');
-    expect(store.queryAudit()).toEqual([]);
+    expect(codeOf(() => store.audit.query({ limit: 10_001 }))).toBe('DG_INVALID_STATE_VALUE');
+    expect(codeOf(() => store.audit.query({ since: 'yesterday' }))).toBe('DG_INVALID_STATE_VALUE');
+    expect(store.audit.query()).toEqual([]);
   });
 
   it('is append-only in the database itself', () => {
@@ -273,7 +278,7 @@ describe('audit log', () => {
       expect(() => db.prepare("UPDATE audit_log SET outcome = 'ok'").run()).toThrow(/append-only/);
       expect(() => db.prepare('DELETE FROM audit_log').run()).toThrow(/append-only/);
     });
-    expect(store.queryAudit()).toHaveLength(5);
+    expect(store.audit.query()).toHaveLength(5);
   });
 });
 
@@ -281,9 +286,9 @@ describe('attachment journal', () => {
   const intent = { op: 'attach', devclass: 'block', backend: 'dom0', portId: 'loop3', frontend: 'work' } as const;
 
   it('begin -> pending -> done or failed; settled entries leave pending()', () => {
-    const a = store.journalBegin({ ...intent, deviceId: ':3', options: { 'read-only': 'true' } });
+    const a = store.journal.begin({ ...intent, deviceId: ':3', options: { 'read-only': 'true' } });
     tick(10);
-    const b = store.journalBegin({ ...intent, op: 'detach', portId: 'loop4' });
+    const b = store.journal.begin({ ...intent, op: 'detach', portId: 'loop4' });
     expect(a).toEqual({
       id: 1,
       ...intent,
@@ -292,35 +297,35 @@ describe('attachment journal', () => {
       state: 'pending',
       at: '2026-11-27T10:00:00.000Z',
     });
-    expect(store.journalPending().map((e) => e.id)).toEqual([a.id, b.id]);
+    expect(store.journal.pending().map((e) => e.id)).toEqual([a.id, b.id]);
 
     tick(10);
-    store.journalComplete(a.id);
-    store.journalFail(b.id, 'DG_QMP_TIMEOUT');
-    expect(store.journalPending()).toEqual([]);
-    expect(store.journalEntry(a.id)).toMatchObject({ state: 'done', finishedAt: '2026-11-27T10:00:00.020Z' });
-    expect(store.journalEntry(b.id)).toMatchObject({ state: 'failed', code: 'DG_QMP_TIMEOUT' });
+    store.journal.complete(a.id);
+    store.journal.fail(b.id, 'DG_QMP_TIMEOUT');
+    expect(store.journal.pending()).toEqual([]);
+    expect(store.journal.entry(a.id)).toMatchObject({ state: 'done', finishedAt: '2026-11-27T10:00:00.020Z' });
+    expect(store.journal.entry(b.id)).toMatchObject({ state: 'failed', code: 'DG_QMP_TIMEOUT' });
 
-    expect(() => store.journalComplete(a.id)).toThrow(
+    expect(() => store.journal.complete(a.id)).toThrow(
       expect.objectContaining({
         code: 'DG_JOURNAL_NOT_PENDING',
         message: 'attachment journal entry 1 is done, not pending',
       }),
     );
-    expect(codeOf(() => store.journalFail(99))).toBe('DG_JOURNAL_NOT_PENDING');
+    expect(codeOf(() => store.journal.fail(99))).toBe('DG_JOURNAL_NOT_PENDING');
   });
 
   it('survives a re-open with its pending entries (what start-up reconciles), and prunes settled ones', () => {
-    const a = store.journalBegin(intent);
-    const b = store.journalBegin({ ...intent, portId: 'loop5' });
-    store.journalComplete(b.id);
+    const a = store.journal.begin(intent);
+    const b = store.journal.begin({ ...intent, portId: 'loop5' });
+    store.journal.complete(b.id);
     store.dispose();
     store = new SqliteStateStore(tmp.file(), { now: () => clock });
-    expect(store.journalPending()).toEqual([a]);
+    expect(store.journal.pending()).toEqual([a]);
     tick(1);
-    expect(store.journalPrune(clock)).toBe(1);
-    expect(store.journalEntry(b.id)).toBeUndefined();
-    expect(store.journalEntry(a.id)).toEqual(a);
+    expect(store.journal.prune(clock)).toBe(1);
+    expect(store.journal.entry(b.id)).toBeUndefined();
+    expect(store.journal.entry(a.id)).toEqual(a);
   });
 });
 
@@ -356,31 +361,31 @@ describe('errors and transactions', () => {
   it('transaction() commits all or nothing', () => {
     expect(() =>
       store.transaction(() => {
-        store.assign(assignment('2-1', STICK));
-        store.appendAudit({ actor: 'devgated', action: 'assign', outcome: 'ok' });
-        store.assign(assignment('2-1', STICK)); // duplicate: rolls the whole transaction back
+        store.assignments.add(assignment('2-1', STICK));
+        store.audit.append({ actor: 'devgated', action: 'assign', outcome: 'ok' });
+        store.assignments.add(assignment('2-1', STICK)); // duplicate: rolls the whole transaction back
       }),
     ).toThrow(expect.objectContaining({ code: 'DG_ALREADY_ASSIGNED' }));
-    expect(store.listAssignments()).toEqual([]);
-    expect(store.queryAudit()).toEqual([]);
+    expect(store.assignments.list()).toEqual([]);
+    expect(store.audit.query()).toEqual([]);
   });
 
   it('another process holding the write lock gives DG_STATE_BUSY after the busy timeout', () => {
     const impatient = new SqliteStateStore(tmp.file(), { busyTimeoutMs: 50 });
     raw((db) => {
       db.prepare('BEGIN IMMEDIATE').run();
-      expect(codeOf(() => impatient.appendAudit({ actor: 'devgated', action: 'attach', outcome: 'ok' }))).toBe(
+      expect(codeOf(() => impatient.audit.append({ actor: 'devgated', action: 'attach', outcome: 'ok' }))).toBe(
         'DG_STATE_BUSY',
       );
       db.prepare('ROLLBACK').run();
     });
-    expect(impatient.appendAudit({ actor: 'devgated', action: 'attach', outcome: 'ok' }).id).toBe(1);
+    expect(impatient.audit.append({ actor: 'devgated', action: 'attach', outcome: 'ok' }).id).toBe(1);
     impatient.dispose();
   });
 
   it('a disposed store refuses calls with DG_STATE_CLOSED', () => {
     store.dispose();
-    expect(codeOf(() => store.listAssignments())).toBe('DG_STATE_CLOSED');
+    expect(codeOf(() => store.assignments.list())).toBe('DG_STATE_CLOSED');
     store.dispose(); // idempotent
   });
 });

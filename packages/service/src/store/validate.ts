@@ -3,7 +3,14 @@
  * about injection: they keep garbage (and caller bugs) out of a database that outlives the process,
  * and turn it into coded errors at the call that made it rather than at the next read.
  */
-import { ASSIGNMENT_MODES, type AssignmentMode, Errors, type InterfaceCode, isInterfaceCode } from '@devgate/core';
+import {
+  ASSIGNMENT_MODES,
+  type AssignmentMode,
+  type DeviceAssignment,
+  Errors,
+  type InterfaceCode,
+  isInterfaceCode,
+} from '@devgate/core';
 
 // Qubes' VM name rule; packages/backend-qemu's domain registry uses the same one.
 const DOMAIN_NAME = /^[a-zA-Z][a-zA-Z0-9_.-]{0,30}$/;
@@ -136,4 +143,20 @@ export function count(field: string, value: number, max: number): number {
   if (!Number.isInteger(value) || value < 0 || value > max)
     throw invalid(field, value, `expected an integer 0..${max}`);
   return value;
+}
+
+type Scope = Pick<DeviceAssignment, 'devclass' | 'backend' | 'portId' | 'deviceId' | 'frontend'>;
+
+/** An assignment's (or a remembered answer's) scope: a port, a device, or both; never neither. */
+export function scopeKey(key: Scope): Required<Scope> {
+  const port = portId(key.portId, true);
+  const device = deviceId(key.deviceId, true);
+  notBothWildcards(port, device);
+  return {
+    devclass: devclass(key.devclass),
+    backend: domainName(key.backend),
+    portId: port,
+    deviceId: device,
+    frontend: domainName(key.frontend),
+  };
 }
