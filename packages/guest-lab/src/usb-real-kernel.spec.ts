@@ -25,6 +25,7 @@ interface DeviceJson {
   portId: string;
   deviceId: string;
   name: string | null;
+  serial: string | null;
   vendor: string | null;
   manufacturer: string | null;
   interfaces: string[];
@@ -34,7 +35,7 @@ interface DeviceJson {
 interface StreamedEvent {
   /** When the guest-side reader got it (guest CLOCK_MONOTONIC, seconds). */
   t: number;
-  event: { type: string; event?: string; device?: DeviceJson; entry?: Record<string, unknown> };
+  event: { type: string; event?: string; device?: DeviceJson; frontend?: string; entry?: Record<string, unknown> };
 }
 
 /** devgated's server-sent events, read inside the guest and forwarded one JSON line each. */
@@ -325,5 +326,106 @@ describe('devgated inside a guest, on the guest kernel USB devices', () => {
       expect.objectContaining({ portId, outcome: 'denied', reason: expect.stringMatching(/^reject: /) }),
     );
     expect((await usbDevices()).some((d) => d.portId === portId)).toBe(false);
+  });
+});
+
+describe('a real surprise removal, inside a guest', () => {
+  // The guest is dom0 here: its stick is attached to a nested lab VM (paused QEMU, started by
+  // `devgate lab up` in the guest), then pulled through the outer QMP.
+  const QVM_BLOCK = `${REPO}/apps/cli/bin/qvm-block.cjs`;
+  /**
+   * The disks the nested VM's QEMU holds open, from the guest kernel's view of its file descriptors
+   * (its QMP socket is devgated's: one client at a time). A disk pulled but still held reads
+   * `/dev/sdX (deleted)`.
+   */
+  const heldByNested = async () =>
+    (
+      await guest.check(
+        `pid=$(pgrep -f 'process=qemu-neste[d]' | head -1); [ -n "$pid" ] && for f in /proc/$pid/fd/*; do readlink "$f"; done | grep '^/dev/sd' || true`,
+      )
+    )
+      .split('\n')
+      .filter(Boolean);
+
+  afterAll(async () => {
+    await guest?.exec(['node', DEVGATE, 'lab', 'down', 'nested']).catch(() => undefined);
+  });
+
+  /** Waits for a streamed event; on a timeout, says which and what devgated streamed meanwhile. */
+  const waitFor = (what: string, match: (e: StreamedEvent['event']) => boolean, from: number, timeoutMs = 60_000) =>
+    devgated.next(match, from, timeoutMs).catch((error: Error) => {
+      const seen = devgated.events
+        .slice(from)
+        .map(
+          ({ event: e }) =>
+            `${e.type}/${e.event ?? ''} ${e.device?.port ?? ''} ${e.device?.serial ?? ''} ${JSON.stringify(e.entry ?? '')}`,
+        );
+      throw new Error(`${what}: ${error.message}; streamed meanwhile:\n${seen.join('\n')}`);
+    });
+
+  it('detaches a pulled stick from the nested VM, audits it, and re-attaches it on re-insertion as assigned', async () => {
+    const image = createDiskImage(path.join(imageDir, 'nested-stick.img'));
+    const stick = { kind: 'usb-storage' as const, image, serial: 'NESTED0001' };
+    await guest.check(['node', DEVGATE, 'lab', 'up', 'nested']);
+
+    // Plugged; its disk assigned to the nested VM by identity (any port), which attaches it at once.
+    let from = devgated.events.length;
+    let id = await guest.plug(stick);
+    // The USB device by the serial the stick was given, then its whole disk (sdX, not a partition).
+    const usb = (
+      await waitFor(
+        'the stick listed',
+        (e) => e.event === 'added' && e.device?.class === 'usb' && e.device.serial === 'NESTED0001',
+        from,
+      )
+    ).event.device!;
+    const isStickDisk = (d?: DeviceJson) =>
+      d?.class === 'block' && d.parent === usb.port && /^sd[a-z]+$/.test(d.portId);
+    const disk = (await waitFor('its disk listed', (e) => e.event === 'added' && isStickDisk(e.device), from)).event
+      .device!;
+    from = devgated.events.length;
+    await guest.check(['node', QVM_BLOCK, 'assign', '--device', 'nested', disk.port]);
+    await waitFor(
+      'the assignment attaching it',
+      (e) => e.event === 'attached' && e.device?.deviceId === disk.deviceId,
+      from,
+    );
+    expect(await heldByNested()).toEqual([`/dev/${disk.portId}`]);
+
+    // Pulled: detached from the nested VM (QEMU let go of it) and audited, measured from the uevent.
+    const mark = await guest.ueventMark();
+    from = devgated.events.length;
+    await guest.unplug(id);
+    const ended = await waitFor(
+      'the surprise removal audited',
+      (e) => e.type === 'audit' && e.entry?.action === 'surprise-removal' && e.entry.deviceId === disk.deviceId,
+      from,
+    );
+    const pulled = await guest.waitForUevent({ ACTION: 'remove', SUBSYSTEM: 'block' }, { since: mark });
+    expect(ended.event.entry).toMatchObject({ frontend: 'nested', outcome: 'ok' });
+    expect(await heldByNested()).toEqual([]);
+    const detachedMs = Math.round((ended.t - pulled.kernelTime) * 1000);
+
+    // Plugged back in (the port may differ): the assignment attaches it again, with no command.
+    from = devgated.events.length;
+    id = await guest.plug(stick);
+    const again = await waitFor(
+      'the re-attach',
+      (e) => e.event === 'attached' && e.device?.deviceId === disk.deviceId,
+      from,
+      120_000,
+    );
+    expect(again.event.frontend).toBe('nested');
+    expect(await heldByNested()).toEqual([`/dev/${again.event.device!.portId}`]);
+    process.stdout.write(
+      `guest-lab: stick pulled from a nested VM: detached and audited ${detachedMs} ms after the uevent ` +
+        `(host load ${os.loadavg()[0].toFixed(1)})\n`,
+    );
+    // The issue's 1 s is for a real CPU. Here the nested QEMU runs under TCG inside a TCG guest, and
+    // one sample measured 1975 ms at host load 13.6: the bound is twice the listing tests' (a detach
+    // that waited for its timeout, or for a rescan, would take far longer).
+    expect(detachedMs).toBeLessThan(2 * TCG_BOUND_MS);
+
+    await guest.unplug(id);
   });
 });
