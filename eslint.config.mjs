@@ -32,6 +32,8 @@ const TEST_LAYERS = {
   'scope:backend': ['scope:core', 'scope:host', 'scope:driver', 'scope:kit'],
   'scope:service': [...LAYERS['scope:service'], 'scope:kit'],
   'scope:example': ['scope:core', 'scope:host', 'scope:kit'],
+  // The CLI's and the tray's tests run them against the real devgated: the app itself, in-process.
+  'scope:app': [...LAYERS['scope:app'], 'scope:app'],
 };
 const TEST_FILES = ['**/*.spec.ts', '**/testing/**/*.ts'];
 const boundaries = (layers) => [
