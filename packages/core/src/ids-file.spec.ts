@@ -191,6 +191,16 @@ describe('ID files (pci.ids, usb.ids)', () => {
     expect(names.subclassName('88', '88')).toBeUndefined();
   });
 
+  it('finds where a long block ends, wherever the end falls in what is decoded at a time', () => {
+    for (let pad = 65_520; pad < 65_545; pad++) {
+      const devices = '\t1111  first\n' + `#${'x'.repeat(pad)}\n` + '\t2222  last\n';
+      const names = idsText(`1234  long\n${devices}5678  next\n\t3333  not 1234's\n\t\t1234 5678  sub\n`);
+      expect([pad, names.device('1234', '2222')]).toEqual([pad, 'last']);
+      expect([pad, names.device('1234', '3333')]).toEqual([pad, undefined]);
+      expect([pad, names.subsystem('5678', '3333', '1234', '5678')]).toEqual([pad, 'sub']);
+    }
+  });
+
   // The real databases, where installed (CI installs hwdata): the well-known names, and vendors and
   // devices throughout the file the same as a full parse finds.
   const real = (name: string) => ['/usr/share/hwdata', '/usr/share/misc'].map((d) => path.join(d, name)).find((f) => fs.existsSync(f));

@@ -14,10 +14,11 @@
  * blank), or for a device the next device.
  *
  * The files are large (pci.ids 1.3 MB, usb.ids 0.7 MB) and a listing needs the few vendors present
- * on the machine, so nothing is parsed up front: the file is read on the first lookup, kept as one
- * byte per character (latin1, so that character offsets are byte offsets), and a vendor's line is
- * found by a native search for it; what was found is cached per vendor, device and class. The first
- * definition of an id wins, as in lspci and lsusb; hex digits match in either case.
+ * on the machine, so nothing is parsed up front: the file's bytes are read on the first lookup and
+ * kept as they are (not decoded), a vendor's line is found by a native search for its bytes, a block's
+ * end by a regular expression over the block alone, and only the names found are decoded; what was
+ * found is cached per vendor, device and class. The first definition of an id wins, as in lspci and
+ * lsusb; hex digits match in either case.
  *
  * The file is untrusted input like any other: read only if it is a regular file within a size bound,
  * searched only by linear native scans (no line is split, however long), a line that does not match
@@ -71,26 +72,46 @@ export function idsFile(paths: string | readonly string[], options: IdsFileOptio
 
 /** The same lookups over text already in memory (a test's fixture, an embedded database). */
 export function idsText(text: string): IdsFile {
-  return new IdsReader('\n' + Buffer.from(text, 'utf8').toString('latin1'));
+  return new IdsReader(Buffer.concat([NEWLINE, Buffer.from(text, 'utf8')]));
 }
 
-/** An id as a regular expression source matching it in either case; undefined if it is not `digits` hex digits. */
-function hexSource(id: string, digits: number): string | undefined {
-  if (id.length !== digits || !/^[0-9a-fA-F]+$/.test(id)) return undefined;
+const NEWLINE = Buffer.from('\n');
+
+/** An id in lowercase; undefined if it is not `digits` hex digits. */
+function hexId(id: string, digits: number): string | undefined {
+  return id.length === digits && /^[0-9a-fA-F]+$/.test(id) ? id.toLowerCase() : undefined;
+}
+
+/** A lowercase id as a regular expression source matching it in either case. */
+function eitherCase(id: string): string {
   let source = '';
-  for (const c of id.toLowerCase()) source += c >= 'a' ? `[${c}${c.toUpperCase()}]` : c;
+  for (const c of id) source += c >= 'a' ? `[${c}${c.toUpperCase()}]` : c;
   return source;
 }
 
+/** Every spelling of `text` with its letters a-f (the hex digits) in either case, the lowercase first. */
+function caseVariants(text: string): string[] {
+  let variants = [''];
+  for (const c of text) {
+    const lower = variants.map((v) => v + c);
+    variants = c >= 'a' && c <= 'f' ? [...lower, ...variants.map((v) => v + c.toUpperCase())] : lower;
+  }
+  return variants;
+}
+
 /** A line that ends a vendor's or a class's block: not indented, not a comment, not blank. */
-const TOP_LEVEL = /\n[^\t#\n\r]/g;
+const TOP_LEVEL = /\n[^\t#\n\r]/;
 /** A line that ends a device's block: a top-level line or the next device (one tab, then not a tab). */
-const NEXT_DEVICE = /\n(?:[^\t#\n\r]|\t[^\t])/g;
+const NEXT_DEVICE = /\n(?:[^\t#\n\r]|\t[^\t])/;
+/** How much of a block is decoded at a time to find its end (most blocks are far shorter). */
+const CHUNK = 64 * 1024;
 /** What `.` does not match: a line with one of these in its name is not a well-formed line. */
 const LINE_BREAKS = /[\r\u2028\u2029]/;
 
 interface Line {
   readonly name: string;
+  /** Where the line starts. */
+  readonly start: number;
   /** Where the lines under it start. */
   readonly body: number;
 }
@@ -101,6 +122,8 @@ interface Block extends Line {
 }
 
 interface VendorEntry extends Block {
+  /** How far the block is known to run (while its end is not known): no line before ends it. */
+  known: number;
   readonly devices: Map<string, DeviceEntry | null>;
 }
 
@@ -118,8 +141,8 @@ class IdsReader implements IdsFile {
   private readonly vendors = new Map<string, VendorEntry | null>();
   private readonly classes = new Map<string, ClassEntry | null>();
 
-  /** The file, one character per byte, behind a `\n` so that every line follows one. */
-  constructor(private readonly text: string) {}
+  /** The file's bytes behind a `\n`, so that every line follows one; lines start at 1 or later. */
+  constructor(private readonly data: Buffer) {}
 
   vendor(vendorId: string): string | undefined {
     return this.vendorEntry(vendorId)?.name;
@@ -133,14 +156,15 @@ class IdsReader implements IdsFile {
   subsystem(vendorId: string, deviceId: string, subvendorId: string, subdeviceId: string): string | undefined {
     const vendor = this.vendorEntry(vendorId);
     const device = vendor === undefined ? undefined : this.deviceEntry(vendor, deviceId);
-    const sv = hexSource(subvendorId, 4);
-    const sd = hexSource(subdeviceId, 4);
+    const sv = hexId(subvendorId, 4);
+    const sd = hexId(subdeviceId, 4);
     if (device === undefined || sv === undefined || sd === undefined) return undefined;
-    const key = `${subvendorId} ${subdeviceId}`.toLowerCase();
+    const key = `${sv} ${sd}`;
     let name = device.subsystems.get(key);
     if (name === undefined) {
       device.end ??= this.endOf(NEXT_DEVICE, device.body);
-      name = this.findLine(`\t\t${sv} ${sd}  `, device.body, device.end)?.name ?? null;
+      // A device's block is short: decoded whole and searched (8 hex digits have too many spellings).
+      name = this.findLineIn(`\t\t${eitherCase(sv)} ${eitherCase(sd)}  `, device.body, device.end)?.name ?? null;
       device.subsystems.set(key, name);
     }
     return name ?? undefined;
@@ -151,40 +175,55 @@ class IdsReader implements IdsFile {
   }
 
   subclassName(classId: string, subclassId: string): string | undefined {
-    if (hexSource(subclassId, 2) === undefined) return undefined;
-    return this.classEntry(classId)?.names.get(subclassId.toLowerCase());
+    const subclass = hexId(subclassId, 2);
+    return subclass === undefined ? undefined : this.classEntry(classId)?.names.get(subclass);
   }
 
   progIfName(classId: string, subclassId: string, progIfId: string): string | undefined {
-    if (hexSource(subclassId, 2) === undefined || hexSource(progIfId, 2) === undefined) return undefined;
-    return this.classEntry(classId)?.names.get((subclassId + progIfId).toLowerCase());
+    const subclass = hexId(subclassId, 2);
+    const progIf = hexId(progIfId, 2);
+    if (subclass === undefined || progIf === undefined) return undefined;
+    return this.classEntry(classId)?.names.get(subclass + progIf);
   }
 
   private vendorEntry(vendorId: string): VendorEntry | undefined {
-    const source = hexSource(vendorId, 4);
-    if (source === undefined) return undefined;
-    const key = vendorId.toLowerCase();
-    let entry = this.vendors.get(key);
+    const id = hexId(vendorId, 4);
+    if (id === undefined) return undefined;
+    let entry = this.vendors.get(id);
     if (entry === undefined) {
-      const line = this.findLine(`${source}  `, 0, this.text.length);
-      entry = line ? { ...line, devices: new Map() } : null;
-      this.vendors.set(key, entry);
+      const line = this.findLine(`${id}  `, 1, this.data.length);
+      entry = line ? { ...line, known: line.body, devices: new Map() } : null;
+      this.vendors.set(id, entry);
     }
     return entry ?? undefined;
   }
 
   private deviceEntry(vendor: VendorEntry, deviceId: string): DeviceEntry | undefined {
-    const source = hexSource(deviceId, 4);
-    if (source === undefined) return undefined;
-    const key = deviceId.toLowerCase();
-    let entry = vendor.devices.get(key);
+    const id = hexId(deviceId, 4);
+    if (id === undefined) return undefined;
+    let entry = vendor.devices.get(id);
     if (entry === undefined) {
-      vendor.end ??= this.endOf(TOP_LEVEL, vendor.body);
-      const line = this.findLine(`\t${source}  `, vendor.body, vendor.end);
-      entry = line ? { ...line, subsystems: new Map() } : null;
-      vendor.devices.set(key, entry);
+      // Searched for up to the block's end if known, else further, and then the block checked to run
+      // that far: a device that is not in the file costs no look for the block's end, one near the
+      // start of a long block (Intel's is 370 kB) a short one.
+      const line = this.findLine(`\t${id}  `, vendor.body, vendor.end ?? this.data.length);
+      entry = line && this.runsTo(vendor, line.start) ? { ...line, subsystems: new Map() } : null;
+      vendor.devices.set(id, entry);
     }
     return entry ?? undefined;
+  }
+
+  /** Whether the vendor's block runs to the line starting at `start` (within it, or its end found). */
+  private runsTo(vendor: VendorEntry, start: number): boolean {
+    if (vendor.end !== undefined) return start < vendor.end;
+    if (start <= vendor.known) return true;
+    const end = this.firstLine(TOP_LEVEL, vendor.known, start);
+    if (end >= 0) {
+      vendor.end = end;
+      return false;
+    }
+    vendor.known = start;
+    return true;
   }
 
   /**
@@ -192,84 +231,115 @@ class IdsReader implements IdsFile {
    * real files) is read as one, in file order, the first definition of each id winning.
    */
   private classEntry(classId: string): ClassEntry | undefined {
-    const source = hexSource(classId, 2);
-    if (source === undefined) return undefined;
-    const key = classId.toLowerCase();
-    let entry = this.classes.get(key);
+    const id = hexId(classId, 2);
+    if (id === undefined) return undefined;
+    let entry = this.classes.get(id);
     if (entry === undefined) {
       entry = null;
-      let from = 0;
-      for (;;) {
-        const line = this.findLine(`C ${source}  `, from, this.text.length);
+      for (let from = 1; ; ) {
+        const line = this.findLine(`C ${id}  `, from, this.data.length);
         if (line === undefined) break;
         const end = this.endOf(TOP_LEVEL, line.body);
         entry ??= { name: line.name, names: new Map() };
         this.readClassBody(line.body, end, entry.names);
         from = end;
       }
-      this.classes.set(key, entry);
+      this.classes.set(id, entry);
     }
     return entry ?? undefined;
   }
 
   /** A class's lines (a few dozen at most in the real files), read one by one. */
   private readClassBody(from: number, to: number, names: Map<string, string>): void {
-    const setFirst = (id: string, name: string) => {
-      if (!names.has(id)) names.set(id, name);
-    };
+    const text = this.data.toString('latin1', from, to);
     let subclass: string | undefined;
-    for (let at = from; at < to; ) {
-      const newline = this.text.indexOf('\n', at);
-      const lineEnd = newline < 0 || newline >= to ? to : newline;
-      const line = this.text.slice(at, lineEnd);
+    for (let at = 0; at < text.length; ) {
+      const newline = text.indexOf('\n', at);
+      const lineEnd = newline < 0 ? text.length : newline;
+      const line = text.slice(at, lineEnd);
       const progIf = /^\t\t([0-9a-fA-F]{2}) {2}/.exec(line);
       const sub = progIf ? null : /^\t([0-9a-fA-F]{2}) {2}/.exec(line);
       const match = progIf ?? sub;
-      const name = match ? decodeName(line.slice(match[0].length)) : undefined;
-      if (sub && name !== undefined) {
-        subclass = sub[1].toLowerCase();
-        setFirst(subclass, name);
-      } else if (progIf && name !== undefined && subclass !== undefined) {
-        setFirst(subclass + progIf[1].toLowerCase(), name);
+      const name = match ? this.decodeName(from + at + match[0].length, from + lineEnd) : undefined;
+      const id = sub ? sub[1].toLowerCase() : progIf && subclass !== undefined ? subclass + progIf[1].toLowerCase() : undefined;
+      if (id !== undefined && name !== undefined) {
+        if (sub) subclass = id;
+        if (!names.has(id)) names.set(id, name);
       }
       at = lineEnd + 1;
     }
   }
 
   /**
-   * The first well-formed line in [from, to) (both line starts) that starts with `prefix` (a regular
-   * expression source): its name and where the lines under it start.
+   * The first well-formed line in [from, to) (both line starts) that starts with `prefix` (lowercase;
+   * its letters a-f match in either case), found by native searches of the bytes.
    */
   private findLine(prefix: string, from: number, to: number): Line | undefined {
+    const variants = caseVariants('\n' + prefix);
+    for (;;) {
+      // The earliest of the spellings: the lowercase one first (the real files'), then the others
+      // only before it.
+      const scope = this.data.subarray(from - 1, to);
+      let found = -1;
+      for (const variant of variants) {
+        const hit = (found < 0 ? scope : scope.subarray(0, found + variant.length - 1)).indexOf(variant, 0, 'latin1');
+        if (hit >= 0) found = hit;
+      }
+      if (found < 0) return undefined;
+      const line = this.lineAt(from + found, from + found + prefix.length);
+      if (line !== undefined) return line;
+      from += found + 1; // past the malformed line's first byte
+    }
+  }
+
+  /** The same over a short block, decoded whole and searched by a regular expression (`prefix`: its source). */
+  private findLineIn(prefix: string, from: number, to: number): Line | undefined {
+    const text = this.data.toString('latin1', from - 1, to);
     const pattern = new RegExp(`\\n${prefix}`, 'g');
-    pattern.lastIndex = Math.max(0, from - 1);
-    for (let match = pattern.exec(this.text); match !== null; match = pattern.exec(this.text)) {
-      if (match.index + 1 >= to) return undefined;
-      const start = match.index + match[0].length;
-      const newline = this.text.indexOf('\n', start);
-      const end = newline < 0 ? this.text.length : newline;
-      const name = decodeName(this.text.slice(start, end));
-      if (name !== undefined) return { name, body: newline < 0 ? this.text.length : newline + 1 };
+    for (let match = pattern.exec(text); match !== null; match = pattern.exec(text)) {
+      const line = this.lineAt(from + match.index, from - 1 + match.index + match[0].length);
+      if (line !== undefined) return line;
     }
     return undefined;
   }
 
+  /** The line at `start`, its name from `nameStart` to its end; undefined if malformed. */
+  private lineAt(start: number, nameStart: number): Line | undefined {
+    const newline = this.data.indexOf(0x0a, nameStart);
+    const end = newline < 0 ? this.data.length : newline;
+    const name = this.decodeName(nameStart, end);
+    return name === undefined ? undefined : { name, start, body: Math.min(end + 1, this.data.length) };
+  }
+
+  /** A name's bytes as UTF-8, without the line's `\r`; undefined if it is not one line. */
+  private decodeName(start: number, end: number): string | undefined {
+    const name = this.data.toString('utf8', start, end > start && this.data[end - 1] === 0x0d ? end - 1 : end);
+    return LINE_BREAKS.test(name) ? undefined : name;
+  }
+
   /** Where the block whose lines start at `from` ends: the start of the first line `ending` matches. */
   private endOf(ending: RegExp, from: number): number {
-    ending.lastIndex = Math.max(0, from - 1);
-    const match = ending.exec(this.text);
-    return match === null ? this.text.length : match.index + 1;
+    const end = this.firstLine(ending, from, this.data.length);
+    return end < 0 ? this.data.length : end;
+  }
+
+  /**
+   * The start of the first line in [from, to) (`from` a line start) that `ending` (at most three
+   * characters from the `\n` before the line) matches, decoding a chunk at a time; -1 if none.
+   */
+  private firstLine(ending: RegExp, from: number, to: number): number {
+    for (let at = from - 1; at < to; at += CHUNK - 2) {
+      const chunk = this.data.toString('latin1', at, Math.min(at + CHUNK, to));
+      const match = ending.exec(chunk);
+      if (match !== null) return at + match.index + 1;
+      if (at + CHUNK >= to) break;
+    }
+    return -1;
   }
 }
 
-/** A name's bytes (one per character) as UTF-8, without the line's `\r`; undefined if it is not one line. */
-function decodeName(bytes: string): string | undefined {
-  const name = Buffer.from(bytes.endsWith('\r') ? bytes.slice(0, -1) : bytes, 'latin1').toString('utf8');
-  return LINE_BREAKS.test(name) ? undefined : name;
-}
-
-/** The first candidate that is a regular file within the bound, as latin1 behind a `\n`; else `\n`. */
-function readFirst(paths: readonly string[], maxBytes: number): string {
+/** The first candidate that is a regular file within the bound, its bytes behind a `\n`; else just `\n`. */
+function readFirst(paths: readonly string[], maxBytes: number): Buffer {
   for (const file of paths) {
     let fd: number | undefined;
     try {
@@ -286,12 +356,12 @@ function readFirst(paths: readonly string[], maxBytes: number): string {
         if (read === 0) break;
         length += read;
       }
-      return buffer.toString('latin1', 0, length);
+      return buffer.subarray(0, length);
     } catch {
       // Missing or unreadable: try the next location.
     } finally {
       if (fd !== undefined) fs.closeSync(fd);
     }
   }
-  return '\n';
+  return NEWLINE;
 }
