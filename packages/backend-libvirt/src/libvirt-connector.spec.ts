@@ -1,4 +1,4 @@
-import { type AttachSpec, type DomainLifecycleEvent, type Port } from '@devgate/core';
+import { type AttachSpec, DevgateError, type DomainLifecycleEvent, type Port } from '@devgate/core';
 import { type LoopDisk, createLoopDisk, disposeAllLoopDisks } from '@devgate/testkit';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -339,6 +339,108 @@ it("attaches through a remote URI (qemu+tcp to a test-only listener) to that hos
   } finally {
     remote.dispose();
   }
+});
+
+describe('PCI and input devices, on this host (no IOMMU, no VFIO, no input subsystem) with libvirt 9.0', () => {
+  const pciPort: Port = { devclass: 'pci', backend: 'dom0', portId: '00_1f.3' };
+  const inputPort: Port = { devclass: 'input', backend: 'dom0', portId: 'usb-kbd' };
+  const pciSpec = (options: Record<string, string> = {}): AttachSpec => ({
+    kind: 'vfio-pci',
+    params: {
+      host: '0000:00:1f.3',
+      vendorId: '8086',
+      deviceId: 'a348',
+      ...(options.permissive ? { permissive: true } : {}),
+    },
+    options,
+  });
+  const inputSpec = (evdev: string): AttachSpec => ({
+    kind: 'input-linux',
+    params: {
+      events: 'event0,event1',
+      devices: '13:64,13:65',
+      grabToggle: 'ctrl-ctrl',
+      grabAll: true,
+      repeat: true,
+      evdev,
+    },
+    options: { 'grab-toggle': 'ctrl-ctrl', 'grab-all': 'yes', repeat: 'yes' },
+  });
+  /** The devices and devgate's live metadata of a domain, as libvirt shows them. */
+  const devicesOf = async (domain: string) => {
+    const xml = await liveXml(domain);
+    return {
+      aliases: [...xml.aliases].sort(),
+      disks: xml.disks,
+      hostdevs: xml.hostdevs,
+      inputs: xml.inputs,
+      metadata: xml.metadata.filter((e) => xml.aliases.has(e.alias)),
+    };
+  };
+  const refusal = (promise: Promise<unknown>) =>
+    promise.then(
+      () => undefined,
+      (e: unknown) => e as { code: string; message: string; hint?: string },
+    );
+
+  it('PCI: libvirt’s refusal is a coded error naming the domain and the device; nothing is left', async () => {
+    const before = await devicesOf('personal');
+    const error = await refusal(connector.attach('personal', pciPort, pciSpec(), 'ID-PCI'));
+    expect(error).toBeInstanceOf(DevgateError);
+    expect(error).toMatchObject({
+      code: 'DG_LIBVIRT_REFUSED',
+      message: `libvirt refused to attach dom0:00_1f.3 on personal: unsupported configuration: host doesn't support passthrough of host PCI devices`,
+      hint: expect.stringContaining('IOMMU'),
+    });
+    const after = await devicesOf('personal');
+    expect(after).toEqual(before);
+    expect(after.aliases).not.toContain(aliasFor(pciPort));
+    expect((await liveXml('personal')).metadata.map((e) => e.alias)).not.toContain(aliasFor(pciPort));
+    expect(await connector.attachments()).not.toContainEqual(expect.objectContaining({ port: pciPort }));
+  });
+
+  it('PCI permissive: libvirt’s QEMU driver refuses writeFiltering=no, and says so', async () => {
+    const before = await devicesOf('personal');
+    const error = await refusal(connector.attach('personal', pciPort, pciSpec({ permissive: 'True' }), 'ID-PCI'));
+    expect(error).toMatchObject({
+      code: 'DG_LIBVIRT_REFUSED',
+      message: expect.stringContaining(
+        'attach dom0:00_1f.3 on personal: unsupported configuration: Write filtering of PCI device configuration space is not supported by qemu',
+      ),
+      hint: expect.stringContaining('Xen'),
+    });
+    expect(await devicesOf('personal')).toEqual(before);
+  });
+
+  it('PCI no-strict-reset: refused before libvirt is asked (libvirt has no form for it)', async () => {
+    const before = await devicesOf('personal');
+    await expect(
+      connector.attach('personal', pciPort, pciSpec({ 'no-strict-reset': 'True' }), 'ID-PCI'),
+    ).rejects.toMatchObject({ code: 'DG_UNSUPPORTED_OPTION', message: expect.stringContaining('no-strict-reset') });
+    expect(await devicesOf('personal')).toEqual(before);
+  });
+
+  it('input: libvirt 9.0 cannot hot-plug an evdev input, even one whose node is missing; nothing is left', async () => {
+    // /dev/input does not exist here: libvirt refuses on the bus before it looks at the source.
+    expect(fs.existsSync('/dev/input/event0')).toBe(false);
+    const before = await devicesOf('personal');
+    for (const evdev of ['/dev/input/event0,/dev/input/event1', '/dev/input/event99']) {
+      const error = await refusal(connector.attach('personal', inputPort, inputSpec(evdev), 'ID-KBD'));
+      expect(error).toBeInstanceOf(DevgateError);
+      expect(error).toMatchObject({
+        code: 'DG_LIBVIRT_REFUSED',
+        message: `libvirt refused to attach dom0:usb-kbd on personal: Operation not supported: input device on bus 'none' cannot be hot plugged.`,
+        hint: expect.stringContaining('#529'),
+      });
+      const after = await devicesOf('personal');
+      expect(after).toEqual(before);
+      expect(after.aliases.filter((a) => a.startsWith('ua-dg-'))).toEqual(
+        before.aliases.filter((a) => a.startsWith('ua-dg-')),
+      );
+      expect(after.inputs.every((i) => i.type !== 'evdev')).toBe(true);
+    }
+    await expect(connector.detach('personal', inputPort)).rejects.toMatchObject({ code: 'DG_NOT_ATTACHED' });
+  });
 });
 
 it('says libvirtd is not reachable, with a hint, when nothing listens', async () => {

@@ -30,10 +30,14 @@ import {
   parseDomainXml,
 } from './parse-domain-xml.js';
 import {
+  INPUT_LINUX_KIND,
+  VFIO_PCI_KIND,
   aliasFor,
   chooseTargetDev,
   hasUsbController,
   planBlockDisk,
+  planEvdevInputs,
+  planPciHostdev,
   planUsbHostdev,
   portOfAlias,
 } from './libvirt-attach.js';
@@ -142,7 +146,7 @@ const MARK = 'DG-MARK-7f3a';
 export class LibvirtConnector implements Connector {
   readonly id: string;
   /** What it performs (anything else is refused by the kernel before it is asked). */
-  readonly attachKinds: readonly string[] = ['block', 'usb-host', LIBVIRT_XML_KIND];
+  readonly attachKinds: readonly string[] = ['block', 'usb-host', VFIO_PCI_KIND, INPUT_LINUX_KIND, LIBVIRT_XML_KIND];
   readonly uri: string;
   readonly transport: LibvirtTransport;
   readonly lifecycle$: Observable<DomainLifecycleEvent>;
@@ -262,6 +266,10 @@ export class LibvirtConnector implements Connector {
           });
         }
         plan = planUsbHostdev(port, spec, this.usbDevnum(spec));
+      } else if (spec.kind === VFIO_PCI_KIND) {
+        plan = planPciHostdev(port, spec);
+      } else if (spec.kind === INPUT_LINUX_KIND) {
+        plan = planEvdevInputs(port, spec);
       } else if (spec.kind === LIBVIRT_XML_KIND) {
         plan = planXmlFragment(port, spec);
       } else {
@@ -276,21 +284,32 @@ export class LibvirtConnector implements Connector {
         options: plan.options,
       };
       const kept = xml.metadata.filter((e) => e.alias !== plan.alias && xml.aliases.has(e.alias));
-      const file = path.join(this.tmpDir, `attach-${process.pid}-${++this.tmpCounter}.xml`);
-      fs.writeFileSync(file, plan.xml);
-      this.busy.add(plan.alias);
+      const parts = [{ alias: plan.alias, xml: plan.xml }, ...(plan.more ?? [])];
+      const files = parts.map((part) => {
+        const file = path.join(this.tmpDir, `attach-${process.pid}-${++this.tmpCounter}.xml`);
+        fs.writeFileSync(file, part.xml);
+        return file;
+      });
+      for (const part of parts) this.busy.add(part.alias);
       const key = `${frontend}\0${plan.alias}`;
       let resolveAdded: () => void = () => undefined;
       const added = new Promise<void>((resolve) => (resolveAdded = resolve));
       this.addedWaiters.set(key, () => resolveAdded());
       let handedOver = false;
       try {
-        // The identity first (metadata), then the device, in one virsh process.
+        // The identity first (metadata), then the device (each of its parts), in one virsh process.
         const result = await this.transport.call([
           this.setMetadata(frontend, [...kept, record]),
-          ['attach-device', frontend, file, '--live'],
+          ...files.map((file) => ['attach-device', frontend, file, '--live']),
         ]);
         const failed = virshErrors(result.stderr).some((e) => !/metadata/i.test(e));
+        if (failed && parts.length > 1) {
+          // Some parts may have gone in before one failed: take those out again, so nothing is left.
+          await this.removeParts(
+            frontend,
+            parts.map((p) => p.alias),
+          ).catch(() => undefined);
+        }
         let confirmed = !failed;
         if (confirmed && this.eventsConnected) {
           // attach-device answers once QEMU has the device, and libvirt's device-added follows: it
@@ -300,7 +319,8 @@ export class LibvirtConnector implements Connector {
           void this.confirmAdded(frontend, port, plan.alias, key, added);
         } else if (confirmed) {
           // No event stream (a one-shot command): the live XML decides now.
-          confirmed = !!(await this.refresh(frontend).catch(() => undefined))?.xml?.aliases.has(plan.alias);
+          const now = await this.refresh(frontend).catch(() => undefined);
+          confirmed = parts.every((p) => now?.xml?.aliases.has(p.alias));
         }
         if (!confirmed) {
           await this.transport.call([this.setMetadata(frontend, kept)]).catch(() => undefined);
@@ -309,17 +329,20 @@ export class LibvirtConnector implements Connector {
         }
         this.patch(frontend, (x) => ({
           ...x,
-          aliases: new Set([...x.aliases, plan.alias]),
+          aliases: new Set([...x.aliases, ...parts.map((p) => p.alias)]),
           disks: plan.disk ? [...x.disks, plan.disk] : x.disks,
           hostdevs: plan.hostdev ? [...x.hostdevs, plan.hostdev] : x.hostdevs,
+          inputs: plan.inputs ? [...x.inputs, ...plan.inputs] : x.inputs,
           metadata: [...kept, record],
         }));
         return { port, frontend, deviceId, options: plan.options };
       } finally {
         if (!handedOver) this.addedWaiters.delete(key);
-        this.busy.delete(plan.alias);
-        this.markOwn(frontend, plan.alias);
-        fs.rmSync(file, { force: true });
+        for (const part of parts) {
+          this.busy.delete(part.alias);
+          this.markOwn(frontend, part.alias);
+        }
+        for (const file of files) fs.rmSync(file, { force: true });
       }
     });
   }
@@ -375,39 +398,67 @@ export class LibvirtConnector implements Connector {
    */
   async detach(frontend: DomainName, port: Port): Promise<void> {
     return this.withLock(frontend, async () => {
-      const alias = aliasFor(port);
+      const ownAliases = (x: DomainXml | undefined) =>
+        [...(x?.aliases ?? [])].filter((a) => {
+          const p = portOfAlias(a);
+          return p !== undefined && portLabel(p) === portLabel(port) && p.devclass === port.devclass;
+        });
       let entry = this.cache.get(frontend);
-      if (!entry?.xml?.aliases.has(alias)) entry = await this.refresh(frontend);
+      if (!entry?.xml?.aliases.has(aliasFor(port))) entry = await this.refresh(frontend);
       const xml = entry?.xml;
-      if (!xml || !xml.aliases.has(alias)) {
+      const aliases = ownAliases(xml);
+      if (!xml || aliases.length === 0) {
         const foreign = xml && this.foreignDevices(frontend, xml).find((f) => portLabel(f.port) === portLabel(port));
         if (foreign) {
           throw Errors.libvirtNotDevgates({ device: portLabel(port), domain: frontend, alias: foreign.alias });
         }
         throw Errors.notAttached({ device: portLabel(port), frontend });
       }
-      const timeoutMs = this.options.detachTimeoutMs ?? 5_000;
+      // The metadata entry stays until the next attach to this domain prunes it: an entry whose
+      // alias is not in the domain is never read back as an attachment.
+      await this.removeParts(frontend, aliases, `detach ${portLabel(port)}`);
+    });
+  }
+
+  /**
+   * `detach-device-alias` of devgate's aliases (the parts of one attachment), in one virsh process,
+   * then libvirt's device-removed for each (or a read-back after the wait). Only devgate's own
+   * aliases ever get here: a device someone else attached is never named.
+   */
+  private async removeParts(frontend: DomainName, aliases: readonly string[], operation?: string): Promise<void> {
+    const label = operation ?? `remove ${aliases.join(', ')}`;
+    const timeoutMs = this.options.detachTimeoutMs ?? 5_000;
+    const gone = new Map<string, Promise<void>>();
+    for (const alias of aliases) {
       this.busy.add(alias);
-      const gone = new Promise<void>((resolve) => this.removedWaiters.set(`${frontend}\0${alias}`, resolve));
-      try {
-        // The metadata entry stays until the next attach to this domain prunes it: an entry whose
-        // alias is not in the domain is never read back as an attachment.
-        const result = await this.transport.call([['detach-device-alias', frontend, alias, '--live']]);
-        if (virshErrors(result.stderr).length > 0) {
-          const now = await this.refresh(frontend);
-          if (now?.xml?.aliases.has(alias))
-            throw this.refusal(frontend, `detach ${portLabel(port)}`, result.stderr, now);
-          return;
+      gone.set(alias, new Promise<void>((resolve) => this.removedWaiters.set(`${frontend}\0${alias}`, resolve)));
+    }
+    try {
+      const result = await this.transport.call(
+        aliases.map((alias) => ['detach-device-alias', frontend, alias, '--live']),
+      );
+      if (virshErrors(result.stderr).length > 0) {
+        const now = await this.refresh(frontend);
+        if (aliases.some((alias) => now?.xml?.aliases.has(alias))) {
+          // Those that did go are gone; what stays is reported.
+          throw this.refusal(frontend, label, result.stderr, now);
         }
-        const confirmed = await this.waitGone(frontend, alias, gone, timeoutMs);
-        if (!confirmed) throw Errors.detachTimeout({ domain: frontend, device: portLabel(port), timeoutMs });
+        return;
+      }
+      const deadline = Date.now() + timeoutMs;
+      for (const alias of aliases) {
+        const confirmed = await this.waitGone(frontend, alias, gone.get(alias)!, Math.max(deadline - Date.now(), 0));
+        if (!confirmed)
+          throw Errors.detachTimeout({ domain: frontend, device: label.replace(/^detach /, ''), timeoutMs });
         this.forget(frontend, alias);
-      } finally {
+      }
+    } finally {
+      for (const alias of aliases) {
         this.removedWaiters.delete(`${frontend}\0${alias}`);
         this.busy.delete(alias);
         this.markOwn(frontend, alias);
       }
-    });
+    }
   }
 
   /**
@@ -434,10 +485,13 @@ export class LibvirtConnector implements Connector {
 
   private devgateDevices(domain: DomainName, xml: DomainXml): HypervisorAttachment[] {
     const result: HypervisorAttachment[] = [];
+    const seen = new Set<string>();
     for (const alias of xml.aliases) {
       const port = portOfAlias(alias);
-      if (!port) continue;
-      const meta = xml.metadata.find((e) => e.alias === alias);
+      // One attachment per port, however many libvirt devices (parts) it is.
+      if (!port || seen.has(aliasFor(port))) continue;
+      seen.add(aliasFor(port));
+      const meta = xml.metadata.find((e) => e.alias === aliasFor(port));
       result.push({
         port,
         frontend: domain,
@@ -593,9 +647,11 @@ export class LibvirtConnector implements Connector {
       if (wasRunning && !isRunning) this.signals.next({ type: 'stopped', domain });
       else if (!wasRunning && isRunning) this.signals.next({ type: 'started', domain });
       else if (isRunning && old.xml && now.xml) {
+        const reported = new Set<string>();
         for (const alias of old.xml.aliases) {
           const port = portOfAlias(alias);
-          if (port && !now.xml.aliases.has(alias) && !this.busy.has(alias)) {
+          if (port && !now.xml.aliases.has(alias) && !this.busy.has(alias) && !reported.has(aliasFor(port))) {
+            reported.add(aliasFor(port));
             this.signals.next({ type: 'device-removed', domain, port });
           }
         }
@@ -681,7 +737,7 @@ export class LibvirtConnector implements Connector {
         // The devices went with the machine: none of them is attached any more.
         this.cache.set(domain, {
           state: 'shut off',
-          xml: entry?.xml && { ...entry.xml, aliases: new Set(), disks: [], hostdevs: [], metadata: [] },
+          xml: entry?.xml && { ...entry.xml, aliases: new Set(), disks: [], hostdevs: [], inputs: [], metadata: [] },
         });
         this.signals.next({ type: 'stopped', domain });
         break;
@@ -762,6 +818,7 @@ export class LibvirtConnector implements Connector {
         aliases,
         disks: entry.xml.disks.filter((d) => d.alias !== alias),
         hostdevs: entry.xml.hostdevs.filter((d) => d.alias !== alias),
+        inputs: entry.xml.inputs.filter((d) => d.alias !== alias),
         metadata: entry.xml.metadata.filter((e) => e.alias !== alias),
       },
     });
@@ -793,11 +850,24 @@ export class LibvirtConnector implements Connector {
     const errors = virshErrors(stderr);
     // "Failed to attach device from FILE" names a temp file; libvirt's reason is the line after it.
     const useful = errors.filter((e) => !/^Failed to (attach|detach) device/.test(e));
-    const reason = (useful.length > 0 ? useful : errors).join('; ') || 'the device did not appear in the domain';
+    // The same reason for each part of a device (every event node of an input device) is said once.
+    const reason =
+      [...new Set(useful.length > 0 ? useful : errors)].join('; ') || 'the device did not appear in the domain';
     if (entry && !RUNNING_STATES.has(entry.state)) return Errors.domainNotRunning({ domain, role: 'frontend' });
     if (/domain is not running/i.test(reason)) return Errors.domainNotRunning({ domain, role: 'frontend' });
     let hint: string | undefined;
-    if (/usb/i.test(reason) && /controller|no .*bus|No free USB ports|hub/i.test(reason)) {
+    if (/passthrough of host PCI devices|VFIO PCI passthrough|IOMMU/i.test(reason)) {
+      hint =
+        'the host where the domain runs needs an IOMMU (VT-d or AMD-Vi, booted with intel_iommu=on or amd_iommu=on) ' +
+        'and vfio-pci; nothing was unbound or attached';
+    } else if (/Write filtering of PCI device/i.test(reason)) {
+      hint =
+        "permissive is a Xen option: this domain's libvirt driver cannot honour it; attach without -o permissive=True";
+    } else if (/input device on bus 'none' cannot be hot plugged/i.test(reason)) {
+      hint =
+        "this libvirt cannot hot-plug an <input type='evdev'> into a running domain (libvirt issue #529); " +
+        'add it to the domain definition (virsh edit) for the next start, or use a QEMU frontend';
+    } else if (/usb/i.test(reason) && /controller|no .*bus|No free USB ports|hub/i.test(reason)) {
       hint = `the domain needs a USB controller with a free port: virsh edit ${domain}, add <controller type='usb' model='qemu-xhci'/>, restart it`;
     } else if (/PCI|slot|pcie-root-port|hotplug/i.test(reason)) {
       hint = `virtio needs a free PCI slot: add a <controller type='pci' model='pcie-root-port'/> (virsh edit ${domain}) and restart, or attach on the USB bus (the default)`;

@@ -15,7 +15,7 @@ const filled = (xml: string, path = '/dev/ttyUSB0', node: 'char' | 'none' = 'cha
 describe('the libvirt-xml kind', () => {
   it('is declared by the connector', () => {
     const connector = new LibvirtConnector({ uri: 'qemu:///nowhere', watch: false });
-    expect(connector.attachKinds).toEqual(['block', 'usb-host', 'libvirt-xml']);
+    expect(connector.attachKinds).toEqual(['block', 'usb-host', 'vfio-pci', 'input-linux', 'libvirt-xml']);
     connector.dispose();
   });
 

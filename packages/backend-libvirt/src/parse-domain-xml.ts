@@ -26,7 +26,21 @@ export interface DomainHostdev {
   readonly product?: string;
   readonly bus?: string;
   readonly device?: string;
+  /** A PCI source address (`0x`-hex, as libvirt writes it). */
+  readonly domain?: string;
+  readonly slot?: string;
+  readonly function?: string;
   readonly missing: boolean;
+}
+
+/** An `<input>`: `evdev` (source/@dev, grab, grabToggle, repeat) or another type. */
+export interface DomainInput {
+  readonly alias?: string;
+  readonly type: string;
+  readonly dev?: string;
+  readonly grab?: string;
+  readonly grabToggle?: string;
+  readonly repeat?: string;
 }
 
 /** One devgate attachment as recorded in the domain's metadata. */
@@ -43,6 +57,7 @@ export interface DomainXml {
   readonly name: string;
   readonly disks: readonly DomainDisk[];
   readonly hostdevs: readonly DomainHostdev[];
+  readonly inputs: readonly DomainInput[];
   /** Every alias in the domain's devices (any kind). */
   readonly aliases: ReadonlySet<string>;
   readonly controllers: readonly { readonly type: string; readonly model?: string; readonly index?: string }[];
@@ -122,7 +137,26 @@ export function parseDomainXml(xml: string): DomainXml {
       product: attr(nodes(source, 'product')[0], 'id'),
       bus: attr(address, 'bus'),
       device: attr(address, 'device'),
+      ...(attr(address, 'slot') === undefined
+        ? {}
+        : {
+            domain: attr(address, 'domain'),
+            slot: attr(address, 'slot'),
+            function: attr(address, 'function'),
+          }),
       missing: attr(hostdev, 'missing') === 'yes' || attr(source, 'missing') === 'yes',
+    };
+  });
+  const inputs = nodes(devices, 'input').map((input): DomainInput => {
+    const source = nodes(input, 'source')[0];
+    const optional = (key: string, value: string | undefined) => (value === undefined ? {} : { [key]: value });
+    return {
+      alias: aliasOf(input),
+      type: attr(input, 'type') ?? '',
+      ...optional('dev', attr(source, 'dev')),
+      ...optional('grab', attr(source, 'grab')),
+      ...optional('grabToggle', attr(source, 'grabToggle')),
+      ...optional('repeat', attr(source, 'repeat')),
     };
   });
   const controllers = nodes(devices, 'controller').map((c) => ({
@@ -130,7 +164,7 @@ export function parseDomainXml(xml: string): DomainXml {
     model: attr(c, 'model'),
     index: attr(c, 'index'),
   }));
-  return { name, disks, hostdevs, aliases, controllers, metadata: parseMetadata(nodes(domain, 'metadata')[0]) };
+  return { name, disks, hostdevs, inputs, aliases, controllers, metadata: parseMetadata(nodes(domain, 'metadata')[0]) };
 }
 
 /** devgate's entries under `<metadata>`: the element whose namespace is devgate's, whatever its prefix. */
