@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
-import { type DeviceEvent, type DeviceInfo, Kernel } from '@devgate/core';
+import { type DeviceEvent, type DeviceInfo, type HostTree, Kernel } from '@devgate/core';
 import { LocalHostSource } from '@devgate/host';
 import { type UdevdHandle, ensureUdevd, removePartitions, settleUdev } from '@devgate/testkit';
 import { blockModule } from './block-module';
@@ -161,8 +161,12 @@ describe('a burst of 256 block devices with systemd-udevd running', () => {
           resolve();
         };
       });
+    let lastTree: HostTree | undefined;
+    const treeSubscription = source.trees$.subscribe((tree) => (lastTree = tree));
+    const faults: string[] = [];
     const subscription = manager.events$.subscribe((event) => {
       if ('device' in event) events.push(event);
+      else if (event.type === 'driver-fault') faults.push(`${event.driverId}: ${event.error.message}`);
       wake();
     });
     const listed = () => {
@@ -176,6 +180,22 @@ describe('a burst of 256 block devices with systemd-udevd running', () => {
       for (const e of events)
         if (e.type === type) counts.set(e.device.port.portId, (counts.get(e.device.port.portId) ?? 0) + 1);
       return names.filter((n) => counts.has(n)).map((n) => `${n} x${counts.get(n)}`);
+    };
+    /** What the source and udev hold for a partition listed with a wrong label. */
+    const explain = (p: string) => {
+      const r = lastTree?.devices().find((d) => d.properties.DEVNAME === `/dev/${p}`);
+      const keys = ['ID_FS_TYPE', 'ID_FS_LABEL', 'ID_PART_TABLE_TYPE', 'DISKSEQ', 'MAJOR', 'MINOR'];
+      const held = r ? keys.map((k) => `${k}=${r.properties[k]}`).join(' ') : 'no record';
+      let udev = '';
+      try {
+        udev = execFileSync('udevadm', ['info', '--query=property', `/dev/${p}`], { encoding: 'utf8' })
+          .split('\n')
+          .filter((l) => /^(ID_FS_LABEL|ID_FS_TYPE|MINOR|DISKSEQ)=/.test(l))
+          .join(' ');
+      } catch (error) {
+        udev = String(error);
+      }
+      return `source: ${held}; udev: ${udev}`;
     };
     /** Once udev has settled, devgate lists each of `wrote` once, with the label blkid finds: `wrote`'s. */
     const expectListedWithLabels = async (disks: readonly string[], wrote: ReadonlyMap<string, string>) => {
@@ -200,7 +220,9 @@ describe('a burst of 256 block devices with systemd-udevd running', () => {
           const stale = [...wrote.keys()].filter((p) => labelOf(p) !== truth.get(`/dev/${p}`));
           return {
             stale: stale.length,
-            e_g: stale.slice(0, 5).map((p) => `${p} listed ${labelOf(p)}, blkid ${truth.get(`/dev/${p}`)}`),
+            e_g: stale
+              .slice(0, 3)
+              .map((p) => `${p} listed ${labelOf(p)}, blkid ${truth.get(`/dev/${p}`)}; ${explain(p)}`),
           };
         },
       );
@@ -317,8 +339,10 @@ describe('a burst of 256 block devices with systemd-udevd running', () => {
       settleUdev(120);
       expect(manager.list().filter((d) => names.includes(d.port.portId))).toEqual([]);
       figures.push(`removal: detached in ${detachedMs} ms, none listed at ${goneMs} ms`);
+      expect(faults).toEqual([]);
     } finally {
       subscription.unsubscribe();
+      treeSubscription.unsubscribe();
       kernel.dispose();
       console.log(figures.join('\n'));
     }
