@@ -219,6 +219,7 @@ describe('a burst of 256 block devices with systemd-udevd running', () => {
         () => {
           const stale = [...wrote.keys()].filter((p) => labelOf(p) !== truth.get(`/dev/${p}`));
           return {
+            faults,
             stale: stale.length,
             e_g: stale
               .slice(0, 3)
