@@ -1,4 +1,16 @@
-import { type AttachSpec, type DeviceInfo, DevgateError, DriverContractError, type Port } from '@devgate/core';
+import {
+  type AttachSpec,
+  type DeviceClassDriver,
+  type DeviceInfo,
+  type DeviceSource,
+  DevgateError,
+  DriverContractError,
+  HostTree,
+  Kernel,
+  PLUGIN_API_VERSION,
+  type Port,
+  recordOf,
+} from '@devgate/core';
 import { inputAttachSpec } from '@devgate/driver-input';
 import { pciAttachSpec } from '@devgate/driver-pci';
 import { HOSTILE_STRINGS } from '@devgate/testkit';
@@ -6,7 +18,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Subject } from 'rxjs';
+import { BehaviorSubject, Subject, map } from 'rxjs';
 import {
   INPUT_LINUX_KIND,
   VFIO_PCI_KIND,
@@ -410,6 +422,63 @@ describe('the connector with PCI and input devices (scripted libvirt)', () => {
       expect(libvirt.calls.filter((c) => c[0] === 'detach-device-alias').map((c) => c[2])).not.toContain('input2');
       expect(parseDomainXml(libvirt.domainXml()).metadata).toEqual([]);
     } finally {
+      connector.dispose();
+    }
+  });
+});
+
+describe('the kernel hands both kinds to a libvirt frontend', () => {
+  it('attaches a PCI function and an input device through the kernel (no DG_UNSUPPORTED_ATTACH_KIND)', async () => {
+    const libvirt = new ScriptedLibvirt([]);
+    const connector = new LibvirtConnector({ uri: libvirt.uri, transport: libvirt, watch: false, local: false });
+    await connector.ready();
+    const kernel = new Kernel();
+    const tree = new HostTree([recordOf('/devices/virtual/test/one', 'test', {})]);
+    const source: DeviceSource = {
+      id: 'test:dom0',
+      backend: 'dom0',
+      hotplug: 'static',
+      trees$: new BehaviorSubject(tree),
+      // The data path as host's: the input nodes filled in after checking (here, as listed).
+      dataPath: async (_device: DeviceInfo, spec: AttachSpec) =>
+        spec.kind === INPUT_LINUX_KIND ? filledInput(spec, ['/dev/input/event3']) : spec,
+      dispose() {},
+    };
+    const driver = (id: string, data: Record<string, string>, attachSpec: DeviceClassDriver['attachSpec']) =>
+      ({
+        id,
+        manifest: { apiVersion: PLUGIN_API_VERSION, description: id },
+        discover: (s: DeviceSource) =>
+          s.trees$.pipe(
+            map((t) =>
+              t.devices('test').map((r) => ({
+                port: { devclass: id, backend: s.backend, portId: r.devpath.split('/').pop()! },
+                deviceId: `${id}-device`,
+                interfaces: [],
+                data,
+              })),
+            ),
+          ),
+        attachSpec,
+      }) as DeviceClassDriver;
+    kernel.registerSource(source);
+    kernel.registerDriver(
+      driver('pci', { sbdf: '0000:00:14.0', reset: 'flr', 'vendor-id': '8086', 'device-id': 'a36d' }, pciAttachSpec),
+    );
+    kernel.registerDriver(driver('input', { 'event-nodes': 'event3', 'event-devices': '13:67' }, inputAttachSpec));
+    kernel.registerConnector(connector);
+    try {
+      const manager = kernel.start();
+      const pci = { devclass: 'pci', backend: 'dom0', portId: 'one' };
+      const input = { devclass: 'input', backend: 'dom0', portId: 'one' };
+      await manager.attach({ frontend: 'work', port: pci });
+      await manager.attach({ frontend: 'work', port: input, options: { 'grab-toggle': 'alt-alt' } });
+      expect(libvirt.devices.map((d) => d.alias)).toEqual([aliasFor(pci), aliasFor(input)]);
+      expect(libvirt.devices[1].xml).toContain(`<source dev='/dev/input/event3' grabToggle='alt-alt' repeat='off'/>`);
+      await manager.detach('work', input);
+      expect(libvirt.devices.map((d) => d.alias)).toEqual([aliasFor(pci)]);
+    } finally {
+      kernel.dispose();
       connector.dispose();
     }
   });
