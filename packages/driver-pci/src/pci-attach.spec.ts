@@ -1,5 +1,5 @@
 import { type DeviceInfo, DevgateError } from '@devgate/core';
-import { libvirtHostdevXml, pciAttachSpec } from './pci-attach';
+import { pciAttachSpec } from './pci-attach';
 
 function controller(reset: string): DeviceInfo {
   return {
@@ -54,13 +54,6 @@ describe('vfio-pci attach specs', () => {
     );
     expect(codeOf(() => pciAttachSpec(controller('flr'), { permissive: 'maybe' }))).toBe(
       'DG_UNSUPPORTED_OPTION: Invalid permissive option value: maybe (accepted values: True, False)',
-    );
-  });
-
-  it('gives libvirt’s unmanaged hostdev for the same spec', () => {
-    expect(libvirtHostdevXml(pciAttachSpec(controller('flr'), {}))).toBe(
-      "<hostdev mode='subsystem' type='pci' managed='no'>\n  <driver name='vfio'/>\n  <source>\n" +
-        "    <address domain='0x0000' bus='0x00' slot='0x14' function='0x0'/>\n  </source>\n</hostdev>\n",
     );
   });
 });

@@ -9,7 +9,7 @@ export const VFIO_PCI_KIND = 'vfio-pci';
  * the function's whole IOMMU group to vfio-pci (driver_override, unbind, drivers_probe, per device)
  * after checking the device is the one listed and the host has an IOMMU; the connector then plugs
  * `vfio-pci host=SBDF` into a free PCIe root port of the frontend (QEMU), or a libvirt
- * `<hostdev type='pci' managed='no'>` (see libvirtHostdevXml).
+ * `<hostdev type='pci' managed='no'>` (@devgate/backend-libvirt).
  *
  * Options, as Qubes documents them for qvm-pci (`True`, `False` or absent):
  *   no-strict-reset  attach even though the function supports no reset (Qubes' strict reset refuses
@@ -57,25 +57,4 @@ function booleanOption(option: string, value: string): boolean {
     option,
     message: `Invalid ${option} option value: ${value} (accepted values: True, False)`,
   });
-}
-
-/**
- * The same hand-over for a libvirt frontend: `<hostdev mode='subsystem' type='pci' managed='no'>`, for
- * `virsh attach-device DOMAIN FILE --live`. managed='no' because the data path has already bound the
- * group to vfio-pci, and devgate, not libvirt, decides when it goes back to the host.
- */
-export function libvirtHostdevXml(spec: AttachSpec): string {
-  const host = String(spec.params.host ?? '');
-  const m = /^([0-9a-f]{4}):([0-9a-f]{2}):([0-1][0-9a-f])\.([0-7])$/.exec(host);
-  if (spec.kind !== VFIO_PCI_KIND || !m)
-    throw new DriverContractError('pci', `not a vfio-pci spec: ${spec.kind} ${host}`);
-  return [
-    `<hostdev mode='subsystem' type='pci' managed='no'>`,
-    `  <driver name='vfio'/>`,
-    `  <source>`,
-    `    <address domain='0x${m[1]}' bus='0x${m[2]}' slot='0x${m[3]}' function='0x${m[4]}'/>`,
-    `  </source>`,
-    `</hostdev>`,
-    '',
-  ].join('\n');
 }
