@@ -28,11 +28,11 @@ import {
   logRefusedModules,
   openStateStore,
   provideServices,
-  registryBackends,
 } from '@devgate/service';
 import { driverReport } from '@devgate/core';
 import { AskService } from './services/asks.js';
 import { AutoAttach } from './services/auto-attach.js';
+import { RegistryWatch } from './services/registry-watch.js';
 import { buildApi } from './api/server.js';
 import { READ_SOCKET_MODE, RW_SOCKET_MODE, applySocketAccess, listenOnNewSocket } from './access.js';
 
@@ -53,6 +53,7 @@ export class Devgated implements Disposable {
   private readonly createdSockets: string[] = [];
   private authorizer?: UsbAuthorizer;
   private stopped = false;
+  private registry?: RegistryWatch;
   /** Qubes' input proxy: policy, asks and audit for input devices of backends other than dom0. */
   private inputProxy?: InputProxy;
   /** Input passthrough survives a replug: QEMU never reopens a node, so the same device is attached again. */
@@ -90,10 +91,6 @@ export class Devgated implements Disposable {
     });
     loadConfiguredModules(kernel, config.modules ?? [], log);
     for (const [backend, spec] of Object.entries(config.backends)) kernel.registerSource(sourceFor(backend, spec));
-    // The registry's backend domains (recordings, devgate-agents) that the configuration does not name.
-    for (const source of registryBackends(config.domains, (backend) => backend in config.backends)) {
-      kernel.registerSource(source);
-    }
     kernel.registerPolicyHook(denyListHook(() => store));
     const manager = kernel.start();
     logRefusedModules(kernel, log);
@@ -103,8 +100,21 @@ export class Devgated implements Disposable {
     const autoAttach = new AutoAttach(manager, store, asks, devices);
     const daemon = new Devgated(config, kernel, manager, store, events, asks, devices, autoAttach, log);
     try {
-      // Before anything is awaited: an agent's first words are audited too.
-      await daemon.watchAgents();
+      // The registry's backend domains (recordings, devgate-agents) that the configuration does not
+      // name, followed while devgated runs. Before anything is awaited: an agent's first words are
+      // audited too.
+      const agents = () => manager.sources.filter((s): s is AgentSource => s instanceof AgentSource);
+      agents().forEach((agent) => daemon.watchAgent(agent));
+      daemon.registry = new RegistryWatch(manager, {
+        domains: config.domains,
+        taken: (backend) => backend in config.backends,
+        added: (source) => source instanceof AgentSource && daemon.watchAgent(source),
+        warn: (fields, message) => log.warn(fields, message),
+      });
+      daemon.registry.start();
+      // Their first trees are awaited (bounded) before what is attached is read back, so an
+      // attachment that outlived a restart of devgated is not taken for a vanished device.
+      await Promise.all(agents().map((agent) => agent.whenReady(5_000)));
       // libvirt's domains are read once before what is attached is reconciled; a URI out of reach now
       // is retried in the background, and its domains appear when it answers.
       for (const { uri, error } of await libvirt.ready()) {
@@ -153,41 +163,33 @@ export class Devgated implements Disposable {
     return daemon;
   }
 
-  /**
-   * Backend VMs' agents: their first trees are awaited (bounded) before what is attached is read back,
-   * so an attachment that outlived a restart of devgated is not taken for a vanished device; and
-   * what they do wrong (cut off: a broken protocol, a flood, a stall) is audited.
-   */
-  private async watchAgents(): Promise<void> {
-    const agents = this.manager.sources.filter((s): s is AgentSource => s instanceof AgentSource);
-    for (const agent of agents) {
-      agent.incidents$.subscribe((incident) => {
-        if (incident.type === 'cut-off') {
-          this.log.warn({ backend: incident.backend, code: incident.code, reason: incident.reason }, 'agent cut off');
-          this.devices.audit({
-            actor: 'devgated',
-            action: 'agent',
-            backend: incident.backend,
-            outcome: 'denied',
-            code: incident.code,
-            reason: `the agent was cut off: ${incident.reason}; its devices are gone until it reconnects`,
-          });
-        } else if (incident.type === 'connected' || incident.type === 'disconnected') {
-          this.log.info({ backend: incident.backend }, `agent ${incident.type}`);
-          this.devices.audit({
-            actor: 'devgated',
-            action: 'agent',
-            backend: incident.backend,
-            outcome: 'ok',
-            reason:
-              incident.type === 'connected'
-                ? `agent connected (${incident.agent})`
-                : `agent disconnected: ${incident.reason}`,
-          });
-        }
-      });
-    }
-    await Promise.all(agents.map((agent) => agent.whenReady(5_000)));
+  /** A backend VM's agent: its connections, and what it does wrong (cut off: a broken protocol, a flood, a stall), audited. */
+  private watchAgent(agent: AgentSource): void {
+    agent.incidents$.subscribe((incident) => {
+      if (incident.type === 'cut-off') {
+        this.log.warn({ backend: incident.backend, code: incident.code, reason: incident.reason }, 'agent cut off');
+        this.devices.audit({
+          actor: 'devgated',
+          action: 'agent',
+          backend: incident.backend,
+          outcome: 'denied',
+          code: incident.code,
+          reason: `the agent was cut off: ${incident.reason}; its devices are gone until it reconnects`,
+        });
+      } else if (incident.type === 'connected' || incident.type === 'disconnected') {
+        this.log.info({ backend: incident.backend }, `agent ${incident.type}`);
+        this.devices.audit({
+          actor: 'devgated',
+          action: 'agent',
+          backend: incident.backend,
+          outcome: 'ok',
+          reason:
+            incident.type === 'connected'
+              ? `agent connected (${incident.agent})`
+              : `agent disconnected: ${incident.reason}`,
+        });
+      }
+    });
   }
 
   /**
@@ -317,6 +319,7 @@ export class Devgated implements Disposable {
   async stop(): Promise<void> {
     this.stopped = true;
     this.authorizer?.dispose();
+    this.registry?.dispose();
     this.autoAttach.dispose();
     this.inputProxy?.dispose();
     this.inputReplug?.dispose();

@@ -209,6 +209,61 @@ describe('DeviceManager attach and detach', () => {
   });
 });
 
+describe('DeviceManager: backends that come and go while it runs', () => {
+  it('lists a backend added after start, and withdrawing it detaches what of it was attached', async () => {
+    // A driver that lists each backend's own devices, as every real driver does.
+    const perBackend = new Map<string, BehaviorSubject<DeviceInfo[]>>();
+    const stick = (backend: string): DeviceInfo => ({
+      ...dev('sda'),
+      port: { devclass: 'block', backend, portId: 'sda' },
+    });
+    const source = (backend: string): DeviceSource => {
+      perBackend.set(backend, new BehaviorSubject([stick(backend)]));
+      return {
+        id: `test:${backend}`,
+        backend,
+        hotplug: 'static',
+        trees$: new BehaviorSubject(new HostTree([])),
+        dataPath: async (_device: DeviceInfo, spec: AttachSpec) => spec,
+        dispose: () => undefined,
+      };
+    };
+    const kernel = new Kernel();
+    kernel.registerDriver({
+      id: 'block',
+      manifest: { apiVersion: PLUGIN_API_VERSION, description: 'test' },
+      discover: (s) => perBackend.get(s.backend)!,
+      attachSpec: () => ({ kind: 'block', params: {}, options: {} }),
+    });
+    kernel.registerSource(source('dom0'));
+    const connector = new MemoryConnector();
+    kernel.registerConnector(connector);
+    const manager = kernel.start();
+    try {
+      const added = manager.addSource(source('sys-usb'));
+      expect(manager.list().map((d) => `${d.port.backend}:${d.port.portId}`)).toEqual(['dom0:sda', 'sys-usb:sda']);
+      expect(manager.domains()).toContain('sys-usb');
+      expect(() => manager.addSource(source('sys-usb'))).toThrow(
+        expect.objectContaining({ code: 'DG_BACKEND_EXISTS' }),
+      );
+
+      const port = { devclass: 'block', backend: 'sys-usb', portId: 'sda' };
+      await manager.attach({ frontend: 'work', port });
+      const ended = new Promise((resolve) => manager.once('attachment-ended', resolve));
+      added.dispose();
+      expect(await ended).toMatchObject({ port, frontend: 'work', reason: 'device-removed', outcome: 'ok' });
+      expect(connector.attached.size).toBe(0);
+      expect(manager.list().map((d) => `${d.port.backend}:${d.port.portId}`)).toEqual(['dom0:sda']);
+      expect(await codeOf(manager.attach({ frontend: 'work', port }))).toBe('DG_NO_SUCH_BACKEND');
+      // Its stream is no longer read: a late snapshot changes nothing.
+      perBackend.get('sys-usb')!.next([stick('sys-usb')]);
+      expect(manager.list()).toHaveLength(1);
+    } finally {
+      kernel.dispose();
+    }
+  });
+});
+
 describe('DeviceManager: the promises it keeps', () => {
   const usbStick = (): DeviceInfo[] => [
     { ...dev('1-2'), port: { devclass: 'usb', backend: 'dom0', portId: '1-2' }, interfaces: ['u080650'] },

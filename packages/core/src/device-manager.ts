@@ -29,7 +29,7 @@ import {
   type DomainLifecycleEvent,
   type PolicyHook,
 } from './plugin-api.js';
-import { type Disposable } from './disposable.js';
+import { Disposable } from './disposable.js';
 import { Errors } from './errors.js';
 
 export interface ListFilter {
@@ -79,26 +79,60 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
   /** Resource chains with an attach or detach in flight: what makes concurrent attaches safe. */
   private readonly inFlight = new Set<readonly string[]>();
   readonly events$: Observable<DeviceEvent> = this.eventsSubject.asObservable();
+  /** The backends' sources: those given at construction, and those added while running. */
+  private readonly backends: DeviceSource[];
+  private started = false;
 
   constructor(
     readonly drivers: readonly DeviceClassDriver[],
-    readonly sources: readonly DeviceSource[],
+    sources: readonly DeviceSource[],
     readonly policyHooks: readonly PolicyHook[] = [],
     readonly connectors: readonly Connector[] = [],
     private readonly faultRetryMs = 1000,
   ) {
     super();
+    this.backends = [...sources];
+  }
+
+  get sources(): readonly DeviceSource[] {
+    return this.backends;
   }
 
   /** Subscribes every driver to every source; sources that replay fill the cache synchronously. */
   start(): void {
-    for (const source of this.sources) {
-      for (const driver of this.drivers) this.subscriptions.push(this.watch(driver, source));
-    }
+    this.started = true;
+    for (const source of this.backends) this.subscriptions.push(...this.watchSource(source));
     for (const connector of this.connectors) {
       const lifecycle = connector.lifecycle$?.subscribe((event) => this.onLifecycle(connector, event));
       if (lifecycle) this.subscriptions.push(lifecycle);
     }
+  }
+
+  /**
+   * A backend that appears while devgate runs (a USB VM created, a recorded host brought up).
+   * Disposing it withdraws the backend: its devices go as if pulled out, so whatever of it was
+   * attached is detached, and the end published.
+   */
+  addSource(source: DeviceSource): Disposable {
+    if (this.backends.some((s) => s.backend === source.backend))
+      throw Errors.backendExists({ backend: source.backend });
+    this.backends.push(source);
+    const watching = this.started ? this.watchSource(source) : [];
+    this.subscriptions.push(...watching);
+    return Disposable.create(() => {
+      for (const subscription of watching) {
+        subscription.unsubscribe();
+        this.subscriptions.splice(this.subscriptions.indexOf(subscription), 1);
+      }
+      this.backends.splice(this.backends.indexOf(source), 1);
+      for (const device of [...this.cache.values()]) {
+        if (device.port.backend === source.backend) this.apply({ type: 'removed', device });
+      }
+    });
+  }
+
+  private watchSource(source: DeviceSource): Subscription[] {
+    return this.drivers.map((driver) => this.watch(driver, source));
   }
 
   /**

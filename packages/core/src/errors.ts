@@ -77,6 +77,10 @@ export const Errors = {
     code: 'DG_NO_SUCH_BACKEND',
     message: (p) => `no backend vm '${p.backend}'`,
   }),
+  backendExists: define<{ backend: string }>({
+    code: 'DG_BACKEND_EXISTS',
+    message: (p) => `a backend named '${p.backend}' is already read`,
+  }),
   unknownDevice: define<{ backend: string; devclass: string; port: string; suggestion?: string }>({
     code: 'DG_UNKNOWN_DEVICE',
     message: (p) => `backend vm ${p.backend} doesn't expose ${p.devclass} device '${p.port}'`,
@@ -340,7 +344,7 @@ export const Errors = {
   pciNoReset: define<{ device: string }>({
     code: 'DG_PCI_NO_RESET',
     message: (p) => `Device ${p.device} does not support any reset; a VM could leave state in it for the next one`,
-    hint: () => 'Qubes\' -o no-strict-reset=True skips this check (it may leak usage data between VMs)',
+    hint: () => "Qubes' -o no-strict-reset=True skips this check (it may leak usage data between VMs)",
   }),
   pciNotRequired: define({
     code: 'DG_PCI_NOT_REQUIRED',
@@ -554,11 +558,12 @@ export const Errors = {
   libvirtRefused: define<{ domain: string; operation: string; reason: string; hint?: string }>({
     code: 'DG_LIBVIRT_REFUSED',
     message: (p) => `libvirt refused to ${p.operation} on ${p.domain}: ${p.reason}`,
-    hint: (p) => p.hint ?? 'libvirt\'s own reason is quoted above; nothing was changed',
+    hint: (p) => p.hint ?? "libvirt's own reason is quoted above; nothing was changed",
   }),
   libvirtNotDevgates: define<{ device: string; domain: string; alias: string }>({
     code: 'DG_LIBVIRT_NOT_DEVGATES',
-    message: (p) => `${p.device} was attached to ${p.domain} outside devgate (libvirt alias ${p.alias}); devgate leaves it alone`,
+    message: (p) =>
+      `${p.device} was attached to ${p.domain} outside devgate (libvirt alias ${p.alias}); devgate leaves it alone`,
     hint: (p) => `detach it the way it was attached, e.g. virsh detach-device-alias ${p.domain} ${p.alias} --live`,
   }),
 } as const;

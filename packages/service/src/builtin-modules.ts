@@ -36,21 +36,33 @@ export function builtinModules(options: BuiltinModulesOptions): BuiltinModules {
   };
 }
 
+/** A backend domain the registry names, and how to read it. */
+export interface RegistryBackend {
+  readonly backend: string;
+  /** What its source reads (a recording; an agent's control and export sockets): another key, another source. */
+  readonly key: string;
+  create(): DeviceSource;
+}
+
 /**
  * The backend domains the registry names, except those `taken` (configured otherwise): hosts
  * replayed from recordings (`devgate lab up NAME --recording FILE`) and backend VMs read through
  * their devgate-agent (`devgate usbvm create`, ADR 0008), under the registry's names.
  */
-export function registryBackends(domains: string | undefined, taken: (backend: string) => boolean): DeviceSource[] {
+export function registryBackends(domains: string | undefined, taken: (backend: string) => boolean): RegistryBackend[] {
   const registry = readRegistrySync(domains);
-  const sources: DeviceSource[] = [];
+  const backends: RegistryBackend[] = [];
   for (const [backend, { recording }] of Object.entries(registry.backends ?? {})) {
-    if (!taken(backend)) sources.push(new RecordedHostSource(recording, backend));
+    if (taken(backend)) continue;
+    backends.push({ backend, key: `recording ${recording}`, create: () => new RecordedHostSource(recording, backend) });
   }
   for (const [backend, { agent }] of Object.entries(registry.domains)) {
-    if (agent && !taken(backend)) {
-      sources.push(new AgentSource({ backend, control: agent.control, exportPorts: agent.exports }));
-    }
+    if (!agent || taken(backend)) continue;
+    backends.push({
+      backend,
+      key: `agent ${JSON.stringify(agent)}`,
+      create: () => new AgentSource({ backend, control: agent.control, exportPorts: agent.exports }),
+    });
   }
-  return sources;
+  return backends;
 }

@@ -1,0 +1,55 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Kernel } from '@devgate/core';
+import { labBackendUp, labDown } from '@devgate/backend-qemu';
+import { recordedFixture } from '@devgate/testkit';
+import { RegistryWatch } from './registry-watch.js';
+
+const waitFor = async (what: string, check: () => boolean) => {
+  const deadline = Date.now() + 10_000;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`no ${what} within 10 s`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+};
+
+it('follows the registry’s backends, and keeps them through a registry that cannot be read', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'registry-watch-'));
+  const registryFile = path.join(dir, 'domains.json');
+  const kernel = new Kernel();
+  const manager = kernel.start();
+  const warnings: string[] = [];
+  const added: string[] = [];
+  const watch = new RegistryWatch(manager, {
+    domains: registryFile,
+    taken: (backend) => backend === 'configured',
+    added: (source) => added.push(source.backend),
+    warn: (_fields, message) => warnings.push(message),
+  });
+  const backends = () => manager.sources.map((s) => s.backend).sort();
+  try {
+    watch.start(10);
+    expect(backends()).toEqual([]);
+    await labBackendUp('sys-usb', recordedFixture('usbkbd.umockdev'), { registryFile });
+    await labBackendUp('configured', recordedFixture('fido2.umockdev'), { registryFile });
+    await waitFor('sys-usb added', () => backends().includes('sys-usb'));
+    expect(added).toEqual(['sys-usb']);
+
+    // Broken by hand: said once, and what was read stays.
+    const good = fs.readFileSync(registryFile, 'utf8');
+    fs.writeFileSync(registryFile, '{ "domains": ');
+    await waitFor('a warning', () => warnings.length > 0);
+    expect(warnings).toEqual(['domain registry unreadable; backends unchanged']);
+    expect(backends()).toEqual(['sys-usb']);
+    fs.writeFileSync(registryFile, good);
+
+    await labDown(['sys-usb'], { registryFile });
+    await waitFor('sys-usb withdrawn', () => !backends().includes('sys-usb'));
+    expect(backends()).toEqual([]);
+  } finally {
+    watch.dispose();
+    kernel.dispose();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
