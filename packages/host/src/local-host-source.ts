@@ -82,9 +82,12 @@ export class LocalHostSource implements DeviceSource {
       let devices = new Map<string, RawDeviceRecord>();
       let fullRescan = true;
       let events: KernelUevent[] = [];
-      // udevd's event of a device comes after the kernel's, from another socket: by then the
-      // kernel may have sent a newer event of it (its removal). SEQNUM orders them.
-      const lastKernelEvent = new Map<string, number>();
+      // A device's kernel and udev events come from two sockets, merged by udevadm in whatever
+      // order it reads them: udev's event of a device can come after a newer kernel event of it
+      // (its removal), and a kernel event after udev's own event of it (udevadm behind, under
+      // load). They are ordered by SEQNUM, and udev's after the kernel's of the same SEQNUM: the
+      // newest event each device (or a parent's removal) had is the one that counts.
+      const newest = new Map<string, number>();
       const removedAt = new Map<string, number>();
       let pending: NodeJS.Timeout | undefined;
       let burstStarted = 0;
@@ -99,7 +102,7 @@ export class LocalHostSource implements DeviceSource {
             );
           else {
             for (const event of events) {
-              if (event.source === 'udev' && outdated(event)) continue;
+              if (outdated(event)) continue;
               this.apply(devices, event);
             }
           }
@@ -123,28 +126,37 @@ export class LocalHostSource implements DeviceSource {
         fullRescan = true;
         schedule();
       };
+      const order = (event: KernelUevent) => Number(event.properties.SEQNUM) * 2 + (event.source === 'udev' ? 1 : 0);
       const onUevent = (event: KernelUevent) => {
-        const seqnum = Number(event.properties.SEQNUM);
-        if (event.source === 'kernel' && Number.isFinite(seqnum)) {
-          lastKernelEvent.set(event.devpath, seqnum);
-          if (event.action === 'remove') removedAt.set(event.devpath, seqnum);
-          const old = event.action === 'move' ? event.properties.DEVPATH_OLD : undefined;
-          if (old) removedAt.set(old, seqnum);
+        const at = order(event);
+        if (Number.isFinite(at)) {
+          if (at > (newest.get(event.devpath) ?? -1)) newest.set(event.devpath, at);
+          const gone =
+            event.action === 'remove'
+              ? event.devpath
+              : event.action === 'move'
+                ? event.properties.DEVPATH_OLD
+                : undefined;
+          if (gone && at > (removedAt.get(gone) ?? -1)) removedAt.set(gone, at);
         }
         events.push(event);
         schedule();
       };
       /**
-       * A udev event the kernel has since overtaken: the device (or a parent) was removed, or sent a
-       * newer event whose own udev event is still to come. Applied, it would list a removed device,
-       * drop a re-added one or bring back udev's older findings.
+       * An event overtaken by a newer one of the same device, or by a parent's removal. Applied, a
+       * late udev `add` would list a removed device, a late `remove` drop a re-added one, a late
+       * kernel event replace udev's findings with none.
        */
       const outdated = (event: KernelUevent): boolean => {
-        const seqnum = Number(event.properties.SEQNUM);
-        if (!Number.isFinite(seqnum)) return false;
-        if ((lastKernelEvent.get(event.devpath) ?? -1) > seqnum) return true;
-        for (let at = event.devpath; at.length > '/devices'.length; at = path.posix.dirname(at)) {
-          if ((removedAt.get(at) ?? -1) > seqnum) return true;
+        const at = order(event);
+        if (!Number.isFinite(at)) return false;
+        if ((newest.get(event.devpath) ?? -1) > at) return true;
+        for (
+          let dir = path.posix.dirname(event.devpath);
+          dir.length > '/devices'.length;
+          dir = path.posix.dirname(dir)
+        ) {
+          if ((removedAt.get(dir) ?? -1) > at) return true;
         }
         return false;
       };
