@@ -45,13 +45,26 @@ function hostUdevEntries(): string[] {
   const data = '/run/udev/data';
   if (!fs.existsSync(data)) return [];
   return fs.readdirSync(data).filter((entry) => {
-    // b7:N are loop devices; b259:N a loop partition, when /sys says so (other tests make them).
+    // `.#...`: udevd's half-written entries (renamed into place when complete, then checked).
+    if (entry.startsWith('.#')) return false;
+    // b7:N are loop devices; b259:N a loop partition, when /sys says so (other tests make them, and
+    // may have removed it again: this host has no other extended-major block device).
     const block = /^b(\d+):(\d+)$/.exec(entry);
     if (block?.[1] === '7') return false;
-    if (block)
-      return !fs.realpathSync(`/sys/dev/block/${block[1]}:${block[2]}`, { encoding: 'utf8' }).includes('/loop');
+    if (block) {
+      const device = realpathOrGone(`/sys/dev/block/${block[1]}:${block[2]}`);
+      return device === undefined ? block[1] !== '259' : !device.includes('/loop');
+    }
     return true;
   });
+}
+
+function realpathOrGone(file: string): string | undefined {
+  try {
+    return fs.realpathSync(file);
+  } catch {
+    return undefined;
+  }
 }
 
 function hostMounts(): string[] {
