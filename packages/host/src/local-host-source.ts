@@ -30,6 +30,11 @@ export interface LocalHostOptions {
    * on the real host.
    */
   readonly probeBlock?: boolean;
+  /**
+   * Read udevd's database and events (default). false reads the host as one without udevd is read
+   * (kernel uevents, blkid's probes), whether or not one runs: the fallback's own tests.
+   */
+  readonly udev?: boolean;
 }
 
 /** Coalescing of hotplug bursts: wait this long for a pause, and never longer than the maximum. */
@@ -72,7 +77,8 @@ export class LocalHostSource implements DeviceSource {
   private subsystems: readonly string[] = [];
 
   constructor(private readonly options: LocalHostOptions = {}) {
-    this.roots = options.roots ?? LOCAL_ROOTS;
+    const roots = options.roots ?? LOCAL_ROOTS;
+    this.roots = options.udev === false ? { ...roots, udevData: '' } : roots;
     this.backend = options.backend ?? 'dom0';
     this.id = `local:${this.roots.sys}`;
     const isRealHost = this.roots.sys === '/sys';
@@ -340,7 +346,7 @@ export class LocalHostSource implements DeviceSource {
           },
         );
         let stopFallback = () => {};
-        monitor.start();
+        monitor.start('udevadm', { udev: this.options.udev !== false });
         // An udevadm that prints no header: catch up after a moment all the same.
         const settle = setTimeout(rescan, 250);
         settle.unref();

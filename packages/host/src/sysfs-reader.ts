@@ -9,7 +9,7 @@ export interface HostRoots {
   readonly sys: string;
   readonly dev: string;
   readonly proc: string;
-  /** udev's database directory (`/run/udev/data`); absent on hosts without udevd. */
+  /** udev's database directory (`/run/udev/data`); absent on hosts without udevd, '' for none. */
   readonly udevData: string;
 }
 

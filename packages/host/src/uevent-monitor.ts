@@ -32,8 +32,9 @@ export class UeventMonitor {
     private readonly onListening: () => void = () => {},
   ) {}
 
-  start(udevadm = 'udevadm'): void {
-    const child = spawn(udevadm, ['monitor', '--kernel', '--udev', '--property'], {
+  /** `udev: false`: the kernel's events only, as on a host without udevd. */
+  start(udevadm = 'udevadm', { udev = true }: { readonly udev?: boolean } = {}): void {
+    const child = spawn(udevadm, ['monitor', '--kernel', ...(udev ? ['--udev'] : []), '--property'], {
       stdio: ['ignore', 'pipe', 'ignore'],
     });
     this.child = child;
