@@ -134,4 +134,37 @@ describe('BlockDriver through the kernel (hotplug and probing)', () => {
     },
     15_000,
   );
+
+  it('probes again a device whose blkid was killed at its deadline, rather than listing it without a label', async () => {
+    // A blkid that hangs the first time it sees this test's label (a slow disk, a busy machine), then
+    // answers: killed at the source's deadline, its silence must not be taken for "nothing there".
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'slow-blkid-'));
+    const marker = path.join(dir, 'hung-once');
+    const realBlkid = execFileSync('sh', ['-c', 'command -v blkid'], { encoding: 'utf8' }).trim();
+    fs.writeFileSync(
+      path.join(dir, 'blkid'),
+      `#!/bin/sh\nout=$(${realBlkid} "$@")\ncode=$?\n` +
+        `case "$out" in *LABEL=SLOWPROBE*) [ -e ${marker} ] || { : > ${marker}; exec sleep 30; } ;; esac\n` +
+        `printf '%s\\n' "$out"\nexit $code\n`,
+      { mode: 0o755 },
+    );
+    try {
+      const blkid = path.join(dir, 'blkid');
+      const source = new LocalHostSource({ hotplug: 'uevent', udev: false, blkid, probeTimeoutMs: 500 });
+      kernel = new Kernel().load(blockModule);
+      kernel.registerSource(source);
+      const manager = kernel.start();
+      expect(await source.whenListening()).toBe(true);
+      disk = createLoopDisk({ sizeMiB: 32, partitions: [{ label: 'SLOWPROBE' }] });
+      const partition = { devclass: 'block', backend: 'dom0', portId: disk.partitions[0] };
+      const deadline = Date.now() + 10_000;
+      while (manager.get(partition)?.data.label !== 'SLOWPROBE' && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      expect(fs.existsSync(marker)).toBe(true); // the first probe did hang, and was killed
+      expect(manager.get(partition)?.data.label).toBe('SLOWPROBE');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 20_000);
 });

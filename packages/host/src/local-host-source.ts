@@ -35,6 +35,10 @@ export interface LocalHostOptions {
    * (kernel uevents, blkid's probes), whether or not one runs: the fallback's own tests.
    */
   readonly udev?: boolean;
+  /** The blkid to run (default: `blkid`, found on PATH). */
+  readonly blkid?: string;
+  /** How long one blkid run may take before it is killed and its devices probed again (default 10 s). */
+  readonly probeTimeoutMs?: number;
 }
 
 /** Coalescing of hotplug bursts: wait this long for a pause, and never longer than the maximum. */
@@ -45,6 +49,8 @@ const BURST_MAX_MS = 12;
 const PROBE_BATCH = 64;
 const PROBE_DELAY_MS = 50;
 const MAX_PARALLEL_PROBES = 2;
+/** A device whose probes keep being killed at their deadline is taken as having nothing to find. */
+const MAX_PROBE_RETRIES = 3;
 
 /** The directories whose entries appear and vanish on hotplug in a tree laid out like `/`. */
 const WATCHED_LISTS = ['class/block', 'bus/usb/devices', 'class/input', 'bus/pci/devices'];
@@ -67,6 +73,8 @@ export class LocalHostSource implements DeviceSource {
   private probesActive = 0;
   private readonly probeQueue: { key: string; node: string; token: ProbeToken }[] = [];
   private readonly probed = new WeakMap<RawDeviceRecord, RawDeviceRecord>();
+  /** Probes of a device killed at their deadline so far. */
+  private readonly probeRetries = new Map<string, number>();
   /** Rescans of the live subscriptions, run when a probe finds something. */
   private readonly probeListeners = new Set<() => void>();
   private readonly probeWaiters: (() => void)[] = [];
@@ -202,6 +210,7 @@ export class LocalHostSource implements DeviceSource {
 
   private forgetProbes(devpath: string): void {
     for (const key of this.probes.keys()) if (key.startsWith(`${devpath}|`)) this.probes.delete(key);
+    for (const key of this.probeRetries.keys()) if (key.startsWith(`${devpath}|`)) this.probeRetries.delete(key);
   }
 
   /**
@@ -297,17 +306,30 @@ export class LocalHostSource implements DeviceSource {
 
   private probe(batch: { key: string; node: string; token: ProbeToken }[]): void {
     const nodes = batch.map((entry) => entry.node);
-    execFile('blkid', ['-p', '-o', 'export', ...nodes], { timeout: 10_000 }, (_error, stdout) => {
-      // One block per device that blkid recognized, each with its DEVNAME; the others found nothing.
+    const timeout = this.options.probeTimeoutMs ?? 10_000;
+    execFile(this.options.blkid ?? 'blkid', ['-p', '-o', 'export', ...nodes], { timeout }, (error, stdout) => {
+      // One block per device that blkid recognized, each with its DEVNAME; the others found nothing,
+      // unless blkid was killed at its deadline (a slow disk, a busy machine) before it said.
+      const cutShort = Boolean(error?.killed || error?.signal);
       const byNode = new Map<string, Record<string, string>>();
       for (const block of (stdout ?? '').split('\n\n')) {
         const found = parseKeyValueLines(block);
         if (found.DEVNAME) byNode.set(found.DEVNAME, found);
       }
       let foundAny = false;
+      let retry = false;
       for (const { key, node, token } of batch) {
         // Forgotten while it ran (a `change`): a newer probe, or none, stands for the device now.
         if (this.probes.get(key) !== token) continue;
+        const retries = this.probeRetries.get(key) ?? 0;
+        if (cutShort && !byNode.has(node) && retries < MAX_PROBE_RETRIES) {
+          // Unknown, not absent: the next pass probes it again.
+          this.probeRetries.set(key, retries + 1);
+          this.probes.delete(key);
+          retry = true;
+          continue;
+        }
+        this.probeRetries.delete(key);
         const found = byNode.get(node) ?? {};
         const properties: Record<string, string> = {};
         for (const [k, v] of Object.entries(found)) if (k !== 'DEVNAME') properties[`ID_${k}`] = v;
@@ -318,12 +340,13 @@ export class LocalHostSource implements DeviceSource {
         this.probes.set(key, properties);
         foundAny ||= Object.keys(found).length > 0;
       }
-      if (foundAny) this.probeListeners.forEach((rescan) => rescan());
+      if (foundAny || retry) this.probeListeners.forEach((rescan) => rescan());
       this.probesActive--;
       this.drainProbes();
       this.probesRunning -= batch.length;
       // With a live subscription, the new tree carries the findings: the flush wakes the waiters.
-      if (this.probesRunning === 0 && (!foundAny || this.probeListeners.size === 0)) this.wakeProbeWaiters();
+      const rescanning = (foundAny || retry) && this.probeListeners.size > 0;
+      if (this.probesRunning === 0 && !rescanning) this.wakeProbeWaiters();
     });
   }
 
@@ -404,6 +427,7 @@ export class LocalHostSource implements DeviceSource {
 
   dispose(): void {
     this.probes.clear();
+    this.probeRetries.clear();
   }
 }
 
