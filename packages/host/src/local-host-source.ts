@@ -1,6 +1,5 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { execFile } from 'node:child_process';
 import { Observable, shareReplay } from 'rxjs';
 import { type AttachSpec, type DeviceInfo, type DeviceSource, HostTree, type RawDeviceRecord } from '@devgate/core';
 import { hostDataPath } from './host-data-path.js';
@@ -13,7 +12,7 @@ import {
   readUsage,
   subsystemLists,
 } from './sysfs-reader.js';
-import { parseKeyValueLines } from './parse-udev-data.js';
+import { BlockProbes } from './block-probes.js';
 import { type KernelUevent, UeventMonitor } from './uevent-monitor.js';
 
 export type HotplugMechanism = 'uevent' | 'fs.watch' | 'poll' | 'static';
@@ -45,13 +44,6 @@ export interface LocalHostOptions {
 const BURST_QUIET_MS = 2;
 const BURST_MAX_MS = 12;
 
-/** blkid runs on up to this many devices at once, in at most two processes: forking is the cost. */
-const PROBE_BATCH = 64;
-const PROBE_DELAY_MS = 50;
-const MAX_PARALLEL_PROBES = 2;
-/** A device whose probes keep being killed at their deadline is taken as having nothing to find. */
-const MAX_PROBE_RETRIES = 3;
-
 /** The directories whose entries appear and vanish on hotplug in a tree laid out like `/`. */
 const WATCHED_LISTS = ['class/block', 'bus/usb/devices', 'class/input', 'bus/pci/devices'];
 
@@ -66,18 +58,8 @@ export class LocalHostSource implements DeviceSource {
   readonly trees$: Observable<HostTree>;
   hotplug: HotplugMechanism;
   readonly roots: HostRoots;
-  /** blkid's findings by device (devpath, disk sequence, size); a probe still running is its token. */
-  private readonly probes = new Map<string, Record<string, string> | ProbeToken>();
-  private readonly probeBlock: boolean;
-  private probesRunning = 0;
-  private probesActive = 0;
-  private readonly probeQueue: { key: string; node: string; token: ProbeToken }[] = [];
-  private readonly probed = new WeakMap<RawDeviceRecord, RawDeviceRecord>();
-  /** Probes of a device killed at their deadline so far. */
-  private readonly probeRetries = new Map<string, number>();
-  /** Rescans of the live subscriptions, run when a probe finds something. */
-  private readonly probeListeners = new Set<() => void>();
-  private readonly probeWaiters: (() => void)[] = [];
+  /** blkid's findings where udev has none (hosts without udevd); absent when not probing. */
+  private readonly probes?: BlockProbes;
   /** Whether a live subscription's hotplug mechanism is listening, and who waits for it. */
   private listening = false;
   private readonly listeningWaiters: (() => void)[] = [];
@@ -90,7 +72,9 @@ export class LocalHostSource implements DeviceSource {
     this.backend = options.backend ?? 'dom0';
     this.id = `local:${this.roots.sys}`;
     const isRealHost = this.roots.sys === '/sys';
-    this.probeBlock = options.probeBlock ?? (isRealHost && process.getuid?.() === 0);
+    if (options.probeBlock ?? (isRealHost && process.getuid?.() === 0)) {
+      this.probes = new BlockProbes(this.roots.dev, { blkid: options.blkid, timeoutMs: options.probeTimeoutMs });
+    }
     this.hotplug = chooseHotplug(options.hotplug ?? 'auto', isRealHost);
     this.trees$ = new Observable<HostTree>((subscriber) => {
       let devices = new Map<string, RawDeviceRecord>();
@@ -123,7 +107,7 @@ export class LocalHostSource implements DeviceSource {
           fullRescan = false;
           events = [];
           subscriber.next(this.withProbes(new HostTree(devices.values(), readUsage(this.roots))));
-          if (this.probesRunning === 0) this.wakeProbeWaiters();
+          this.probes?.emitted();
         } catch (error) {
           subscriber.error(error);
         }
@@ -176,11 +160,11 @@ export class LocalHostSource implements DeviceSource {
       };
       // Probe results change no sysfs record: the same devices are emitted again, with them.
       const reprobe = () => schedule();
-      this.probeListeners.add(reprobe);
+      this.probes?.listeners.add(reprobe);
       flush();
       const stop = this.watch(rescan, onUevent);
       return () => {
-        this.probeListeners.delete(reprobe);
+        this.probes?.listeners.delete(reprobe);
         if (pending) clearTimeout(pending);
         stop();
       };
@@ -197,7 +181,7 @@ export class LocalHostSource implements DeviceSource {
     const listed = LISTED_SUBSYSTEMS.has(event.subsystem) || this.subsystems.includes(event.subsystem);
     if (!listed && !devices.has(event.devpath)) return;
     // A `change` says the content may differ (a new filesystem, a new table): blkid looks again.
-    if (event.action === 'change') this.forgetProbes(event.devpath);
+    if (event.action === 'change') this.probes?.forget(event.devpath);
     const fromUevent = event.action === 'add' || event.action === 'change' ? event.properties : undefined;
     // Until udevd has processed a kernel `add`, its database entry under that major:minor is a
     // removed device's: its labels would be listed for the new one. udev's own event brings them.
@@ -206,11 +190,6 @@ export class LocalHostSource implements DeviceSource {
     for (const record of readDeviceWithAncestors(this.roots, event.devpath, known, fromUevent, { udevDatabase })) {
       devices.set(record.devpath, record);
     }
-  }
-
-  private forgetProbes(devpath: string): void {
-    for (const key of this.probes.keys()) if (key.startsWith(`${devpath}|`)) this.probes.delete(key);
-    for (const key of this.probeRetries.keys()) if (key.startsWith(`${devpath}|`)) this.probeRetries.delete(key);
   }
 
   /**
@@ -240,18 +219,7 @@ export class LocalHostSource implements DeviceSource {
 
   /** Resolves once no blkid probe is running (at most `timeoutMs` later). */
   whenProbed(timeoutMs = 3000): Promise<void> {
-    if (this.probesRunning === 0) return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = setTimeout(resolve, timeoutMs);
-      this.probeWaiters.push(() => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
-  }
-
-  private wakeProbeWaiters(): void {
-    this.probeWaiters.splice(0).forEach((wake) => wake());
+    return this.probes?.whenIdle(timeoutMs) ?? Promise.resolve();
   }
 
   /** A fresh tree, without subscribing: what a one-shot command needs. */
@@ -260,94 +228,7 @@ export class LocalHostSource implements DeviceSource {
   }
 
   private withProbes(tree: HostTree): HostTree {
-    if (!this.probeBlock) return tree;
-    return new HostTree(
-      tree.devices().map((record) => this.withProbe(record)),
-      tree.usage,
-    );
-  }
-
-  /** Adds blkid's findings to block devices udev knows nothing about; probes run in the background. */
-  private withProbe(record: RawDeviceRecord): RawDeviceRecord {
-    if (record.subsystem !== 'block' || record.properties.ID_FS_TYPE || record.properties.ID_PART_TABLE_TYPE) {
-      return record;
-    }
-    const devname = record.properties.DEVNAME;
-    if (!devname) return record;
-    const key = `${record.devpath}|${record.properties.DISKSEQ ?? ''}|${record.attribute('size') ?? ''}`;
-    const known = this.probes.get(key);
-    if (known === undefined) {
-      const token: ProbeToken = { probing: true };
-      this.probes.set(key, token);
-      this.probesRunning++;
-      const node = path.join(this.roots.dev, devname.replace(/^\/dev\//, ''));
-      this.probeQueue.push({ key, node, token });
-      // Probe after a short pause, so a burst (a disk and its partitions) is probed together, and
-      // forking blkid does not hold up the burst's own events.
-      if (this.probeQueue.length === 1) setTimeout(() => this.drainProbes(), PROBE_DELAY_MS);
-      return record;
-    }
-    if (isProbeToken(known)) return record;
-    // The same wrapped record each time, so drivers can tell it did not change.
-    const wrapped = this.probed.get(record);
-    if (wrapped) return wrapped;
-    const fresh = { ...record, properties: { ...known, ...record.properties } };
-    this.probed.set(record, fresh);
-    return fresh;
-  }
-
-  /** Runs queued probes in batches: a disk with 256 partitions must not fork 256 blkids. */
-  private drainProbes(): void {
-    while (this.probesActive < MAX_PARALLEL_PROBES && this.probeQueue.length > 0) {
-      this.probesActive++;
-      this.probe(this.probeQueue.splice(0, PROBE_BATCH));
-    }
-  }
-
-  private probe(batch: { key: string; node: string; token: ProbeToken }[]): void {
-    const nodes = batch.map((entry) => entry.node);
-    const timeout = this.options.probeTimeoutMs ?? 10_000;
-    execFile(this.options.blkid ?? 'blkid', ['-p', '-o', 'export', ...nodes], { timeout }, (error, stdout) => {
-      // One block per device that blkid recognized, each with its DEVNAME; the others found nothing,
-      // unless blkid was killed at its deadline (a slow disk, a busy machine) before it said.
-      const cutShort = Boolean(error?.killed || error?.signal);
-      const byNode = new Map<string, Record<string, string>>();
-      for (const block of (stdout ?? '').split('\n\n')) {
-        const found = parseKeyValueLines(block);
-        if (found.DEVNAME) byNode.set(found.DEVNAME, found);
-      }
-      let foundAny = false;
-      let retry = false;
-      for (const { key, node, token } of batch) {
-        // Forgotten while it ran (a `change`): a newer probe, or none, stands for the device now.
-        if (this.probes.get(key) !== token) continue;
-        const retries = this.probeRetries.get(key) ?? 0;
-        if (cutShort && !byNode.has(node) && retries < MAX_PROBE_RETRIES) {
-          // Unknown, not absent: the next pass probes it again.
-          this.probeRetries.set(key, retries + 1);
-          this.probes.delete(key);
-          retry = true;
-          continue;
-        }
-        this.probeRetries.delete(key);
-        const found = byNode.get(node) ?? {};
-        const properties: Record<string, string> = {};
-        for (const [k, v] of Object.entries(found)) if (k !== 'DEVNAME') properties[`ID_${k}`] = v;
-        // blkid names them TYPE/LABEL/PTTYPE; udev's names are ID_FS_TYPE/ID_FS_LABEL/ID_PART_TABLE_TYPE.
-        if (found.TYPE) properties.ID_FS_TYPE = found.TYPE;
-        if (found.LABEL) properties.ID_FS_LABEL = found.LABEL;
-        if (found.PTTYPE) properties.ID_PART_TABLE_TYPE = found.PTTYPE;
-        this.probes.set(key, properties);
-        foundAny ||= Object.keys(found).length > 0;
-      }
-      if (foundAny || retry) this.probeListeners.forEach((rescan) => rescan());
-      this.probesActive--;
-      this.drainProbes();
-      this.probesRunning -= batch.length;
-      // With a live subscription, the new tree carries the findings: the flush wakes the waiters.
-      const rescanning = (foundAny || retry) && this.probeListeners.size > 0;
-      if (this.probesRunning === 0 && !rescanning) this.wakeProbeWaiters();
-    });
+    return this.probes?.withProbes(tree) ?? tree;
   }
 
   private watch(rescan: () => void, onUevent: (event: KernelUevent) => void): () => void {
@@ -426,17 +307,8 @@ export class LocalHostSource implements DeviceSource {
   }
 
   dispose(): void {
-    this.probes.clear();
-    this.probeRetries.clear();
+    this.probes?.dispose();
   }
-}
-
-interface ProbeToken {
-  readonly probing: true;
-}
-
-function isProbeToken(value: Record<string, string> | ProbeToken): value is ProbeToken {
-  return (value as Partial<ProbeToken>).probing === true;
 }
 
 function chooseHotplug(wanted: HotplugMechanism | 'auto', isRealHost: boolean): HotplugMechanism {

@@ -1,0 +1,178 @@
+import * as path from 'node:path';
+import { execFile } from 'node:child_process';
+import { HostTree, type RawDeviceRecord } from '@devgate/core';
+import { parseKeyValueLines } from './parse-udev-data.js';
+
+/** blkid runs on up to this many devices at once, in at most two processes: forking is the cost. */
+const PROBE_BATCH = 64;
+const PROBE_DELAY_MS = 50;
+const MAX_PARALLEL_PROBES = 2;
+/** A device whose probes keep being killed at their deadline is taken as having nothing to find. */
+const MAX_PROBE_RETRIES = 3;
+
+export interface BlockProbesOptions {
+  /** The blkid to run (default: `blkid`, found on PATH). */
+  readonly blkid?: string;
+  /** How long one blkid run may take before it is killed and its devices probed again (default 10 s). */
+  readonly timeoutMs?: number;
+}
+
+interface ProbeToken {
+  readonly probing: true;
+}
+
+interface QueuedProbe {
+  readonly key: string;
+  readonly node: string;
+  readonly token: ProbeToken;
+}
+
+/**
+ * blkid's findings (labels, filesystem and partition table types) for block devices udev knows
+ * nothing about: a host without udevd, or one whose udevd has not got to them yet. Probes run in the
+ * background, in batches; what they find is merged into the device's record under udev's names, and
+ * the live subscriptions (`listeners`) rescan to carry it.
+ */
+export class BlockProbes {
+  /** Rescans of the live subscriptions, run when a probe found something or must run again. */
+  readonly listeners = new Set<() => void>();
+  /** Findings by device (devpath, disk sequence, size); a probe still running is its token. */
+  private readonly found = new Map<string, Record<string, string> | ProbeToken>();
+  /** Probes of a device killed at their deadline so far. */
+  private readonly retries = new Map<string, number>();
+  private readonly merged = new WeakMap<RawDeviceRecord, RawDeviceRecord>();
+  private readonly queue: QueuedProbe[] = [];
+  private running = 0;
+  private active = 0;
+  private readonly idleWaiters: (() => void)[] = [];
+
+  constructor(
+    /** The device nodes' directory (`/dev`). */
+    private readonly dev: string,
+    private readonly options: BlockProbesOptions = {},
+  ) {}
+
+  withProbes(tree: HostTree): HostTree {
+    return new HostTree(
+      tree.devices().map((record) => this.withProbe(record)),
+      tree.usage,
+    );
+  }
+
+  /** The device's content may have changed (a `change` uevent): blkid looks again. */
+  forget(devpath: string): void {
+    for (const key of this.found.keys()) if (key.startsWith(`${devpath}|`)) this.found.delete(key);
+    for (const key of this.retries.keys()) if (key.startsWith(`${devpath}|`)) this.retries.delete(key);
+  }
+
+  /** A live subscription emitted a tree: with no probe running, it carries every finding. */
+  emitted(): void {
+    if (this.running === 0) this.wakeIdleWaiters();
+  }
+
+  /** Resolves once no probe is running (at most `timeoutMs` later). */
+  whenIdle(timeoutMs: number): Promise<void> {
+    if (this.running === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      this.idleWaiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  dispose(): void {
+    this.found.clear();
+    this.retries.clear();
+  }
+
+  private wakeIdleWaiters(): void {
+    this.idleWaiters.splice(0).forEach((wake) => wake());
+  }
+
+  private withProbe(record: RawDeviceRecord): RawDeviceRecord {
+    if (record.subsystem !== 'block' || record.properties.ID_FS_TYPE || record.properties.ID_PART_TABLE_TYPE) {
+      return record;
+    }
+    const devname = record.properties.DEVNAME;
+    if (!devname) return record;
+    const key = `${record.devpath}|${record.properties.DISKSEQ ?? ''}|${record.attribute('size') ?? ''}`;
+    const known = this.found.get(key);
+    if (known === undefined) {
+      const token: ProbeToken = { probing: true };
+      this.found.set(key, token);
+      this.running++;
+      this.queue.push({ key, node: path.join(this.dev, devname.replace(/^\/dev\//, '')), token });
+      // Probe after a short pause, so a burst (a disk and its partitions) is probed together, and
+      // forking blkid does not hold up the burst's own events.
+      if (this.queue.length === 1) setTimeout(() => this.drain(), PROBE_DELAY_MS);
+      return record;
+    }
+    if (isProbeToken(known)) return record;
+    // The same merged record each time, so drivers can tell it did not change.
+    const merged = this.merged.get(record);
+    if (merged) return merged;
+    const fresh = { ...record, properties: { ...known, ...record.properties } };
+    this.merged.set(record, fresh);
+    return fresh;
+  }
+
+  /** Runs queued probes in batches: a disk with 256 partitions must not fork 256 blkids. */
+  private drain(): void {
+    while (this.active < MAX_PARALLEL_PROBES && this.queue.length > 0) {
+      this.active++;
+      this.probe(this.queue.splice(0, PROBE_BATCH));
+    }
+  }
+
+  private probe(batch: QueuedProbe[]): void {
+    const nodes = batch.map((entry) => entry.node);
+    const timeout = this.options.timeoutMs ?? 10_000;
+    execFile(this.options.blkid ?? 'blkid', ['-p', '-o', 'export', ...nodes], { timeout }, (error, stdout) => {
+      // One block per device that blkid recognized, each with its DEVNAME; the others found nothing,
+      // unless blkid was killed at its deadline (a slow disk, a busy machine) before it said.
+      const cutShort = Boolean(error?.killed || error?.signal);
+      const byNode = new Map<string, Record<string, string>>();
+      for (const block of (stdout ?? '').split('\n\n')) {
+        const found = parseKeyValueLines(block);
+        if (found.DEVNAME) byNode.set(found.DEVNAME, found);
+      }
+      let foundAny = false;
+      let retry = false;
+      for (const { key, node, token } of batch) {
+        // Forgotten while it ran (a `change`): a newer probe, or none, stands for the device now.
+        if (this.found.get(key) !== token) continue;
+        const retries = this.retries.get(key) ?? 0;
+        if (cutShort && !byNode.has(node) && retries < MAX_PROBE_RETRIES) {
+          // Unknown, not absent: the next pass probes it again.
+          this.retries.set(key, retries + 1);
+          this.found.delete(key);
+          retry = true;
+          continue;
+        }
+        this.retries.delete(key);
+        const found = byNode.get(node) ?? {};
+        const properties: Record<string, string> = {};
+        for (const [k, v] of Object.entries(found)) if (k !== 'DEVNAME') properties[`ID_${k}`] = v;
+        // blkid names them TYPE/LABEL/PTTYPE; udev's names are ID_FS_TYPE/ID_FS_LABEL/ID_PART_TABLE_TYPE.
+        if (found.TYPE) properties.ID_FS_TYPE = found.TYPE;
+        if (found.LABEL) properties.ID_FS_LABEL = found.LABEL;
+        if (found.PTTYPE) properties.ID_PART_TABLE_TYPE = found.PTTYPE;
+        this.found.set(key, properties);
+        foundAny ||= Object.keys(found).length > 0;
+      }
+      if (foundAny || retry) this.listeners.forEach((rescan) => rescan());
+      this.active--;
+      this.drain();
+      this.running -= batch.length;
+      // With a live subscription, the new tree carries the findings: its emission wakes the waiters.
+      const rescanning = (foundAny || retry) && this.listeners.size > 0;
+      if (this.running === 0 && !rescanning) this.wakeIdleWaiters();
+    });
+  }
+}
+
+function isProbeToken(value: Record<string, string> | ProbeToken): value is ProbeToken {
+  return (value as Partial<ProbeToken>).probing === true;
+}
