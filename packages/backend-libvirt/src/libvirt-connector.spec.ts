@@ -125,7 +125,23 @@ it('shows a disk a user attached with virsh as attached (not by devgate), and ne
     `<disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='/dev/${whole}'/>` +
       `<target dev='sdz' bus='usb'/><readonly/></disk>`,
   );
+  // Heard while the connector runs (libvirt's device-added, then a read of the domain).
+  const added = firstValueFrom(
+    connector.lifecycle$.pipe(
+      filter((e) => e.type === 'device-added' && e.domain === 'personal'),
+      timeout(10_000),
+    ),
+  );
   await libvirtd.virsh(['attach-device', 'personal', file, '--live']);
+  expect(await added).toEqual({
+    type: 'device-added',
+    domain: 'personal',
+    attachment: {
+      port: port(whole),
+      frontend: 'personal',
+      options: { 'read-only': 'yes', 'frontend-dev': 'sdz', 'attached-by': 'libvirt' },
+    },
+  });
   const attachments = await connector.attachments();
   expect(attachments).toContainEqual({
     port: port(whole),

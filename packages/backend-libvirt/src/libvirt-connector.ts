@@ -579,9 +579,20 @@ export class LibvirtConnector implements Connector {
       this.scheduleRefresh(domain);
       return this.cache.get(domain);
     }
+    const before = this.cache.get(domain)?.xml;
     const entry = this.parseReadBack(domain, result.stdout);
     if (!entry && /failed to get domain|Domain not found/i.test(result.stderr)) this.cache.delete(domain);
+    if (before && entry?.xml && RUNNING_STATES.has(entry.state)) this.reportForeignAdded(domain, before, entry.xml);
     return entry;
+  }
+
+  /** Disks of this host someone attached without devgate since `before`: the kernel holds them for that domain. */
+  private reportForeignAdded(domain: DomainName, before: DomainXml, after: DomainXml): void {
+    const known = new Set(this.foreignDevices(domain, before).map((f) => f.alias));
+    for (const foreign of this.foreignDevices(domain, after)) {
+      if (!known.has(foreign.alias))
+        this.signals.next({ type: 'device-added', domain, attachment: foreign.attachment });
+    }
   }
 
   /** Re-reads every domain (serialized), and reports what changed while nobody was listening. */
@@ -659,6 +670,7 @@ export class LibvirtConnector implements Connector {
           if (!now.xml.aliases.has(foreign.alias))
             this.signals.next({ type: 'device-removed', domain, port: foreign.port });
         }
+        this.reportForeignAdded(domain, old.xml, now.xml);
       }
     }
     for (const [domain, now] of after) {

@@ -292,6 +292,34 @@ describe('DeviceManager: the promises it keeps', () => {
     kernel.dispose();
   });
 
+  it('holds a device attached behind its back for that frontend, until the frontend lets go of it', async () => {
+    const { manager, port, connector, kernel } = setup([dev('sdb'), dev('sdb1', 'sdb')]);
+    const attached: string[] = [];
+    manager.on('attached', (e) => attached.push(`${e.device.port.portId}@${e.frontend}`));
+    const options = { 'read-only': 'yes', 'attached-by': 'libvirt' };
+    connector.lifecycle$.next({
+      type: 'device-added',
+      domain: 'work',
+      attachment: { port: port('sdb'), frontend: 'work', options },
+    });
+    expect(attached).toEqual(['sdb@work']);
+    expect(manager.get(port('sdb'))?.attachment).toMatchObject({ frontend: 'work', options });
+    // Nothing else gets it, or a part of it, meanwhile.
+    expect(await codeOf(manager.attach({ frontend: 'personal', port: port('sdb') }))).toBe('DG_ALREADY_ATTACHED');
+    expect(await codeOf(manager.attach({ frontend: 'personal', port: port('sdb1') }))).toBe('DG_OVERLAP');
+    // A device the backend does not list is not taken for one.
+    connector.lifecycle$.next({
+      type: 'device-added',
+      domain: 'work',
+      attachment: { port: port('sdz'), frontend: 'work', options },
+    });
+    expect(manager.get(port('sdz'))).toBeUndefined();
+    connector.lifecycle$.next({ type: 'device-removed', domain: 'work', port: port('sdb') });
+    expect(manager.get(port('sdb'))?.attachment).toBeUndefined();
+    await manager.attach({ frontend: 'personal', port: port('sdb1') });
+    kernel.dispose();
+  });
+
   it('ends an attachment the frontend lost behind its back, and publishes domain states', async () => {
     const { manager, port, connector, kernel } = setup([dev('sdb')]);
     const seen = ended(manager);

@@ -137,18 +137,32 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
 
   /**
    * A frontend that stopped (or lost a device behind devgate's back) ends those attachments, as a
-   * surprise removal does: the device is free at once, and the end is published for the audit.
+   * surprise removal does: the device is free at once, and the end is published for the audit. A
+   * device attached behind devgate's back is held by that frontend from then on.
    */
   private onLifecycle(connector: Connector, event: DomainLifecycleEvent): void {
+    if (event.type === 'device-added') {
+      // Attached behind devgate's back: shown as held there, so nothing else gets it meanwhile.
+      const key = portKey(event.attachment.port);
+      const device = this.cache.get(key);
+      if (!device || this.attachments.has(key)) return;
+      const chain = this.chainOf(device);
+      for (const busy of this.inFlight) if (overlaps(chain, busy)) return;
+      this.attachments.set(key, { ...event.attachment, chain, connector });
+      this.attachmentsChanged.next(); // which publishes it as attached
+      return;
+    }
     if (event.type === 'device-removed') {
       const live = this.attachments.get(portKey(event.port));
       if (live?.connector === connector && live.frontend === event.domain) this.end(live, 'removed-by-frontend');
-    } else if (event.type === 'stopped' || event.type === 'undefined') {
+      return;
+    }
+    if (event.type === 'stopped' || event.type === 'undefined') {
       for (const live of [...this.attachments.values()]) {
         if (live.connector === connector && live.frontend === event.domain) this.end(live, 'frontend-stopped');
       }
     }
-    if (event.type !== 'device-removed') this.publish({ type: 'domain', domain: event.domain, state: event.type });
+    this.publish({ type: 'domain', domain: event.domain, state: event.type });
   }
 
   /** Forgets an attachment the hypervisor no longer has, and says so. */

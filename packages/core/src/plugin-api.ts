@@ -119,11 +119,13 @@ export interface HypervisorAttachment {
 /**
  * What happens to a frontend behind devgate's back, as its connector sees it. `stopped` covers a
  * shutdown, a crash and a killed hypervisor process; `device-removed` an attachment that vanished
- * (the guest ejected it, someone used the monitor).
+ * (the guest ejected it, someone used the monitor); `device-added` a device of a backend attached
+ * without devgate (`virsh attach-device`), held by that frontend from then on. @since 1
  */
 export type DomainLifecycleEvent =
   | { readonly type: 'started' | 'stopped' | 'paused' | 'resumed' | 'undefined'; readonly domain: DomainName }
-  | { readonly type: 'device-removed'; readonly domain: DomainName; readonly port: Port };
+  | { readonly type: 'device-removed'; readonly domain: DomainName; readonly port: Port }
+  | { readonly type: 'device-added'; readonly domain: DomainName; readonly attachment: HypervisorAttachment };
 
 /** A hypervisor connection (QEMU QMP, libvirt, xl) that performs attach specs on frontends. */
 export interface Connector extends Disposable {
