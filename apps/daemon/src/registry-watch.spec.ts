@@ -32,11 +32,16 @@ it('lists a recorded backend brought up while devgated runs, and drops it when i
   expect(await backends()).not.toContain('sys-usb');
 
   await labBackendUp('sys-usb', recordedFixture('usbkbd.umockdev'), { registryFile });
-  await until('the recorded sys-usb listed by the running devgated', async () => (await backends()).has('sys-usb'));
+  // Polled every second; the bound is for a loaded CI machine.
+  await until(
+    'the recorded sys-usb listed by the running devgated',
+    async () => (await backends()).has('sys-usb'),
+    20_000,
+  );
   const listed = (await client.get<{ devices: DeviceRow[] }>('/v1/devices?class=usb')).body.devices;
   expect(listed.map((d) => d.port)).toContainEqual(expect.stringMatching(/^sys-usb:\d+-[\d.]+$/));
 
   await labDown(['sys-usb'], { registryFile });
-  await until('sys-usb withdrawn', async () => !(await backends()).has('sys-usb'));
+  await until('sys-usb withdrawn', async () => !(await backends()).has('sys-usb'), 20_000);
   expect((await client.get<{ devices: DeviceRow[] }>('/v1/devices?class=usb')).body.devices).toEqual([]);
 });
