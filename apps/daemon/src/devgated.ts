@@ -10,6 +10,7 @@ import {
   type Disposable,
   Kernel,
   type Logger as PluginLogger,
+  driverReport,
   portLabel,
   type Port,
 } from '@devgate/core';
@@ -29,7 +30,6 @@ import {
   openStateStore,
   provideServices,
 } from '@devgate/service';
-import { driverReport } from '@devgate/core';
 import { AskService } from './services/asks.js';
 import { AutoAttach } from './services/auto-attach.js';
 import { RegistryWatch } from './services/registry-watch.js';
