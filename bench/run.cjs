@@ -13,6 +13,7 @@ const { LocalHostSource } = require('@devgate/host');
 const { QmpClient, labUp, labDown, qemuModule } = require('@devgate/backend-qemu');
 const { removePartitions } = require('@devgate/testkit');
 const { usbVmLatency } = require('./usbvm.cjs');
+const { coldList } = require('./cold-list.cjs');
 const http = require('node:http');
 const { spawn } = require('node:child_process');
 
@@ -472,7 +473,16 @@ async function main() {
   );
   try {
     const only = process.env.BENCH_ONLY;
-    const benches = { attachLatency, libvirtAttach, cliStartup, bigList, ueventLatency, usbList, usbVmLatency };
+    const benches = {
+      attachLatency,
+      libvirtAttach,
+      coldList,
+      cliStartup,
+      bigList,
+      ueventLatency,
+      usbList,
+      usbVmLatency,
+    };
     for (const [name, bench] of Object.entries(benches)) if (!only || only === name) await bench(dir);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
