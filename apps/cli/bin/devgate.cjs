@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 'use strict';
-// The quick path answers common listings from devgated without loading the whole CLI.
+// The quick path answers common listings from devgated without loading the whole CLI; the whole
+// CLI is one bundled file (ADR 0014).
 require('../dist/quick.js')
   .quick('devgate', process.argv.slice(2))
-  .then((handled) => handled || require('../dist/main.js').runAsMain('devgate'))
+  .then((handled) => handled || require('../dist/bundle/cli.js').run('devgate'))
   .catch((error) => {
     process.stderr.write(`devgate: error: ${error.message}\n`);
     process.exitCode = 1;

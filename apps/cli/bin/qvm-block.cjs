@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 'use strict';
-// The quick path answers common listings from devgated without loading the whole CLI.
+// The quick path answers common listings from devgated without loading the whole CLI; the whole
+// CLI is one bundled file (ADR 0014).
 require('../dist/quick.js')
   .quick('qvm-block', process.argv.slice(2))
-  .then((handled) => handled || require('../dist/main.js').runAsMain('qvm-block'))
+  .then((handled) => handled || require('../dist/bundle/cli.js').run('qvm-block'))
   .catch((error) => {
     process.stderr.write(`qvm-block: error: ${error.message}\n`);
     process.exitCode = 1;
