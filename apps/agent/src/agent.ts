@@ -17,6 +17,7 @@ import {
   EXPORT_PORT_PREFIX,
   type ExportKind,
   type ExportSpec,
+  type InputForwardSpec,
   LineReader,
   PROTOCOL_VERSION,
   type WireRecord,
@@ -26,6 +27,7 @@ import {
 import { UsbAuthorizer, type UsbPolicy, parseRulesFile } from '@devgate/driver-usb';
 import { type ControlSession, type ControlTransport } from './control-channel.js';
 import { ExportError, LiveExport } from './exports.js';
+import { InputForward } from './input-forward.js';
 import { findVirtioPort, listVirtioPorts } from './virtio-port.js';
 
 export const AGENT_VERSION = '0.1.0';
@@ -56,6 +58,7 @@ export class DevgateAgent {
   private readonly source: LocalHostSource;
   private readonly log: (message: string) => void;
   private readonly exports = new Map<string, LiveExport>();
+  private readonly forwards = new Map<string, InputForward>();
   private session?: ControlSession;
   private tree?: HostTree;
   private seq = 0;
@@ -110,6 +113,8 @@ export class DevgateAgent {
     });
     session.on('close', (reason: string) => {
       if (this.session === session) this.session = undefined;
+      // Input goes to devgated only: with it gone, there is nobody to decide where it goes.
+      for (const forward of [...this.forwards.values()]) forward.end('devgated disconnected');
       this.log(`devgated disconnected (${reason}); ${this.exports.size} export(s) go on`);
     });
   }
@@ -118,6 +123,7 @@ export class DevgateAgent {
     const exports: ExportKind[] = [];
     if (hasExecutable(this.options.qemuNbd ?? 'qemu-nbd')) exports.push('nbd');
     if (hasExecutable(this.options.usbredirect ?? 'usbredirect')) exports.push('usbredir');
+    if (hasExecutable('cat')) exports.push('input');
     const ports = listVirtioPorts(this.options.portsDir)
       .map((p) => p.name)
       .filter((name) => name.startsWith(EXPORT_PORT_PREFIX))
@@ -138,7 +144,7 @@ export class DevgateAgent {
   }
 
   private onLine(session: ControlSession, line: string): void {
-    let request: { v?: unknown; type?: unknown; id?: unknown; op?: unknown; export?: unknown };
+    let request: { v?: unknown; type?: unknown; id?: unknown; op?: unknown; export?: unknown; forward?: unknown };
     try {
       request = JSON.parse(line) as typeof request;
     } catch {
@@ -170,6 +176,17 @@ export class DevgateAgent {
         live?.end('withdrawn by devgated');
         return reply(true);
       }
+      case 'input-forward':
+        try {
+          this.forward(session, request.forward as InputForwardSpec);
+          return reply(true);
+        } catch (error) {
+          const { code, message } = error as ExportError;
+          return reply(false, { code: code ?? 'FORWARD_FAILED', message: message.slice(0, 1000) });
+        }
+      case 'input-stop':
+        if (typeof request.forward === 'string') this.forwards.get(request.forward)?.end('stopped by devgated');
+        return reply(true);
       default:
         return reply(false, { code: 'UNKNOWN_OP', message: `unknown request ${String(request.op).slice(0, 40)}` });
     }
@@ -204,6 +221,26 @@ export class DevgateAgent {
       throw error;
     }
     this.log(`export ${spec.id}: ${describe(spec)} armed on ${spec.port}`);
+  }
+
+  private forward(session: ControlSession, spec: InputForwardSpec): void {
+    if (!spec || typeof spec.id !== 'string' || !/^i[0-9a-f]{12}$/.test(spec.id) || !Array.isArray(spec.nodes)) {
+      throw new ExportError('BAD_REQUEST', 'not a forward');
+    }
+    if (this.forwards.has(spec.id)) throw new ExportError('BAD_REQUEST', `forward ${spec.id} exists`);
+    const forward = new InputForward(spec, {
+      inputDir: path.join((this.options.roots ?? LOCAL_ROOTS).dev, 'input'),
+      send: (events) => this.send(session, { v: PROTOCOL_VERSION, type: 'input', forward: spec.id, events }),
+    });
+    forward.start();
+    this.forwards.set(spec.id, forward);
+    forward.once('ended', (reason: string) => {
+      this.forwards.delete(spec.id);
+      this.log(`input ${spec.id} ended: ${reason}`);
+      if (this.session !== session) return;
+      this.send(session, { v: PROTOCOL_VERSION, type: 'input-ended', forward: spec.id, reason: reason.slice(0, 256) });
+    });
+    this.log(`input ${spec.id}: ${spec.nodes.map((n) => n.devname).join(',')} forwarded to devgated`);
   }
 
   // -- devices
@@ -264,6 +301,7 @@ export class DevgateAgent {
     this.subscription?.unsubscribe();
     this.authorizer?.dispose();
     for (const live of [...this.exports.values()]) live.end('the agent stops');
+    for (const forward of [...this.forwards.values()]) forward.end('the agent stops');
     this.options.transport.dispose();
     this.source.dispose();
   }

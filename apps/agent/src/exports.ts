@@ -16,6 +16,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { EventEmitter } from 'node:events';
 import { type ExportSpec } from '@devgate/backend-agent';
+import { majorMinorOf } from './device-numbers.js';
 import { PortSession, openPort } from './virtio-port.js';
 
 export class ExportError extends Error {
@@ -95,7 +96,7 @@ export class LiveExport extends EventEmitter {
     const node = path.join(this.env.devRoot, spec.devname);
     const stat = fs.statSync(node, { bigint: true, throwIfNoEntry: false });
     if (!stat?.isBlockDevice()) throw new ExportError('DEVICE_CHANGED', `${node} is not a block device`);
-    const actual = `${major(stat.rdev)}:${minor(stat.rdev)}`;
+    const actual = majorMinorOf(stat.rdev);
     if (actual !== spec.majorMinor) {
       throw new ExportError('DEVICE_CHANGED', `${node} is ${actual}, not ${spec.majorMinor}`);
     }
@@ -250,10 +251,3 @@ function timeoutAfter(ms: number, what: string): Promise<never> {
 }
 
 // Linux's dev_t layout (glibc's gnu_dev_major/minor).
-function major(dev: bigint): bigint {
-  return ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);
-}
-
-function minor(dev: bigint): bigint {
-  return (dev & 0xffn) | ((dev >> 12n) & ~0xffn);
-}

@@ -8,6 +8,7 @@ import { defaultConfig } from '@devgate/service';
 import { readRegistrySync } from '@devgate/backend-qemu';
 import { withLabGuest } from '@devgate/guest-lab';
 import { AgentSource } from '@devgate/backend-agent';
+import { until } from '@devgate/testkit';
 import { runCaptured } from './test-io';
 
 // The USB VM with real guests (TCG here): `devgate usbvm create --emulated` boots sys-usb with
@@ -82,15 +83,6 @@ function sampleHost(when: string): void {
     const added = now[key].filter((entry) => !hostBefore[key].includes(entry));
     if (added.length) hostViolations.push(`${when}: the host has new ${key}: ${added.join(', ')}`);
   }
-}
-
-async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs: number): Promise<number> {
-  const started = Date.now();
-  while (!(await check())) {
-    if (Date.now() - started > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-  return Date.now() - started;
 }
 
 /**

@@ -16,9 +16,10 @@ import {
 } from '@devgate/core';
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
 import { UsbAuthorizer, parseRulesFile } from '@devgate/driver-usb';
-import { InputProxy, InputReplug, inputProxyPolicy } from '@devgate/driver-input';
+import { InputProxy, InputReplug, forwardInput, inputProxyPolicy } from '@devgate/driver-input';
 import { AgentSource } from '@devgate/backend-agent';
 import {
+  type AuditEntryInput,
   type DaemonConfig,
   DaemonEvents,
   DeviceService,
@@ -125,19 +126,27 @@ export class Devgated implements Disposable {
       await daemon.reconcile();
       daemon.authorizeUsb();
       autoAttach.start();
+      const auditInput = (
+        device: DeviceInfo,
+        entry: Omit<AuditEntryInput, 'devclass' | 'backend' | 'portId' | 'deviceId'>,
+      ) =>
+        devices.audit({
+          ...entry,
+          devclass: 'input',
+          backend: device.port.backend,
+          portId: device.port.portId,
+          deviceId: device.deviceId,
+        });
+      const inputTarget = (backend: string) => config.inputTargets?.[backend] ?? 'dom0';
       daemon.inputProxy = new InputProxy(manager, {
-        rules: inputProxyPolicy(manager, (warning) => log.warn(warning)),
+        rules: inputProxyPolicy(manager, (warning) => log.warn(warning), inputTarget),
+        target: inputTarget,
         ask: (device, candidates, reason, description) => asks.ask(device, candidates, reason, description),
         remembered: (device, frontend) => store.answers.lookup(device, frontend)?.verdict,
-        audit: ({ device, by, ...entry }) =>
-          devices.audit({
-            ...entry,
-            actor: by,
-            devclass: 'input',
-            backend: device.port.backend,
-            portId: device.port.portId,
-            deviceId: device.deviceId,
-          }),
+        audit: ({ device, by, ...entry }) => auditInput(device, { ...entry, actor: by }),
+        forward: forwardInput(manager, ({ device, ...entry }) =>
+          auditInput(device, { ...entry, action: 'input-forward', actor: 'devgated (input proxy)' }),
+        ),
       });
       daemon.inputProxy.start();
       daemon.inputReplug = new InputReplug(manager, {

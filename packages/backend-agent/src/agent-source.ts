@@ -19,7 +19,7 @@
 import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import { type Duplex } from 'node:stream';
-import { BehaviorSubject, Observable, Subject } from 'rxjs';
+import { BehaviorSubject, Observable, Subject, type Subscriber } from 'rxjs';
 import {
   type AttachSpec,
   type DeviceInfo,
@@ -27,6 +27,7 @@ import {
   type DomainName,
   Errors,
   HostTree,
+  type RawInputEvent,
   portLabel,
   sanitizeText,
 } from '@devgate/core';
@@ -39,6 +40,8 @@ import {
   type ExportSpec,
   type HelloMessage,
   type HostRequest,
+  type InputForwardSpec,
+  MAX_FORWARD_NODES,
   PROTOCOL_VERSION,
 } from './protocol.js';
 
@@ -93,6 +96,11 @@ interface LiveExport {
   readonly device: string;
 }
 
+interface LiveForward {
+  readonly nodes: readonly string[];
+  readonly subscriber: Subscriber<readonly RawInputEvent[]>;
+}
+
 const EMPTY_TREE = new HostTree([]);
 
 export class AgentSource implements DeviceSource {
@@ -117,6 +125,8 @@ export class AgentSource implements DeviceSource {
   private readonly exports = new Map<string, LiveExport>();
   /** Ports in use: by a live export, by an export from before a restart, or being drained. */
   private readonly busyPorts = new Set<string>();
+  /** Input forwards by id: whose events go to which subscriber. */
+  private readonly forwards = new Map<string, LiveForward>();
   private lastSeq = -1;
   private treeTokens: number;
   private tokensAt = Date.now();
@@ -306,7 +316,27 @@ export class AgentSource implements DeviceSource {
         return this.onReply(message);
       case 'export-ended':
         return this.onExportEnded(message);
+      case 'input':
+        return this.onInput(message);
+      case 'input-ended':
+        this.forwards.get(message.forward)?.subscriber.complete();
+        this.forwards.delete(message.forward);
+        return;
     }
+  }
+
+  /** A forward's events; those of a forward devgated stopped (sent before the agent knew) are dropped. */
+  private onInput(message: Extract<AgentMessage, { type: 'input' }>): void {
+    const live = this.forwards.get(message.forward);
+    if (!live) return;
+    const events: RawInputEvent[] = [];
+    for (const [index, type, code, value] of message.events) {
+      const node = live.nodes[index];
+      if (node === undefined)
+        return this.cutOff('DG_AGENT_VIOLATION', `input: node ${index} of a forward of ${live.nodes.length}`);
+      events.push({ node, type, code, value });
+    }
+    live.subscriber.next(events);
   }
 
   private onHello(hello: HelloMessage): void {
@@ -473,6 +503,8 @@ export class AgentSource implements DeviceSource {
       pending.reject(error);
     }
     this.pending.clear();
+    for (const forward of this.forwards.values()) forward.subscriber.error(error);
+    this.forwards.clear();
     // Exports live in the agent; without it they end (its relays are gone), and the kernel detaches
     // them from their frontends when the devices below vanish.
     this.exports.clear();
@@ -649,6 +681,73 @@ export class AgentSource implements DeviceSource {
         productid: parseInt(exportSpec.productId, 16),
       },
       options: spec.options,
+    };
+  }
+
+  /**
+   * The events of an input device's event nodes in the VM (Qubes' input proxy), while subscribed.
+   * Each node must be the one listed (its major:minor, checked here and again by the agent).
+   */
+  inputEvents(device: DeviceInfo, nodes: readonly string[]): Observable<readonly RawInputEvent[]> {
+    return new Observable<readonly RawInputEvent[]>((subscriber) => {
+      const label = portLabel(device.port);
+      let spec: InputForwardSpec;
+      try {
+        spec = this.forwardSpec(device, nodes);
+      } catch (error) {
+        subscriber.error(error);
+        return;
+      }
+      this.forwards.set(spec.id, { nodes, subscriber });
+      const timeoutMs = this.options.requestTimeoutMs ?? 20_000;
+      this.request({ op: 'input-forward', forward: spec }, timeoutMs).then(
+        (reply) => {
+          if (reply.ok || !this.forwards.delete(spec.id)) return;
+          subscriber.error(
+            Errors.agentRefused({
+              backend: this.backend,
+              device: label,
+              reason: `${reply.error?.code ?? 'ERROR'}: ${sanitizeText(reply.error?.message, 200) ?? ''}`,
+            }),
+          );
+        },
+        (error: Error) => this.forwards.delete(spec.id) && subscriber.error(error),
+      );
+      return () => {
+        if (this.forwards.delete(spec.id) && this.state === 'ready') {
+          this.request({ op: 'input-stop', forward: spec.id }, timeoutMs).catch(() => undefined);
+        }
+      };
+    });
+  }
+
+  private forwardSpec(device: DeviceInfo, nodes: readonly string[]): InputForwardSpec {
+    const label = portLabel(device.port);
+    if (this.state !== 'ready')
+      throw Errors.agentUnavailable({ backend: this.backend, reason: this.unavailableReason() });
+    if (!this.hello?.exports.includes('input')) {
+      throw Errors.agentRefused({ backend: this.backend, device: label, reason: 'its agent cannot forward input' });
+    }
+    if (nodes.length === 0 || nodes.length > MAX_FORWARD_NODES) {
+      throw Errors.deviceChanged({ device: label, reason: `${nodes.length} event nodes to forward` });
+    }
+    const listedNodes = String(device.data['event-nodes'] ?? '').split(',');
+    const listedDevices = String(device.data['event-devices'] ?? '').split(',');
+    const records = this.tree.value.devices('input');
+    return {
+      id: `i${randomBytes(6).toString('hex')}`,
+      nodes: nodes.map((devname) => {
+        const listed = listedDevices[listedNodes.indexOf(devname)];
+        const record = records.find((r) => r.devpath.endsWith(`/${devname}`));
+        const now = record ? `${record.properties.MAJOR}:${record.properties.MINOR}` : undefined;
+        if (!/^event\d{1,4}$/.test(devname) || listed === undefined || now !== listed) {
+          throw Errors.deviceChanged({
+            device: label,
+            reason: `${devname} is ${now ?? 'gone'} now, listed as ${listed ?? 'nothing'}`,
+          });
+        }
+        return { devname, majorMinor: listed };
+      }),
     };
   }
 

@@ -17,6 +17,8 @@ import {
   EXPORT_ID,
   EXPORT_PORT_PREFIX,
   type ExportKind,
+  MAX_FORWARD_NODES,
+  MAX_INPUT_EVENTS,
   WIRE_ATTRIBUTES,
   WIRE_ENTRIES,
   WIRE_LINKS,
@@ -41,7 +43,12 @@ const SWAP_NODE = /^\/dev\/[A-Za-z0-9._/-]{1,128}$/;
 const EXPORT_PORT = new RegExp(`^${EXPORT_PORT_PREFIX.replaceAll('.', '\\.')}\\d{1,3}$`);
 const AGENT_NAME = /^[\x20-\x7e]{1,64}$/;
 const ERROR_CODE = /^[A-Z][A-Z0-9_]{0,39}$/;
-const EXPORT_KINDS: readonly ExportKind[] = ['nbd', 'usbredir'];
+const EXPORT_KINDS: readonly ExportKind[] = ['nbd', 'usbredir', 'input'];
+/** A forward id, as devgated makes them. */
+export const FORWARD_ID = /^i[0-9a-f]{12}$/;
+/** evdev's bounds (linux/input-event-codes.h): EV_MAX, KEY_MAX; values are 32-bit signed. */
+const EV_MAX = 0x1f;
+const CODE_MAX = 0x2ff;
 
 /** Parses one line. `limits` bound counts and sizes; the line's length was bounded by the reader. */
 export function parseAgentMessage(line: string, limits: AgentLimits = DEFAULT_LIMITS): AgentMessage {
@@ -118,6 +125,26 @@ export function parseAgentMessage(line: string, limits: AgentLimits = DEFAULT_LI
         clean: message.clean,
       };
     }
+    case 'input': {
+      keys(message, ['v', 'type', 'forward', 'events'], 'input');
+      checkLength(line, limits.maxMessageBytes, 'input');
+      const forward = forwardId(message.forward, 'input.forward');
+      const events = array(message.events, 'input.events', MAX_INPUT_EVENTS).map((event, i) =>
+        inputEvent(event, `input.events[${i}]`),
+      );
+      if (events.length === 0) throw new AgentViolation('input.events: empty');
+      return { v: 1, type: 'input', forward, events };
+    }
+    case 'input-ended': {
+      keys(message, ['v', 'type', 'forward', 'reason'], 'input-ended');
+      checkLength(line, limits.maxMessageBytes, 'input-ended');
+      return {
+        v: 1,
+        type: 'input-ended',
+        forward: forwardId(message.forward, 'input-ended.forward'),
+        reason: string(message.reason, 'input-ended.reason', 256),
+      };
+    }
     default:
       throw new AgentViolation(`unknown message type ${describe(message.type)}`);
   }
@@ -171,6 +198,26 @@ function wireRecord(value: unknown, at: string, limits: AgentLimits): WireRecord
     ...(entries ? { entries } : {}),
     ...(links ? { links } : {}),
   };
+}
+
+function forwardId(value: unknown, at: string): string {
+  const id = string(value, at, 13);
+  if (!FORWARD_ID.test(id)) throw new AgentViolation(`${at}: not a forward id`);
+  return id;
+}
+
+/** `[node, type, code, value]`: a node index, then evdev's three numbers, each in its range. */
+function inputEvent(value: unknown, at: string): readonly [number, number, number, number] {
+  const event = array(value, at, 4);
+  if (event.length !== 4) throw new AgentViolation(`${at}: expected [node, type, code, value]`);
+  const [node, type, code, number] = event;
+  const inRange = (x: unknown, min: number, max: number) =>
+    Number.isInteger(x) && (x as number) >= min && (x as number) <= max;
+  if (!inRange(node, 0, MAX_FORWARD_NODES - 1)) throw new AgentViolation(`${at}[0]: not a node index`);
+  if (!inRange(type, 0, EV_MAX)) throw new AgentViolation(`${at}[1]: not an event type`);
+  if (!inRange(code, 0, CODE_MAX)) throw new AgentViolation(`${at}[2]: not an event code`);
+  if (!inRange(number, -0x80000000, 0x7fffffff)) throw new AgentViolation(`${at}[3]: not a 32-bit value`);
+  return [node, type, code, number] as [number, number, number, number];
 }
 
 function usage(value: unknown, limits: AgentLimits): WireUsage {

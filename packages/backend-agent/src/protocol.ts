@@ -2,8 +2,9 @@
  * The devgate-agent protocol, version 1 (docs/agent-protocol.md). One JSON object per line each
  * way, every object with `"v": 1` and a `type`. The agent speaks first (`hello`), then sends its
  * device tree whenever it changes (`tree`: complete snapshots of raw sysfs records, never devgate's
- * own device model), replies to requests (`reply`) and says when an export ended (`export-ended`).
- * devgated sends `request`s: `export`, `unexport`, `ping`.
+ * own device model), replies to requests (`reply`), says when an export ended (`export-ended`), and
+ * sends the events of input devices it was asked to forward (`input`, `input-ended`).
+ * devgated sends `request`s: `export`, `unexport`, `input-forward`, `input-stop`, `ping`, `hello`.
  *
  * Nothing the agent sends names a backend, a port of another class or an attachment: devgated
  * builds the devices itself, with its own drivers, under the backend name it configured for the
@@ -55,7 +56,8 @@ export const DEFAULT_LIMITS: AgentLimits = {
   maxValueChars: 16 * 1024,
   maxUsageEntries: 4096,
   treesPerSecond: 20,
-  floodMessages: 2000,
+  // Input forwards send up to about 60 frames a second each (the agent coalesces beyond that).
+  floodMessages: 4000,
   floodBytes: 32 * 1024 * 1024,
   floodParseMs: 1_000,
   floodWindowMs: 10_000,
@@ -164,7 +166,8 @@ export interface WireUsage {
   readonly swaps: readonly string[];
 }
 
-export type ExportKind = 'nbd' | 'usbredir';
+/** What an agent can do for devgated: export a block device (nbd), a USB device (usbredir), send input events. */
+export type ExportKind = 'nbd' | 'usbredir' | 'input';
 
 export interface HelloMessage {
   readonly v: 1;
@@ -208,7 +211,37 @@ export interface ExportEndedMessage {
   readonly clean: boolean;
 }
 
-export type AgentMessage = HelloMessage | TreeMessage | ReplyMessage | ExportEndedMessage;
+/**
+ * Events of a forward's event nodes (Qubes' input proxy): whole frames, each `[node, type, code,
+ * value]` with `node` an index into the forward's `nodes`, the last of each frame EV_SYN SYN_REPORT.
+ */
+export interface InputMessage {
+  readonly v: 1;
+  readonly type: 'input';
+  readonly forward: string;
+  readonly events: readonly (readonly [number, number, number, number])[];
+}
+
+/** The forward is over: its device went, or it could not be read. */
+export interface InputEndedMessage {
+  readonly v: 1;
+  readonly type: 'input-ended';
+  readonly forward: string;
+  readonly reason: string;
+}
+
+export type AgentMessage =
+  HelloMessage | TreeMessage | ReplyMessage | ExportEndedMessage | InputMessage | InputEndedMessage;
+
+/** What devgated asks an agent to forward: an input device's event nodes, as they were listed. */
+export interface InputForwardSpec {
+  readonly id: string;
+  readonly nodes: readonly { readonly devname: string; readonly majorMinor: string }[];
+}
+
+/** Bounds of input forwarding: nodes per forward, events per message. */
+export const MAX_FORWARD_NODES = 16;
+export const MAX_INPUT_EVENTS = 256;
 
 /** What devgated asks an agent to export. */
 export type ExportSpec = ExportCommon &
@@ -241,6 +274,20 @@ export type HostRequest =
   | { readonly v: 1; readonly type: 'request'; readonly id: number; readonly op: 'export'; readonly export: ExportSpec }
   | { readonly v: 1; readonly type: 'request'; readonly id: number; readonly op: 'unexport'; readonly export: string }
   | { readonly v: 1; readonly type: 'request'; readonly id: number; readonly op: 'ping' }
+  | {
+      readonly v: 1;
+      readonly type: 'request';
+      readonly id: number;
+      readonly op: 'input-forward';
+      readonly forward: InputForwardSpec;
+    }
+  | {
+      readonly v: 1;
+      readonly type: 'request';
+      readonly id: number;
+      readonly op: 'input-stop';
+      readonly forward: string;
+    }
   /** Say hello again (and send the tree): a connection that came before the agent saw the last one go. */
   | { readonly v: 1; readonly type: 'request'; readonly id: number; readonly op: 'hello' };
 

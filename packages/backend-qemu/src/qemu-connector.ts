@@ -13,6 +13,7 @@ import {
   type DomainName,
   Errors,
   type HypervisorAttachment,
+  type InjectedInputEvent,
   type Port,
   QEMU_DEVICE_KIND,
 } from '@devgate/core';
@@ -31,6 +32,7 @@ import {
   toHypervisorAttachment,
 } from './qemu-attach.js';
 import { INPUT_LINUX_KIND, attachInputLinux, detachInputLinux, inputLinuxAttachments } from './qemu-input.js';
+import { inputSendEventArgs } from './input-send-event.js';
 import { PCI_UNPLUG_TIMEOUT_MS, planVfioAttach } from './vfio-attach.js';
 import { attachQemuDevice, removeGenericBackends } from './qemu-generic.js';
 
@@ -228,6 +230,11 @@ export class QemuConnector implements Connector {
    * Any QMP command on a domain. DG_DOMAIN_NOT_RUNNING when nothing answers on its socket;
    * QMP errors come through as DG_QMP_COMMAND_FAILED.
    */
+  /** Gives the events to the domain's active emulated input devices (`input-send-event`). */
+  async injectInput(domain: DomainName, events: readonly InjectedInputEvent[]): Promise<void> {
+    if (events.length > 0) await this.execute(domain, 'input-send-event', { events: inputSendEventArgs(events) });
+  }
+
   async execute<T = unknown>(
     domain: DomainName,
     command: string,

@@ -27,7 +27,9 @@ import {
   type DeviceClassDriver,
   type DeviceSource,
   type DomainLifecycleEvent,
+  type InjectedInputEvent,
   type PolicyHook,
+  type RawInputEvent,
 } from './plugin-api.js';
 import { Disposable } from './disposable.js';
 import { Errors } from './errors.js';
@@ -262,6 +264,31 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
   /** Drivers whose discovery failed, with the last error of each. */
   faults(): DriverFault[] {
     return [...this.lastFaults.values()];
+  }
+
+  /**
+   * The events of an input device's event nodes, from its backend (Qubes' input proxy): see
+   * `DeviceSource.inputEvents`. DG_NO_INPUT_PATH when its backend cannot send them.
+   */
+  inputEvents(device: DeviceInfo, nodes: readonly string[]): Observable<readonly RawInputEvent[]> {
+    const source = this.sources.find((s) => s.backend === device.port.backend);
+    if (!source?.inputEvents) {
+      throw Errors.noInputPath({
+        device: portLabel(device.port),
+        reason: `${device.port.backend} is read from ${source?.id ?? 'nothing'}, which does not send input events`,
+      });
+    }
+    return source.inputEvents(device, nodes);
+  }
+
+  /** Gives input events to a domain's emulated input devices, through the connector that manages it. */
+  async injectInput(domain: DomainName, events: readonly InjectedInputEvent[]): Promise<void> {
+    const connector = this.connectors.find((c) => c.manages(domain));
+    if (!connector) throw Errors.noConnector({ domain });
+    if (!connector.injectInput) {
+      throw Errors.noInputPath({ device: domain, reason: `${connector.id} cannot give input events to its domains` });
+    }
+    await connector.injectInput(domain, events);
   }
 
   /** Every domain a connector manages, plus the backends. */

@@ -451,6 +451,10 @@ export const Errors = {
     code: 'DG_AGENT_REFUSED',
     message: (p) => `${p.backend} could not export ${p.device}: ${p.reason}`,
   }),
+  noInputPath: define<{ device: string; reason: string }>({
+    code: 'DG_NO_INPUT_PATH',
+    message: (p) => `no input path for ${p.device}: ${p.reason}`,
+  }),
   noFreeExportPort: define<{ backend: string; ports: number }>({
     code: 'DG_NO_FREE_EXPORT_PORT',
     message: (p) => `${p.backend} has no free export port (all ${p.ports} are in use)`,

@@ -78,6 +78,14 @@ export interface DeviceSource extends Disposable {
    * through unchanged. The kernel asks before anything is touched. @since 1
    */
   routesKind?(kind: string): string | undefined;
+  /**
+   * Optional: the events of an input device's event nodes (`event3`, ...), as they happen: Qubes'
+   * input proxy, where the events of a backend VM's device go to another domain without the device.
+   * Subscribing starts the flow, unsubscribing stops it. Each emission is one or more whole frames
+   * (each ends with EV_SYN SYN_REPORT). Errors when the backend refuses; completes when the device
+   * is gone. What it emits is untrusted: it comes from the backend. @since 1
+   */
+  inputEvents?(device: DeviceInfo, nodes: readonly string[]): Observable<readonly RawInputEvent[]>;
 }
 export const DeviceSource: InjectionToken<DeviceSource> = Symbol.for('devgate.DeviceSource');
 
@@ -149,8 +157,31 @@ export interface Connector extends Disposable {
   attachments(): Promise<readonly HypervisorAttachment[]>;
   /** Optional: lifecycle of the domains it manages, hot, while subscribed. */
   readonly lifecycle$?: Observable<DomainLifecycleEvent>;
+  /** Optional: gives these events to the domain's emulated input devices, in order. @since 1 */
+  injectInput?(domain: DomainName, events: readonly InjectedInputEvent[]): Promise<void>;
 }
 export const Connector: InjectionToken<Connector> = Symbol.for('devgate.Connector');
+
+/** One evdev event of an event node, as the kernel reports it (linux/input-event-codes.h). @since 1 */
+export interface RawInputEvent {
+  readonly node: string;
+  readonly type: number;
+  readonly code: number;
+  readonly value: number;
+}
+
+/** The mouse buttons (and wheel steps) a VM's emulated input devices take. @since 1 */
+export type InjectedButton = 'left' | 'right' | 'middle' | 'side' | 'extra' | 'wheel-up' | 'wheel-down';
+
+/**
+ * One event given to a VM's emulated keyboard, mouse or tablet (the model of QEMU's
+ * `input-send-event`): a key by its QEMU key name (`a`, `ret`, `shift`, ...), a button, or a move;
+ * absolute moves go from 0 to 0x7fff. @since 1
+ */
+export type InjectedInputEvent =
+  | { readonly kind: 'key'; readonly key: string; readonly down: boolean }
+  | { readonly kind: 'btn'; readonly button: InjectedButton; readonly down: boolean }
+  | { readonly kind: 'rel' | 'abs'; readonly axis: 'x' | 'y'; readonly value: number };
 
 /** Persistent state (assignments, audit log, journal): SQLite in devgated. */
 export interface StateStore extends Disposable {

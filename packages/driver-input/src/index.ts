@@ -13,3 +13,5 @@ export * from './parse-input-policy.js';
 export * from './input-policy.js';
 export * from './input-proxy.js';
 export * from './input-replug.js';
+export * from './forwarded-events.js';
+export * from './input-forwarding.js';

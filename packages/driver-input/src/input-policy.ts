@@ -190,13 +190,18 @@ export const DEFAULT_INPUT_POLICY_DIR = '/etc/devgate/policy.d';
 export function effectiveInputPolicy(
   locations: PolicyLocations,
   backends: readonly string[],
-  target = 'dom0',
+  /** Each backend's input target (Qubes' input-proxy-target): a name, or one per backend. */
+  target: string | ((backend: string) => string) = 'dom0',
 ): LoadedPolicy & { readonly defaults: boolean } {
+  const targetOf = typeof target === 'string' ? () => target : target;
   const present = [...(locations.dirs ?? []), ...(locations.files ?? [])].filter((p) => fs.existsSync(p));
   if (present.length > 0) return { ...loadPolicy(locations), defaults: false };
   const rules = backends
     .filter((b) => b !== 'dom0')
-    .flatMap((b) => parsePolicyText(installerDefaultPolicy(b, { target }), `(installer defaults for ${b})`).entries)
+    .flatMap(
+      (b) =>
+        parsePolicyText(installerDefaultPolicy(b, { target: targetOf(b) }), `(installer defaults for ${b})`).entries,
+    )
     .filter(isPolicyRule);
   return { rules, issues: [], files: [], defaults: true };
 }

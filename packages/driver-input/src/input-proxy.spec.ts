@@ -37,12 +37,16 @@ function harness(rules = defaults, tree: HostTree = recording.tree) {
   }[] = [];
   const audits: InputProxyAudit[] = [];
   const forwarded: { port: string; frontend: string; events: readonly string[] }[] = [];
+  const stopped: string[] = [];
   const proxy = new InputProxy(manager, {
     rules: () => rules,
     ask: (device, candidates, reason, description) =>
       new Promise((answer) => asks.push({ device, candidates, reason, description, answer })),
     audit: (entry) => audits.push(entry),
-    forward: (device, frontend, events) => void forwarded.push({ port: device.port.portId, frontend, events }),
+    forward: (device, frontend, events) => {
+      forwarded.push({ port: device.port.portId, frontend, events });
+      return { dispose: () => void stopped.push(device.port.portId) };
+    },
   });
   proxy.start();
   return {
@@ -50,6 +54,9 @@ function harness(rules = defaults, tree: HostTree = recording.tree) {
     asks,
     audits,
     forwarded,
+    stopped,
+    show: (keep: (devpath: string) => boolean) =>
+      trees.next(new HostTree(recording.tree.devices().filter((r) => keep(r.devpath)))),
     unplug: (portPrefix: string) =>
       trees.next(new HostTree(recording.tree.devices().filter((r) => !r.devpath.includes(portPrefix)))),
     replug: () => trees.next(recording.tree),
@@ -63,6 +70,31 @@ function harness(rules = defaults, tree: HostTree = recording.tree) {
 const settle = () => new Promise((resolve) => setImmediate(resolve));
 
 describe('InputProxy: Qubes’ input proxy, one decision per physical device', () => {
+  it('decides again when the event nodes appear after the device; a forward ends when its device goes', async () => {
+    // The touchpad first listed with one of its two event nodes (the kernel makes the other a moment later).
+    const touchpad = (devpath: string) => devpath.includes('DLL07D1') && /\/event13$/.test(devpath);
+    const h = harness(defaults, new HostTree(recording.tree.devices().filter((r) => !touchpad(r.devpath))));
+    try {
+      await settle();
+      expect(h.asks).toEqual([]);
+      expect(h.audits.find((a) => a.device.port.portId === 'i2c-DLL07D1_01')?.reason).toMatch(
+        /^deny: qubes\.InputTablet \(event14\): /,
+      );
+      h.replug();
+      await settle();
+      expect(h.asks.map((a) => a.device.port.portId)).toEqual(['i2c-DLL07D1_01']);
+      h.asks[0].answer({ verdict: 'allow', by: 'alice' });
+      await settle();
+      expect(h.forwarded).toEqual([{ port: 'i2c-DLL07D1_01', frontend: 'dom0', events: ['event13'] }]);
+      expect(h.stopped).toEqual([]);
+      h.show((devpath) => !devpath.includes('DLL07D1'));
+      await settle();
+      expect(h.stopped).toEqual(['i2c-DLL07D1_01']);
+    } finally {
+      h.dispose();
+    }
+  });
+
   it('with Qubes’ defaults asks once for the device with a mouse (two event nodes), and denies the rest', async () => {
     const h = harness();
     try {

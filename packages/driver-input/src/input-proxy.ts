@@ -6,8 +6,8 @@
  * interfaces, and a BadUSB warning), however many event nodes it has; an unanswered question denies at
  * its timeout; every decision is audited.
  *
- * Moving the events is the backend's data path (the USB VM's agent); this service decides and records,
- * and hands allowed devices to `forward` when one is given.
+ * Moving the events is `forward`'s (input-forwarding.ts: from the USB VM's agent to the frontend's
+ * QEMU); this service decides and records, and ends a forward when its device goes.
  */
 import {
   type DeviceInfo,
@@ -58,8 +58,8 @@ export interface InputProxyOptions {
   /** A remembered answer for this device and frontend, if any. */
   readonly remembered?: (device: DeviceInfo, frontend: string) => 'allow' | 'deny' | undefined;
   readonly audit: (entry: InputProxyAudit) => void;
-  /** Starts moving an allowed device's events (its backend's data path). */
-  readonly forward?: (device: DeviceInfo, frontend: string, events: readonly string[]) => Promise<void> | void;
+  /** Starts moving an allowed device's events; disposed when the device goes. */
+  readonly forward?: (device: DeviceInfo, frontend: string, events: readonly string[]) => Disposable | void;
 }
 
 /** A decision made, per device present. */
@@ -72,6 +72,7 @@ export interface InputProxyState {
 
 export class InputProxy implements Disposable {
   private readonly states = new Map<string, InputProxyState>();
+  private readonly forwards = new Map<string, Disposable>();
   private readonly handlers: (() => void)[] = [];
 
   constructor(
@@ -82,12 +83,16 @@ export class InputProxy implements Disposable {
   start(): void {
     const added = (event: { device: DeviceInfo }) => void this.consider(event.device);
     const removed = (event: { device: DeviceInfo }) => {
-      if (event.device.port.devclass === INPUT_CLASS_ID) this.states.delete(portKey(event.device.port));
+      if (event.device.port.devclass !== INPUT_CLASS_ID) return;
+      this.states.delete(portKey(event.device.port));
+      this.stopForward(portKey(event.device.port));
     };
     this.manager.on('added', added);
+    this.manager.on('changed', added);
     this.manager.on('removed', removed);
     this.handlers.push(
       () => this.manager.off('added', added),
+      () => this.manager.off('changed', added),
       () => this.manager.off('removed', removed),
     );
     for (const device of this.manager.list({ devclass: INPUT_CLASS_ID })) void this.consider(device);
@@ -98,11 +103,17 @@ export class InputProxy implements Disposable {
     return [...this.states.values()];
   }
 
-  /** Decides one device, once per insertion. */
+  /**
+   * Decides one device, once per insertion, and again when its event nodes change (a device is
+   * often listed a moment before its kernel made its event nodes: it makes no call yet).
+   */
   async consider(device: DeviceInfo): Promise<void> {
     if (device.port.devclass !== INPUT_CLASS_ID || device.port.backend === 'dom0') return;
     const key = portKey(device.port);
-    if (this.states.get(key)?.device.deviceId === device.deviceId) return;
+    const before = this.states.get(key)?.device;
+    if (before?.deviceId === device.deviceId && SAME_NODES.every((k) => before.data[k] === device.data[k])) return;
+    // Another device in the port, or other nodes: what was allowed before goes nowhere now.
+    this.stopForward(key);
     const target = this.options.target?.(device.port.backend) ?? 'dom0';
     const decision = decideInputDevice(this.options.rules(), device, {
       source: device.port.backend,
@@ -123,10 +134,11 @@ export class InputProxy implements Disposable {
       return;
     }
     if (decision.verdict === 'allow') {
-      await this.allow(device, decision.target ?? target, decision.events, `allow: ${decision.reason}`, by);
+      this.allow(device, decision.target ?? target, decision.events, `allow: ${decision.reason}`, by);
       return;
     }
-    this.states.set(key, { device, verdict: 'pending', events: decision.events });
+    const pending: InputProxyState = { device, verdict: 'pending', events: decision.events };
+    this.states.set(key, pending);
     const remembered = decision.candidates
       .map((frontend) => ({ frontend, verdict: this.options.remembered?.(device, frontend) }))
       .find((r) => r.verdict !== undefined);
@@ -143,7 +155,7 @@ export class InputProxy implements Disposable {
       return;
     }
     if (remembered?.verdict === 'allow') {
-      await this.allow(device, remembered.frontend, decision.events, 'allow: a remembered answer', by);
+      this.allow(device, remembered.frontend, decision.events, 'allow: a remembered answer', by);
       return;
     }
     const candidates = orderCandidates(decision);
@@ -157,8 +169,8 @@ export class InputProxy implements Disposable {
       by,
     });
     const answer = await this.options.ask(device, candidates, reason, describeDevice(device));
-    // Pulled, or replaced by another device, while the question was open: the answer is about nothing.
-    if (this.manager.get(device.port)?.deviceId !== device.deviceId) return;
+    // Pulled, replaced, or decided again while the question was open: the answer is about nothing.
+    if (this.states.get(key) !== pending) return;
     const frontend = answer.frontend ?? decision.defaultTarget ?? candidates[0];
     this.options.audit({
       action: 'answer',
@@ -172,10 +184,10 @@ export class InputProxy implements Disposable {
       this.states.set(key, { device, verdict: 'deny', events: [] });
       return;
     }
-    await this.allow(device, frontend, decision.events, undefined, answer.by);
+    this.allow(device, frontend, decision.events, undefined, answer.by);
   }
 
-  private async allow(
+  private allow(
     device: DeviceInfo,
     frontend: string,
     events: readonly string[],
@@ -184,13 +196,23 @@ export class InputProxy implements Disposable {
   ) {
     this.states.set(portKey(device.port), { device, verdict: 'allow', frontend, events });
     if (audit) this.options.audit({ action: 'input-policy', device, frontend, outcome: 'ok', reason: audit, by });
-    await this.options.forward?.(device, frontend, events);
+    const forward = this.options.forward?.(device, frontend, events);
+    if (forward) this.forwards.set(portKey(device.port), forward);
+  }
+
+  private stopForward(key: string): void {
+    this.forwards.get(key)?.dispose();
+    this.forwards.delete(key);
   }
 
   dispose(): void {
     for (const off of this.handlers.splice(0)) off();
+    for (const key of [...this.forwards.keys()]) this.stopForward(key);
   }
 }
+
+/** What a decision is about, besides the device: the calls its event nodes make. */
+const SAME_NODES = ['event-nodes', 'event-devices', 'qubes-calls'] as const;
 
 /** The default target first (it is what the question preselects), then the others. */
 function orderCandidates(decision: InputDeviceDecision): string[] {
@@ -221,13 +243,15 @@ export function askReason(device: DeviceInfo, decision: InputDeviceDecision, tar
 export function inputProxyPolicy(
   manager: DeviceManager,
   warn: (message: string) => void,
+  target: (backend: string) => string = () => 'dom0',
   env: NodeJS.ProcessEnv = process.env,
 ): () => readonly PolicyRule[] {
   return () => {
     const paths = (env.DEVGATE_INPUT_POLICY ?? DEFAULT_INPUT_POLICY_DIR).split(':').filter(Boolean);
     const dirs = paths.filter((p) => fs.statSync(p, { throwIfNoEntry: false })?.isDirectory());
     const files = paths.filter((p) => !dirs.includes(p));
-    const policy = effectiveInputPolicy({ dirs, files }, [...new Set(manager.sources.map((s) => s.backend))]);
+    const backends = [...new Set(manager.sources.map((s) => s.backend))];
+    const policy = effectiveInputPolicy({ dirs, files }, backends, target);
     if (policy.issues.length > 0) {
       const first = policy.issues[0];
       warn(

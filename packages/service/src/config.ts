@@ -50,6 +50,11 @@ export interface DaemonConfig {
    * A package that cannot be loaded is refused (logged, and listed by `devgate drivers`); the others run.
    */
   readonly modules?: readonly ModuleReference[];
+  /**
+   * Where the input a backend VM's policy lets go is given, by backend: a VM devgate manages (Qubes'
+   * input-proxy-target of a USB VM). Default dom0.
+   */
+  readonly inputTargets?: Readonly<Record<string, string>>;
 }
 
 export interface ConfigIssue {
@@ -87,6 +92,7 @@ const TOP_KEYS = new Set([
   'usbPolicy',
   'libvirt',
   'modules',
+  'inputTargets',
 ]);
 const LIBVIRT_URI = /^[a-z][a-z0-9+]*:\/\/[^\s]{0,1000}$/i;
 const NAME = /^[a-zA-Z][a-zA-Z0-9_.-]{0,30}$/;
@@ -225,6 +231,17 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
       at(item.offset, `modules: '${specifier}' is named twice`);
     } else modules.push({ specifier, from: path.dirname(path.resolve(file)) });
   }
+  const inputTargets: Record<string, string> = {};
+  const targetsNode = findNodeAtLocation(tree, ['inputTargets']);
+  if (targetsNode && targetsNode.type !== 'object')
+    at(targetsNode.offset, 'inputTargets must be an object: {"sys-usb": "work"}');
+  for (const property of targetsNode?.type === 'object' ? (targetsNode.children ?? []) : []) {
+    const [keyNode, valueNode] = property.children ?? [];
+    if (!NAME.test(String(keyNode.value))) at(keyNode.offset, `invalid backend name '${String(keyNode.value)}'`);
+    else if (valueNode?.type !== 'string' || !NAME.test(valueNode.value))
+      at(valueNode?.offset ?? keyNode.offset, `inputTargets.${String(keyNode.value)} must be a domain name`);
+    else inputTargets[String(keyNode.value)] = valueNode.value;
+  }
   if (issues.length > 0) return { issues };
   return {
     issues,
@@ -238,6 +255,7 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
       usbPolicy,
       libvirt,
       ...(modules.length > 0 ? { modules } : {}),
+      ...(Object.keys(inputTargets).length > 0 ? { inputTargets } : {}),
     },
   };
 }

@@ -9,3 +9,4 @@ export * from './materialize.js';
 export * from './usb-authorization-files.js';
 export * from './pty.js';
 export * from './conformance-checks.js';
+export * from './until.js';

@@ -17,6 +17,8 @@ export const AUDIT_ACTIONS = [
   'surprise-removal',
   'attachment-ended',
   'reconcile',
+  'input-policy',
+  'input-forward',
 ] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number] | (string & {});
 export type AuditOutcome = 'ok' | 'denied' | 'error';
