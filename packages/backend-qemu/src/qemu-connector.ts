@@ -230,9 +230,19 @@ export class QemuConnector implements Connector {
    * Any QMP command on a domain. DG_DOMAIN_NOT_RUNNING when nothing answers on its socket;
    * QMP errors come through as DG_QMP_COMMAND_FAILED.
    */
-  /** Gives the events to the domain's active emulated input devices (`input-send-event`). */
+  /**
+   * Gives the events to the domain's active emulated input devices (`input-send-event`). QEMU takes
+   * none while the VM is paused: DG_DOMAIN_NOT_RUNNING then.
+   */
   async injectInput(domain: DomainName, events: readonly InjectedInputEvent[]): Promise<void> {
-    if (events.length > 0) await this.execute(domain, 'input-send-event', { events: inputSendEventArgs(events) });
+    if (events.length === 0) return;
+    try {
+      await this.execute(domain, 'input-send-event', { events: inputSendEventArgs(events) });
+    } catch (error) {
+      const status = await this.execute<{ running: boolean }>(domain, 'query-status').catch(() => undefined);
+      if (status?.running === false) throw Errors.domainNotRunning({ domain, role: 'frontend' });
+      throw error;
+    }
   }
 
   async execute<T = unknown>(

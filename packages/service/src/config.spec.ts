@@ -23,3 +23,21 @@ it('writers are exactly those configured', () => {
     groups: ['devgate-admin'],
   });
 });
+
+it("inputTargets names each USB VM's input target (Qubes' input-proxy-target); bad ones are located", () => {
+  const { config } = checkConfig('{ "inputTargets": { "sys-usb": "work" } }', 'devgated.json');
+  expect(config!.inputTargets).toEqual({ 'sys-usb': 'work' });
+  expect(checkConfig('{}', 'devgated.json').config!.inputTargets).toBeUndefined();
+  const { issues } = checkConfig(
+    '{\n  "inputTargets": { "sys-usb": "../work", "-x": "work", "u": 3 }\n}',
+    'devgated.json',
+  );
+  expect(issues.map((i) => `${i.line}:${i.column} ${i.message}`)).toEqual([
+    '2:32 inputTargets.sys-usb must be a domain name',
+    "2:43 invalid backend name '-x'",
+    '2:62 inputTargets.u must be a domain name',
+  ]);
+  expect(checkConfig('{ "inputTargets": ["work"] }', 'devgated.json').issues[0].message).toBe(
+    'inputTargets must be an object: {"sys-usb": "work"}',
+  );
+});
