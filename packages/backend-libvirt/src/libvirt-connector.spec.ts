@@ -470,3 +470,24 @@ it('says libvirtd is not reachable, with a hint, when nothing listens', async ()
     nowhere.dispose();
   }
 });
+
+it("gives input events to a running domain through libvirt's QEMU monitor; QEMU's refusal is a coded error", async () => {
+  // A USB VM's mouse, as devgated's input proxy hands it on (libvirt gives every x86 domain PS/2 input).
+  await expect(
+    connector.injectInput('work', [
+      { kind: 'rel', axis: 'x', value: 4 },
+      { kind: 'btn', button: 'left', down: true },
+      { kind: 'btn', button: 'left', down: false },
+      { kind: 'key', key: 'a', down: true },
+      { kind: 'key', key: 'a', down: false },
+    ]),
+  ).resolves.toBeUndefined();
+  // A position needs a tablet, which this domain has not.
+  await expect(connector.injectInput('work', [{ kind: 'abs', axis: 'x', value: 100 }])).rejects.toMatchObject({
+    code: 'DG_LIBVIRT_REFUSED',
+    message: expect.stringContaining('event type abs'),
+  });
+  await expect(connector.injectInput('nosuch', [{ kind: 'rel', axis: 'x', value: 1 }])).rejects.toBeInstanceOf(
+    DevgateError,
+  );
+});

@@ -18,9 +18,12 @@ import {
   type DomainName,
   Errors,
   type HypervisorAttachment,
+  type InjectedInputEvent,
   LIBVIRT_XML_KIND,
   type Port,
+  inputSendEventArgs,
   portLabel,
+  sanitizeText,
 } from '@devgate/core';
 import {
   DEVGATE_METADATA_URI,
@@ -418,6 +421,26 @@ export class LibvirtConnector implements Connector {
       // alias is not in the domain is never read back as an attachment.
       await this.removeParts(frontend, aliases, `detach ${portLabel(port)}`);
     });
+  }
+
+  /**
+   * Gives input events to a QEMU domain's emulated input devices: QMP `input-send-event` through
+   * libvirt's `qemu-monitor-command` (libvirt has no API of its own for it; libvirt marks the domain
+   * tainted by a custom monitor command, once).
+   */
+  async injectInput(domain: DomainName, events: readonly InjectedInputEvent[]): Promise<void> {
+    if (events.length === 0) return;
+    const command = JSON.stringify({ execute: 'input-send-event', arguments: { events: inputSendEventArgs(events) } });
+    const result = await this.transport.call([['qemu-monitor-command', domain, command]]);
+    if (virshErrors(result.stderr).length > 0) {
+      throw this.refusal(domain, 'give input events', result.stderr, this.cache.get(domain));
+    }
+    // QEMU's own refusal is its reply, which virsh prints as it is.
+    const reply = parseJson(result.stdout) as { error?: { desc?: unknown } } | undefined;
+    if (reply?.error) {
+      const reason = sanitizeText(String(reply.error.desc ?? 'refused'), 300) ?? 'refused';
+      throw Errors.libvirtRefused({ domain, operation: 'give input events', reason });
+    }
   }
 
   /**
@@ -935,4 +958,12 @@ export class LibvirtConnector implements Connector {
 
 export function isLibvirtError(error: unknown): boolean {
   return error instanceof DevgateError && error.code.startsWith('DG_LIBVIRT_');
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
 }

@@ -15,6 +15,7 @@ import {
   type HypervisorAttachment,
   type InjectedInputEvent,
   type Port,
+  inputSendEventArgs,
   QEMU_DEVICE_KIND,
 } from '@devgate/core';
 import * as fs from 'node:fs';
@@ -32,7 +33,6 @@ import {
   toHypervisorAttachment,
 } from './qemu-attach.js';
 import { INPUT_LINUX_KIND, attachInputLinux, detachInputLinux, inputLinuxAttachments } from './qemu-input.js';
-import { inputSendEventArgs } from './input-send-event.js';
 import { PCI_UNPLUG_TIMEOUT_MS, planVfioAttach } from './vfio-attach.js';
 import { attachQemuDevice, removeGenericBackends } from './qemu-generic.js';
 

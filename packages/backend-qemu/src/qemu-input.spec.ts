@@ -1,10 +1,9 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { type AttachSpec, type InjectedInputEvent } from '@devgate/core';
+import { type AttachSpec, type InjectedInputEvent, inputSendEventArgs } from '@devgate/core';
 import { labDown, labUp } from './lab.js';
 import { QemuConnector } from './qemu-connector.js';
 import { decodeInputObjectId, planInputLinux } from './qemu-input.js';
-import { inputSendEventArgs } from './input-send-event.js';
 import { Cleanup } from './testing/fixtures.js';
 
 // input-linux objects: the plan QEMU is given, the attachment their ids carry, and what a real QEMU

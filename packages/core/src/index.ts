@@ -12,6 +12,7 @@ export * from './host-tree.js';
 export * from './identity.js';
 export * from './events.js';
 export * from './plugin-api.js';
+export * from './input-send-event.js';
 export * from './device-manager.js';
 export * from './kernel.js';
 export * from './attach-kinds.js';
