@@ -2,9 +2,17 @@
  * The moving half of the input proxy: the events of an allowed device's event nodes, from its backend
  * (a USB VM's agent) to the frontend's emulated input devices, filtered by what each node was allowed
  * as (forwarded-events.ts), in order. It ends when the device goes (the proxy disposes it), when the
- * backend stops sending, or when the frontend cannot take them (stopped, or no input path): audited.
+ * backend stops sending, or when the frontend has no input path at all: audited. Events the frontend
+ * cannot take for a while (it is stopped or paused, or has no tablet for a position) are dropped, as a
+ * screen that is off drops what is typed, and the forward goes on: audited once per cause.
  */
-import { type DeviceInfo, type DeviceManager, type Disposable, errorCode } from '@devgate/core';
+import {
+  type DeviceInfo,
+  type DeviceManager,
+  type Disposable,
+  type InjectedInputEvent,
+  errorCode,
+} from '@devgate/core';
 import { concatMap, filter, map } from 'rxjs';
 import { type QubesInputService } from './input-class.js';
 import { inputCalls } from './input-policy.js';
@@ -14,19 +22,35 @@ export interface InputForwardEnd {
   readonly device: DeviceInfo;
   readonly frontend: string;
   readonly outcome: 'ok' | 'error';
+  /** Why it ended, or `dropped: ...` for events the frontend did not take (the forward goes on). */
   readonly reason: string;
 }
 
+/** Errors that mean the frontend can never take input: the forward ends. */
+const FATAL = new Set(['DG_NO_CONNECTOR', 'DG_NO_INPUT_PATH']);
+
 /**
  * The proxy's `forward` hook: starts moving the events of `nodes` (those the policy let go) to
- * `frontend`; `ended` is told how it ended, unless it was disposed.
+ * `frontend`; `report` is told how it ended (unless it was disposed) and what it dropped.
  */
 export function forwardInput(
   manager: DeviceManager,
-  ended: (end: InputForwardEnd) => void,
+  report: (end: InputForwardEnd) => void,
 ): (device: DeviceInfo, frontend: string, nodes: readonly string[]) => Disposable {
   return (device, frontend, nodes) => {
-    const end = (outcome: InputForwardEnd['outcome'], reason: string) => ended({ device, frontend, outcome, reason });
+    const end = (outcome: InputForwardEnd['outcome'], reason: string) => report({ device, frontend, outcome, reason });
+    let dropping: string | undefined;
+    const inject = async (events: readonly InjectedInputEvent[]) => {
+      try {
+        await manager.injectInput(frontend, events);
+        dropping = undefined;
+      } catch (error) {
+        const reason = `${errorCode(error)}: ${(error as Error).message}`;
+        if (FATAL.has(errorCode(error))) throw error;
+        if (reason !== dropping) report({ device, frontend, outcome: 'error', reason: `dropped: ${reason}` });
+        dropping = reason;
+      }
+    };
     const allowed = new Map<string, QubesInputService>();
     for (const call of inputCalls(device)) {
       for (const node of call.events) if (nodes.includes(node)) allowed.set(node, call.service);
@@ -37,7 +61,7 @@ export function forwardInput(
         .pipe(
           map((batch) => forwardedEvents(batch, allowed)),
           filter((events) => events.length > 0),
-          concatMap((events) => manager.injectInput(frontend, events)),
+          concatMap(inject),
         )
         .subscribe({
           error: (error: Error) => end('error', `${errorCode(error)}: ${error.message}`),
