@@ -5,7 +5,7 @@
  * the device id, the backend and the options. The alias alone says "devgate's, and which port";
  * the metadata adds who it is. Devices without a devgate alias are never devgate's.
  */
-import { type AttachSpec, DriverContractError, Errors, type Port } from '@devgate/core';
+import { type AttachSpec, DriverContractError, Errors, type Port, isGrabToggle } from '@devgate/core';
 import {
   type DomainDisk,
   type DomainHostdev,
@@ -140,7 +140,6 @@ export function hasUsbController(domain: DomainXml): boolean {
 /** The attach kind of a PCI function on vfio-pci (driver-pci's VFIO_PCI_KIND). */
 export const VFIO_PCI_KIND = 'vfio-pci';
 /** The attach kind of an input device's event nodes (driver-input's spec, backend-qemu's input-linux). */
-export const INPUT_LINUX_KIND = 'input-linux';
 
 const SBDF = /^([0-9a-f]{4}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])$/;
 
@@ -201,15 +200,6 @@ export function planPciHostdev(port: Port, spec: AttachSpec): DevicePlan {
   };
 }
 
-/** libvirt's grabToggle values (domaincommon.rng), the same as QEMU's GrabToggleKeys. */
-export const LIBVIRT_GRAB_TOGGLES: readonly string[] = [
-  'ctrl-ctrl',
-  'alt-alt',
-  'shift-shift',
-  'meta-meta',
-  'scrolllock',
-  'ctrl-scrolllock',
-];
 const EVDEV_NODE = /^\/[^,\s'"<>&]*\/event\d{1,6}$/;
 
 /**
@@ -229,7 +219,7 @@ export function planEvdevInputs(port: Port, spec: AttachSpec): DevicePlan {
     throw new DriverContractError(port.devclass, 'input-linux needs evdev: the event nodes, from the data path');
   }
   const grabToggle = String(spec.params.grabToggle ?? 'ctrl-ctrl');
-  if (!LIBVIRT_GRAB_TOGGLES.includes(grabToggle)) {
+  if (!isGrabToggle(grabToggle)) {
     throw new DriverContractError(port.devclass, `grab-toggle ${grabToggle.slice(0, 40)}`);
   }
   const grabAll = spec.params.grabAll === true;

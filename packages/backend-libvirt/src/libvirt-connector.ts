@@ -18,6 +18,7 @@ import {
   type DomainName,
   Errors,
   type HypervisorAttachment,
+  INPUT_LINUX_KIND,
   type InjectedInputEvent,
   LIBVIRT_XML_KIND,
   type Port,
@@ -33,7 +34,6 @@ import {
   parseDomainXml,
 } from './parse-domain-xml.js';
 import {
-  INPUT_LINUX_KIND,
   VFIO_PCI_KIND,
   aliasFor,
   chooseTargetDev,

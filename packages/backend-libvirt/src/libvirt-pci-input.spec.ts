@@ -6,6 +6,7 @@ import {
   DevgateError,
   DriverContractError,
   HostTree,
+  INPUT_LINUX_KIND,
   Kernel,
   PLUGIN_API_VERSION,
   type Port,
@@ -19,15 +20,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { BehaviorSubject, Subject, map } from 'rxjs';
-import {
-  INPUT_LINUX_KIND,
-  VFIO_PCI_KIND,
-  aliasFor,
-  partOfAlias,
-  planEvdevInputs,
-  planPciHostdev,
-  portOfAlias,
-} from './libvirt-attach';
+import { VFIO_PCI_KIND, aliasFor, partOfAlias, planEvdevInputs, planPciHostdev, portOfAlias } from './libvirt-attach';
 import { LibvirtConnector } from './libvirt-connector';
 import { labDomainXml } from './libvirt-lab';
 import { DEVGATE_METADATA_URI, metadataXml, parseDomainXml } from './parse-domain-xml';

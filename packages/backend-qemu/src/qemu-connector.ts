@@ -14,6 +14,7 @@ import {
   Errors,
   type HypervisorAttachment,
   type InjectedInputEvent,
+  INPUT_LINUX_KIND,
   type Port,
   inputSendEventArgs,
   QEMU_DEVICE_KIND,
@@ -32,7 +33,7 @@ import {
   planUsbRedirAttach,
   toHypervisorAttachment,
 } from './qemu-attach.js';
-import { INPUT_LINUX_KIND, attachInputLinux, detachInputLinux, inputLinuxAttachments } from './qemu-input.js';
+import { attachInputLinux, detachInputLinux, inputLinuxAttachments } from './qemu-input.js';
 import { PCI_UNPLUG_TIMEOUT_MS, planVfioAttach } from './vfio-attach.js';
 import { attachQemuDevice, removeGenericBackends } from './qemu-generic.js';
 
@@ -98,7 +99,7 @@ export class QemuConnector implements Connector {
     'usb-host',
     'usb-redir',
     'vfio-pci',
-    'input-linux',
+    INPUT_LINUX_KIND,
     QEMU_DEVICE_KIND,
   ];
   readonly registryFile: string;

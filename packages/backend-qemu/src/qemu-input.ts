@@ -13,11 +13,10 @@ import {
   type DomainName,
   type HypervisorAttachment,
   type Port,
+  isGrabToggle,
 } from '@devgate/core';
 import { type AttachmentRecord, decodeQdevId, encodeQdevId, toHypervisorAttachment } from './qemu-attach.js';
 
-export const INPUT_LINUX_KIND = 'input-linux';
-const GRAB_TOGGLES = new Set(['ctrl-ctrl', 'alt-alt', 'shift-shift', 'meta-meta', 'scrolllock', 'ctrl-scrolllock']);
 /** `dgi<node>n<attach>-<record>`: the attach part keeps a new attach's ids apart from a late detach's. */
 const OBJECT_ID = /^dgi(\d{1,3})(?:n[0-9a-z]{1,13})?-([A-Za-z0-9_-]+)$/;
 let attaches = 0;
@@ -40,7 +39,7 @@ export function planInputLinux(port: Port, spec: AttachSpec, deviceId: string): 
     throw new DriverContractError(port.devclass, 'input-linux needs evdev: the event nodes, from the data path');
   }
   const grabToggle = String(spec.params.grabToggle ?? 'ctrl-ctrl');
-  if (!GRAB_TOGGLES.has(grabToggle)) throw new DriverContractError(port.devclass, `grab-toggle ${grabToggle}`);
+  if (!isGrabToggle(grabToggle)) throw new DriverContractError(port.devclass, `grab-toggle ${grabToggle}`);
   const options = { ...spec.options };
   const payload = encodeQdevId({ c: port.devclass, b: port.backend, p: port.portId, d: deviceId, o: options }).slice(3);
   const nonce = `n${(Date.now() * 1000 + (attaches++ % 1000)).toString(36)}`;

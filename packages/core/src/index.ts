@@ -16,5 +16,6 @@ export * from './input-send-event.js';
 export * from './device-manager.js';
 export * from './kernel.js';
 export * from './attach-kinds.js';
+export * from './input-linux.js';
 export * from './module-loader.js';
 export * from './driver-report.js';

@@ -1,14 +1,12 @@
-import { type AttachSpec, type DeviceInfo, Errors, portLabel } from '@devgate/core';
-
-/** QEMU's `grab-toggle` values (qapi/common.json GrabToggleKeys). */
-export const GRAB_TOGGLES = [
-  'ctrl-ctrl',
-  'alt-alt',
-  'shift-shift',
-  'meta-meta',
-  'scrolllock',
-  'ctrl-scrolllock',
-] as const;
+import {
+  type AttachSpec,
+  type DeviceInfo,
+  Errors,
+  GRAB_TOGGLES,
+  INPUT_LINUX_KIND,
+  isGrabToggle,
+  portLabel,
+} from '@devgate/core';
 
 const EVENT_NODE = /^event\d{1,6}$/;
 const MAJOR_MINOR = /^\d{1,4}:\d{1,7}$/;
@@ -33,7 +31,7 @@ export function inputAttachSpec(device: DeviceInfo, options: Readonly<Record<str
   for (const [option, value] of Object.entries(options)) {
     switch (option) {
       case 'grab-toggle':
-        if (!(GRAB_TOGGLES as readonly string[]).includes(value)) {
+        if (!isGrabToggle(value)) {
           throw Errors.unsupportedOption({
             option,
             message: `grab-toggle option can only be one of ${GRAB_TOGGLES.join(', ')}`,
@@ -77,7 +75,7 @@ export function inputAttachSpec(device: DeviceInfo, options: Readonly<Record<str
     });
   }
   return {
-    kind: 'input-linux',
+    kind: INPUT_LINUX_KIND,
     params: { events: events.join(','), devices: devices.join(','), grabToggle, grabAll, repeat },
     options: { 'grab-toggle': grabToggle, 'grab-all': grabAll ? 'yes' : 'no', repeat: repeat ? 'yes' : 'no' },
   };
