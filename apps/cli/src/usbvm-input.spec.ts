@@ -22,6 +22,7 @@ let registryFile: string;
 let daemon: Devgated | undefined;
 
 const devgate = (...argv: string[]) => runCaptured('devgate', argv);
+const inWork = (script: string) => devgate('lab', 'exec', 'work', '--', 'sh', '-c', script);
 
 interface AuditRow {
   action: string;
@@ -39,13 +40,7 @@ const inputOfClass = (inputClass: string) =>
 
 /** The event node of work's own mouse (QEMU's usb-mouse, plugged for the test). */
 async function workMouseNode(): Promise<string> {
-  const found = await devgate(
-    'lab',
-    'exec',
-    'work',
-    '--',
-    'sh',
-    '-c',
+  const found = await inWork(
     'for e in /sys/class/input/event*; do grep -q "USB Mouse" $e/device/name && basename $e; done',
   );
   return found.out.trim().split('\n')[0];
@@ -143,19 +138,10 @@ describe("Qubes' input proxy: input devices of sys-usb, and work as the input ta
     expect(asks[0].reason).toContain('mouse');
 
     expect(await devgate('ask', 'answer', asks[0].id, 'allow')).toMatchObject({ code: 0, err: '' });
-    const node = await until('work to see its mouse', async () => (await workMouseNode()) !== '', 30_000).then(() =>
-      workMouseNode(),
-    );
+    let node = '';
+    await until('work to see its mouse', async () => (node = await workMouseNode()) !== '', 30_000);
     // Read work's mouse while sys-usb's mouse moves: each move is 7 to the right.
-    const reading = devgate(
-      'lab',
-      'exec',
-      'work',
-      '--',
-      'sh',
-      '-c',
-      `timeout 60 dd if=/dev/input/${node} bs=24 count=4 2>/dev/null | od -An -v -tx1 -w24`,
-    );
+    const reading = inWork(`timeout 60 dd if=/dev/input/${node} bs=24 count=4 2>/dev/null | od -An -v -tx1 -w24`);
     let read: Awaited<typeof reading> | undefined;
     void reading.then((result) => (read = result));
     await until(

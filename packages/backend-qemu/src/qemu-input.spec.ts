@@ -60,7 +60,7 @@ describe('planInputLinux', () => {
   });
 });
 
-describe('input-linux in a real QEMU', () => {
+describe('input in a real QEMU: input-linux objects, input-send-event', () => {
   const cleanup = new Cleanup();
   let registryFile: string;
   let connector: QemuConnector;
@@ -88,23 +88,6 @@ describe('input-linux in a real QEMU', () => {
     expect(await connector.attachments()).toEqual([]);
     await expect(connector.detach('front', port)).rejects.toMatchObject({ code: 'DG_NOT_ATTACHED' });
   });
-});
-
-describe('injectInput: input-send-event', () => {
-  const cleanup = new Cleanup();
-  let connector: QemuConnector;
-  beforeAll(async () => {
-    const dir = await cleanup.tempDir();
-    const registryFile = join(dir, 'domains.json');
-    const [{ pid }] = await labUp(['target'], { registryFile, stateDir: join(dir, 'lab') });
-    cleanup.pid(pid);
-    cleanup.defer(() => labDown(undefined, { registryFile }));
-    connector = new QemuConnector({ registryFile });
-  });
-  afterAll(async () => {
-    connector.dispose();
-    await cleanup.run();
-  });
 
   it('gives a real, running QEMU keys, buttons and moves in the form it takes', async () => {
     const events: InjectedInputEvent[] = [
@@ -114,18 +97,18 @@ describe('injectInput: input-send-event', () => {
       { kind: 'rel', axis: 'x', value: -5 },
     ];
     // A lab VM starts paused: QEMU takes no input then.
-    await expect(connector.injectInput('target', events)).rejects.toMatchObject({ code: 'DG_DOMAIN_NOT_RUNNING' });
-    await connector.execute('target', 'cont');
-    cleanup.defer(() => connector.execute('target', 'stop').catch(() => undefined));
-    await expect(connector.injectInput('target', events)).resolves.toBeUndefined();
+    await expect(connector.injectInput('front', events)).rejects.toMatchObject({ code: 'DG_DOMAIN_NOT_RUNNING' });
+    await connector.execute('front', 'cont');
+    cleanup.defer(() => connector.execute('front', 'stop').catch(() => undefined));
+    await expect(connector.injectInput('front', events)).resolves.toBeUndefined();
     // A position needs a tablet, which this VM has not: QEMU refuses the batch, and says why.
     const position: InjectedInputEvent = { kind: 'abs', axis: 'y', value: 90_000 };
-    await expect(connector.injectInput('target', [position])).rejects.toThrow(/handler not found for event type abs/);
+    await expect(connector.injectInput('front', [position])).rejects.toThrow(/handler not found for event type abs/);
     expect(inputSendEventArgs([position])).toEqual([{ type: 'abs', data: { axis: 'y', value: 0x7fff } }]);
     // A key QEMU does not know is QEMU's refusal; one of another form never reaches it.
-    await expect(
-      connector.injectInput('target', [{ kind: 'key', key: 'nosuchkey', down: true }]),
-    ).rejects.toMatchObject({ code: 'DG_QMP_COMMAND_FAILED' });
+    await expect(connector.injectInput('front', [{ kind: 'key', key: 'nosuchkey', down: true }])).rejects.toMatchObject(
+      { code: 'DG_QMP_COMMAND_FAILED' },
+    );
     expect(() => inputSendEventArgs([{ kind: 'key', key: '"}, {"execute": "quit', down: true }])).toThrow(/key name/);
     expect(() => inputSendEventArgs([{ kind: 'btn', button: 'back' as 'left', down: true }])).toThrow(/button/);
     expect(() => inputSendEventArgs(Array(257).fill({ kind: 'rel', axis: 'x', value: 1 }))).toThrow(/257/);
