@@ -1,6 +1,8 @@
-// The CLI's bundle (ADR 0014): dist/bundled.js, as tsc built it, and everything it requires (our
-// packages' dist files and their npm dependencies) in one file, dist/bundle/cli.js, which
-// bin/*.cjs load. Run by the build target after tsc (package.json, nx.targets.build).
+// The CLI's bundle (ADR 0014): src/bundled.ts and everything it imports, our packages from their
+// TypeScript sources (the `@devgate/source` condition) and their npm dependencies as ES modules, in
+// one file, dist/bundle/cli.js, which bin/*.cjs load. ES modules let esbuild keep only what is used
+// and put every module in one scope: nothing to resolve, read or wrap per module at start. Run by
+// the build target after tsc (package.json, nx.targets.build), which checks the types.
 'use strict';
 const path = require('node:path');
 const fs = require('node:fs');
@@ -26,11 +28,9 @@ function packageOf(file) {
 const ownDirname = {
   name: 'own-dirname',
   setup(build) {
-    build.onLoad({ filter: /\.js$/ }, (args) => {
+    build.onLoad({ filter: /\.ts$/ }, (args) => {
       const contents = fs.readFileSync(args.path, 'utf8');
-      if (args.path.includes(`${path.sep}node_modules${path.sep}`) || !/\b__(dirname|filename)\b/.test(contents)) {
-        return undefined;
-      }
+      if (!/\b__(dirname|filename)\b/.test(contents)) return undefined;
       const { root, name } = packageOf(args.path);
       const base =
         root === CLI
@@ -38,31 +38,46 @@ const ownDirname = {
           : `require("node:path").dirname(require.resolve(${JSON.stringify(`${name}/package.json`)}))`;
       const dir = path.relative(root, path.dirname(args.path));
       const file = path.relative(root, args.path);
+      // Module-scoped names (the bundle is one scope): every use in the file is renamed to them.
+      const id = `_${name.replace(/\W/g, '_')}_${path.basename(args.path, '.ts').replace(/\W/g, '_')}`;
       return {
         contents:
-          `var __dirname = require("node:path").join(${base}, ${JSON.stringify(dir)});\n` +
-          `var __filename = require("node:path").join(${base}, ${JSON.stringify(file)});\n` +
-          contents,
-        loader: 'js',
+          `const ${id}_dirname = require("node:path").join(${base}, ${JSON.stringify(dir)});\n` +
+          `const ${id}_filename = require("node:path").join(${base}, ${JSON.stringify(file)});\n` +
+          contents.replace(/\b__dirname\b/g, `${id}_dirname`).replace(/\b__filename\b/g, `${id}_filename`),
+        loader: 'ts',
       };
     });
   },
 };
 
+/** rxjs as ES modules (its `node` condition names its CommonJS build, which cannot be trimmed). */
+const rxjsEsm = {
+  name: 'rxjs-esm',
+  setup(build) {
+    const dist = path.join(path.dirname(require.resolve('rxjs/package.json')), 'dist/esm');
+    build.onResolve({ filter: /^rxjs(\/operators)?$/ }, (args) => ({
+      path: path.join(dist, args.path === 'rxjs' ? 'index.js' : 'operators/index.js'),
+    }));
+  },
+};
+
 esbuild
   .build({
-    entryPoints: { cli: path.join(CLI, 'dist/bundled.js') },
+    entryPoints: { cli: path.join(CLI, 'src/bundled.ts') },
     outdir: OUT,
     bundle: true,
     platform: 'node',
     format: 'cjs',
     target: 'node20',
-    // jsonc-parser's `main` is a UMD build that esbuild cannot follow; its `module` is plain ESM.
+    tsconfig: path.join(CLI, 'tsconfig.lib.json'),
+    // Our packages' sources; jsonc-parser's `main` is a UMD build, its `module` plain ESM.
+    conditions: ['@devgate/source'],
     mainFields: ['module', 'main'],
-    // A native addon: loaded from node_modules, where its binary is.
+    // A native addon: loaded from node_modules, where its binary is, and only when a store is opened.
     external: ['better-sqlite3'],
     banner: { js: 'const __bundle_dirname = __dirname;' },
-    plugins: [ownDirname],
+    plugins: [ownDirname, rxjsEsm],
     // `require.resolve` of our packages stays a run-time lookup (the module loader's peers, the agent's bin).
     logOverride: { 'require-resolve-not-external': 'silent' },
     logLevel: 'warning',
