@@ -8,9 +8,9 @@ import {
 } from '@devgate/core';
 import { builtinModules, loadConfiguredModules, provideServices, registryBackends } from '@devgate/service';
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
-import { defaultRegistryFile } from '@devgate/backend-qemu';
+import { defaultRegistryFile, readRegistrySync } from '@devgate/backend-qemu';
 import { AgentSource } from '@devgate/backend-agent';
-import { defaultLibvirtUri } from '@devgate/backend-libvirt';
+import { defaultLibvirtUri, missingLocalSocket } from '@devgate/backend-libvirt';
 import { withCliLock } from './cli-lock.js';
 
 /** Where the devices come from: this host, a tree laid out like `/`, or a recording. */
@@ -93,15 +93,32 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
   return { manager, kernel, backends: manager.sources.map((s) => s.backend), close: () => kernel.dispose() };
 }
 
-/** Opens the host, runs `work`, and always closes it; commands take turns through the CLI lock. */
+/**
+ * Opens the host, runs `work`, and always closes it. Commands take turns through the CLI lock when
+ * there is someone to take turns with (ADR 0006): a domain or backend in the registry, or a libvirt
+ * that listens. With none, a command talks to no hypervisor and no backend VM (an attach has no VM
+ * to go to), so it runs without the lock and without spawning flock(1) for it (ADR 0014).
+ */
 export async function withHost<T>(options: HostOptions, work: (host: OpenHost) => Promise<T> | T): Promise<T> {
-  const lock = `${options.domains ?? defaultRegistryFile()}.lock`;
-  return withCliLock(lock, async () => {
+  const run = async () => {
     const host = await openHost(options);
     try {
       return await work(host);
     } finally {
       host.close();
     }
-  });
+  };
+  if (!hasPeers(options)) return run();
+  return withCliLock(`${options.domains ?? defaultRegistryFile()}.lock`, run);
+}
+
+/** Whether the command may talk to a hypervisor or a backend VM: registered domains, or a reachable libvirt. */
+function hasPeers(options: HostOptions): boolean {
+  try {
+    const registry = readRegistrySync(options.domains);
+    if (Object.keys(registry.domains).length > 0 || Object.keys(registry.backends ?? {}).length > 0) return true;
+  } catch {
+    return true; // an unreadable registry: openHost says why, under the lock as before
+  }
+  return (options.libvirtUris ?? [defaultLibvirtUri()]).some((uri) => missingLocalSocket(uri) === undefined);
 }
