@@ -3,7 +3,7 @@
  * store's settings and migrated; the prepared-statement cache; the guard that turns SQLite's errors
  * into coded DevgateErrors; and the clock for every timestamp written.
  */
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
 import { DevgateError, Errors } from '@devgate/core';
 import { migrate } from './migrations.js';
 import * as check from './validate.js';
@@ -13,6 +13,15 @@ export interface StoreConnectionOptions {
   readonly now?: () => Date;
   /** How long a call waits for another process's lock before DG_STATE_BUSY. */
   readonly busyTimeoutMs?: number;
+}
+
+/**
+ * better-sqlite3, loaded when a store is first opened: a command that opens none (a listing, most
+ * of what the CLI does without devgated) does not load the addon (ADR 0014).
+ */
+function openDriver(): typeof Database {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return require('better-sqlite3') as typeof Database;
 }
 
 export class StoreConnection {
@@ -26,7 +35,7 @@ export class StoreConnection {
   ) {
     this.now = options.now ?? (() => new Date());
     try {
-      this.db = new Database(file);
+      this.db = new (openDriver())(file);
     } catch (error) {
       // better-sqlite3 throws a plain TypeError for a missing directory: code every failure here.
       throw Errors.stateUnavailable({ file, reason: (error as Error).message });
