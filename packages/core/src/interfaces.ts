@@ -68,8 +68,16 @@ export const DEVICE_CATEGORIES = {
 
 export type DeviceCategory = keyof typeof DEVICE_CATEGORIES;
 
+/**
+ * Categories already worked out, by code: a listing asks for the same few codes (`b******`) once per
+ * device. Bounded, since a backend VM's agent chooses the codes.
+ */
+const knownCategories = new Map<string, DeviceCategory>();
+
 /** The category of one interface: the pattern with the most literal matches wins (first on ties). */
 export function categoryOf(code: InterfaceCode): DeviceCategory {
+  const known = knownCategories.get(code);
+  if (known !== undefined) return known;
   let best: DeviceCategory = 'Other';
   let bestScore = -1;
   for (const [category, patterns] of Object.entries(DEVICE_CATEGORIES) as [DeviceCategory, readonly string[]][]) {
@@ -81,6 +89,7 @@ export function categoryOf(code: InterfaceCode): DeviceCategory {
       }
     }
   }
+  if (knownCategories.size < 1024) knownCategories.set(code, best);
   return best;
 }
 
