@@ -66,12 +66,16 @@ export function readHostTree(roots: HostRoots, subsystems: readonly string[] = [
     }
   }
   const devpaths = new Map<string, DerivedDevice | undefined>();
+  // Directories looked at, devices or not (`virtual/block`): each is looked at once, and so are
+  // its ancestors, so a walk up stops at the first one seen.
+  const seen = new Set<string>();
   for (const real of listed) {
     if (!real.startsWith(devicesDir + '/')) continue;
     // Include every ancestor, so drivers can walk up to USB and PCI parents.
     for (let dir = real; dir.length > devicesDir.length; dir = path.dirname(dir)) {
       const devpath = '/devices' + dir.slice(devicesDir.length);
-      if (devpaths.has(devpath)) break;
+      if (seen.has(devpath)) break;
+      seen.add(devpath);
       const hasUevent = fs.existsSync(path.join(dir, 'uevent'));
       const device = trimmed ? (derived.get(dir) ?? (hasUevent ? undefined : trimmedAncestor(dir))) : undefined;
       if (hasUevent || device) devpaths.set(devpath, device);
@@ -258,9 +262,13 @@ function readdirOrEmpty(dir: string): string[] {
   }
 }
 
+/**
+ * realpath(3), one call for the whole path: fs.realpathSync walks it in JavaScript, an lstat for each
+ * component, which was a tenth of a cold listing's time (ADR 0014).
+ */
 function realpathOrUndefined(file: string): string | undefined {
   try {
-    return fs.realpathSync(file);
+    return fs.realpathSync.native(file);
   } catch {
     return undefined;
   }
