@@ -2,14 +2,19 @@
 // TypeScript sources (the `@devgate/source` condition) and their npm dependencies as ES modules, in
 // one file, dist/bundle/cli.js, which bin/*.cjs load. ES modules let esbuild keep only what is used
 // and put every module in one scope: nothing to resolve, read or wrap per module at start. Run by
-// the build target after tsc (package.json, nx.targets.build), which checks the types.
+// the build target after tsc (package.json, nx.targets.build), which checks the types. Then V8's
+// code cache of the bundle, dist/bundle/cli.js.cache, which bin/load-bundle.cjs gives V8.
 'use strict';
 const path = require('node:path');
 const fs = require('node:fs');
+const vm = require('node:vm');
+const Module = require('node:module');
+const { execFileSync } = require('node:child_process');
 const esbuild = require('esbuild');
 
 const CLI = __dirname;
 const OUT = path.join(CLI, 'dist/bundle');
+const BUNDLE = path.join(OUT, 'cli.js');
 
 /** The directory of the package.json above `file`, and the package's name. */
 function packageOf(file) {
@@ -62,8 +67,23 @@ const rxjsEsm = {
   },
 };
 
-esbuild
-  .build({
+/**
+ * V8's code cache of the bundle, as bin/load-bundle.cjs compiles it, made after its top level ran
+ * (so it holds what running the top level compiled too), in a Node of its own with no flags, as the
+ * bins run. A cache of another bundle must never be left beside this one: it goes first.
+ */
+function writeCodeCache() {
+  const script = new vm.Script(Module.wrap(fs.readFileSync(BUNDLE, 'utf8')), { filename: BUNDLE });
+  const bundle = new Module(BUNDLE, module);
+  bundle.filename = BUNDLE;
+  bundle.paths = Module._nodeModulePaths(OUT);
+  script.runInThisContext().call(bundle.exports, bundle.exports, Module.createRequire(BUNDLE), bundle, BUNDLE, OUT);
+  fs.writeFileSync(`${BUNDLE}.cache`, script.createCachedData());
+}
+
+function build() {
+  fs.rmSync(`${BUNDLE}.cache`, { force: true });
+  return esbuild.build({
     entryPoints: { cli: path.join(CLI, 'src/bundled.ts') },
     outdir: OUT,
     bundle: true,
@@ -82,5 +102,11 @@ esbuild
     logOverride: { 'require-resolve-not-external': 'silent' },
     logLevel: 'warning',
     legalComments: 'none',
-  })
-  .catch(() => process.exit(1));
+  });
+}
+
+if (process.argv[2] === '--code-cache') writeCodeCache();
+else
+  build()
+    .then(() => execFileSync(process.execPath, [__filename, '--code-cache'], { stdio: 'inherit' }))
+    .catch(() => process.exit(1));

@@ -4,7 +4,7 @@
 // CLI is one bundled file (ADR 0014).
 require('../dist/quick.js')
   .quick('devgate', process.argv.slice(2))
-  .then((handled) => handled || require('../dist/bundle/cli.js').run('devgate'))
+  .then((handled) => handled || require('./load-bundle.cjs')().run('devgate'))
   .catch((error) => {
     process.stderr.write(`devgate: error: ${error.message}\n`);
     process.exitCode = 1;

@@ -4,7 +4,7 @@
 // CLI is one bundled file (ADR 0014).
 require('../dist/quick.js')
   .quick('qvm-block', process.argv.slice(2))
-  .then((handled) => handled || require('../dist/bundle/cli.js').run('qvm-block'))
+  .then((handled) => handled || require('./load-bundle.cjs')().run('qvm-block'))
   .catch((error) => {
     process.stderr.write(`qvm-block: error: ${error.message}\n`);
     process.exitCode = 1;

@@ -4,7 +4,7 @@
 // CLI is one bundled file (ADR 0014).
 require('../dist/quick.js')
   .quick('qvm-device', process.argv.slice(2))
-  .then((handled) => handled || require('../dist/bundle/cli.js').run('qvm-device'))
+  .then((handled) => handled || require('./load-bundle.cjs')().run('qvm-device'))
   .catch((error) => {
     process.stderr.write(`qvm-device: error: ${error.message}\n`);
     process.exitCode = 1;
