@@ -2,6 +2,7 @@ import * as path from 'node:path';
 import { execFile } from 'node:child_process';
 import { HostTree, type RawDeviceRecord } from '@devgate/core';
 import { parseKeyValueLines } from './parse-udev-data.js';
+import { awaitsUdev } from './sysfs-reader.js';
 
 /** blkid runs on up to this many devices at once, in at most two processes: forking is the cost. */
 const PROBE_BATCH = 64;
@@ -9,6 +10,12 @@ const PROBE_DELAY_MS = 50;
 const MAX_PARALLEL_PROBES = 2;
 /** A device whose probes keep being killed at their deadline is taken as having nothing to find. */
 const MAX_PROBE_RETRIES = 3;
+/**
+ * Where udevd runs, a device read from the kernel's `add` is probed only if udev's own event of it
+ * (which carries udev's findings) has not come this long after: forking blkid for every partition
+ * of a burst that udevd probes anyway is what made hotplug slow under udevd (ADR 0015).
+ */
+const UDEV_GRACE_MS = 3000;
 
 export interface BlockProbesOptions {
   /** The blkid to run (default: `blkid`, found on PATH). */
@@ -25,6 +32,8 @@ interface QueuedProbe {
   readonly key: string;
   readonly node: string;
   readonly token: ProbeToken;
+  /** When it began to wait for udevd (deferred probes only). */
+  readonly since?: number;
 }
 
 /**
@@ -41,7 +50,12 @@ export class BlockProbes {
   /** Probes of a device killed at their deadline so far. */
   private readonly retries = new Map<string, number>();
   private readonly merged = new WeakMap<RawDeviceRecord, RawDeviceRecord>();
+  /** Records that never need a probe (udev's findings, no node, empty): passed over at once. */
+  private readonly settled = new WeakSet<RawDeviceRecord>();
   private readonly queue: QueuedProbe[] = [];
+  /** Probes waiting for udevd's own findings (by devpath), run after UDEV_GRACE_MS if those never come. */
+  private readonly deferred = new Map<string, QueuedProbe>();
+  private deferTimer?: NodeJS.Timeout;
   private running = 0;
   private active = 0;
   private readonly idleWaiters: (() => void)[] = [];
@@ -53,10 +67,15 @@ export class BlockProbes {
   ) {}
 
   withProbes(tree: HostTree): HostTree {
-    return new HostTree(
-      tree.devices().map((record) => this.withProbe(record)),
-      tree.usage,
-    );
+    const records = tree.devices();
+    let changed = false;
+    const probed = records.map((record) => {
+      const merged = this.withProbe(record);
+      changed ||= merged !== record;
+      return merged;
+    });
+    // Nothing to merge (udevd knows every device, or no finding yet): the tree as it is.
+    return changed ? new HostTree(probed, tree.usage) : tree;
   }
 
   /** The device's content may have changed (a `change` uevent): blkid looks again. */
@@ -83,6 +102,9 @@ export class BlockProbes {
   }
 
   dispose(): void {
+    if (this.deferTimer) clearTimeout(this.deferTimer);
+    this.deferTimer = undefined;
+    this.deferred.clear();
     this.found.clear();
     this.retries.clear();
   }
@@ -92,21 +114,33 @@ export class BlockProbes {
   }
 
   private withProbe(record: RawDeviceRecord): RawDeviceRecord {
-    if (record.subsystem !== 'block' || record.properties.ID_FS_TYPE || record.properties.ID_PART_TABLE_TYPE) {
+    if (record.subsystem !== 'block' || this.settled.has(record)) return record;
+    const waiting = this.deferred.size > 0 && !awaitsUdev(record) ? this.deferred.get(record.devpath) : undefined;
+    // udev's findings came: the probe that waited for them is not needed. Or udev processed the
+    // device and found nothing: blkid looks now rather than after the grace.
+    if (waiting) this.cancelDeferred(waiting, record.devpath);
+    const devname = record.properties.DEVNAME;
+    const size = devname ? record.attribute('size') : undefined;
+    // Nothing to find on an empty device (a free loop device, a card reader without a card).
+    if (record.properties.ID_FS_TYPE || record.properties.ID_PART_TABLE_TYPE || !devname || size === '0') {
+      this.settled.add(record);
       return record;
     }
-    const devname = record.properties.DEVNAME;
-    if (!devname) return record;
-    const key = `${record.devpath}|${record.properties.DISKSEQ ?? ''}|${record.attribute('size') ?? ''}`;
+    const key = `${record.devpath}|${record.properties.DISKSEQ ?? ''}|${size ?? ''}`;
     const known = this.found.get(key);
     if (known === undefined) {
       const token: ProbeToken = { probing: true };
       this.found.set(key, token);
       this.running++;
-      this.queue.push({ key, node: path.join(this.dev, devname.replace(/^\/dev\//, '')), token });
-      // Probe after a short pause, so a burst (a disk and its partitions) is probed together, and
-      // forking blkid does not hold up the burst's own events.
-      if (this.queue.length === 1) setTimeout(() => this.drain(), PROBE_DELAY_MS);
+      const node = path.join(this.dev, devname.replace(/^\/dev\//, ''));
+      if (awaitsUdev(record)) {
+        const replaced = this.deferred.get(record.devpath);
+        if (replaced) this.cancelDeferred(replaced, record.devpath);
+        this.deferred.set(record.devpath, { key, node, token, since: Date.now() });
+        this.armDeferTimer(UDEV_GRACE_MS);
+        return record;
+      }
+      this.enqueue({ key, node, token });
       return record;
     }
     if (isProbeToken(known)) return record;
@@ -116,6 +150,46 @@ export class BlockProbes {
     const fresh = { ...record, properties: { ...known, ...record.properties } };
     this.merged.set(record, fresh);
     return fresh;
+  }
+
+  private enqueue(probe: QueuedProbe): void {
+    this.queue.push(probe);
+    // Probe after a short pause, so a burst (a disk and its partitions) is probed together, and
+    // forking blkid does not hold up the burst's own events.
+    if (this.queue.length === 1) setTimeout(() => this.drain(), PROBE_DELAY_MS);
+  }
+
+  /** A probe that waited for udevd is dropped (udev's findings came), or run now (udev found nothing). */
+  private cancelDeferred(probe: QueuedProbe, devpath: string): void {
+    this.deferred.delete(devpath);
+    if (this.found.get(probe.key) === probe.token) this.found.delete(probe.key);
+    // Idle waiters wake on the tree emitted after this one (emitted()).
+    this.running--;
+  }
+
+  private armDeferTimer(delayMs: number): void {
+    if (this.deferTimer) return;
+    this.deferTimer = setTimeout(() => this.promoteDeferred(), delayMs);
+    this.deferTimer.unref();
+  }
+
+  /** udevd did not report these devices within the grace: blkid probes them after all. */
+  private promoteDeferred(): void {
+    this.deferTimer = undefined;
+    const now = Date.now();
+    for (const [devpath, probe] of this.deferred) {
+      const waited = now - (probe.since ?? 0);
+      if (waited < UDEV_GRACE_MS) {
+        // Oldest first: the rest waited less still.
+        this.armDeferTimer(UDEV_GRACE_MS - waited);
+        break;
+      }
+      this.deferred.delete(devpath);
+      // Forgotten meanwhile (a `change`): the next tree asks for a probe of its own if it needs one.
+      if (this.found.get(probe.key) === probe.token) this.enqueue(probe);
+      else this.running--;
+    }
+    if (this.running === 0) this.wakeIdleWaiters();
   }
 
   /** Runs queued probes in batches: a disk with 256 partitions must not fork 256 blkids. */
@@ -129,10 +203,14 @@ export class BlockProbes {
   private probe(batch: QueuedProbe[]): void {
     const nodes = batch.map((entry) => entry.node);
     const timeout = this.options.timeoutMs ?? 10_000;
-    execFile(this.options.blkid ?? 'blkid', ['-p', '-o', 'export', ...nodes], { timeout }, (error, stdout) => {
+    execFile(this.options.blkid ?? 'blkid', ['-p', '-o', 'export', ...nodes], { timeout }, (error, stdout, stderr) => {
       // One block per device that blkid recognized, each with its DEVNAME; the others found nothing,
-      // unless blkid was killed at its deadline (a slow disk, a busy machine) before it said.
+      // unless blkid was killed at its deadline (a slow disk, a busy machine) before it said, or
+      // stopped at a device it could not open (`blkid: error: /dev/vda: Operation not permitted`):
+      // `blkid -p` probes none after that one.
       const cutShort = Boolean(error?.killed || error?.signal);
+      const failed = error && !cutShort ? /^blkid: error: (\S+): /m.exec(String(stderr ?? ''))?.[1] : undefined;
+      const stoppedAt = failed === undefined ? -1 : nodes.indexOf(failed);
       const byNode = new Map<string, Record<string, string>>();
       for (const block of (stdout ?? '').split('\n\n')) {
         const found = parseKeyValueLines(block);
@@ -140,11 +218,12 @@ export class BlockProbes {
       }
       let foundAny = false;
       let retry = false;
-      for (const { key, node, token } of batch) {
+      for (const [index, { key, node, token }] of batch.entries()) {
         // Forgotten while it ran (a `change`): a newer probe, or none, stands for the device now.
         if (this.found.get(key) !== token) continue;
         const retries = this.retries.get(key) ?? 0;
-        if (cutShort && !byNode.has(node) && retries < MAX_PROBE_RETRIES) {
+        const unprobed = cutShort || (stoppedAt >= 0 && index > stoppedAt);
+        if (unprobed && !byNode.has(node) && retries < MAX_PROBE_RETRIES) {
           // Unknown, not absent: the next pass probes it again.
           this.retries.set(key, retries + 1);
           this.found.delete(key);

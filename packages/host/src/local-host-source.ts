@@ -186,8 +186,12 @@ export class LocalHostSource implements DeviceSource {
     // Until udevd has processed a kernel `add`, its database entry under that major:minor is a
     // removed device's: its labels would be listed for the new one. udev's own event brings them.
     const udevDatabase = !(event.source === 'kernel' && event.action === 'add');
+    // A kernel `add` or `change` is followed by udev's own event of it, with its findings: blkid
+    // need not look meanwhile (block-probes.ts).
+    const udevFollows = event.source === 'kernel' && fromUevent !== undefined;
     const known = (d: string) => devices.has(d);
-    for (const record of readDeviceWithAncestors(this.roots, event.devpath, known, fromUevent, { udevDatabase })) {
+    const options = { udevDatabase, udevFollows };
+    for (const record of readDeviceWithAncestors(this.roots, event.devpath, known, fromUevent, options)) {
       devices.set(record.devpath, record);
     }
   }

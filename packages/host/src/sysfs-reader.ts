@@ -33,6 +33,12 @@ export function rootsUnder(dir: string): HostRoots {
 const DEVICE_LISTS = ['class/block', 'bus/usb/devices', 'class/input', 'bus/pci/devices'];
 
 const MAX_ATTRIBUTE_BYTES = 64 * 1024;
+/**
+ * One buffer for every attribute read: reads are synchronous and decoded at once, so it is never
+ * shared by two reads. A fresh 64 KiB buffer per read (zeroed) was most of what a burst of new
+ * partitions cost (ADR 0015).
+ */
+const attributeBuffer = Buffer.allocUnsafe(MAX_ATTRIBUTE_BYTES);
 
 /** The class and bus directories of other subsystems drivers asked for (`tty`: class/tty). */
 export function subsystemLists(subsystems: readonly string[]): string[] {
@@ -94,19 +100,22 @@ export const LISTED_SUBSYSTEMS = new Set(['block', 'usb', 'input', 'pci']);
  * an update of one device instead of a rescan of the whole tree. `udevDatabase: false` leaves
  * udev's database entry of the device itself unread: after the kernel's `add`, before udevd has
  * processed it, the entry under its major:minor can only be a removed device's (stale labels).
+ * `udevFollows` (default: as `udevDatabase: false`) says a kernel event was read that udevd has
+ * yet to process: where udevd runs, its findings come with its own event (see `awaitsUdev`).
  */
 export function readDeviceWithAncestors(
   roots: HostRoots,
   devpath: string,
   known: (devpath: string) => boolean,
   fromUevent?: Record<string, string>,
-  { udevDatabase = true }: { readonly udevDatabase?: boolean } = {},
+  { udevDatabase = true, udevFollows = !udevDatabase }: { readonly udevDatabase?: boolean; readonly udevFollows?: boolean } = {},
 ): RawDeviceRecord[] {
   if (!devpath.startsWith('/devices/') || devpath.split('/').includes('..')) return [];
   const records: RawDeviceRecord[] = [];
   for (let at = devpath; at.length > '/devices'.length; at = path.posix.dirname(at)) {
     if (at !== devpath && known(at)) break;
-    if (at === devpath && fromUevent) records.push(sysfsRecord(roots, at, fromUevent, undefined, udevDatabase));
+    if (at === devpath && fromUevent)
+      records.push(sysfsRecord(roots, at, fromUevent, undefined, udevDatabase, udevFollows));
     else if (fs.existsSync(path.join(roots.sys, at, 'uevent'))) records.push(sysfsRecord(roots, at));
   }
   return records;
@@ -140,6 +149,7 @@ function sysfsRecord(
   fromUevent?: Record<string, string>,
   derived?: DerivedDevice,
   udevDatabase = true,
+  udevFollows = false,
 ): RawDeviceRecord {
   const dir = path.join(roots.sys, devpath);
   let properties: Record<string, string>;
@@ -163,32 +173,50 @@ function sysfsRecord(
   }
   // The kernel writes DEVNAME relative to /dev; udev (and so every recording) writes it absolute.
   if (properties.DEVNAME && !properties.DEVNAME.startsWith('/')) properties.DEVNAME = `/dev/${properties.DEVNAME}`;
-  const udev =
-    udevDatabase && hasUdevDatabase(roots) ? readUdevData(roots, subsystem, properties, path.basename(devpath)) : {};
-  const attributes = new Map<string, string | undefined>();
-  const listings = new Map<string, string[] | undefined>();
-  return {
+  const udevRuns = hasUdevDatabase(roots);
+  const udev = udevDatabase && udevRuns ? readUdevData(roots, subsystem, properties, path.basename(devpath)) : {};
+  // What was read of the device directory, once per record (keys: `a` attributes, `e` listings, `l`
+  // links): a device's record is read again when a uevent says it changed, and every full rescan
+  // starts afresh. One map, made on the first read: most records are never asked anything.
+  let read: Map<string, string | string[] | undefined> | undefined;
+  const once = <T extends string | string[] | undefined>(key: string, load: () => T): T => {
+    read ??= new Map();
+    if (read.has(key)) return read.get(key) as T;
+    const value = load();
+    read.set(key, value);
+    return value;
+  };
+  const record: RawDeviceRecord = {
     devpath,
     subsystem,
     properties: { ...udev, ...properties, SUBSYSTEM: subsystem },
-    attribute(name) {
-      if (!attributes.has(name)) attributes.set(name, readAttribute(dir, name));
-      return attributes.get(name);
-    },
-    // Like attributes, read once per record: a device's record is read again when a uevent says
-    // it changed, and every full rescan starts afresh.
-    entries(name) {
-      if (!listings.has(name)) {
+    attribute: (name) => once(`a${name}`, () => readAttribute(dir, name)),
+    entries: (name) =>
+      once(`e${name}`, () => {
         const sub = safeJoin(dir, name);
-        listings.set(name, sub && isDirectory(sub) ? readdirOrEmpty(sub) : undefined);
-      }
-      return listings.get(name);
-    },
-    link(name) {
-      const file = safeJoin(dir, name);
-      return file ? readlinkOrUndefined(file) : undefined;
-    },
+        return sub && isDirectory(sub) ? readdirOrEmpty(sub) : undefined;
+      }),
+    // The driver and IOMMU group links change only with a uevent (bind, unbind), which reads the
+    // record again.
+    link: (name) =>
+      once(`l${name}`, () => {
+        const file = safeJoin(dir, name);
+        return file ? readlinkOrUndefined(file) : undefined;
+      }),
   };
+  if (udevFollows && udevRuns) awaitingUdev.add(record);
+  return record;
+}
+
+/** Records read before udevd processed their device (a kernel `add`): udev's own event follows. */
+const awaitingUdev = new WeakSet<RawDeviceRecord>();
+
+/**
+ * Whether this record was read from a kernel `add` on a host where udevd runs, before udevd had
+ * processed the device: udev's findings (labels, filesystem) come with its own event a moment later.
+ */
+export function awaitsUdev(record: RawDeviceRecord): boolean {
+  return awaitingUdev.has(record);
 }
 
 /**
@@ -229,9 +257,8 @@ function readAttribute(dir: string, name: string): string | undefined {
   try {
     const fd = fs.openSync(file, 'r');
     try {
-      const buffer = Buffer.alloc(MAX_ATTRIBUTE_BYTES);
-      const n = fs.readSync(fd, buffer, 0, buffer.length, 0);
-      return buffer.subarray(0, n).toString('utf8').replace(/\n$/, '');
+      const n = fs.readSync(fd, attributeBuffer, 0, MAX_ATTRIBUTE_BYTES, 0);
+      return attributeBuffer.toString('utf8', 0, n).replace(/\n$/, '');
     } finally {
       fs.closeSync(fd);
     }
