@@ -16,6 +16,7 @@
  */
 import {
   RecordedDevice,
+  StringPool,
   isSafeRelativePath,
   isSafeSubsystem,
   type NumberedLine,
@@ -35,10 +36,11 @@ export function loadUdevExportDb(file: string): RecordedDevice[] {
 }
 
 export function parseUdevExportDb(text: string, file = '<export-db>'): RecordedDevice[] {
-  return paragraphs(recordingLines(text, file), file).map((record) => parseRecord(record, file));
+  const pool = new StringPool();
+  return paragraphs(recordingLines(text, file), file).map((record) => parseRecord(record, file, pool));
 }
 
-function parseRecord(lines: readonly NumberedLine[], file: string): RecordedDevice {
+function parseRecord(lines: readonly NumberedLine[], file: string, pool: StringPool): RecordedDevice {
   const start = lines[0].no;
   const devpath = openingDevpath(lines, file, TYPED_LINE);
 
@@ -84,5 +86,8 @@ function parseRecord(lines: readonly NumberedLine[], file: string): RecordedDevi
     throw unreadable(file, `invalid SUBSYSTEM '${preview(subsystem)}' (device ${devpath})`, start);
   }
   if (devnode !== undefined && !properties.has('DEVNAME')) properties.set('DEVNAME', `/dev/${devnode}`);
-  return new RecordedDevice({ devpath, subsystem, properties: Object.fromEntries(properties), devlinks, devnode });
+  return new RecordedDevice(
+    { devpath, subsystem, properties: Object.fromEntries(properties), devlinks, devnode },
+    pool,
+  );
 }

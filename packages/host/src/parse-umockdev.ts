@@ -17,6 +17,7 @@
  */
 import {
   RecordedDevice,
+  StringPool,
   isSafeRelativePath,
   isSafeSubsystem,
   type NumberedLine,
@@ -38,10 +39,11 @@ export function loadUmockdev(file: string): RecordedDevice[] {
 
 export function parseUmockdev(text: string, file = '<umockdev>'): RecordedDevice[] {
   const isComment = (line: string) => line.startsWith('#');
-  return paragraphs(recordingLines(text, file), file, isComment).map((record) => parseRecord(record, file));
+  const pool = new StringPool();
+  return paragraphs(recordingLines(text, file), file, isComment).map((record) => parseRecord(record, file, pool));
 }
 
-function parseRecord(lines: readonly NumberedLine[], file: string): RecordedDevice {
+function parseRecord(lines: readonly NumberedLine[], file: string, pool: StringPool): RecordedDevice {
   const start = lines[0].no;
   const devpath = openingDevpath(lines, file, PATH_LINE);
 
@@ -98,7 +100,7 @@ function parseRecord(lines: readonly NumberedLine[], file: string): RecordedDevi
     devlinks,
     devnode,
     devnodeContents,
-  });
+  }, pool);
 }
 
 /**

@@ -49,17 +49,22 @@ export class RecordedDevice implements RawDeviceRecord {
   readonly devnode: string | undefined;
   readonly devnodeContents: Uint8Array | undefined;
 
-  constructor(init: RecordedDeviceInit) {
-    this.devpath = init.devpath;
-    this.subsystem = init.subsystem;
+  constructor(init: RecordedDeviceInit, pool?: StringPool) {
+    const own = pool ? (text: string) => pool.get(text) : (text: string) => text;
+    this.devpath = own(init.devpath);
+    this.subsystem = own(init.subsystem);
     // Object.fromEntries defines own properties, so a key like `__proto__` stays a plain key.
-    this.properties = Object.freeze(Object.fromEntries(Object.entries(init.properties)));
-    this.attributes =
-      init.attributes instanceof Map ? new Map(init.attributes) : new Map(Object.entries(init.attributes ?? {}));
-    this.binaryAttributes = new Map(init.binaryAttributes ?? []);
-    this.links = new Map(init.links ?? []);
-    this.devlinks = Object.freeze([...(init.devlinks ?? [])]);
-    this.devnode = init.devnode;
+    this.properties = Object.freeze(
+      Object.fromEntries(Object.entries(init.properties).map(([key, value]) => [key, own(value)])),
+    );
+    // A recording of 10,000 devices mostly has no attributes or links: one shared empty map each.
+    const attributes =
+      init.attributes instanceof Map ? init.attributes : Object.entries(init.attributes ?? {});
+    this.attributes = sizeOf(attributes) > 0 ? new Map(attributes) : EMPTY_MAP;
+    this.binaryAttributes = sizeOf(init.binaryAttributes) > 0 ? new Map(init.binaryAttributes) : EMPTY_MAP;
+    this.links = sizeOf(init.links) > 0 ? new Map(init.links) : EMPTY_MAP;
+    this.devlinks = init.devlinks && init.devlinks.length > 0 ? Object.freeze(init.devlinks.map(own)) : NO_DEVLINKS;
+    this.devnode = init.devnode === undefined ? undefined : own(init.devnode);
     this.devnodeContents = init.devnodeContents;
   }
 
@@ -80,6 +85,33 @@ export class RecordedDevice implements RawDeviceRecord {
       if (key.startsWith(prefix) && key.length > prefix.length) found.add(key.slice(prefix.length).split('/')[0]);
     }
     return found.size > 0 ? [...found].sort() : undefined;
+  }
+}
+
+const EMPTY_MAP: ReadonlyMap<string, never> = new Map<string, never>();
+const NO_DEVLINKS: readonly string[] = Object.freeze([]);
+
+function sizeOf(entries: ReadonlyMap<string, unknown> | readonly unknown[] | undefined): number {
+  if (entries === undefined) return 0;
+  return 'size' in entries ? entries.size : entries.length;
+}
+
+/**
+ * The strings of one recording, each kept once: a value repeated by 10,000 devices (`usb_device`,
+ * a vendor's name) is one string, and no value keeps the whole recording's text alive (a value cut
+ * from it would be a slice of it). Per recording, so nothing outlives what it was loaded for.
+ */
+export class StringPool {
+  private readonly strings = new Map<string, string>();
+
+  get(text: string): string {
+    let kept = this.strings.get(text);
+    if (kept === undefined) {
+      // A copy of its own (JSON's round trip is the cheapest way to a string that is not a slice).
+      kept = text.length >= 13 ? (JSON.parse(JSON.stringify(text)) as string) : text;
+      this.strings.set(kept, kept);
+    }
+    return kept;
   }
 }
 
