@@ -36,58 +36,116 @@ interface Parsed {
 
 export function parseBlockDevices(tree: HostTree, backend: string): DeviceInfo[] {
   const parsed: Parsed[] = [];
+  let partitions = 0;
   for (const record of tree.devices('block')) {
-    const name = kernelName(record);
-    if (!PORT_NAME.test(name) || SKIPPED.test(name)) continue;
-    if (record.properties.MAJOR === XEN_FRONTEND_MAJOR) continue;
-    const isPartition =
-      record.properties.DEVTYPE === 'partition' ||
-      (record.properties.DEVTYPE === undefined && record.attribute('partition') !== undefined);
-    const disk = isPartition ? tree.parent(record) : undefined;
-    parsed.push({ record, name, isPartition, disk, hidden: ownHiddenReason(tree, record, name) });
+    const known = factsOf(record);
+    if (!known.offered) continue;
+    const disk = known.isPartition ? tree.parent(record) : undefined;
+    if (known.isPartition) partitions++;
+    parsed.push({ record, name: known.name, isPartition: known.isPartition, disk, hidden: hiddenReason(tree, known) });
   }
   // A disk is one resource with its partitions: while one partition is busy, the disk is too.
+  // (One pass over the partitions: a disk with 256 of them is not searched once per disk.)
+  const busyPartition = new Map<RawDeviceRecord, string>();
+  for (const p of parsed) {
+    if (p.disk && p.hidden && !busyPartition.has(p.disk) && BUSY_REASONS.test(p.hidden)) busyPartition.set(p.disk, p.name);
+  }
   for (const entry of parsed) {
     if (entry.hidden || entry.isPartition) continue;
-    const busy = parsed.find((p) => p.disk === entry.record && p.hidden && BUSY_REASONS.test(p.hidden));
-    if (busy) entry.hidden = `partition ${busy.name} is in use`;
+    const busy = busyPartition.get(entry.record);
+    if (busy) entry.hidden = `partition ${busy} is in use`;
   }
+  // Disks first, then partitions (a partition's id is its disk's and its number), each in tree order.
   const ids = new Map<RawDeviceRecord, string>();
   const result: DeviceInfo[] = [];
-  for (const entry of parsed.sort((a, b) => Number(a.isPartition) - Number(b.isPartition))) {
-    result.push(memoized(tree, backend, entry, ids));
-  }
+  for (const entry of parsed) if (!entry.isPartition) result.push(memoized(tree, backend, entry, ids));
+  if (partitions > 0) for (const entry of parsed) if (entry.isPartition) result.push(memoized(tree, backend, entry, ids));
   return result;
+}
+
+/**
+ * What a record says of itself, whatever the rest of the tree: worked out once per record (sources
+ * keep record objects across hotplug updates), so a tree of 500 devices is not parsed again in
+ * full for each new partition.
+ */
+interface RecordFacts {
+  readonly name: string;
+  /** A name Qubes offers, not a skipped kind (zram, ram, Xen frontends). */
+  readonly offered: boolean;
+  readonly isPartition: boolean;
+  readonly majmin?: string;
+  /** Why it is hidden, from the record alone; mounts and swap come from the tree's usage. */
+  readonly ownReason?: string;
+}
+
+const facts = new WeakMap<RawDeviceRecord, RecordFacts>();
+
+function factsOf(record: RawDeviceRecord): RecordFacts {
+  const known = facts.get(record);
+  if (known) return known;
+  const name = kernelName(record);
+  const offered = PORT_NAME.test(name) && !SKIPPED.test(name) && record.properties.MAJOR !== XEN_FRONTEND_MAJOR;
+  const found: RecordFacts = offered
+    ? {
+        name,
+        offered,
+        isPartition:
+          record.properties.DEVTYPE === 'partition' ||
+          (record.properties.DEVTYPE === undefined && record.attribute('partition') !== undefined),
+        majmin: majorMinor(record),
+        ownReason: recordHiddenReason(record, name),
+      }
+    : { name, offered, isPartition: false };
+  facts.set(record, found);
+  return found;
 }
 
 /**
  * The same DeviceInfo object for a record that did not change (sources keep record objects across
  * hotplug updates), so a burst of new partitions does not rebuild every other device.
  */
-const memo = new WeakMap<RawDeviceRecord, { readonly key: string; readonly info: DeviceInfo }>();
+interface Memo {
+  readonly backend: string;
+  readonly hidden?: string;
+  readonly diskId?: string;
+  readonly diskName?: string;
+  readonly info: DeviceInfo;
+}
+const memo = new WeakMap<RawDeviceRecord, Memo>();
 
 function memoized(tree: HostTree, backend: string, entry: Parsed, ids: Map<RawDeviceRecord, string>): DeviceInfo {
   const diskId = entry.disk ? ids.get(entry.disk) : undefined;
-  const key = `${backend}|${entry.hidden ?? ''}|${diskId ?? ''}|${entry.disk ? kernelName(entry.disk) : ''}`;
+  const diskName = entry.disk ? kernelName(entry.disk) : undefined;
   const known = memo.get(entry.record);
-  if (known && known.key === key && !known.info.parent?.devclass.startsWith('usb')) {
+  if (
+    known &&
+    known.backend === backend &&
+    known.hidden === entry.hidden &&
+    known.diskId === diskId &&
+    known.diskName === diskName &&
+    !known.info.parent?.devclass.startsWith('usb')
+  ) {
     ids.set(entry.record, known.info.deviceId);
     return known.info;
   }
   const info = toDeviceInfo(tree, backend, entry, ids);
-  memo.set(entry.record, { key, info });
+  memo.set(entry.record, { backend, hidden: entry.hidden, diskId, diskName, info });
   return info;
 }
 
 function kernelName(record: RawDeviceRecord): string {
   const devname = record.properties.DEVNAME;
-  return devname ? devname.replace(/^\/dev\//, '') : sysname(record.devpath);
+  return devname ? (devname.startsWith('/dev/') ? devname.slice(5) : devname) : sysname(record.devpath);
 }
 
-function ownHiddenReason(tree: HostTree, record: RawDeviceRecord, name: string): string | undefined {
-  const majmin = majorMinor(record);
-  if (majmin && tree.usage.mounted.has(majmin)) return 'mounted';
-  if (tree.usage.swaps.has(`/dev/${name}`)) return 'swap';
+/** Mounted and swap (the tree's usage, read again with every tree) first, then the record's own reason. */
+function hiddenReason(tree: HostTree, known: RecordFacts): string | undefined {
+  if (known.majmin && tree.usage.mounted.has(known.majmin)) return 'mounted';
+  if (tree.usage.swaps.size > 0 && tree.usage.swaps.has(`/dev/${known.name}`)) return 'swap';
+  return known.ownReason;
+}
+
+function recordHiddenReason(record: RawDeviceRecord, name: string): string | undefined {
   const holders = record.entries?.('holders') ?? [];
   if (holders.length > 0) return `in use by ${holders.join(', ')}`;
   const size = record.attribute('size');
