@@ -253,15 +253,23 @@ function collectBehind(tree: HostTree, pci: ReadonlyMap<string, RawDeviceRecord>
     }
     return entry;
   };
+  // The nearest PCI function above a path, remembered by directory: the 256 partitions of one disk
+  // (and every device under one bus) share the walk up.
+  const owners = new Map<string, string | undefined>();
   const owner = (devpath: string): string | undefined => {
-    for (let at = devpath.lastIndexOf('/'); at > 0; at = devpath.lastIndexOf('/', at - 1)) {
-      const prefix = devpath.slice(0, at);
-      if (pci.has(prefix)) return prefix;
-    }
-    return undefined;
+    const at = devpath.lastIndexOf('/');
+    if (at <= 0) return undefined;
+    const parent = devpath.slice(0, at);
+    if (pci.has(parent)) return parent;
+    if (owners.has(parent)) return owners.get(parent);
+    const found = owner(parent);
+    owners.set(parent, found);
+    return found;
   };
-  const partitionsOf = partitionIndex(tree);
   for (const record of tree.devices()) {
+    // Only USB devices, input devices and disks are filed (a partition counts with its disk).
+    const kind = record.subsystem;
+    if (kind !== 'usb' && kind !== 'input' && (kind !== 'block' || record.properties.DEVTYPE !== 'disk')) continue;
     const name = sysname(record.devpath);
     if (!KERNEL_NAME.test(name)) continue;
     const at = owner(record.devpath);
@@ -286,7 +294,7 @@ function collectBehind(tree: HostTree, pci: ReadonlyMap<string, RawDeviceRecord>
         slot(at).inputs.push({ name, ...(label ? { label } : {}), kinds });
       }
     } else if (record.subsystem === 'block' && record.properties.DEVTYPE === 'disk') {
-      const inUse = diskInUse(tree, record, partitionsOf.get(record.devpath) ?? []);
+      const inUse = diskInUse(tree, record, partitionsOf(tree, record));
       const label = sanitizeText(record.properties.ID_MODEL_FROM_DATABASE ?? modelOf(record));
       slot(at).disks.push({ name, ...(label ? { label } : {}), ...(inUse ? { inUse } : {}) });
     }
@@ -366,14 +374,20 @@ function bitmap(text: string | undefined): bigint[] {
 }
 
 /** Partitions by disk devpath. */
-function partitionIndex(tree: HostTree): Map<string, RawDeviceRecord[]> {
-  const result = new Map<string, RawDeviceRecord[]>();
-  for (const record of tree.devices('block')) {
-    if (record.properties.DEVTYPE !== 'partition') continue;
-    const disk = record.devpath.slice(0, record.devpath.lastIndexOf('/'));
-    result.set(disk, [...(result.get(disk) ?? []), record]);
-  }
-  return result;
+/**
+ * A disk's partitions (the block devices right under it). Asked only for the disks behind a PCI
+ * function: most of a tree's partitions are loop devices' (virtual), behind none.
+ */
+function partitionsOf(tree: HostTree, disk: RawDeviceRecord): RawDeviceRecord[] {
+  const prefix = disk.devpath + '/';
+  return tree
+    .devices('block')
+    .filter(
+      (record) =>
+        record.properties.DEVTYPE === 'partition' &&
+        record.devpath.startsWith(prefix) &&
+        !record.devpath.includes('/', prefix.length),
+    );
 }
 
 /** Mounted (or swap, or held by device-mapper, LVM, RAID): the disk itself or one of its partitions. */

@@ -16,6 +16,7 @@ import {
   type DataValue,
   type DeviceInfo,
   type HostTree,
+  type RawDeviceRecord,
   type InterfaceCode,
   type SafeText,
   interfaceCode,
@@ -120,8 +121,58 @@ export function pciDeviceId(fn: PciFunction): string {
 }
 
 export function parsePciDevices(tree: HostTree, backend: string, names: PciNames): DeviceInfo[] {
+  // A new tree for every hotplug burst: a burst of loop partitions changes nothing PCI reads, and
+  // every function's devices would be made (and compared) again for nothing.
+  const inputs = pciInputs(tree);
+  let byBackend = memo.get(names);
+  const known = byBackend?.get(backend);
+  if (known && sameInputs(known.inputs, inputs)) return known.devices;
   const host = readPciHost(tree, names);
-  return host.functions.map((fn) => toDeviceInfo(fn, backend, host.needs.get(fn.sbdf)));
+  const devices = host.functions.map((fn) => toDeviceInfo(fn, backend, host.needs.get(fn.sbdf)));
+  if (!byBackend) memo.set(names, (byBackend = new Map()));
+  byBackend.set(backend, { inputs, devices });
+  return devices;
+}
+
+/**
+ * What PCI devices are made of: the records of the subsystems read here, except block devices that
+ * no PCI function can sit above (`/devices/virtual/`: loop, dm, zram), and what is mounted and swap.
+ * Records are never changed (a changed device is a new record), so the same records in the same
+ * order, with the same mounts and swap, make the same devices.
+ */
+interface PciInputs {
+  readonly records: readonly RawDeviceRecord[];
+  readonly mounted: ReadonlySet<string>;
+  readonly swaps: ReadonlySet<string>;
+}
+
+const READ_SUBSYSTEMS = ['pci', 'usb', 'input', 'drm', 'graphics', 'block'];
+const memo = new WeakMap<PciNames, Map<string, { inputs: PciInputs; devices: DeviceInfo[] }>>();
+
+function pciInputs(tree: HostTree): PciInputs {
+  const records: RawDeviceRecord[] = [];
+  for (const subsystem of READ_SUBSYSTEMS) {
+    for (const record of tree.devices(subsystem)) {
+      if (subsystem === 'block' && record.devpath.startsWith('/devices/virtual/')) continue;
+      records.push(record);
+    }
+  }
+  return { records, mounted: tree.usage.mounted, swaps: tree.usage.swaps };
+}
+
+function sameInputs(a: PciInputs, b: PciInputs): boolean {
+  if (a.records.length !== b.records.length || !sameSet(a.mounted, b.mounted) || !sameSet(a.swaps, b.swaps)) {
+    return false;
+  }
+  for (let i = 0; i < a.records.length; i++) if (a.records[i] !== b.records[i]) return false;
+  return true;
+}
+
+function sameSet(a: ReadonlySet<string>, b: ReadonlySet<string>): boolean {
+  if (a === b) return true;
+  if (a.size !== b.size) return false;
+  for (const value of a) if (!b.has(value)) return false;
+  return true;
 }
 
 function toDeviceInfo(fn: PciFunction, backend: string, need: HostNeed | undefined): DeviceInfo {
