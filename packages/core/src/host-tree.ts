@@ -39,9 +39,9 @@ export class HostTree {
     for (const record of records) {
       if (this.byPath.has(record.devpath)) continue;
       this.byPath.set(record.devpath, record);
-      const list = this.bySubsystem.get(record.subsystem) ?? [];
-      list.push(record);
-      this.bySubsystem.set(record.subsystem, list);
+      const list = this.bySubsystem.get(record.subsystem);
+      if (list) list.push(record);
+      else this.bySubsystem.set(record.subsystem, [record]);
     }
   }
 
