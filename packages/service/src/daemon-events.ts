@@ -1,5 +1,5 @@
 import { Subject } from 'rxjs';
-import { type DeviceEvent, type DeviceJson, deviceToJson } from '@devgate/core';
+import { type DeviceEvent, type DeviceJson, deviceJsonBytes, deviceToJson } from '@devgate/core';
 import { type AskJson } from '@devgate/client';
 import { type AuditEntry } from './store/audit-log.js';
 
@@ -23,9 +23,21 @@ export type DaemonEvent =
 export class DaemonEvents {
   private readonly subject = new Subject<DaemonEvent>();
   readonly events$ = this.subject.asObservable();
+  /** Each event as one server-sent-events frame, made once whatever the number of clients. */
+  private readonly frames = new WeakMap<DaemonEvent, string | Buffer>();
 
   publish(event: DaemonEvent): void {
     this.subject.next(event);
+  }
+
+  /** `event: TYPE`, `data: JSON`, a blank line: what `GET /v1/events` writes for this event. */
+  frame(event: DaemonEvent): string | Buffer {
+    let frame = this.frames.get(event);
+    if (frame === undefined) {
+      frame = `event: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`;
+      this.frames.set(event, frame);
+    }
+    return frame;
   }
 
   publishDevice(event: DeviceEvent): void {
@@ -42,12 +54,19 @@ export class DaemonEvents {
     // Attachments the kernel ended reach clients as the audit entry devgated writes for them.
     if (event.type === 'attachment-ended') return;
     const frontend = event.type === 'attached' || event.type === 'detached' ? event.frontend : undefined;
-    this.publish({
-      type: 'device',
-      event: event.type,
-      device: deviceToJson(event.device),
-      ...(frontend ? { frontend } : {}),
-    });
+    const device = deviceToJson(event.device);
+    const published: DaemonEvent = { type: 'device', event: event.type, device, ...(frontend ? { frontend } : {}) };
+    // Its frame around the device's serialized JSON, which the list answers share: the device is
+    // serialized once, however many clients list it or stream it (byte for byte JSON.stringify's).
+    this.frames.set(
+      published,
+      Buffer.concat([
+        Buffer.from(`event: device\ndata: {"type":"device","event":${JSON.stringify(event.type)},"device":`),
+        deviceJsonBytes(event.device, device),
+        Buffer.from(`${frontend ? `,"frontend":${JSON.stringify(frontend)}` : ''}}\n\n`),
+      ]),
+    );
+    this.publish(published);
   }
 
   complete(): void {

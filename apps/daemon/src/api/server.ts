@@ -7,12 +7,13 @@ import {
   DevgateError,
   type DriverReport,
   Errors,
-  deviceToJson,
+  deviceListBytes,
   errorCode,
   parseDeviceArgument,
 } from '@devgate/core';
 import { type DaemonEvents, type DeviceService, type SqliteStateStore } from '@devgate/service';
 import { type AskService } from '../services/asks.js';
+import { ListAnswer } from './list-answer.js';
 import { PolicyStateService, registerPolicyRoutes } from './policy-routes.js';
 
 export const API_VERSION = 'v1';
@@ -123,8 +124,12 @@ export function buildApi(
       })
       .end(body);
   });
-  const listCache = new Map<string, Buffer>();
-  const listChanges = manager.events$.subscribe(() => listCache.clear());
+  // The list answers, until the next device event. `DEVGATE_API_CACHE` is for benchmarks and
+  // diagnosis (ADR 0015): `device` assembles every answer from the per-device JSON, `none`
+  // serializes every device of every answer again.
+  const cacheMode = apiCacheMode(process.env.DEVGATE_API_CACHE);
+  const listCache = new Map<string, ListAnswer>();
+  const listChanges = manager.events$.subscribe(() => listCache.forEach((answer) => answer.invalidate()));
   app.addHook('onClose', async () => listChanges.unsubscribe());
 
   app.setErrorHandler((error, _request, reply) => sendError(reply, toApiError(error)));
@@ -153,19 +158,28 @@ export function buildApi(
       },
     },
     async (request, reply) => {
-      // Listing is the hot path (every CLI call, every tray refresh): the serialized answer is kept
-      // until the next device event, so a list of 10,000 devices is one buffer write.
+      // Listing is the hot path (every CLI call, every tray refresh): the answer is kept until the
+      // next device event, so a list of 10,000 devices is one buffer write; after an event it is
+      // assembled from each device's serialized JSON, which only the changed devices lack.
       const all = request.query.all === 'true';
+      const list = () =>
+        manager.list({ devclass: request.query.class, backend: request.query.backend, includeHidden: all });
+      if (cacheMode === 'none') return reply.type('application/json').send(deviceListBytes(list(), { cached: false }));
       const key = `${request.query.class ?? ''}|${request.query.backend ?? ''}|${all}`;
-      let body = listCache.get(key);
-      if (!body) {
-        const devices = manager
-          .list({ devclass: request.query.class, backend: request.query.backend, includeHidden: all })
-          .map(deviceToJson);
-        body = Buffer.from(JSON.stringify({ devices }));
-        listCache.set(key, body);
+      let answer = listCache.get(key);
+      if (!answer) {
+        // Keys come from clients: a bounded number of answers is kept.
+        if (listCache.size >= 64) listCache.clear();
+        answer = new ListAnswer();
+        listCache.set(key, answer);
       }
-      return reply.type('application/json').send(body);
+      const { parts, length } = answer.answer(list, { reuse: cacheMode === 'answer' });
+      // The kept chunks go out as they are, without a copy of the whole answer.
+      reply.hijack();
+      reply.raw.writeHead(200, { 'content-type': 'application/json', 'content-length': length });
+      for (const part of parts) reply.raw.write(part);
+      reply.raw.end();
+      return reply;
     },
   );
 
@@ -289,6 +303,12 @@ export function buildApi(
   return app;
 }
 
+type ApiCacheMode = 'answer' | 'device' | 'none';
+
+function apiCacheMode(value: string | undefined): ApiCacheMode {
+  return value === 'device' || value === 'none' ? value : 'answer';
+}
+
 interface AttachBodyT {
   class: string;
   frontend: string;
@@ -324,7 +344,7 @@ function streamEvents(context: ApiContext, request: FastifyRequest, reply: Fasti
   });
   response.write(`: devgated ${context.version}\n\n`);
   const subscription = context.events.events$.subscribe({
-    next: (event) => response.write(`event: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`),
+    next: (event) => response.write(context.events.frame(event)),
     complete: () => response.end(),
   });
   const keepAlive = setInterval(() => response.write(': keep-alive\n\n'), 15_000);
