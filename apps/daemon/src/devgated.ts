@@ -229,8 +229,9 @@ export class Devgated implements Disposable {
 
   /** Streams device events, notes new devices, and audits attachments the kernel ended. */
   private watch(): void {
-    // Devices seen are written in one transaction per burst, after the events went out: a disk
-    // with 256 partitions must not wait for 256 synchronous commits.
+    // Devices seen are written in one transaction per burst, half a second after its first device
+    // (ADR 0015): a disk with 256 partitions must not wait for 256 synchronous commits, nor its
+    // events for one commit (an fsync) per hotplug pass.
     let seen: DeviceInfo[] = [];
     const noteSeen = () => {
       const batch = seen;
@@ -244,7 +245,7 @@ export class Devgated implements Disposable {
     };
     this.manager.events$.subscribe((event) => {
       this.events.publishDevice(event);
-      if (event.type === 'added' && seen.push(event.device) === 1) setImmediate(noteSeen);
+      if (event.type === 'added' && seen.push(event.device) === 1) setTimeout(noteSeen, 500);
       if (event.type === 'attachment-ended') this.devices.attachmentEnded(event);
       if (event.type === 'driver-fault') this.log.warn({ driver: event.driverId, err: event.error }, 'driver fault');
     });
