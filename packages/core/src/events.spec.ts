@@ -54,6 +54,31 @@ describe('snapshotsToEvents', () => {
     ]);
   });
 
+  it('compares rebuilt devices as JSON data: key order, absent keys and NaN are no change', () => {
+    const a = dev('sda', { data: { size: NaN, label: 'A' }, serial: undefined });
+    const b = { ...dev('sda'), data: { label: 'A', size: NaN } };
+    expect(collect([[a], [b], [dev('sda', { data: { label: 'A', size: 1 } })]])).toEqual([
+      'added:sda',
+      'changed:sda',
+    ]);
+  });
+
+  it('keeps its view of the previous snapshot right across additions, removals and reorders', () => {
+    const [sda, sdb, sdc, sdd] = ['sda', 'sdb', 'sdc', 'sdd'].map((p) => dev(p));
+    expect(collect([[sda, sdb, sdc], [sdc, sda], [sdd, sdc, sdb], [sdb, sdd, sdc], []])).toEqual([
+      'added:sda',
+      'added:sdb',
+      'added:sdc',
+      'removed:sdb',
+      'added:sdd',
+      'added:sdb',
+      'removed:sda',
+      'removed:sdb',
+      'removed:sdd',
+      'removed:sdc',
+    ]);
+  });
+
   it('moving from one frontend to another is a detach then an attach', () => {
     expect(collect([[dev('sda', attached('a'))], [dev('sda', attached('b'))]])).toEqual([
       'added:sda',

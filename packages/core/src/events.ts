@@ -79,6 +79,7 @@ export function snapshotsToEvents(): OperatorFunction<readonly DeviceInfo[], Dev
     const current = new Map<string, { device: DeviceInfo; generation: number }>();
     const keys = new WeakMap<DeviceInfo, string>();
     let generation = 0;
+    let previous: readonly DeviceInfo[] = [];
     return snapshots.pipe(
       concatMap((snapshot) => {
         const events: DeviceEvent[] = [];
@@ -104,12 +105,16 @@ export function snapshotsToEvents(): OperatorFunction<readonly DeviceInfo[], Dev
           deviceEvents(before, device, events);
         }
         if (kept < known) {
-          for (const [key, entry] of current) {
-            if (entry.generation === generation) continue;
+          // In the previous snapshot's order, as its map was iterated before.
+          for (const device of previous) {
+            const key = keys.get(device)!;
+            const entry = current.get(key);
+            if (!entry || entry.generation === generation) continue;
             current.delete(key);
             removalEvents(entry.device, events);
           }
         }
+        previous = snapshot;
         return from(events);
       }),
     );
