@@ -47,7 +47,7 @@ export function parseUsbDevices(tree: HostTree, backend: string, names?: UsbName
     // Root hubs are `usbN`, which the busid rule excludes. Vendor 1d6b alone is not a test: Linux USB
     // gadgets (a phone or a Raspberry Pi in gadget mode) use it for real devices too.
     if (!BUSID.test(busid)) continue;
-    const interfaces = usbInterfaces(full, device);
+    const interfaces = sharedList(usbInterfaces(full, device));
     if (isHub(device, interfaces)) continue;
     result.push(toDeviceInfo(full, backend, device, busid, interfaces, names, inferred.has(device)));
   }
@@ -64,17 +64,20 @@ function toDeviceInfo(
   inferred: boolean,
 ): DeviceInfo {
   const props = device.properties;
-  const { vendorId, productId } = usbIds(device);
-  const manufacturer = descriptorString(device, 'manufacturer', 'ID_VENDOR_ENC', vendorId);
-  const productString = descriptorString(device, 'product', 'ID_MODEL_ENC', productId);
+  const ids = usbIds(device);
+  const vendorId = shared(ids.vendorId);
+  const productId = shared(ids.productId);
+  const manufacturer = shared(descriptorString(device, 'manufacturer', 'ID_VENDOR_ENC', vendorId));
+  const productString = shared(descriptorString(device, 'product', 'ID_MODEL_ENC', productId));
   const serial = sanitizeText(props.ID_SERIAL_SHORT ?? device.attribute('serial'));
   // The device's own strings first; the ID database (ours, then the backend's udev hwdb) names
   // devices that have none, such as the Kinesis keyboard with no string descriptors at all.
-  const vendor = manufacturer ?? sanitizeText(names?.vendor(vendorId)) ?? sanitizeText(props.ID_VENDOR_FROM_DATABASE);
+  const vendor = manufacturer ?? shared(sanitizeText(names?.vendor(vendorId)) ?? sanitizeText(props.ID_VENDOR_FROM_DATABASE));
   const product =
-    productString ?? sanitizeText(names?.product(vendorId, productId)) ?? sanitizeText(props.ID_MODEL_FROM_DATABASE);
+    productString ??
+    shared(sanitizeText(names?.product(vendorId, productId)) ?? sanitizeText(props.ID_MODEL_FROM_DATABASE));
 
-  const controller = controllerOf(device.devpath, busid);
+  const controller = shared(controllerOf(device.devpath, busid));
   const data: Record<string, DataValue> = {
     'vendor-id': vendorId,
     'product-id': productId,
@@ -108,6 +111,34 @@ function toDeviceInfo(
     hiddenReason: controller?.startsWith('vhci_hcd') ? 'imported over USB/IP' : undefined,
     data,
   };
+}
+
+/**
+ * What many devices have in common (ids, names, the controller, interface lists) kept once: 10,000
+ * keyboards of one model hold one "Primax", not 10,000 (ADR 0015). A bounded table, emptied when
+ * full, so devices that come and go never make it grow.
+ */
+const SHARED_MAX = 4096;
+const sharedStrings = new Map<string, string>();
+const sharedLists = new Map<string, readonly InterfaceCode[]>();
+
+function shared<T extends string | undefined>(value: T): T {
+  if (value === undefined) return value;
+  const known = sharedStrings.get(value);
+  if (known !== undefined) return known as T;
+  if (sharedStrings.size >= SHARED_MAX) sharedStrings.clear();
+  sharedStrings.set(value, value);
+  return value;
+}
+
+function sharedList(codes: InterfaceCode[]): InterfaceCode[] {
+  const key = codes.join(',');
+  const known = sharedLists.get(key);
+  if (known !== undefined) return known as InterfaceCode[];
+  if (sharedLists.size >= SHARED_MAX) sharedLists.clear();
+  const kept = codes.map(shared);
+  sharedLists.set(key, kept);
+  return kept;
 }
 
 /**
