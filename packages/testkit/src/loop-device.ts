@@ -66,6 +66,8 @@ export function createLoopDisk(spec: LoopDiskSpec): LoopDisk {
       encoding: 'utf8',
     }).trim();
     const name = path.basename(device);
+    // The kernel names the file by its real path.
+    const backing = fs.realpathSync(image);
     // A loop device detached while a partition was busy keeps that partition: clear leftovers first.
     removePartitions(device);
     if (parts.length > 0) execFileSync('partx', ['-a', device]);
@@ -78,7 +80,8 @@ export function createLoopDisk(spec: LoopDiskSpec): LoopDisk {
       dispose: () => {
         live.delete(disk!);
         try {
-          detachQuietly(device);
+          // Detached already (by whoever), its number may be another's disk now: that one is left alone.
+          if (backingFile(name) === backing) detachQuietly(device);
         } finally {
           fs.rmSync(dir, { recursive: true, force: true });
         }
@@ -181,6 +184,15 @@ export function removePartitions(device: string, timeoutMs = 10_000): void {
     }
     if (udevdRunning()) settleUdev(5);
     else Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+  }
+}
+
+/** The file behind a loop device, as the kernel names it; undefined when it has none. */
+function backingFile(name: string): string | undefined {
+  try {
+    return fs.readFileSync(`/sys/block/${name}/loop/backing_file`, 'utf8').trim();
+  } catch {
+    return undefined;
   }
 }
 
