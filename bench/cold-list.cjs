@@ -5,6 +5,7 @@
 // systemd-udevd running (as on every real host) and once without (blkid probes instead of udev's
 // database). Required by bench/run.cjs (BENCH_ONLY=coldList runs this alone).
 'use strict';
+require('reflect-metadata'); // before @devgate/testkit (tsyringe needs it), when this file runs alone
 const fs = require('node:fs');
 const path = require('node:path');
 const { spawn, execFileSync } = require('node:child_process');
@@ -107,7 +108,14 @@ async function measure(dir, label) {
   }
   const [ours, node, drivelist, si, lsblk] = times.map(median);
   const after = loadavg();
-  const devices = (i) => (counts[i] === undefined ? '' : ` (${counts[i]} block devices in its output)`);
+  // Devices another user adds or removes meanwhile change what every contender lists: said, not hidden.
+  const countsAfter = [];
+  for (const c of all) countsAfter.push(c.count((await timeProcess(c.command, c.args, c.env, true)).stdout));
+  const changed = countsAfter.some((n, i) => n !== counts[i]);
+  const devices = (i) =>
+    counts[i] === undefined
+      ? ''
+      : ` (${counts[i]}${countsAfter[i] === counts[i] ? '' : ` then ${countsAfter[i]}`} block devices in its output)`;
   console.log(
     `cold listing, ${label}: wall time of a fresh process to exit, median of ${ROUNDS} rounds` +
       `  [loadavg before: ${before}; after: ${after}]`,
@@ -116,11 +124,12 @@ async function measure(dir, label) {
     console.log(`  ${all[i].name.padEnd(34)} ${ms.toFixed(1).padStart(7)} ms  ${what}${devices(i)}`);
   const verdict = (ratio, target) =>
     `${ratio.toFixed(2)}x (target <= ${target}x: ${ratio <= target ? 'met' : 'NOT met'})`;
-  line(0, ours, `no devgated, its own registry and socket${devices(0) ? '' : ''}`);
+  line(0, ours, 'no devgated, its own (empty) domain registry and socket');
   line(1, node, 'Node starting and exiting: a lower bound for any Node CLI');
   line(2, drivelist, 'Node + drivelist 12 (runs lsblk --output-all; leaves loop devices out)');
   line(3, si, 'Node + systeminformation (runs lsblk -bPo ...)');
   line(4, lsblk, 'util-linux lsblk, no Node');
+  if (changed) console.log('  (the device set changed during these rounds: another user added or removed devices)');
   console.log(`  devgate / node -e 0   ${verdict(ours / node, 1.25)}`);
   console.log(`  devgate / drivelist   ${verdict(ours / drivelist, 0.4)}`);
   console.log(
