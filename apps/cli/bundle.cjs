@@ -68,6 +68,28 @@ const rxjsEsm = {
 };
 
 /**
+ * Node's own modules, one namespace each for the whole bundle: esbuild otherwise copies a module's
+ * every property into a new namespace object for each file that imports it (`import * as fs`), some
+ * 80 copies of fs, path and os at every start.
+ */
+const sharedBuiltins = {
+  name: 'shared-builtins',
+  setup(build) {
+    const builtins = new Set(Module.builtinModules);
+    build.onResolve({ filter: /^[a-z_/]+$|^node:/ }, (args) => {
+      const name = args.path.replace(/^node:/, '');
+      if (!builtins.has(name) || args.kind !== 'import-statement') return undefined;
+      if (args.namespace === 'builtin') return { path: `node:${name}`, external: true };
+      return { path: name, namespace: 'builtin' };
+    });
+    build.onLoad({ filter: /.*/, namespace: 'builtin' }, (args) => ({
+      contents: `export * from "node:${args.path}";\nexport default require("node:${args.path}");\n`,
+      loader: 'js',
+    }));
+  },
+};
+
+/**
  * V8's code cache of the bundle, as bin/load-bundle.cjs compiles it, made after its top level ran
  * (so it holds what running the top level compiled too), in a Node of its own with no flags, as the
  * bins run. A cache of another bundle must never be left beside this one: it goes first.
@@ -97,7 +119,7 @@ function build() {
     // A native addon: loaded from node_modules, where its binary is, and only when a store is opened.
     external: ['better-sqlite3'],
     banner: { js: 'const __bundle_dirname = __dirname;' },
-    plugins: [ownDirname, rxjsEsm],
+    plugins: [ownDirname, rxjsEsm, sharedBuiltins],
     // `require.resolve` of our packages stays a run-time lookup (the module loader's peers, the agent's bin).
     logOverride: { 'require-resolve-not-external': 'silent' },
     logLevel: 'warning',
