@@ -57,10 +57,7 @@ describe('snapshotsToEvents', () => {
   it('compares rebuilt devices as JSON data: key order, absent keys and NaN are no change', () => {
     const a = dev('sda', { data: { size: NaN, label: 'A' }, serial: undefined });
     const b = { ...dev('sda'), data: { label: 'A', size: NaN } };
-    expect(collect([[a], [b], [dev('sda', { data: { label: 'A', size: 1 } })]])).toEqual([
-      'added:sda',
-      'changed:sda',
-    ]);
+    expect(collect([[a], [b], [dev('sda', { data: { label: 'A', size: 1 } })]])).toEqual(['added:sda', 'changed:sda']);
   });
 
   it('keeps its view of the previous snapshot right across additions, removals and reorders', () => {

@@ -48,7 +48,8 @@ export function parseBlockDevices(tree: HostTree, backend: string): DeviceInfo[]
   // (One pass over the partitions: a disk with 256 of them is not searched once per disk.)
   const busyPartition = new Map<RawDeviceRecord, string>();
   for (const p of parsed) {
-    if (p.disk && p.hidden && !busyPartition.has(p.disk) && BUSY_REASONS.test(p.hidden)) busyPartition.set(p.disk, p.name);
+    if (p.disk && p.hidden && !busyPartition.has(p.disk) && BUSY_REASONS.test(p.hidden))
+      busyPartition.set(p.disk, p.name);
   }
   for (const entry of parsed) {
     if (entry.hidden || entry.isPartition) continue;
@@ -59,7 +60,8 @@ export function parseBlockDevices(tree: HostTree, backend: string): DeviceInfo[]
   const ids = new Map<RawDeviceRecord, string>();
   const result: DeviceInfo[] = [];
   for (const entry of parsed) if (!entry.isPartition) result.push(memoized(tree, backend, entry, ids));
-  if (partitions > 0) for (const entry of parsed) if (entry.isPartition) result.push(memoized(tree, backend, entry, ids));
+  if (partitions > 0)
+    for (const entry of parsed) if (entry.isPartition) result.push(memoized(tree, backend, entry, ids));
   return result;
 }
 

@@ -72,7 +72,8 @@ function toDeviceInfo(
   const serial = sanitizeText(props.ID_SERIAL_SHORT ?? device.attribute('serial'));
   // The device's own strings first; the ID database (ours, then the backend's udev hwdb) names
   // devices that have none, such as the Kinesis keyboard with no string descriptors at all.
-  const vendor = manufacturer ?? shared(sanitizeText(names?.vendor(vendorId)) ?? sanitizeText(props.ID_VENDOR_FROM_DATABASE));
+  const vendor =
+    manufacturer ?? shared(sanitizeText(names?.vendor(vendorId)) ?? sanitizeText(props.ID_VENDOR_FROM_DATABASE));
   const product =
     productString ??
     shared(sanitizeText(names?.product(vendorId, productId)) ?? sanitizeText(props.ID_MODEL_FROM_DATABASE));

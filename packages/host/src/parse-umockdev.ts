@@ -90,17 +90,20 @@ function parseRecord(lines: readonly NumberedLine[], file: string, pool: StringP
   }
   if (subsystem === undefined) throw unreadable(file, `device ${devpath} has no SUBSYSTEM property`, start);
   if (devnode !== undefined && !properties.has('DEVNAME')) properties.set('DEVNAME', `/dev/${devnode}`);
-  return new RecordedDevice({
-    devpath,
-    subsystem,
-    properties: Object.fromEntries(properties),
-    attributes,
-    binaryAttributes,
-    links,
-    devlinks,
-    devnode,
-    devnodeContents,
-  }, pool);
+  return new RecordedDevice(
+    {
+      devpath,
+      subsystem,
+      properties: Object.fromEntries(properties),
+      attributes,
+      binaryAttributes,
+      links,
+      devlinks,
+      devnode,
+      devnodeContents,
+    },
+    pool,
+  );
 }
 
 /**

@@ -58,8 +58,7 @@ export class RecordedDevice implements RawDeviceRecord {
       Object.fromEntries(Object.entries(init.properties).map(([key, value]) => [key, own(value)])),
     );
     // A recording of 10,000 devices mostly has no attributes or links: one shared empty map each.
-    const attributes =
-      init.attributes instanceof Map ? init.attributes : Object.entries(init.attributes ?? {});
+    const attributes = init.attributes instanceof Map ? init.attributes : Object.entries(init.attributes ?? {});
     this.attributes = sizeOf(attributes) > 0 ? new Map(attributes) : EMPTY_MAP;
     this.binaryAttributes = sizeOf(init.binaryAttributes) > 0 ? new Map(init.binaryAttributes) : EMPTY_MAP;
     this.links = sizeOf(init.links) > 0 ? new Map(init.links) : EMPTY_MAP;

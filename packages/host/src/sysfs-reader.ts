@@ -108,7 +108,10 @@ export function readDeviceWithAncestors(
   devpath: string,
   known: (devpath: string) => boolean,
   fromUevent?: Record<string, string>,
-  { udevDatabase = true, udevFollows = !udevDatabase }: { readonly udevDatabase?: boolean; readonly udevFollows?: boolean } = {},
+  {
+    udevDatabase = true,
+    udevFollows = !udevDatabase,
+  }: { readonly udevDatabase?: boolean; readonly udevFollows?: boolean } = {},
 ): RawDeviceRecord[] {
   if (!devpath.startsWith('/devices/') || devpath.split('/').includes('..')) return [];
   const records: RawDeviceRecord[] = [];

@@ -51,7 +51,12 @@ export class ListAnswer {
   }
 }
 
-function sameDevices(known: readonly DeviceInfo[], devices: readonly DeviceInfo[], start: number, end: number): boolean {
+function sameDevices(
+  known: readonly DeviceInfo[],
+  devices: readonly DeviceInfo[],
+  start: number,
+  end: number,
+): boolean {
   if (known.length !== end - start) return false;
   for (let i = start; i < end; i++) if (known[i - start] !== devices[i]) return false;
   return true;
