@@ -17,7 +17,8 @@ module.exports = function loadBundle() {
   } catch {
     return require(file);
   }
-  const script = new vm.Script(Module.wrap(fs.readFileSync(file, 'utf8')), { filename: file, cachedData });
+  // The build made the bundle ASCII: read as Latin-1 it is the same text, without decoding UTF-8.
+  const script = new vm.Script(Module.wrap(fs.readFileSync(file, 'latin1')), { filename: file, cachedData });
   const bundle = new Module(file, module);
   bundle.filename = file;
   bundle.paths = Module._nodeModulePaths(path.dirname(file));
