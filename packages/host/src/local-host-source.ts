@@ -185,14 +185,25 @@ export class LocalHostSource implements DeviceSource {
     const fromUevent = event.action === 'add' || event.action === 'change' ? event.properties : undefined;
     // Until udevd has processed a kernel `add`, its database entry under that major:minor is a
     // removed device's: its labels would be listed for the new one. udev's own event brings them.
-    const udevDatabase = !(event.source === 'kernel' && event.action === 'add');
+    // udev's own event carries its database entry's properties: the file need not be read.
+    const udevDatabase =
+      !(event.source === 'kernel' && event.action === 'add') && !(event.source === 'udev' && fromUevent);
     // A kernel `add` or `change` is followed by udev's own event of it, with its findings: blkid
     // need not look meanwhile (block-probes.ts).
     const udevFollows = event.source === 'kernel' && fromUevent !== undefined;
     const known = (d: string) => devices.has(d);
-    const options = { udevDatabase, udevFollows };
+    // udev's event of what the kernel's event (same SEQNUM) was just read for: sysfs is not read again.
+    const previous = devices.get(event.devpath);
+    const sameEvent =
+      event.source === 'udev' && fromUevent && previous && readFor.get(previous) === event.properties.SEQNUM
+        ? previous
+        : undefined;
+    const options = { udevDatabase, udevFollows, sameEvent };
     for (const record of readDeviceWithAncestors(this.roots, event.devpath, known, fromUevent, options)) {
       devices.set(record.devpath, record);
+      if (record.devpath === event.devpath && event.source === 'kernel' && event.properties.SEQNUM) {
+        readFor.set(record, event.properties.SEQNUM);
+      }
     }
   }
 
@@ -314,6 +325,9 @@ export class LocalHostSource implements DeviceSource {
     this.probes?.dispose();
   }
 }
+
+/** The SEQNUM of the kernel event a record was read for. */
+const readFor = new WeakMap<RawDeviceRecord, string>();
 
 function chooseHotplug(wanted: HotplugMechanism | 'auto', isRealHost: boolean): HotplugMechanism {
   if (wanted !== 'auto') return wanted;

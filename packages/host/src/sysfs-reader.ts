@@ -111,14 +111,20 @@ export function readDeviceWithAncestors(
   {
     udevDatabase = true,
     udevFollows = !udevDatabase,
-  }: { readonly udevDatabase?: boolean; readonly udevFollows?: boolean } = {},
+    sameEvent,
+  }: {
+    readonly udevDatabase?: boolean;
+    readonly udevFollows?: boolean;
+    /** The device's record read from the kernel's side of this same event: what it read of sysfs stands. */
+    readonly sameEvent?: RawDeviceRecord;
+  } = {},
 ): RawDeviceRecord[] {
   if (!devpath.startsWith('/devices/') || devpath.split('/').includes('..')) return [];
   const records: RawDeviceRecord[] = [];
   for (let at = devpath; at.length > '/devices'.length; at = path.posix.dirname(at)) {
     if (at !== devpath && known(at)) break;
     if (at === devpath && fromUevent)
-      records.push(sysfsRecord(roots, at, fromUevent, undefined, udevDatabase, udevFollows));
+      records.push(sysfsRecord(roots, at, fromUevent, undefined, udevDatabase, udevFollows, sameEvent));
     else if (fs.existsSync(path.join(roots.sys, at, 'uevent'))) records.push(sysfsRecord(roots, at));
   }
   return records;
@@ -153,6 +159,7 @@ function sysfsRecord(
   derived?: DerivedDevice,
   udevDatabase = true,
   udevFollows = false,
+  sameEvent?: RawDeviceRecord,
 ): RawDeviceRecord {
   const dir = path.join(roots.sys, devpath);
   let properties: Record<string, string>;
@@ -181,9 +188,13 @@ function sysfsRecord(
   // What was read of the device directory, once per record (keys: `a` attributes, `e` listings, `l`
   // links): a device's record is read again when a uevent says it changed, and every full rescan
   // starts afresh. One map, made on the first read: most records are never asked anything.
-  let read: Map<string, string | string[] | undefined> | undefined;
+  // udev's event of a device the kernel's event of it was just read for (same SEQNUM): the same
+  // device directory, read a moment ago. Its attributes are not read again (a burst of partitions
+  // is when sysfs reads are slowest: the kernel and udevd's workers hold its locks).
+  const inherited = sameEvent ? readCaches.get(sameEvent) : undefined;
+  let read: Map<string, string | string[] | undefined> | undefined = inherited ? new Map(inherited) : undefined;
   const once = <T extends string | string[] | undefined>(key: string, load: () => T): T => {
-    read ??= new Map();
+    if (!read) readCaches.set(record, (read = new Map()));
     if (read.has(key)) return read.get(key) as T;
     const value = load();
     read.set(key, value);
@@ -208,8 +219,12 @@ function sysfsRecord(
       }),
   };
   if (udevFollows && udevRuns) awaitingUdev.add(record);
+  if (read) readCaches.set(record, read);
   return record;
 }
+
+/** What each record read of its device directory (see sysfsRecord). */
+const readCaches = new WeakMap<RawDeviceRecord, Map<string, string | string[] | undefined>>();
 
 /** Records read before udevd processed their device (a kernel `add`): udev's own event follows. */
 const awaitingUdev = new WeakSet<RawDeviceRecord>();
