@@ -89,30 +89,8 @@ export class LocalHostSource implements DeviceSource {
       const removedAt = new Map<string, number>();
       let pending: NodeJS.Timeout | undefined;
       let burstStarted = 0;
-      /** A pass waiting for its new block devices' sysfs files, read in the thread pool. */
-      let prefetching = false;
-      let prefetched = new Map<string, Map<string, string | string[] | undefined>>();
-      let closed = false;
-      const flush = (afterPrefetch = false) => {
+      const flush = () => {
         pending = undefined;
-        if (prefetching) return; // its end runs the pass, with these events too
-        // A burst of new block devices: what the block driver reads of them is read first, off the
-        // event loop (ADR 0015), which meanwhile keeps reading udevadm and writing events.
-        // (Once per pass: what came meanwhile is read as it is applied.)
-        const wanted = fullRescan || afterPrefetch ? [] : prefetchable(events, prefetched);
-        if (wanted.length > 0) {
-          prefetching = true;
-          const before = events.length;
-          void prefetchBlock(this.roots, wanted).then((read) => {
-            prefetching = false;
-            if (closed) return;
-            // A device with an event while it was read may have changed since: read it with that event.
-            for (const event of events.slice(before)) read.delete(event.devpath);
-            for (const [devpath, values] of read) prefetched.set(devpath, values);
-            flush(true);
-          });
-          return;
-        }
         try {
           if (fullRescan)
             devices = new Map(
@@ -123,10 +101,9 @@ export class LocalHostSource implements DeviceSource {
           else {
             for (const event of events) {
               if (outdated(event)) continue;
-              this.apply(devices, event, prefetched);
+              this.apply(devices, event);
             }
           }
-          prefetched = new Map();
           fullRescan = false;
           events = [];
           subscriber.next(this.withProbes(new HostTree(devices.values(), readUsage(this.roots))));
@@ -187,7 +164,6 @@ export class LocalHostSource implements DeviceSource {
       flush();
       const stop = this.watch(rescan, onUevent);
       return () => {
-        closed = true;
         this.probes?.listeners.delete(reprobe);
         if (pending) clearTimeout(pending);
         stop();
@@ -196,11 +172,7 @@ export class LocalHostSource implements DeviceSource {
   }
 
   /** A uevent applied to the known devices: the device read again, or it and its children dropped. */
-  private apply(
-    devices: Map<string, RawDeviceRecord>,
-    event: KernelUevent,
-    prefetched: ReadonlyMap<string, ReadonlyMap<string, string | string[] | undefined>> = new Map(),
-  ): void {
+  private apply(devices: Map<string, RawDeviceRecord>, event: KernelUevent): void {
     const dropUnder = (devpath: string) => {
       for (const key of [...devices.keys()]) if (key === devpath || key.startsWith(devpath + '/')) devices.delete(key);
     };
@@ -226,7 +198,7 @@ export class LocalHostSource implements DeviceSource {
       event.source === 'udev' && fromUevent && previous && readFor.get(previous) === event.properties.SEQNUM
         ? previous
         : undefined;
-    const options = { udevDatabase, udevFollows, sameEvent, prefetched: prefetched.get(event.devpath) };
+    const options = { udevDatabase, udevFollows, sameEvent };
     for (const record of readDeviceWithAncestors(this.roots, event.devpath, known, fromUevent, options)) {
       devices.set(record.devpath, record);
       if (record.devpath === event.devpath && event.source === 'kernel' && event.properties.SEQNUM) {
@@ -352,56 +324,6 @@ export class LocalHostSource implements DeviceSource {
   dispose(): void {
     this.probes?.dispose();
   }
-}
-
-/** What the block driver reads of a new block device (see prefetchBlock). */
-const PREFETCHED_ATTRIBUTES = ['size', 'ro'];
-const PREFETCHED_LISTINGS = ['holders'];
-
-/** Block devices a kernel `add` or `change` is about that are not read yet. */
-function prefetchable(events: readonly KernelUevent[], prefetched: ReadonlyMap<string, unknown>): string[] {
-  const wanted = new Set<string>();
-  for (const event of events) {
-    if (event.source !== 'kernel' || event.subsystem !== 'block') continue;
-    if (event.action !== 'add' && event.action !== 'change') continue;
-    if (
-      event.devpath.startsWith('/devices/') &&
-      !event.devpath.split('/').includes('..') &&
-      !prefetched.has(event.devpath)
-    )
-      wanted.add(event.devpath);
-  }
-  return [...wanted];
-}
-
-/**
- * Reads what the block driver reads of these devices (size, ro, holders), in the thread pool and
- * all at once: a burst's new partitions are read while the kernel and udevd's workers hold sysfs's
- * locks, when one synchronous read can stall the event loop for tens of milliseconds. The record
- * made of the event starts with these values, read as sysfsRecord reads them.
- */
-async function prefetchBlock(
-  roots: HostRoots,
-  devpaths: readonly string[],
-): Promise<Map<string, Map<string, string | string[] | undefined>>> {
-  const read = new Map<string, Map<string, string | string[] | undefined>>();
-  await Promise.all(
-    devpaths.map(async (devpath) => {
-      const dir = path.join(roots.sys, devpath);
-      const values = new Map<string, string | string[] | undefined>();
-      await Promise.all([
-        ...PREFETCHED_ATTRIBUTES.map(async (name) => {
-          const text = await fs.promises.readFile(path.join(dir, name), 'utf8').catch(() => undefined);
-          values.set(`a${name}`, text === undefined ? undefined : text.slice(0, 64 * 1024).replace(/\n$/, ''));
-        }),
-        ...PREFETCHED_LISTINGS.map(async (name) => {
-          values.set(`e${name}`, await fs.promises.readdir(path.join(dir, name)).catch(() => undefined));
-        }),
-      ]);
-      read.set(devpath, values);
-    }),
-  );
-  return read;
 }
 
 /** The SEQNUM of the kernel event a record was read for. */

@@ -112,12 +112,9 @@ export function readDeviceWithAncestors(
     udevDatabase = true,
     udevFollows = !udevDatabase,
     sameEvent,
-    prefetched,
   }: {
     readonly udevDatabase?: boolean;
     readonly udevFollows?: boolean;
-    /** What was read of the device's directory already (keys as sysfsRecord keeps them). */
-    readonly prefetched?: ReadonlyMap<string, string | string[] | undefined>;
     /** The device's record read from the kernel's side of this same event: what it read of sysfs stands. */
     readonly sameEvent?: RawDeviceRecord;
   } = {},
@@ -127,7 +124,7 @@ export function readDeviceWithAncestors(
   for (let at = devpath; at.length > '/devices'.length; at = path.posix.dirname(at)) {
     if (at !== devpath && known(at)) break;
     if (at === devpath && fromUevent)
-      records.push(sysfsRecord(roots, at, fromUevent, undefined, udevDatabase, udevFollows, sameEvent, prefetched));
+      records.push(sysfsRecord(roots, at, fromUevent, undefined, udevDatabase, udevFollows, sameEvent));
     else if (fs.existsSync(path.join(roots.sys, at, 'uevent'))) records.push(sysfsRecord(roots, at));
   }
   return records;
@@ -163,7 +160,6 @@ function sysfsRecord(
   udevDatabase = true,
   udevFollows = false,
   sameEvent?: RawDeviceRecord,
-  prefetched?: ReadonlyMap<string, string | string[] | undefined>,
 ): RawDeviceRecord {
   const dir = path.join(roots.sys, devpath);
   let properties: Record<string, string>;
@@ -195,7 +191,7 @@ function sysfsRecord(
   // udev's event of a device the kernel's event of it was just read for (same SEQNUM): the same
   // device directory, read a moment ago. Its attributes are not read again (a burst of partitions
   // is when sysfs reads are slowest: the kernel and udevd's workers hold its locks).
-  const inherited = sameEvent ? readCaches.get(sameEvent) : prefetched;
+  const inherited = sameEvent ? readCaches.get(sameEvent) : undefined;
   let read: Map<string, string | string[] | undefined> | undefined = inherited ? new Map(inherited) : undefined;
   const once = <T extends string | string[] | undefined>(key: string, load: () => T): T => {
     if (!read) readCaches.set(record, (read = new Map()));
