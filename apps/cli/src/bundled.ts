@@ -16,7 +16,6 @@ import { type ProgramName, runAsMain } from './main.js';
  */
 export function shareBundledCore(): void {
   // The kernel's core by name, as the module loader resolves it (not an import).
-  // eslint-disable-next-line @nx/enforce-module-boundaries
   const file = require.resolve('@devgate/core');
   if (require.cache[file]) return;
   const module = new NodeModule.Module(file);
