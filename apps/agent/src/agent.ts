@@ -14,6 +14,7 @@ import { type HostTree, type RawDeviceRecord } from '@devgate/core';
 import { type HostRoots, LOCAL_ROOTS, LocalHostSource } from '@devgate/host';
 import {
   EXPORT_ID,
+  FORWARD_ID,
   EXPORT_PORT_PREFIX,
   type ExportKind,
   type ExportSpec,
@@ -224,7 +225,7 @@ export class DevgateAgent {
   }
 
   private forward(session: ControlSession, spec: InputForwardSpec): void {
-    if (!spec || typeof spec.id !== 'string' || !/^i[0-9a-f]{12}$/.test(spec.id) || !Array.isArray(spec.nodes)) {
+    if (!spec || typeof spec.id !== 'string' || !FORWARD_ID.test(spec.id) || !Array.isArray(spec.nodes)) {
       throw new ExportError('BAD_REQUEST', 'not a forward');
     }
     if (this.forwards.has(spec.id)) throw new ExportError('BAD_REQUEST', `forward ${spec.id} exists`);

@@ -17,6 +17,7 @@ import {
   EXPORT_ID,
   EXPORT_PORT_PREFIX,
   type ExportKind,
+  FORWARD_ID,
   MAX_FORWARD_NODES,
   MAX_INPUT_EVENTS,
   WIRE_ATTRIBUTES,
@@ -44,8 +45,6 @@ const EXPORT_PORT = new RegExp(`^${EXPORT_PORT_PREFIX.replaceAll('.', '\\.')}\\d
 const AGENT_NAME = /^[\x20-\x7e]{1,64}$/;
 const ERROR_CODE = /^[A-Z][A-Z0-9_]{0,39}$/;
 const EXPORT_KINDS: readonly ExportKind[] = ['nbd', 'usbredir', 'input'];
-/** A forward id, as devgated makes them. */
-export const FORWARD_ID = /^i[0-9a-f]{12}$/;
 /** evdev's bounds (linux/input-event-codes.h): EV_MAX, KEY_MAX; values are 32-bit signed. */
 const EV_MAX = 0x1f;
 const CODE_MAX = 0x2ff;

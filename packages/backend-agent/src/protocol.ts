@@ -293,3 +293,6 @@ export type HostRequest =
 
 /** An export id: what a qemu-nbd export name and a file name may hold. */
 export const EXPORT_ID = /^[a-z0-9][a-z0-9-]{0,40}$/;
+
+/** An input forward id, as devgated makes them: `i` and 12 hex digits. */
+export const FORWARD_ID = /^i[0-9a-f]{12}$/;

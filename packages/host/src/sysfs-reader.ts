@@ -188,9 +188,10 @@ function sysfsRecord(
   // What was read of the device directory, once per record (keys: `a` attributes, `e` listings, `l`
   // links): a device's record is read again when a uevent says it changed, and every full rescan
   // starts afresh. One map, made on the first read: most records are never asked anything.
-  // udev's event of a device the kernel's event of it was just read for (same SEQNUM): the same
-  // device directory, read a moment ago. Its attributes are not read again (a burst of partitions
-  // is when sysfs reads are slowest: the kernel and udevd's workers hold its locks).
+  //
+  // For udev's event of a device the kernel's event of it was just read for (same SEQNUM), the map
+  // starts as that record's: the same directory, read a moment ago, is not read again (a burst of
+  // partitions is when sysfs reads are slowest: the kernel and udevd's workers hold its locks).
   const inherited = sameEvent ? readCaches.get(sameEvent) : undefined;
   let read: Map<string, string | string[] | undefined> | undefined = inherited ? new Map(inherited) : undefined;
   const once = <T extends string | string[] | undefined>(key: string, load: () => T): T => {
