@@ -22,6 +22,7 @@ import {
   qemuDeviceSpec,
   sanitizeText,
   sysname,
+  compareNatural,
 } from '@devgate/core';
 
 const PORT_NAME = /^tty(S|USB|ACM)\d{1,4}$/;
@@ -93,7 +94,7 @@ export function parseSerialPorts(tree: HostTree, backend: string): DeviceInfo[] 
       data,
     });
   }
-  return ports.sort((a, b) => a.port.portId.localeCompare(b.port.portId, 'en', { numeric: true }));
+  return ports.sort((a, b) => compareNatural(a.port.portId, b.port.portId));
 }
 
 interface UsbParent {

@@ -2,6 +2,7 @@
 export * from './errors.js';
 export * from './sanitize.js';
 export * from './ids-file.js';
+export * from './natural-order.js';
 export * from './disposable.js';
 export * from './interfaces.js';
 export * from './device-model.js';

@@ -31,6 +31,7 @@ import {
   usbIds,
   usbInterfaces,
   usbPlacement,
+  compareNatural,
 } from '@devgate/core';
 import {
   INPUT_CLASSES,
@@ -85,7 +86,6 @@ const EVENT_NODE = /^event\d{1,6}$/;
 const HID_DEVICE = /^[0-9A-Fa-f]{4}:[0-9A-Fa-f]{4}:[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{1,8}$/;
 const USB_INTERFACE = /^\d{1,3}-\d{1,3}(\.\d{1,3}){0,6}:\d{1,3}\.\d{1,3}$/;
 const BUSID = /^\d{1,3}-\d{1,3}(\.\d{1,3}){0,6}$/;
-const byPort = new Intl.Collator('en', { numeric: true });
 
 /** Every physical input device of a backend, by port. */
 export function parseInputDevices(tree: HostTree, backend: string, options: ParseInputOptions = {}): DeviceInfo[] {
@@ -100,7 +100,7 @@ export function parseInputDevices(tree: HostTree, backend: string, options: Pars
   const taken = new Set<string>();
   const result: DeviceInfo[] = [];
   for (const [physical, inputs] of [...groups].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-    inputs.sort((a, b) => byPort.compare(sysname(a.devpath), sysname(b.devpath)));
+    inputs.sort((a, b) => compareNatural(sysname(a.devpath), sysname(b.devpath)));
     const nodes = inputs.map((input) => readNode(tree, input, options));
     let portId = portIdOf(physical, inputs[0].devpath);
     // Two physical devices with the same name (never seen, but names are the device's own): both stay listed.
@@ -108,7 +108,7 @@ export function parseInputDevices(tree: HostTree, backend: string, options: Pars
     taken.add(portId);
     result.push(toDeviceInfo(tree, backend, portId, physical, nodes));
   }
-  return result.sort((a, b) => byPort.compare(a.port.portId, b.port.portId));
+  return result.sort((a, b) => compareNatural(a.port.portId, b.port.portId));
 }
 
 /**

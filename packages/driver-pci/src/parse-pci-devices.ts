@@ -20,6 +20,7 @@ import {
   sysname,
   usbIds,
   usbInterfaces,
+  compareNatural,
 } from '@devgate/core';
 import { type PciAddress, SBDF, parseSbdf, pciPortId } from './pci-address.js';
 import { type PciNames } from './pci-ids.js';
@@ -299,14 +300,13 @@ function collectBehind(tree: HostTree, pci: ReadonlyMap<string, RawDeviceRecord>
       slot(at).disks.push({ name, ...(label ? { label } : {}), ...(inUse ? { inUse } : {}) });
     }
   }
-  const byName = new Intl.Collator('en', { numeric: true });
   const result = new Map<string, Behind>();
   for (const [devpath, entry] of found) {
     result.set(devpath, {
-      usbBuses: [...entry.buses].sort(byName.compare).slice(0, MAX_LIST),
-      usbDevices: [...entry.usb.values()].sort((a, b) => byName.compare(a.busid, b.busid)).slice(0, MAX_LIST),
-      inputs: entry.inputs.sort((a, b) => byName.compare(a.name, b.name)).slice(0, MAX_LIST),
-      disks: entry.disks.sort((a, b) => byName.compare(a.name, b.name)).slice(0, MAX_LIST),
+      usbBuses: [...entry.buses].sort(compareNatural).slice(0, MAX_LIST),
+      usbDevices: [...entry.usb.values()].sort((a, b) => compareNatural(a.busid, b.busid)).slice(0, MAX_LIST),
+      inputs: entry.inputs.sort((a, b) => compareNatural(a.name, b.name)).slice(0, MAX_LIST),
+      disks: entry.disks.sort((a, b) => compareNatural(a.name, b.name)).slice(0, MAX_LIST),
     });
   }
   return result;
@@ -478,6 +478,5 @@ export function hostInputs(tree: HostTree): HostInput[] {
     const label = usbBehind(device, busid).label;
     result.push({ name: busid, ...(label ? { label } : {}), kinds, ...(behind ? { behind } : {}) });
   }
-  const byName = new Intl.Collator('en', { numeric: true });
-  return result.sort((a, b) => byName.compare(a.name, b.name));
+  return result.sort((a, b) => compareNatural(a.name, b.name));
 }

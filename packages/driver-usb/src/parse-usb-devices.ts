@@ -25,6 +25,7 @@ import {
   usbDeviceId,
   usbIds,
   usbInterfaces,
+  compareNatural,
 } from '@devgate/core';
 import { type UsbNames } from './usb-ids.js';
 
@@ -36,7 +37,6 @@ const PCI_ADDRESS = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
 const KERNEL_NAME = /^[A-Za-z0-9_.:-]{1,64}$/;
 const CHILD_SUBSYSTEMS = ['block', 'input', 'hidraw'];
 const HUB_CLASS = 9;
-const byPort = new Intl.Collator('en', { numeric: true });
 
 export function parseUsbDevices(tree: HostTree, backend: string, names?: UsbNames): DeviceInfo[] {
   const { tree: full, inferred } = withInferredDevices(tree);
@@ -51,7 +51,7 @@ export function parseUsbDevices(tree: HostTree, backend: string, names?: UsbName
     if (isHub(device, interfaces)) continue;
     result.push(toDeviceInfo(full, backend, device, busid, interfaces, names, inferred.has(device)));
   }
-  return result.sort((a, b) => byPort.compare(a.port.portId, b.port.portId));
+  return result.sort((a, b) => compareNatural(a.port.portId, b.port.portId));
 }
 
 function toDeviceInfo(

@@ -16,6 +16,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { type QmpClient, isQmpCommandError } from '@devgate/backend-qemu';
+import { compareNatural } from '@devgate/core';
 import { GuestErrors } from './guest-errors.js';
 
 export const DEVICE_KINDS = ['usb-kbd', 'usb-mouse', 'usb-tablet', 'usb-storage', 'usb-serial'] as const;
@@ -168,7 +169,7 @@ export async function listLabDevices(qmp: QmpClient): Promise<LabDevice[]> {
     const kind = /^child<(.+)>$/.exec(child.type)?.[1];
     if (kind && isDeviceKind(kind) && !child.name.startsWith('dg-')) devices.push({ id: child.name, kind });
   }
-  return devices.sort((a, b) => a.id.localeCompare(b.id, 'en', { numeric: true }));
+  return devices.sort((a, b) => compareNatural(a.id, b.id));
 }
 
 /** Plugs a device into a running guest ("plugging it in"); returns its id. */
