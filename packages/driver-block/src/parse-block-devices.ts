@@ -198,10 +198,12 @@ function toDeviceInfo(tree: HostTree, backend: string, entry: Parsed, ids: Map<R
   const label = sanitizeText(decodeEnc(props.ID_FS_LABEL_ENC) ?? props.ID_FS_LABEL);
   // Only the loop device itself has a backing file; its partitions are described like any other.
   // Sysfs reads cost: ask each device only for what its kind has.
-  const isLoop = /^loop\d+$/.test(name);
+  const sizeAttribute = record.attribute('size');
+  // A detached loop device (size 0) has no backing file.
+  const isLoop = /^loop\d+$/.test(name) && sizeAttribute !== '0';
   const backingFile = isLoop ? sanitizeText(record.attribute('loop/backing_file'), 4096) : undefined;
   const dmName = sanitizeText(props.DM_NAME ?? (name.startsWith('dm-') ? record.attribute('dm/name') : undefined));
-  const size = Number(record.attribute('size'));
+  const size = Number(sizeAttribute);
   const readOnly = record.attribute('ro') === '1' || (/^sr\d+$/.test(name) && props.ID_CDROM_MEDIA === '1');
 
   // Qubes' block description: the loop's backing file, the dm name, or "model (label)".
@@ -220,13 +222,14 @@ function toDeviceInfo(tree: HostTree, backend: string, entry: Parsed, ids: Map<R
     removable: (disk ?? record).attribute('removable') === '1',
     devnode: `/dev/${name}`,
   };
-  if (Number.isFinite(size) && record.attribute('size') !== undefined) data.size = size * 512;
+  if (Number.isFinite(size) && sizeAttribute !== undefined) data.size = size * 512;
   const majmin = majorMinor(record);
   if (majmin) data['major-minor'] = majmin;
   // Kernels name partitions after their number (sda1, nvme0n1p2) when nothing else says it.
-  const partition =
-    props.PARTN ?? record.attribute('partition') ?? props.ID_PART_ENTRY_NUMBER ?? /(\d+)$/.exec(name)?.[1];
-  if (isPartition && partition) data.partition = Number(partition);
+  const partition = isPartition
+    ? (props.PARTN ?? record.attribute('partition') ?? props.ID_PART_ENTRY_NUMBER ?? /(\d+)$/.exec(name)?.[1])
+    : undefined;
+  if (partition) data.partition = Number(partition);
   const fsType = sanitizeText(props.ID_FS_TYPE);
   if (fsType) data['fs-type'] = fsType;
   if (label) data.label = label;
@@ -252,6 +255,8 @@ function toDeviceInfo(tree: HostTree, backend: string, entry: Parsed, ids: Map<R
 
 /** An attribute of the nearest device that has it: a SCSI disk's model sits on its SCSI device. */
 function inherited(tree: HostTree, record: RawDeviceRecord, attribute: string): string | undefined {
+  // A virtual device (loop, zram, device-mapper) has no hardware to ask.
+  if (record.devpath.startsWith('/devices/virtual/')) return undefined;
   const own = record.attribute(`device/${attribute}`);
   if (own !== undefined) return own;
   for (const ancestor of tree.ancestors(record)) {
