@@ -1,6 +1,6 @@
 // The CLI's bundle (ADR 0014): src/bundled.ts and everything it imports, our packages from their
 // TypeScript sources (the `@devgate/source` condition) and their npm dependencies as ES modules, in
-// one file, dist/bundle/cli.js, which bin/*.cjs load. ES modules let esbuild keep only what is used
+// one file, dist/bundle/cli.js, which bin/*.cjs load (and dist/bundle/quick.js, the quick path). ES modules let esbuild keep only what is used
 // and put every module in one scope: nothing to resolve, read or wrap per module at start. Run by
 // the build target after tsc (package.json, nx.targets.build), which checks the types. Then V8's
 // code cache of the bundle, dist/bundle/cli.js.cache, which bin/load-bundle.cjs gives V8.
@@ -119,7 +119,9 @@ function asciiOnly() {
 function build() {
   fs.rmSync(`${BUNDLE}.cache`, { force: true });
   return esbuild.build({
-    entryPoints: { cli: path.join(CLI, 'src/bundled.ts') },
+    // The whole CLI, and the quick path the bins try first (listings answered by devgated): a file of
+    // its own, so that answering from devgated loads neither the CLI nor Node's module resolution.
+    entryPoints: { cli: path.join(CLI, 'src/bundled.ts'), quick: path.join(CLI, 'src/quick.ts') },
     outdir: OUT,
     bundle: true,
     platform: 'node',

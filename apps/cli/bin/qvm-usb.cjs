@@ -2,7 +2,7 @@
 'use strict';
 // The quick path answers common listings from devgated without loading the whole CLI; the whole
 // CLI is one bundled file (ADR 0014).
-require('../dist/quick.js')
+require('../dist/bundle/quick.js')
   .quick('qvm-usb', process.argv.slice(2))
   .then((handled) => handled || require('./load-bundle.cjs')().run('qvm-usb'))
   .catch((error) => {

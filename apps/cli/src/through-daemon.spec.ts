@@ -1,6 +1,8 @@
+import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { promisify } from 'node:util';
 import pino from 'pino';
 import { labDown, labUp } from '@devgate/backend-qemu';
 import { Devgated } from '@devgate/daemon';
@@ -9,6 +11,7 @@ import { type LoopDisk, createLoopDisk, disposeAllLoopDisks } from '@devgate/tes
 import { runCaptured } from './test-io';
 
 // The CLI as devgated's client: the same commands, with assignments, asks and the audit log.
+const execFileAsync = promisify(execFile);
 jest.setTimeout(60_000);
 
 let dir: string;
@@ -51,6 +54,22 @@ describe('the CLI through devgated', () => {
     const listed = await runCaptured('qvm-block', ['-l']);
     expect(listed.notices).toBe('');
     expect(listed.out).toMatch(new RegExp(`^${p1()} +\\(CLIENT\\) \\d+ MiB$`, 'm'));
+  });
+
+  it("the bins' quick path answers from devgated as the whole CLI does", async () => {
+    // The built launchers, as users run them: dist/bundle/quick.js, then the bundle if it declines.
+    const bin = (name: string, args: string[]) =>
+      execFileAsync(process.execPath, [path.join(__dirname, '..', 'bin', `${name}.cjs`), ...args], {
+        env: process.env,
+      }).then((r) => r.stdout);
+    for (const [name, args] of [
+      ['qvm-block', ['-l']],
+      ['devgate', ['list', '--json']],
+    ] as const) {
+      const whole = await runCaptured(name, [...args]);
+      expect(await bin(name, [...args])).toBe(whole.out);
+    }
+    expect(await bin('qvm-block', ['-l'])).toMatch(new RegExp(`^${p1()} +\\(CLIENT\\) \\d+ MiB$`, 'm'));
   });
 
   it('assigns and shows the assignment as Qubes does (list -s), then unassigns', async () => {
