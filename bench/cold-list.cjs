@@ -1,7 +1,8 @@
 // The cold listing: `devgate list --json` with no devgated, a fresh process each round, against what
 // a user could run instead on the same devices in the same run: Node starting and doing nothing (a
-// lower bound for any Node CLI), drivelist 12 `list()`, systeminformation `blockDevices()` and
-// `lsblk -J`. The anchor set: 64 loop disks of 3 labelled partitions each, listed once with a
+// lower bound for any Node CLI), drivelist 12 `list()`, systeminformation `blockDevices()`,
+// `lsblk -J`, and Node reading only the files a block listing needs (block-read-floor.cjs, a lower
+// bound for any Node listing). The anchor set: 64 loop disks of 3 labelled partitions each, listed once with a
 // systemd-udevd running (as on every real host) and once without (blkid probes instead of udev's
 // database). Required by bench/run.cjs (BENCH_ONLY=coldList runs this alone).
 'use strict';
@@ -79,6 +80,13 @@ function contenders(dir) {
       count: (out) => JSON.parse(out).length,
     },
     {
+      name: 'floor: Node + the reads',
+      command: process.execPath,
+      args: [path.join(__dirname, 'block-read-floor.cjs'), '--count'],
+      env,
+      count: (out) => Number(out),
+    },
+    {
       name: 'lsblk -J',
       command: 'lsblk',
       args: ['-J'],
@@ -106,7 +114,7 @@ async function measure(dir, label) {
       if (round >= WARMUP) times[i].push(ms);
     }
   }
-  const [ours, node, drivelist, si, lsblk] = times.map(median);
+  const [ours, node, drivelist, si, floor, lsblk] = times.map(median);
   const after = loadavg();
   // Devices another user adds or removes meanwhile change what every contender lists: said, not hidden.
   const countsAfter = [];
@@ -128,9 +136,12 @@ async function measure(dir, label) {
   line(1, node, 'Node starting and exiting: a lower bound for any Node CLI');
   line(2, drivelist, 'Node + drivelist 12 (runs lsblk --output-all; leaves loop devices out)');
   line(3, si, 'Node + systeminformation (runs lsblk -bPo ...)');
-  line(4, lsblk, 'util-linux lsblk, no Node');
+  line(4, floor, 'a lower bound: Node reading the files a block listing needs, fewest calls, nothing built');
+  line(5, lsblk, 'util-linux lsblk, no Node');
   if (changed) console.log('  (the device set changed during these rounds: another user added or removed devices)');
-  console.log(`  devgate / node -e 0   ${verdict(ours / node, 1.25)}`);
+  console.log(
+    `  devgate / node -e 0   ${verdict(ours / node, 1.25)}   (the floor alone: ${(floor / node).toFixed(2)}x)`,
+  );
   console.log(`  devgate / drivelist   ${verdict(ours / drivelist, 0.4)}`);
   console.log(
     `  devgate / systeminformation ${(ours / si).toFixed(2)}x   devgate / lsblk -J ${(ours / lsblk).toFixed(2)}x`,
