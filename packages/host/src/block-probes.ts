@@ -121,8 +121,10 @@ export class BlockProbes {
     if (waiting) this.cancelDeferred(waiting, record.devpath);
     const devname = record.properties.DEVNAME;
     const size = devname ? record.attribute('size') : undefined;
-    // Nothing to find on an empty device (a free loop device, a card reader without a card).
-    if (record.properties.ID_FS_TYPE || record.properties.ID_PART_TABLE_TYPE || !devname || size === '0') {
+    // Nothing to find on an empty device (a free loop device, a card reader without a card), nor
+    // where udev's blkid looked already (what it found, or a partition's entry without a filesystem:
+    // a burst of blank partitions forked blkid for each, on a busy machine, for nothing).
+    if (udevProbed(record.properties) || !devname || size === '0') {
       this.settled.add(record);
       return record;
     }
@@ -254,4 +256,16 @@ export class BlockProbes {
 
 function isProbeToken(value: Record<string, string> | ProbeToken): value is ProbeToken {
   return (value as Partial<ProbeToken>).probing === true;
+}
+
+/**
+ * Whether udev's blkid probed the device: it names what it found (ID_FS_*, a partition table) and,
+ * for a partition, the partition's table entry (ID_PART_ENTRY_*) even when there is no filesystem.
+ */
+function udevProbed(properties: Record<string, string>): boolean {
+  return (
+    properties.ID_FS_TYPE !== undefined ||
+    properties.ID_PART_TABLE_TYPE !== undefined ||
+    properties.ID_PART_ENTRY_SCHEME !== undefined
+  );
 }
