@@ -112,6 +112,15 @@ function shippedDaemonFlags() {
   return flags ? flags.trim().split(/\s+/) : [];
 }
 
+/**
+ * The nice value devgated's systemd unit runs it at (`Nice=`); the benchmarks give it the same, and
+ * so does the udevadm monitor it spawns, as under systemd.
+ */
+function shippedNice() {
+  const unit = fs.readFileSync(path.join(ROOT, 'apps/daemon/systemd/devgated.service'), 'utf8');
+  return Number(/^Nice=(-?\d+)$/m.exec(unit)?.[1] ?? 0);
+}
+
 /** Starts a built devgated as a child process and waits for its socket to answer. */
 async function startDaemon(dir, name, backends, env = {}) {
   const socket = path.join(dir, `${name}.sock`);
@@ -135,6 +144,8 @@ async function startDaemon(dir, name, backends, env = {}) {
       env: { ...process.env, DEVGATE_LOG_LEVEL: 'warn', ...env },
     },
   );
+  // Before it spawns anything: what it spawns (its udevadm monitor) starts at the same priority.
+  os.setPriority(child.pid, shippedNice());
   for (let i = 0; i < 300; i++) {
     if (fs.existsSync(socket)) {
       try {
@@ -306,8 +317,22 @@ async function bigList(dir) {
   }
 }
 
-/** Kernel uevent to SSE event, while a disk with 256 partitions appears at once. */
+/**
+ * Kernel uevent to SSE event, while a disk with 256 partitions appears at once. Both ends of the
+ * measurement (this process, which reads the SSE frames, and its reference monitor) run at the
+ * highest priority, so that neither waits for the CPU the burst keeps busy.
+ */
 async function ueventLatency(dir) {
+  const priority = os.getPriority();
+  os.setPriority(-20);
+  try {
+    await ueventBurst(dir);
+  } finally {
+    os.setPriority(priority);
+  }
+}
+
+async function ueventBurst(dir) {
   const daemon = await startDaemon(dir, 'sse', { dom0: { source: 'local' } });
   // A disk holds at most 255 partitions here; two disks of 128 appear at once.
   const images = [0, 1].map((n) => {
@@ -320,6 +345,8 @@ async function ueventLatency(dir) {
   });
   const uevents = new Map();
   const seen = new Map();
+  // The reference clock: the kernel stamps no uevent, so the time this monitor reads one stands for it
+  // (a reference delayed by the burst's load would make devgated's latency look smaller than it is).
   const monitor = spawn('udevadm', ['monitor', '--kernel', '--property', '--subsystem-match=block'], {
     stdio: ['ignore', 'pipe', 'ignore'],
   });
@@ -358,7 +385,8 @@ async function ueventLatency(dir) {
   const loops = images.map((image) => execFileSync('losetup', ['-f', '--show', image], { encoding: 'utf8' }).trim());
   try {
     // Both disks' partitions at once, without blocking this process: it timestamps the uevents.
-    await Promise.all(loops.map((loop) => run('partx', ['-a', loop], process.env)));
+    // partx as a user runs it, at nice 0 (20 above this process's -20).
+    await Promise.all(loops.map((loop) => run('nice', ['-n', '20', 'partx', '-a', loop], process.env)));
     const partitions = loops.flatMap((loop) =>
       Array.from({ length: 128 }, (_, i) => `${path.basename(loop)}p${i + 1}`),
     );
@@ -374,7 +402,7 @@ async function ueventLatency(dir) {
     const verdict = p99 <= 20 && lost === 0 ? 'met' : 'NOT met';
     const udevd = fs.existsSync('/run/udev/control') ? 'udevd running' : 'no udevd';
     console.log(
-      `${'uevent -> SSE, 256 partitions'.padEnd(34)} p50 ${p50?.toFixed(1)} ms, p99 ${p99?.toFixed(1)} ms, lost ${lost} (${udevd}; kernel uevent seen by udevadm monitor to the SSE frame read; load ${os.loadavg()[0].toFixed(2)})  (target p99 <= 20 ms, zero lost: ${verdict})`,
+      `${'uevent -> SSE, 256 partitions'.padEnd(34)} p50 ${p50?.toFixed(1)} ms, p99 ${p99?.toFixed(1)} ms, lost ${lost} (${udevd}; kernel uevent seen by a udevadm monitor to the SSE frame read, both at nice -20; devgated at nice ${shippedNice()} as its unit runs it; load ${os.loadavg()[0].toFixed(2)})  (target p99 <= 20 ms, zero lost: ${verdict})`,
     );
   } finally {
     sse.destroy();
