@@ -36,6 +36,7 @@ import { AutoAttach } from './services/auto-attach.js';
 import { RegistryWatch } from './services/registry-watch.js';
 import { buildApi } from './api/server.js';
 import { READ_SOCKET_MODE, RW_SOCKET_MODE, applySocketAccess, listenOnNewSocket } from './access.js';
+import { IdleCollector } from './idle-collect.js';
 
 export const DAEMON_VERSION = '0.1.0';
 
@@ -59,6 +60,8 @@ export class Devgated implements Disposable {
   private inputProxy?: InputProxy;
   /** Input passthrough survives a replug: QEMU never reopens a node, so the same device is attached again. */
   private inputReplug?: InputReplug;
+  /** A full collection once the start, or a list answer made, is over (ADR 0015: RSS). */
+  private readonly idle = new IdleCollector();
 
   private constructor(
     readonly config: DaemonConfig,
@@ -161,6 +164,9 @@ export class Devgated implements Disposable {
       });
       daemon.inputReplug.start();
       await daemon.listen();
+      // The start read and diffed every device: its garbage is collected once it is quiet. Clients
+      // that list right after a start (the tray, `devgate list`) make it wait for their answers.
+      daemon.idle.after(2_000);
     } catch (error) {
       await daemon.stop();
       throw error;
@@ -300,6 +306,7 @@ export class Devgated implements Disposable {
       version: DAEMON_VERSION,
       startedAt: new Date().toISOString(),
       drivers: () => driverReport(this.kernel, this.manager),
+      afterBigWork: () => this.idle.after(),
     };
     const readOnly = buildApi(context, { readOnly: true, actor: () => 'reader' });
     const full = buildApi(context, {
@@ -328,6 +335,7 @@ export class Devgated implements Disposable {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.idle.dispose();
     this.authorizer?.dispose();
     this.registry?.dispose();
     this.autoAttach.dispose();

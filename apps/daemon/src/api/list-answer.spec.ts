@@ -33,13 +33,16 @@ describe('the list answer, kept as chunks of serialized devices', () => {
     let devices = Array.from({ length: 700 }, (_, i) => usb(i));
     const answer = new ListAnswer();
     const first = answer.answer(() => devices).parts;
-    // Nothing changed: the same parts, not even the list asked again.
-    expect(answer.answer(() => []).parts).toBe(first);
+    // Nothing changed: the same parts, not even the list asked again, and nothing made.
+    const kept = answer.answer(() => []);
+    expect(kept.parts).toBe(first);
+    expect(kept.made).toBe(false);
 
     // One device in the second chunk changes (a new object): the first and third chunks stay.
     devices = devices.map((d, i) => (i === 300 ? usb(300, { data: { busnum: 2, devnum: 300 } }) : d));
     answer.invalidate();
     const second = answer.answer(() => devices);
+    expect(second.made).toBe(true);
     expect(text(second)).toBe(expected(devices));
     expect(second.parts[1]).toBe(first[1]);
     expect(second.parts[2]).not.toBe(first[2]);

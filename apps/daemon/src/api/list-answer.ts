@@ -32,9 +32,16 @@ export class ListAnswer {
     this.stale = true;
   }
 
-  /** The answer's parts and their total length, for these devices (the kernel's list, in its order). */
-  answer(list: () => readonly DeviceInfo[], { reuse = true } = {}): { parts: readonly Buffer[]; length: number } {
-    if (this.stale || !reuse) {
+  /**
+   * The answer's parts and their total length, for these devices (the kernel's list, in its order);
+   * `made`: whether it was made now (not the answer kept since the last device event).
+   */
+  answer(
+    list: () => readonly DeviceInfo[],
+    { reuse = true } = {},
+  ): { parts: readonly Buffer[]; length: number; made: boolean } {
+    const made = this.stale || !reuse;
+    if (made) {
       const devices = list();
       const chunks: Chunk[] = [];
       for (let start = 0, index = 0; start < devices.length; start += CHUNK, index++) {
@@ -47,7 +54,7 @@ export class ListAnswer {
       this.length = this.parts.reduce((sum, part) => sum + part.length, 0);
       this.stale = false;
     }
-    return { parts: this.parts, length: this.length };
+    return { parts: this.parts, length: this.length, made };
   }
 }
 

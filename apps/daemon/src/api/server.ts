@@ -29,6 +29,8 @@ export interface ApiContext {
   readonly startedAt: string;
   /** What `GET /v1/drivers` lists: every driver with its origin and health, and refused packages. */
   readonly drivers?: () => readonly DriverReport[];
+  /** Told when a list answer was made (not the kept one): its garbage is worth a collection once quiet. */
+  readonly afterBigWork?: () => void;
 }
 
 // JSON schemas: fastify validates every body and query before a handler runs.
@@ -173,7 +175,8 @@ export function buildApi(
         answer = new ListAnswer();
         listCache.set(key, answer);
       }
-      const { parts, length } = answer.answer(list, { reuse: cacheMode === 'answer' });
+      const { parts, length, made } = answer.answer(list, { reuse: cacheMode === 'answer' });
+      if (made) context.afterBigWork?.();
       // The kept chunks go out as they are, without a copy of the whole answer.
       reply.hijack();
       reply.raw.writeHead(200, { 'content-type': 'application/json', 'content-length': length });
