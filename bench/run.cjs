@@ -103,13 +103,18 @@ async function attachLatency(dir) {
 }
 
 /**
- * The Node flags devgated ships with: its bin's `#!/usr/bin/env -S node FLAGS` line, which the
- * systemd unit and `npx devgated` run it with. The benchmarks start it the same way.
+ * The environment and Node flags devgated ships with: its bin's `#!/usr/bin/env -S [VAR=value ...]
+ * node FLAGS` line, which the systemd unit and `npx devgated` run it with. The benchmarks start it
+ * the same way.
  */
-function shippedDaemonFlags() {
+function shippedDaemon() {
   const shebang = fs.readFileSync(path.join(ROOT, 'apps/daemon/bin/devgated.cjs'), 'utf8').split('\n', 1)[0];
-  const flags = /^#!\/usr\/bin\/env -S node (.+)$/.exec(shebang)?.[1];
-  return flags ? flags.trim().split(/\s+/) : [];
+  const words = /^#!\/usr\/bin\/env -S (.+)$/.exec(shebang)?.[1].trim().split(/\s+/) ?? [];
+  const node = words.indexOf('node');
+  const env = Object.fromEntries(
+    words.slice(0, Math.max(node, 0)).map((w) => [w.slice(0, w.indexOf('=')), w.slice(w.indexOf('=') + 1)]),
+  );
+  return { env, flags: words.slice(node + 1), line: words.join(' ') };
 }
 
 /**
@@ -138,10 +143,10 @@ async function startDaemon(dir, name, backends, env = {}) {
   const extra = process.env.BENCH_DAEMON_ARGS ? process.env.BENCH_DAEMON_ARGS.split(' ') : [];
   const child = spawn(
     process.execPath,
-    [...shippedDaemonFlags(), ...extra, path.join(ROOT, 'apps/daemon/bin/devgated.cjs'), '--config', configFile],
+    [...shippedDaemon().flags, ...extra, path.join(ROOT, 'apps/daemon/bin/devgated.cjs'), '--config', configFile],
     {
       stdio: ['ignore', 'ignore', 'inherit'],
-      env: { ...process.env, DEVGATE_LOG_LEVEL: 'warn', ...env },
+      env: { ...process.env, ...shippedDaemon().env, DEVGATE_LOG_LEVEL: 'warn', ...env },
     },
   );
   // Before it spawns anything: what it spawns (its udevadm monitor) starts at the same priority.
@@ -470,7 +475,7 @@ async function usbList(dir) {
     }
   };
   console.log(
-    `devgated as shipped: node ${shippedDaemonFlags().join(' ')}; API lists timed from request to last byte, median of ${ROUNDS}; load ${os.loadavg()[0].toFixed(2)}`,
+    `devgated as shipped: ${shippedDaemon().line}; API lists timed from request to last byte, median of ${ROUNDS}; load ${os.loadavg()[0].toFixed(2)}`,
   );
   let rss;
   for (const [cache, label] of API_CACHE_MODES) {
