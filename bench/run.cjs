@@ -14,6 +14,7 @@ const { QmpClient, labUp, labDown, qemuModule } = require('@devgate/backend-qemu
 const { removePartitions } = require('@devgate/testkit');
 const { usbVmLatency } = require('./usbvm.cjs');
 const { coldList } = require('./cold-list.cjs');
+const { cliAttach } = require('./cli-attach.cjs');
 const http = require('node:http');
 const { spawn } = require('node:child_process');
 
@@ -608,6 +609,7 @@ async function main() {
       libvirtAttach,
       coldList,
       cliStartup,
+      cliAttach: (dir) => cliAttach(dir, { startDaemon }),
       bigList,
       ueventLatency,
       usbList,
