@@ -251,6 +251,7 @@ export class Devgated implements Disposable {
     };
     this.manager.events$.subscribe((event) => {
       this.events.publishDevice(event);
+      this.idle.postpone();
       if (event.type === 'added' && seen.push(event.device) === 1) setTimeout(noteSeen, 500);
       if (event.type === 'attachment-ended') this.devices.attachmentEnded(event);
       if (event.type === 'driver-fault') this.log.warn({ driver: event.driverId, err: event.error }, 'driver fault');

@@ -62,6 +62,22 @@ describe('the collection once big work is over', () => {
     idle.dispose();
   });
 
+  it('waits while device events keep coming, and is not started by them', () => {
+    const idle = collector();
+    idle.postpone();
+    advance(10_000);
+    expect(collections).toBe(0);
+    idle.after(2_000);
+    for (let t = 0; t < 3_000; t += 100) {
+      advance(100);
+      idle.postpone();
+    }
+    expect(collections).toBe(0);
+    advance(QUIET_MS);
+    expect(collections).toBe(1);
+    idle.dispose();
+  });
+
   it('does nothing once disposed', () => {
     const idle = collector();
     idle.after();

@@ -46,6 +46,14 @@ export class IdleCollector {
     this.timer.unref();
   }
 
+  /**
+   * Device events are coming (a hotplug burst): a pending collection waits until they pause, so its
+   * pause (up to 190 ms with 10,000 devices) never holds up their reports.
+   */
+  postpone(quietMs = QUIET_MS): void {
+    if (this.timer) this.after(quietMs);
+  }
+
   private run(): void {
     this.timer = undefined;
     if (this.heap().total_physical_size < this.liveAfterLast + GROWTH_BYTES) return;
