@@ -7,6 +7,8 @@ import * as path from 'node:path';
 import * as core from '@devgate/core';
 import { type ProgramName, runAsMain } from './main.js';
 
+export { reportDaemonError } from './main.js';
+
 /**
  * Driver packages get the kernel's own @devgate/core (ADR 0012): the module loader hands them the
  * file that `require.resolve('@devgate/core')` names. In the bundle the kernel's core is the copy

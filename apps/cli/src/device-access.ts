@@ -171,11 +171,13 @@ async function translate<T>(work: () => Promise<T>): Promise<T> {
   try {
     return await work();
   } catch (error) {
-    if (error instanceof ApiError) {
-      throw new DevgateError(error.code, error.message, error.hint, error.status === 400 ? 'usage' : 'runtime');
-    }
-    throw error;
+    throw error instanceof ApiError ? fromApiError(error) : error;
   }
+}
+
+/** devgated's error as the CLI's: a request it refused as malformed (400) is a usage error. */
+export function fromApiError(error: ApiError): DevgateError {
+  return new DevgateError(error.code, error.message, error.hint, error.status === 400 ? 'usage' : 'runtime');
 }
 
 /** Finds who holds a device, for `qvm-block -d DEVICE` without a VM. */

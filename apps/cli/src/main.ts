@@ -5,6 +5,8 @@ import { type Io, exitQuietlyOnClosedPipe, processIo } from './io.js';
 import { devgateProgram } from './devgate-command.js';
 import { qvmDeviceProgram } from './qvm-device-command.js';
 import { reportError } from './report-error.js';
+import { fromApiError } from './device-access.js';
+import { type ApiError } from '@devgate/client';
 
 export const PROGRAMS = ['devgate', 'qvm-device', 'qvm-block', 'qvm-usb', 'qvm-pci'] as const;
 export type ProgramName = (typeof PROGRAMS)[number];
@@ -14,10 +16,7 @@ export type ProgramName = (typeof PROGRAMS)[number];
  * (as Qubes' argparse-based tools do).
  */
 export async function run(prog: ProgramName, argv: readonly string[], io: Io = processIo): Promise<number> {
-  let program =
-    prog === 'devgate'
-      ? devgateProgram(io)
-      : qvmDeviceProgram(prog, prog === 'qvm-device' ? undefined : prog.slice('qvm-'.length), io);
+  let program = programFor(prog, io);
   // `devgate CLASS ...` is `qvm-device CLASS ...`: any word that is not one of devgate's own
   // commands names a class, which a loaded driver must have (checked when it is used).
   if (prog === 'devgate' && isClassWord(program, argv[0])) program = qvmDeviceProgram('devgate', undefined, io);
@@ -27,6 +26,20 @@ export async function run(prog: ProgramName, argv: readonly string[], io: Io = p
   } catch (error) {
     return reportError(prog, program, error, io);
   }
+}
+
+function programFor(prog: ProgramName, io: Io): Command {
+  return prog === 'devgate'
+    ? devgateProgram(io)
+    : qvmDeviceProgram(prog, prog === 'qvm-device' ? undefined : prog.slice('qvm-'.length), io);
+}
+
+/**
+ * An error devgated answered to a command the quick path (quick.ts) sent, reported as `run` reports
+ * the same error of the same command, with the same exit code.
+ */
+export function reportDaemonError(prog: ProgramName, error: ApiError, io: Io = processIo): number {
+  return reportError(prog, programFor(prog, io), fromApiError(error), io);
 }
 
 function isClassWord(program: Command, word: string | undefined): boolean {

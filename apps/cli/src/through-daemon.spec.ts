@@ -8,6 +8,7 @@ import { labDown, labUp } from '@devgate/backend-qemu';
 import { Devgated } from '@devgate/daemon';
 import { defaultConfig } from '@devgate/service';
 import { type LoopDisk, createLoopDisk, disposeAllLoopDisks } from '@devgate/testkit';
+import { quick } from './quick';
 import { runCaptured } from './test-io';
 
 // The CLI as devgated's client: the same commands, with assignments, asks and the audit log.
@@ -56,20 +57,53 @@ describe('the CLI through devgated', () => {
     expect(listed.out).toMatch(new RegExp(`^${p1()} +\\(CLIENT\\) \\d+ MiB$`, 'm'));
   });
 
+  // The built launchers, as users run them: dist/bundle/quick.js, then the bundle if it declines.
+  const bin = (name: string, args: readonly string[]) =>
+    execFileAsync(process.execPath, [path.join(__dirname, '..', 'bin', `${name}.cjs`), ...args], {
+      env: process.env,
+    }).then(
+      (r) => ({ code: 0, out: r.stdout, err: r.stderr }),
+      (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, out: e.stdout, err: e.stderr }),
+    );
+  const holder = () => daemon.manager.list().find((d) => d.port.portId === disk.partitions[0])?.attachment?.frontend;
+
   it("the bins' quick path answers from devgated as the whole CLI does", async () => {
-    // The built launchers, as users run them: dist/bundle/quick.js, then the bundle if it declines.
-    const bin = (name: string, args: string[]) =>
-      execFileAsync(process.execPath, [path.join(__dirname, '..', 'bin', `${name}.cjs`), ...args], {
-        env: process.env,
-      }).then((r) => r.stdout);
     for (const [name, args] of [
       ['qvm-block', ['-l']],
       ['devgate', ['list', '--json']],
     ] as const) {
       const whole = await runCaptured(name, [...args]);
-      expect(await bin(name, [...args])).toBe(whole.out);
+      expect((await bin(name, args)).out).toBe(whole.out);
     }
-    expect(await bin('qvm-block', ['-l'])).toMatch(new RegExp(`^${p1()} +\\(CLIENT\\) \\d+ MiB$`, 'm'));
+    expect((await bin('qvm-block', ['-l'])).out).toMatch(new RegExp(`^${p1()} +\\(CLIENT\\) \\d+ MiB$`, 'm'));
+  });
+
+  it("the bins' quick path attaches and detaches, and reports devgated's refusals as the whole CLI does", async () => {
+    expect(await bin('qvm-block', ['attach', 'work', p1()])).toEqual({ code: 0, out: '', err: '' });
+    expect(holder()).toBe('work');
+    // Refused (already attached; not a device; no such domain): the same words and exit code.
+    for (const args of [
+      ['attach', 'work', p1()],
+      ['a', 'work', 'nonsense'],
+      ['attach', 'nosuchvm', p1()],
+    ]) {
+      const whole = await runCaptured('qvm-block', args);
+      expect(whole.code).not.toBe(0);
+      expect(await bin('qvm-block', args)).toEqual({ code: whole.code, out: '', err: whole.err });
+    }
+    expect(holder()).toBe('work');
+    expect(await bin('qvm-block', ['detach', 'work', p1()])).toEqual({ code: 0, out: '', err: '' });
+    expect(holder()).toBeUndefined();
+    // Done by the quick path itself: the whole CLI is not loaded when devgated says yes.
+    const wholeCli = () => {
+      throw new Error('the whole CLI was loaded');
+    };
+    await expect(quick('qvm-block', ['at', 'work', p1()], wholeCli)).resolves.toBe(true);
+    expect(holder()).toBe('work');
+    await expect(quick('qvm-block', ['dt', 'work'], wholeCli)).resolves.toBe(true);
+    expect(holder()).toBeUndefined();
+    // With an option, it is the whole CLI's.
+    await expect(quick('qvm-block', ['attach', '--ro', 'work', p1()], wholeCli)).resolves.toBe(false);
   });
 
   it('assigns and shows the assignment as Qubes does (list -s), then unassigns', async () => {
