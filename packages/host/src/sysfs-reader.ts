@@ -56,12 +56,17 @@ export function readHostTree(roots: HostRoots, subsystems: readonly string[] = [
     throw Errors.sysrootUnreadable({ root: roots.sys, reason: 'no devices/ directory' });
   }
   const listed: string[] = [];
+  // A class or bus directory's members are of its subsystem (`class/block`, `bus/usb/devices`): their
+  // `subsystem` links need not be read.
+  const subsystemOf = new Map<string, string>();
   for (const list of [...DEVICE_LISTS, ...subsystemLists(subsystems)]) {
     const listDir = realpathOrUndefined(path.join(roots.sys, list));
     if (!listDir) continue;
     for (const entry of readdirOrEmpty(listDir)) {
       const real = deviceDirOf(listDir, entry, devicesDir);
-      if (real) listed.push(real);
+      if (!real) continue;
+      listed.push(real);
+      subsystemOf.set(real, list.split('/')[1]);
     }
   }
   // An lsblk --sysroot dump: block devices only in block/ and dev/block/, and no uevent files.
@@ -73,7 +78,7 @@ export function readHostTree(roots: HostRoots, subsystems: readonly string[] = [
       derived.set(dir, device);
     }
   }
-  const devpaths = new Map<string, DerivedDevice | undefined>();
+  const devpaths = new Map<string, { derived?: DerivedDevice; subsystem?: string }>();
   // Directories looked at, devices or not (`virtual/block`): each is looked at once, and so are
   // its ancestors, so a walk up stops at the first one seen.
   const seen = new Set<string>();
@@ -86,11 +91,11 @@ export function readHostTree(roots: HostRoots, subsystems: readonly string[] = [
       seen.add(devpath);
       const hasUevent = fs.existsSync(path.join(dir, 'uevent'));
       const device = trimmed ? (derived.get(dir) ?? (hasUevent ? undefined : trimmedAncestor(dir))) : undefined;
-      if (hasUevent || device) devpaths.set(devpath, device);
+      if (hasUevent || device) devpaths.set(devpath, { derived: device, subsystem: subsystemOf.get(dir) });
     }
   }
   const records: RawDeviceRecord[] = [];
-  for (const [devpath, device] of devpaths) records.push(sysfsRecord(roots, devpath, undefined, device));
+  for (const [devpath, source] of devpaths) records.push(sysfsRecord(roots, devpath, source));
   return new HostTree(records, readUsage(roots));
 }
 
@@ -126,7 +131,7 @@ export function readDeviceWithAncestors(
   for (let at = devpath; at.length > '/devices'.length; at = path.posix.dirname(at)) {
     if (at !== devpath && known(at)) break;
     if (at === devpath && fromUevent)
-      records.push(sysfsRecord(roots, at, fromUevent, undefined, udevDatabase, udevFollows, sameEvent));
+      records.push(sysfsRecord(roots, at, { fromUevent, udevDatabase, udevFollows, sameEvent }));
     else if (fs.existsSync(path.join(roots.sys, at, 'uevent'))) records.push(sysfsRecord(roots, at));
   }
   return records;
@@ -150,18 +155,24 @@ export function readUsage(roots: HostRoots): HostUsage {
   };
 }
 
-/**
- * One device directory. `fromUevent` are the properties a uevent just delivered for it: the same as
- * its uevent file, so the file need not be read again (sysfs reads are what a burst costs).
- */
+/** What is known of a device directory before it is read (see readDeviceWithAncestors). */
+interface RecordSource {
+  /** The properties a uevent just delivered for it: its uevent file's, which need not be read again. */
+  readonly fromUevent?: Record<string, string>;
+  /** A trimmed dump's device (trimmed-sysfs.ts). */
+  readonly derived?: DerivedDevice;
+  /** Its subsystem, from the class or bus directory it is listed in. */
+  readonly subsystem?: string;
+  readonly udevDatabase?: boolean;
+  readonly udevFollows?: boolean;
+  readonly sameEvent?: RawDeviceRecord;
+}
+
+/** One device directory: sysfs reads are what a burst and a cold listing cost, so none is made twice. */
 function sysfsRecord(
   roots: HostRoots,
   devpath: string,
-  fromUevent?: Record<string, string>,
-  derived?: DerivedDevice,
-  udevDatabase = true,
-  udevFollows = false,
-  sameEvent?: RawDeviceRecord,
+  { fromUevent, derived, subsystem: listedAs, udevDatabase = true, udevFollows = false, sameEvent }: RecordSource = {},
 ): RawDeviceRecord {
   const dir = path.join(roots.sys, devpath);
   let properties: Record<string, string>;
@@ -180,8 +191,8 @@ function sysfsRecord(
     subsystem = fromUevent.SUBSYSTEM;
   } else {
     properties = parseKeyValueLines(readOrEmpty(path.join(dir, 'uevent')));
-    const subsystemLink = readlinkOrUndefined(path.join(dir, 'subsystem'));
-    subsystem = subsystemLink ? path.basename(subsystemLink) : (properties.SUBSYSTEM ?? '');
+    const subsystemLink = listedAs === undefined ? readlinkOrUndefined(path.join(dir, 'subsystem')) : undefined;
+    subsystem = listedAs ?? (subsystemLink ? path.basename(subsystemLink) : (properties.SUBSYSTEM ?? ''));
   }
   // The kernel writes DEVNAME relative to /dev; udev (and so every recording) writes it absolute.
   if (properties.DEVNAME && !properties.DEVNAME.startsWith('/')) properties.DEVNAME = `/dev/${properties.DEVNAME}`;
@@ -211,7 +222,7 @@ function sysfsRecord(
     entries: (name) =>
       once(`e${name}`, () => {
         const sub = safeJoin(dir, name);
-        return sub && isDirectory(sub) ? readdirOrEmpty(sub) : undefined;
+        return sub ? readdirOrUndefined(sub) : undefined;
       }),
     // The driver and IOMMU group links change only with a uevent (bind, unbind), which reads the
     // record again.
@@ -299,6 +310,15 @@ function readOrEmpty(file: string): string {
     return fs.readFileSync(file, 'utf8');
   } catch {
     return '';
+  }
+}
+
+/** A directory's entries; undefined for none there (or not a directory), in one call. */
+function readdirOrUndefined(dir: string): string[] | undefined {
+  try {
+    return fs.readdirSync(dir);
+  } catch {
+    return undefined;
   }
 }
 
