@@ -30,7 +30,9 @@ function harness(inject: (events: readonly InjectedInputEvent[]) => Promise<void
   const asked: string[][] = [];
   const injected: InjectedInputEvent[][] = [];
   const reports: InputForwardEnd[] = [];
+  const present = { device: true };
   const manager = {
+    get: () => (present.device ? device : undefined),
     inputEvents: (_device: DeviceInfo, nodes: readonly string[]) => {
       asked.push([...nodes]);
       return frames;
@@ -40,7 +42,7 @@ function harness(inject: (events: readonly InjectedInputEvent[]) => Promise<void
       injected.push([...events]);
     },
   } as unknown as DeviceManager;
-  return { frames, asked, injected, reports, forward: forwardInput(manager, (end) => reports.push(end)) };
+  return { frames, asked, injected, reports, present, forward: forwardInput(manager, (end) => reports.push(end)) };
 }
 
 describe('forwardInput', () => {
@@ -93,6 +95,25 @@ describe('forwardInput', () => {
     done.frames.complete();
     expect(done.reports).toEqual([
       expect.objectContaining({ outcome: 'ok', reason: 'sys-usb stopped sending its events' }),
+    ]);
+  });
+
+  it('ends, audited once, when its device went, whoever noticed first', async () => {
+    // Disposed by the proxy after the device went, before the backend said anything.
+    const first = harness(async () => undefined);
+    const gone = first.forward(device, 'work', ['event4']);
+    first.present.device = false;
+    gone.dispose();
+    first.frames.complete();
+    expect(first.reports).toEqual([{ device, frontend: 'work', outcome: 'ok', reason: 'sys-usb:1-2 went' }]);
+    // The backend said its events ended first; then the proxy disposed it: one report, the backend's.
+    const second = harness(async () => undefined);
+    const ended = second.forward(device, 'work', ['event4']);
+    second.frames.complete();
+    second.present.device = false;
+    ended.dispose();
+    expect(second.reports).toEqual([
+      { device, frontend: 'work', outcome: 'ok', reason: 'sys-usb stopped sending its events' },
     ]);
   });
 

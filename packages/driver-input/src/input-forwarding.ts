@@ -12,6 +12,7 @@ import {
   type Disposable,
   type InjectedInputEvent,
   errorCode,
+  portLabel,
 } from '@devgate/core';
 import { concatMap, filter, map } from 'rxjs';
 import { type QubesInputService } from './input-class.js';
@@ -31,14 +32,20 @@ const FATAL = new Set(['DG_NO_CONNECTOR', 'DG_NO_INPUT_PATH']);
 
 /**
  * The proxy's `forward` hook: starts moving the events of `nodes` (those the policy let go) to
- * `frontend`; `report` is told how it ended (unless it was disposed) and what it dropped.
+ * `frontend`; `report` is told how it ended (once; not when it is disposed while its device is
+ * still there) and what it dropped.
  */
 export function forwardInput(
   manager: DeviceManager,
   report: (end: InputForwardEnd) => void,
 ): (device: DeviceInfo, frontend: string, nodes: readonly string[]) => Disposable {
   return (device, frontend, nodes) => {
-    const end = (outcome: InputForwardEnd['outcome'], reason: string) => report({ device, frontend, outcome, reason });
+    let ended = false;
+    const end = (outcome: InputForwardEnd['outcome'], reason: string) => {
+      if (ended) return;
+      ended = true;
+      report({ device, frontend, outcome, reason });
+    };
     let dropping: string | undefined;
     const inject = async (events: readonly InjectedInputEvent[]) => {
       try {
@@ -67,7 +74,14 @@ export function forwardInput(
           error: (error: Error) => end('error', `${errorCode(error)}: ${error.message}`),
           complete: () => end('ok', `${device.port.backend} stopped sending its events`),
         });
-      return { dispose: () => subscription.unsubscribe() };
+      return {
+        dispose: () => {
+          subscription.unsubscribe();
+          // Its device went (the proxy disposes a forward then, maybe before the backend said its
+          // events ended): that ends it. Decided again, or devgated stopping: the device is there.
+          if (!manager.get(device.port)) end('ok', `${portLabel(device.port)} went`);
+        },
+      };
     } catch (error) {
       end('error', `${errorCode(error)}: ${(error as Error).message}`);
       return { dispose: () => undefined };
