@@ -7,40 +7,14 @@
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { spawn, execFileSync } = require('node:child_process');
+const { execFileSync } = require('node:child_process');
+const { median, time, timeProcess } = require('./timing.cjs');
 const { QmpClient, labUp, labDown } = require('@devgate/backend-qemu');
 const { removePartitions } = require('@devgate/testkit');
 
 const ROOT = path.join(__dirname, '..');
 const ROUNDS = Math.min(Number(process.env.BENCH_ROUNDS ?? 30), 30);
 const WARMUP = 3;
-
-function median(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
-}
-
-/** Wall time of one process from spawn to exit; it must succeed. */
-function timeProcess(command, args, env) {
-  return new Promise((resolve, reject) => {
-    const start = process.hrtime.bigint();
-    const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'], env });
-    let err = '';
-    child.stderr.on('data', (chunk) => (err += chunk));
-    child.on('error', reject);
-    child.on('close', (code) =>
-      code === 0
-        ? resolve(Number(process.hrtime.bigint() - start) / 1e6)
-        : reject(new Error(`${command} ${args.join(' ')} exited ${code}: ${err.trim()}`)),
-    );
-  });
-}
-
-async function time(fn) {
-  const start = process.hrtime.bigint();
-  await fn();
-  return Number(process.hrtime.bigint() - start) / 1e6;
-}
 
 /** The raw QMP of one usb-storage attachment and its detachment, on an open connection. */
 async function rawRound(qmp, loop) {
@@ -94,9 +68,9 @@ async function cliAttach(dir, { startDaemon }) {
     const device = `dom0:${path.basename(loop)}`;
     const times = { attach: [], detach: [], node: [], rawAttach: [], rawDetach: [] };
     for (let i = 0; i < ROUNDS + WARMUP; i++) {
-      const attach = await timeProcess(process.execPath, [qvmBlock, 'attach', 'bench-cli', device], env);
-      const detach = await timeProcess(process.execPath, [qvmBlock, 'detach', 'bench-cli', device], env);
-      const node = await timeProcess(process.execPath, ['-e', '0'], env);
+      const attach = (await timeProcess(process.execPath, [qvmBlock, 'attach', 'bench-cli', device], env)).ms;
+      const detach = (await timeProcess(process.execPath, [qvmBlock, 'detach', 'bench-cli', device], env)).ms;
+      const node = (await timeProcess(process.execPath, ['-e', '0'], env)).ms;
       const raw = await rawRound(qmp, rawLoop);
       if (i < WARMUP) continue;
       times.attach.push(attach);

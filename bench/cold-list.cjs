@@ -9,7 +9,8 @@
 require('reflect-metadata'); // before @devgate/testkit (tsyringe needs it), when this file runs alone
 const fs = require('node:fs');
 const path = require('node:path');
-const { spawn, execFileSync } = require('node:child_process');
+const { execFileSync } = require('node:child_process');
+const { median, timeProcess } = require('./timing.cjs');
 const { createLoopDisk, ensureUdevd, udevdRunning } = require('@devgate/testkit');
 
 const ROOT = path.join(__dirname, '..');
@@ -17,31 +18,8 @@ const DISKS = 64;
 const ROUNDS = Math.min(Number(process.env.BENCH_ROUNDS ?? 30), 30);
 const WARMUP = 3;
 
-function median(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
-}
-
 function loadavg() {
   return fs.readFileSync('/proc/loadavg', 'utf8').trim();
-}
-
-/** Wall time of one process from spawn to exit, its stdout thrown away (or kept when asked). */
-function timeProcess(command, args, env, keep = false) {
-  return new Promise((resolve, reject) => {
-    const start = process.hrtime.bigint();
-    const child = spawn(command, args, { stdio: ['ignore', keep ? 'pipe' : 'ignore', 'pipe'], env });
-    const out = [];
-    let err = '';
-    child.stdout?.on('data', (chunk) => out.push(chunk));
-    child.stderr.on('data', (chunk) => (err += chunk));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const ms = Number(process.hrtime.bigint() - start) / 1e6;
-      if (code !== 0) reject(new Error(`${command} ${args.join(' ')} exited ${code}: ${err.trim()}`));
-      else resolve({ ms, stdout: Buffer.concat(out).toString('utf8') });
-    });
-  });
 }
 
 /** The contenders, each a fresh process per round; `count` says how many devices its output has. */

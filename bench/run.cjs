@@ -13,6 +13,7 @@ const { LocalHostSource } = require('@devgate/host');
 const { QmpClient, labUp, labDown, qemuModule } = require('@devgate/backend-qemu');
 const { removePartitions } = require('@devgate/testkit');
 const { usbVmLatency } = require('./usbvm.cjs');
+const { median, time } = require('./timing.cjs');
 const { coldList } = require('./cold-list.cjs');
 const { cliAttach } = require('./cli-attach.cjs');
 const http = require('node:http');
@@ -22,17 +23,6 @@ const ROOT = path.join(__dirname, '..');
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 60);
 const WARMUP = 5;
-
-function median(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
-}
-
-async function time(fn) {
-  const start = process.hrtime.bigint();
-  await fn();
-  return Number(process.hrtime.bigint() - start) / 1e6;
-}
 
 function report(name, oursMs, peerMs, peerName, target) {
   const ratio = oursMs / peerMs;

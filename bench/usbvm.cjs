@@ -13,13 +13,9 @@
 const fs = require('node:fs');
 const path = require('node:path');
 const { execFileSync } = require('node:child_process');
+const { median } = require('./timing.cjs');
 
 const ROOT = path.join(__dirname, '..');
-
-function median(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
-}
 
 function report(name, oursMs, peerMs, peerName) {
   console.log(

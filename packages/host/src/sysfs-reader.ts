@@ -323,11 +323,7 @@ function readdirOrUndefined(dir: string): string[] | undefined {
 }
 
 function readdirOrEmpty(dir: string): string[] {
-  try {
-    return fs.readdirSync(dir);
-  } catch {
-    return [];
-  }
+  return readdirOrUndefined(dir) ?? [];
 }
 
 /**
