@@ -8,39 +8,14 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { execFileSync } = require('node:child_process');
-const { median, time, timeProcess } = require('./timing.cjs');
+const { median, timeProcess } = require('./timing.cjs');
+const { rawQmpRound } = require('./raw-qmp.cjs');
 const { QmpClient, labUp, labDown } = require('@devgate/backend-qemu');
 const { removePartitions } = require('@devgate/testkit');
 
 const ROOT = path.join(__dirname, '..');
 const ROUNDS = Math.min(Number(process.env.BENCH_ROUNDS ?? 30), 30);
 const WARMUP = 3;
-
-/** The raw QMP of one usb-storage attachment and its detachment, on an open connection. */
-async function rawRound(qmp, loop) {
-  const attach = await time(async () => {
-    await qmp.execute('blockdev-add', {
-      driver: 'host_device',
-      'node-name': 'raw',
-      filename: loop,
-      'read-only': false,
-    });
-    await qmp.execute('device_add', {
-      driver: 'usb-storage',
-      id: 'rawdev',
-      drive: 'raw',
-      bus: 'xhci.0',
-      removable: true,
-    });
-  });
-  const detach = await time(async () => {
-    const deleted = qmp.waitForEvent('DEVICE_DELETED', (e) => e.data?.device === 'rawdev', 5000);
-    await qmp.execute('device_del', { id: 'rawdev' });
-    await deleted;
-    await qmp.execute('blockdev-del', { 'node-name': 'raw' });
-  });
-  return { attach, detach };
-}
 
 async function cliAttach(dir, { startDaemon }) {
   // devgated's VM in the registry it reads; the raw side's VM in one of its own (a QMP socket serves
@@ -71,7 +46,7 @@ async function cliAttach(dir, { startDaemon }) {
       const attach = (await timeProcess(process.execPath, [qvmBlock, 'attach', 'bench-cli', device], env)).ms;
       const detach = (await timeProcess(process.execPath, [qvmBlock, 'detach', 'bench-cli', device], env)).ms;
       const node = (await timeProcess(process.execPath, ['-e', '0'], env)).ms;
-      const raw = await rawRound(qmp, rawLoop);
+      const raw = await rawQmpRound(qmp, rawLoop);
       if (i < WARMUP) continue;
       times.attach.push(attach);
       times.detach.push(detach);

@@ -14,6 +14,7 @@ const { QmpClient, labUp, labDown, qemuModule } = require('@devgate/backend-qemu
 const { removePartitions } = require('@devgate/testkit');
 const { usbVmLatency } = require('./usbvm.cjs');
 const { median, time } = require('./timing.cjs');
+const { rawQmpRound } = require('./raw-qmp.cjs');
 const { coldList } = require('./cold-list.cjs');
 const { cliAttach } = require('./cli-attach.cjs');
 const http = require('node:http');
@@ -54,32 +55,12 @@ async function attachLatency(dir) {
   const ours = { attach: [], detach: [] };
   try {
     for (let i = 0; i < ROUNDS + WARMUP; i++) {
-      const rawAttach = await time(async () => {
-        await qmp.execute('blockdev-add', {
-          driver: 'host_device',
-          'node-name': 'raw',
-          filename: loop,
-          'read-only': false,
-        });
-        await qmp.execute('device_add', {
-          driver: 'usb-storage',
-          id: 'rawdev',
-          drive: 'raw',
-          bus: 'xhci.0',
-          removable: true,
-        });
-      });
-      const rawDetach = await time(async () => {
-        const deleted = qmp.waitForEvent('DEVICE_DELETED', (e) => e.data?.device === 'rawdev', 5000);
-        await qmp.execute('device_del', { id: 'rawdev' });
-        await deleted;
-        await qmp.execute('blockdev-del', { 'node-name': 'raw' });
-      });
+      const rawRound = await rawQmpRound(qmp, loop);
       const oursAttach = await time(() => manager.attach({ frontend: 'bench', port }));
       const oursDetach = await time(() => manager.detach('bench', port));
       if (i < WARMUP) continue;
-      raw.attach.push(rawAttach);
-      raw.detach.push(rawDetach);
+      raw.attach.push(rawRound.attach);
+      raw.detach.push(rawRound.detach);
       ours.attach.push(oursAttach);
       ours.detach.push(oursDetach);
     }
@@ -555,8 +536,8 @@ async function libvirtAttach(dir) {
       const oursAttach = await time(() => manager.attach({ frontend: 'bench-dg', port }));
       const oursDetach = await time(() => manager.detach('bench-dg', port));
       if (i < WARMUP) continue;
-      raw.attach.push(rawAttach);
-      raw.detach.push(rawDetach);
+      raw.attach.push(rawRound.attach);
+      raw.detach.push(rawRound.detach);
       ours.attach.push(oursAttach);
       ours.detach.push(oursDetach);
     }
