@@ -536,8 +536,8 @@ async function libvirtAttach(dir) {
       const oursAttach = await time(() => manager.attach({ frontend: 'bench-dg', port }));
       const oursDetach = await time(() => manager.detach('bench-dg', port));
       if (i < WARMUP) continue;
-      raw.attach.push(rawRound.attach);
-      raw.detach.push(rawRound.detach);
+      raw.attach.push(rawAttach);
+      raw.detach.push(rawDetach);
       ours.attach.push(oursAttach);
       ours.detach.push(oursDetach);
     }
