@@ -11,6 +11,7 @@ import {
   Kernel,
   type Logger as PluginLogger,
   driverReport,
+  errorCode,
   portLabel,
   type Port,
 } from '@devgate/core';
@@ -122,7 +123,9 @@ export class Devgated implements Disposable {
       // libvirt's domains are read once before what is attached is reconciled; a URI out of reach now
       // is retried in the background, and its domains appear when it answers.
       for (const { uri, error } of await libvirt.ready()) {
-        if (error) log.warn({ uri, err: error }, 'libvirt is not reachable');
+        // Expected where no libvirtd runs: its reason, not a stack trace that reads like a crash.
+        if (error)
+          log.warn({ uri, code: errorCode(error), reason: error.message }, 'libvirt is not reachable (retried)');
       }
       // Watch first: what the read-back ends (a stick swapped while devgated was down) is audited.
       daemon.watch();
