@@ -113,12 +113,13 @@ async function startDaemon(dir, name, backends, env = {}) {
     }),
   );
   const extra = process.env.BENCH_DAEMON_ARGS ? process.env.BENCH_DAEMON_ARGS.split(' ') : [];
+  const shipped = shippedDaemon();
   const child = spawn(
     process.execPath,
-    [...shippedDaemon().flags, ...extra, path.join(ROOT, 'apps/daemon/bin/devgated.cjs'), '--config', configFile],
+    [...shipped.flags, ...extra, path.join(ROOT, 'apps/daemon/bin/devgated.cjs'), '--config', configFile],
     {
       stdio: ['ignore', 'ignore', 'inherit'],
-      env: { ...process.env, ...shippedDaemon().env, DEVGATE_LOG_LEVEL: 'warn', ...env },
+      env: { ...process.env, ...shipped.env, DEVGATE_LOG_LEVEL: 'warn', ...env },
     },
   );
   // Before it spawns anything: what it spawns (its udevadm monitor) starts at the same priority.

@@ -200,8 +200,8 @@ function toDeviceInfo(tree: HostTree, backend: string, entry: Parsed, ids: Map<R
   // Sysfs reads cost: ask each device only for what its kind has.
   const sizeAttribute = record.attribute('size');
   // A detached loop device (size 0) has no backing file.
-  const isLoop = /^loop\d+$/.test(name) && sizeAttribute !== '0';
-  const backingFile = isLoop ? sanitizeText(record.attribute('loop/backing_file'), 4096) : undefined;
+  const attachedLoop = /^loop\d+$/.test(name) && sizeAttribute !== '0';
+  const backingFile = attachedLoop ? sanitizeText(record.attribute('loop/backing_file'), 4096) : undefined;
   const dmName = sanitizeText(props.DM_NAME ?? (name.startsWith('dm-') ? record.attribute('dm/name') : undefined));
   const size = Number(sizeAttribute);
   const readOnly = record.attribute('ro') === '1' || (/^sr\d+$/.test(name) && props.ID_CDROM_MEDIA === '1');
