@@ -33,6 +33,11 @@ export function bySpecificity(a: DeviceAssignment, b: DeviceAssignment): number 
   return specificity(b) - specificity(a);
 }
 
+/** The assignments that name a device, most specific first (stable: ties keep their order). */
+export function assignmentsFor<A extends DeviceAssignment>(assignments: readonly A[], device: DeviceInfo): A[] {
+  return assignments.filter((a) => assignmentMatches(a, device)).sort(bySpecificity);
+}
+
 /** Interface patterns a frontend may never receive (Qubes' deny list). */
 export interface DenyList {
   readonly frontend: DomainName;

@@ -1,6 +1,7 @@
 import {
   type DeviceInfo,
   type DeviceManager,
+  assignmentsFor,
   describeDevice,
   errorCode,
   portKey,
@@ -21,6 +22,9 @@ export class AutoAttach {
   private readonly busy = new Set<string>();
   /** Devices a person said no to, until they are unplugged: one question per insertion. */
   private readonly declined = new Map<string, string>();
+  /** Devices added since the last look: a hotplug burst is matched against one read of the assignments. */
+  private added: DeviceInfo[] = [];
+  private addedLook?: NodeJS.Immediate;
   private timer?: NodeJS.Timeout;
 
   constructor(
@@ -32,7 +36,9 @@ export class AutoAttach {
   ) {}
 
   start(): void {
-    this.manager.on('added', (event) => void this.consider(event.device));
+    this.manager.on('added', (event) => {
+      if (this.added.push(event.device) === 1) this.addedLook = setImmediate(() => this.considerAdded());
+    });
     this.manager.on('removed', (event) => this.declined.delete(portKey(event.device.port)));
     // A device freed by a detach or a removal may be wanted elsewhere; a frontend that starts
     // gets its devices again.
@@ -52,15 +58,28 @@ export class AutoAttach {
     const assignments = this.store.assignments.list();
     if (assignments.length === 0) return;
     const classes = new Set(assignments.map((a) => a.devclass));
-    for (const device of this.manager.list()) if (classes.has(device.port.devclass)) void this.consider(device);
+    for (const device of this.manager.list())
+      if (classes.has(device.port.devclass)) void this.consider(device, assignments);
   }
 
-  async consider(device: DeviceInfo): Promise<void> {
+  /** The devices a hotplug pass added, once it is over (it emits them one by one). */
+  private considerAdded(): void {
+    const added = this.added;
+    this.added = [];
+    this.addedLook = undefined;
+    const assignments = this.store.assignments.list();
+    if (assignments.length > 0) for (const device of added) void this.consider(device, assignments);
+  }
+
+  async consider(
+    device: DeviceInfo,
+    assignments: readonly StoredAssignment[] = this.store.assignments.list(),
+  ): Promise<void> {
     const key = portKey(device.port);
     if (device.attachment || device.hiddenReason || this.busy.has(key)) return;
     if (this.declined.get(key) === device.deviceId) return;
     // Stored assignments are never `manual`: a manual attach is not persisted.
-    const candidates = this.store.assignments.matching(device);
+    const candidates = assignmentsFor(assignments, device);
     if (candidates.length === 0) return;
     this.busy.add(key);
     try {
@@ -124,5 +143,7 @@ export class AutoAttach {
 
   dispose(): void {
     clearInterval(this.timer);
+    if (this.addedLook) clearImmediate(this.addedLook);
+    this.added = [];
   }
 }

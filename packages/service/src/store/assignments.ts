@@ -5,8 +5,7 @@ import {
   type DeviceInfo,
   type DomainName,
   Errors,
-  assignmentMatches,
-  bySpecificity,
+  assignmentsFor,
 } from '@devgate/core';
 import { type StoreConnection, sqliteCode } from './connection.js';
 import * as check from './validate.js';
@@ -107,10 +106,7 @@ export class Assignments {
           .all(params) as AssignmentRow[],
     );
     // The SQL narrows; core's rules decide, so the daemon and the kernel can never disagree.
-    return rows
-      .map(assignmentFromRow)
-      .filter((a) => assignmentMatches(a, device))
-      .sort(bySpecificity);
+    return assignmentsFor(rows.map(assignmentFromRow), device);
   }
 }
 

@@ -17,12 +17,12 @@ import { DaemonEvents, DeviceService, SqliteStateStore } from '@devgate/service'
 import { AskService } from './services/asks';
 import { AutoAttach } from './services/auto-attach';
 
-// The ask race: a question is about one device, and its answer may come a minute later. If another
-// device sits in the port by then, nothing is attached. Real SQLite; the devices and the hypervisor
-// are in memory, so the swap happens exactly between the ask and the answer.
+// AutoAttach on real SQLite, with the devices and the hypervisor in memory, so that a device can be
+// swapped exactly between an ask and its answer. The ask race: a question is about one device, and
+// its answer may come a minute later; if another device sits in the port by then, nothing is attached.
 
-const usbStick = (serial: string): DeviceInfo => ({
-  port: { devclass: 'usb', backend: 'dom0', portId: '2-1' },
+const usbStick = (serial: string, portId = '2-1'): DeviceInfo => ({
+  port: { devclass: 'usb', backend: 'dom0', portId },
   deviceId: `0781:5567:${serial}:u080650`,
   interfaces: ['u080650'],
   data: {},
@@ -146,6 +146,33 @@ it('attaches the device asked about when it is still the one in the port', async
     expect([...connector.attached.values()]).toEqual([
       expect.objectContaining({ frontend: 'work', deviceId: usbStick('A').deviceId }),
     ]);
+  } finally {
+    dispose();
+  }
+});
+
+it('matches a burst of new devices against one read of the assignments', async () => {
+  const { devices, connector, events, autoAttach, store, dispose } = setup([]);
+  try {
+    store.assignments.add({
+      ...usbStick('K', '2-42').port,
+      deviceId: '*',
+      frontend: 'work',
+      mode: 'auto-attach',
+      options: {},
+    });
+    autoAttach.start();
+    const list = jest.spyOn(store.assignments, 'list');
+    const matching = jest.spyOn(store.assignments, 'matching');
+    const attached = firstValueFrom(
+      events.events$.pipe(filter((e) => e.type === 'audit' && e.entry.action === 'auto-attach')),
+    );
+    // One hotplug pass: a hub's worth of devices at once, one of them in the assigned port.
+    devices.next(Array.from({ length: 100 }, (_, i) => usbStick(`S${i}`, `2-${i}`)));
+    await attached;
+    expect([...connector.attached.values()]).toEqual([expect.objectContaining({ deviceId: usbStick('S42').deviceId })]);
+    expect(list).toHaveBeenCalledTimes(1);
+    expect(matching).not.toHaveBeenCalled();
   } finally {
     dispose();
   }
