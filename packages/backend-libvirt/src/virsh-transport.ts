@@ -8,6 +8,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { Observable, Subject, share } from 'rxjs';
 import { Errors } from '@devgate/core';
+import { socketDirOf, watchTowards } from './socket-watch.js';
+
+/** How often a libvirtd out of reach is tried while its socket's directory is watched. */
+const WATCHED_RETRY_MS = 60_000;
+/** From a change on the way to the socket to the next try: the daemon binds its socket, then listens. */
+const SOCKET_SETTLE_MS = 100;
 
 /** What one call printed. libvirt reports errors as `error: ...` lines on stderr. */
 export interface VirshResult {
@@ -43,7 +49,10 @@ export interface VirshTransportOptions {
   readonly virsh?: string;
   /** Environment for virsh (e.g. LIBVIRT_DEFAULT_URI is ignored: the URI is always passed). */
   readonly env?: NodeJS.ProcessEnv;
-  /** Backoff of the event process after it exits: first delay, doubled up to 5 s. Default 100 ms. */
+  /**
+   * Backoff of the event process after it exits: first delay, doubled up to 5 s. Default 100 ms.
+   * When libvirtd is out of reach and its socket is local, the next try waits for the socket instead.
+   */
   readonly respawnMs?: number;
 }
 
@@ -118,9 +127,19 @@ export class VirshTransport implements LibvirtTransport {
     this.events$ = new Observable<LibvirtEvent>((subscriber) => {
       let child: ChildProcess | undefined;
       let timer: NodeJS.Timeout | undefined;
-      let delay = options.respawnMs ?? 100;
+      const firstDelay = options.respawnMs ?? 100;
+      let delay = firstDelay;
       let closed = false;
+      /** Set while libvirtd is out of reach and its socket's directory can be watched. */
+      let stopWatching: (() => void) | undefined;
+      const retry = (after: number) => {
+        clearTimeout(timer);
+        timer = setTimeout(start, after);
+        timer.unref?.();
+      };
       const start = () => {
+        stopWatching?.();
+        stopWatching = undefined;
         if (closed || this.disposed) return;
         // `uri` needs the connection, so its line says the event stream is (about to be) registered.
         const proc = this.spawnVirsh(['uri ; event --all --loop --timestamp']);
@@ -137,7 +156,7 @@ export class VirshTransport implements LibvirtTransport {
             buffer = buffer.slice(nl + 1);
             if (!announced) {
               announced = true;
-              delay = options.respawnMs ?? 100;
+              delay = firstDelay;
               subscriber.next({ kind: 'connected' });
               continue;
             }
@@ -152,8 +171,18 @@ export class VirshTransport implements LibvirtTransport {
           if (child === proc) child = undefined;
           if (closed || this.disposed) return;
           subscriber.next({ kind: 'disconnected', reason: virshErrors(stderr).join('; ') || 'virsh event exited' });
-          timer = setTimeout(start, delay);
-          timer.unref?.();
+          // Out of reach (no libvirtd here, or not yet): the next try is when its socket appears,
+          // and a slow timer in case the watch misses it.
+          const socketDir =
+            !announced && connectionError(this.uri, stderr) ? socketDirOf(this.uri, options.env) : undefined;
+          stopWatching = socketDir
+            ? watchTowards(socketDir, () => {
+                delay = firstDelay;
+                retry(SOCKET_SETTLE_MS);
+              })
+            : undefined;
+          if (stopWatching) return retry(WATCHED_RETRY_MS);
+          retry(delay);
           delay = Math.min(delay * 2, 5_000);
         });
         proc.on('error', () => undefined);
@@ -163,6 +192,7 @@ export class VirshTransport implements LibvirtTransport {
       return () => {
         closed = true;
         stopped.unsubscribe();
+        stopWatching?.();
         if (timer) clearTimeout(timer);
         child?.kill('SIGTERM');
       };
