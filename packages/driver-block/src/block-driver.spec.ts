@@ -135,6 +135,49 @@ describe('BlockDriver through the kernel (hotplug and probing)', () => {
     15_000,
   );
 
+  it('hides a partition mounted after it was listed (mounting makes no uevent), and the backend refuses it', async () => {
+    const source = new LocalHostSource({ hotplug: 'uevent' });
+    kernel = new Kernel().load(blockModule);
+    kernel.registerSource(source);
+    const manager = kernel.start();
+    expect(await source.whenListening()).toBe(true);
+    disk = createLoopDisk({ sizeMiB: 32, partitions: [{ label: 'LATER' }] });
+    const partition = { devclass: 'block', backend: 'dom0', portId: disk.partitions[0] };
+    const hidden = (reason: string | undefined) =>
+      firstValueFrom(
+        manager.events$.pipe(
+          filter(() => manager.get(partition) !== undefined && manager.get(partition)?.hiddenReason === reason),
+          timeout(5000),
+        ),
+      );
+    for (let i = 0; i < 100 && !manager.get(partition); i++) await new Promise((r) => setTimeout(r, 20));
+    const listed = manager.get(partition)!;
+    expect(listed.hiddenReason).toBeUndefined();
+
+    const mountpoint = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-mnt-'));
+    const nowHidden = hidden('mounted');
+    execFileSync('mount', [`/dev/${disk.partitions[0]}`, mountpoint]);
+    let mounted = true;
+    try {
+      // What a request made before the listing caught up meets: the backend looks again.
+      const spec = { kind: 'block', params: {}, options: {} };
+      await expect(source.dataPath(listed, spec)).rejects.toMatchObject({ code: 'DG_DEVICE_IN_USE' });
+      const whole = manager.get({ devclass: 'block', backend: 'dom0', portId: disk.name })!;
+      await expect(source.dataPath(whole, spec)).rejects.toThrow(`partition ${disk.partitions[0]} is mounted`);
+      await nowHidden;
+      const shownAgain = hidden(undefined);
+      execFileSync('umount', [mountpoint]);
+      mounted = false;
+      await shownAgain;
+      await expect(source.dataPath(listed, spec)).resolves.toMatchObject({
+        params: { path: `/dev/${disk.partitions[0]}` },
+      });
+    } finally {
+      if (mounted) execFileSync('umount', [mountpoint]);
+      fs.rmdirSync(mountpoint);
+    }
+  }, 15_000);
+
   it('probes again a device whose blkid was killed at its deadline, rather than listing it without a label', async () => {
     // A blkid that hangs the first time it sees this test's label (a slow disk, a busy machine), then
     // answers: killed at the source's deadline, its silence must not be taken for "nothing there".

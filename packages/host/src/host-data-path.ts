@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { type AttachSpec, type DeviceInfo, Errors, LIBVIRT_XML_KIND, QEMU_DEVICE_KIND, portLabel } from '@devgate/core';
+import { blockInUseNow } from './block-usage.js';
 import { nodeDataPath } from './node-data-path.js';
 import { parseKeyValueLines } from './parse-udev-data.js';
 import { bindGroupToVfio } from './pci-vfio.js';
@@ -11,7 +12,8 @@ import { inputDataPath } from './input-data-path.js';
  * How a device of this host reaches a VM: the host's own node for a block device, the host's USB
  * bus and port for a USB device, the PCI function bound to vfio-pci with its IOMMU group. Each is
  * checked against what was listed (the node's major:minor, the USB device's vendor and product, the
- * PCI function's vendor and device), so a name reused by another device is never handed over.
+ * PCI function's vendor and device), so a name reused by another device is never handed over; and a
+ * block device this host uses now (mounted since it was listed, say) is refused.
  */
 export async function hostDataPath(roots: HostRoots, device: DeviceInfo, spec: AttachSpec): Promise<AttachSpec> {
   const label = portLabel(device.port);
@@ -28,6 +30,8 @@ export async function hostDataPath(roots: HostRoots, device: DeviceInfo, spec: A
       if (actual !== expected) {
         throw Errors.deviceChanged({ device: label, reason: `${node} is ${actual}, listed as ${String(expected)}` });
       }
+      const inUse = blockInUseNow(roots, path.basename(device.port.portId));
+      if (inUse) throw Errors.deviceInUse({ device: label, reason: inUse });
       return { ...spec, params: { ...spec.params, path: node } };
     }
     case 'usb-host': {

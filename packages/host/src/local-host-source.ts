@@ -1,15 +1,24 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Observable, shareReplay } from 'rxjs';
-import { type AttachSpec, type DeviceInfo, type DeviceSource, HostTree, type RawDeviceRecord } from '@devgate/core';
+import {
+  type AttachSpec,
+  type DeviceInfo,
+  type DeviceSource,
+  HostTree,
+  type HostUsage,
+  type RawDeviceRecord,
+} from '@devgate/core';
 import { hostDataPath } from './host-data-path.js';
 import {
   type HostRoots,
   LISTED_SUBSYSTEMS,
   LOCAL_ROOTS,
   readDeviceWithAncestors,
+  type UsageFiles,
+  parseUsage,
   readHostTree,
-  readUsage,
+  readUsageFiles,
   subsystemLists,
 } from './sysfs-reader.js';
 import { BlockProbes } from './block-probes.js';
@@ -43,6 +52,12 @@ export interface LocalHostOptions {
 /** Coalescing of hotplug bursts: wait this long for a pause, and never longer than the maximum. */
 const BURST_QUIET_MS = 2;
 const BURST_MAX_MS = 12;
+/**
+ * Mounts and swaps make no uevent: their files are read this often and compared. A hotplug pass
+ * reads them again only when they are older than USAGE_FRESH_MS (a burst is dozens of passes).
+ */
+const USAGE_POLL_MS = 1000;
+const USAGE_FRESH_MS = 250;
 
 /** The directories whose entries appear and vanish on hotplug in a tree laid out like `/`. */
 const WATCHED_LISTS = ['class/block', 'bus/usb/devices', 'class/input', 'bus/pci/devices'];
@@ -89,6 +104,15 @@ export class LocalHostSource implements DeviceSource {
       const removedAt = new Map<string, number>();
       let pending: NodeJS.Timeout | undefined;
       let burstStarted = 0;
+      let usage: { files: UsageFiles; at: number; parsed: HostUsage } | undefined;
+      const currentUsage = (): HostUsage => {
+        const now = Date.now();
+        if (usage && now - usage.at < USAGE_FRESH_MS) return usage.parsed;
+        const files = readUsageFiles(this.roots);
+        const same = usage && files.mountinfo === usage.files.mountinfo && files.swaps === usage.files.swaps;
+        usage = { files, at: now, parsed: same ? usage!.parsed : parseUsage(files) };
+        return usage.parsed;
+      };
       const flush = () => {
         pending = undefined;
         try {
@@ -106,7 +130,7 @@ export class LocalHostSource implements DeviceSource {
           }
           fullRescan = false;
           events = [];
-          subscriber.next(this.withProbes(new HostTree(devices.values(), readUsage(this.roots))));
+          subscriber.next(this.withProbes(new HostTree(devices.values(), currentUsage())));
           this.probes?.emitted();
         } catch (error) {
           subscriber.error(error);
@@ -163,9 +187,18 @@ export class LocalHostSource implements DeviceSource {
       this.probes?.listeners.add(reprobe);
       flush();
       const stop = this.watch(rescan, onUevent);
+      const usagePoll = setInterval(() => {
+        const files = readUsageFiles(this.roots);
+        if (files.mountinfo !== usage?.files.mountinfo || files.swaps !== usage.files.swaps) {
+          usage = undefined;
+          schedule();
+        }
+      }, USAGE_POLL_MS);
+      usagePoll.unref();
       return () => {
         this.probes?.listeners.delete(reprobe);
         if (pending) clearTimeout(pending);
+        clearInterval(usagePoll);
         stop();
       };
     }).pipe(shareReplay({ bufferSize: 1, refCount: true }));

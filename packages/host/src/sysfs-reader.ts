@@ -149,10 +149,24 @@ function hasUdevDatabase(roots: HostRoots): boolean {
 }
 
 export function readUsage(roots: HostRoots): HostUsage {
+  return parseUsage(readUsageFiles(roots));
+}
+
+/** The files that say which block devices the host uses, as read: mounting makes no uevent, so they are compared. */
+export interface UsageFiles {
+  readonly mountinfo: string;
+  readonly swaps: string;
+}
+
+export function readUsageFiles(roots: HostRoots): UsageFiles {
   return {
-    mounted: parseMountinfo(readOrEmpty(path.join(roots.proc, 'self/mountinfo'))),
-    swaps: parseSwaps(readOrEmpty(path.join(roots.proc, 'swaps'))),
+    mountinfo: readOrEmpty(path.join(roots.proc, 'self/mountinfo')),
+    swaps: readOrEmpty(path.join(roots.proc, 'swaps')),
   };
+}
+
+export function parseUsage(files: UsageFiles): HostUsage {
+  return { mounted: parseMountinfo(files.mountinfo), swaps: parseSwaps(files.swaps) };
 }
 
 /** What is known of a device directory before it is read (see readDeviceWithAncestors). */
