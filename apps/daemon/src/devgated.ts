@@ -238,10 +238,17 @@ export class Devgated implements Disposable {
 
   /** Streams device events, notes new devices, and audits attachments the kernel ended. */
   private watch(): void {
-    // Devices seen are written in one transaction per burst, half a second after its first device
-    // (ADR 0015): a disk with 256 partitions must not wait for 256 synchronous commits, nor its
-    // events for one commit (an fsync) per hotplug pass.
+    // Devices seen are written in one transaction per burst, once devices stop coming for half a
+    // second (5 s after the first at the latest; ADR 0015): a disk with 256 partitions must not wait
+    // for 256 synchronous commits, nor its events for a commit (an fsync) in the middle of the burst.
     let seen: DeviceInfo[] = [];
+    let firstAdded = 0;
+    let lastAdded = 0;
+    const noteSeenWhenQuiet = () => {
+      const wait = Math.min(lastAdded + 500, firstAdded + 5000) - Date.now();
+      if (wait > 0) setTimeout(noteSeenWhenQuiet, wait);
+      else noteSeen();
+    };
     const noteSeen = () => {
       const batch = seen;
       seen = [];
@@ -255,7 +262,13 @@ export class Devgated implements Disposable {
     this.manager.events$.subscribe((event) => {
       this.events.publishDevice(event);
       this.idle.postpone();
-      if (event.type === 'added' && seen.push(event.device) === 1) setTimeout(noteSeen, 500);
+      if (event.type === 'added') {
+        lastAdded = Date.now();
+        if (seen.push(event.device) === 1) {
+          firstAdded = lastAdded;
+          setTimeout(noteSeenWhenQuiet, 500);
+        }
+      }
       if (event.type === 'attachment-ended') this.devices.attachmentEnded(event);
       if (event.type === 'driver-fault') this.log.warn({ driver: event.driverId, err: event.error }, 'driver fault');
     });

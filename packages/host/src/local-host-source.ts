@@ -104,6 +104,7 @@ export class LocalHostSource implements DeviceSource {
       const removedAt = new Map<string, number>();
       let pending: NodeJS.Timeout | undefined;
       let burstStarted = 0;
+      let lastEvent = 0;
       let usage: { files: UsageFiles; at: number; parsed: HostUsage } | undefined;
       const currentUsage = (): HostUsage => {
         const now = Date.now();
@@ -138,11 +139,18 @@ export class LocalHostSource implements DeviceSource {
       };
       // A burst of events (a disk and its partitions) is coalesced into one new tree: it is built
       // once the events pause for a moment, and at least every BURST_MAX_MS while they keep coming.
+      // One timer per pause, not one per event: a burst of 256 partitions is a thousand events.
       const schedule = () => {
+        lastEvent = Date.now();
+        if (pending) return;
+        burstStarted = lastEvent;
+        pending = setTimeout(wake, BURST_QUIET_MS);
+      };
+      const wake = () => {
         const now = Date.now();
-        if (!pending) burstStarted = now;
-        else clearTimeout(pending);
-        pending = setTimeout(flush, now - burstStarted >= BURST_MAX_MS ? 0 : BURST_QUIET_MS);
+        const quietFor = now - lastEvent;
+        if (quietFor >= BURST_QUIET_MS || now - burstStarted >= BURST_MAX_MS) flush();
+        else pending = setTimeout(wake, BURST_QUIET_MS - quietFor);
       };
       const rescan = () => {
         fullRescan = true;
@@ -207,7 +215,9 @@ export class LocalHostSource implements DeviceSource {
   /** A uevent applied to the known devices: the device read again, or it and its children dropped. */
   private apply(devices: Map<string, RawDeviceRecord>, event: KernelUevent): void {
     const dropUnder = (devpath: string) => {
-      for (const key of [...devices.keys()]) if (key === devpath || key.startsWith(devpath + '/')) devices.delete(key);
+      // A Map may lose entries while it is iterated: no copy of every key per removed device.
+      const under = devpath + '/';
+      for (const key of devices.keys()) if (key === devpath || key.startsWith(under)) devices.delete(key);
     };
     if (event.action === 'remove') return dropUnder(event.devpath);
     if (event.action === 'move' && event.properties.DEVPATH_OLD) dropUnder(event.properties.DEVPATH_OLD);
