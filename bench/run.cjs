@@ -17,6 +17,7 @@ const { median, time } = require('./timing.cjs');
 const { rawQmpRound } = require('./raw-qmp.cjs');
 const { coldList } = require('./cold-list.cjs');
 const { cliAttach } = require('./cli-attach.cjs');
+const { ueventLatency } = require('./uevent-burst.cjs');
 const http = require('node:http');
 const { spawn } = require('node:child_process');
 
@@ -295,120 +296,9 @@ async function bigList(dir) {
   }
 }
 
-/**
- * Kernel uevent to SSE event, while a disk with 256 partitions appears at once. Both ends of the
- * measurement (this process, which reads the SSE frames, and its reference monitor) run at the
- * highest priority, so that neither waits for the CPU the burst keeps busy.
- */
-async function ueventLatency(dir) {
-  const priority = os.getPriority();
-  os.setPriority(-20);
-  try {
-    await ueventBurst(dir);
-  } finally {
-    os.setPriority(priority);
-  }
-}
-
-async function ueventBurst(dir) {
-  const daemon = await startDaemon(dir, 'sse', { dom0: { source: 'local' } });
-  // A disk holds at most 255 partitions here; two disks of 128 appear at once.
-  const images = [0, 1].map((n) => {
-    const image = path.join(dir, `parts${n}.img`);
-    fs.writeFileSync(image, '');
-    fs.truncateSync(image, 160 * 1024 * 1024);
-    const table = ['label: gpt', 'table-length: 128', ...Array.from({ length: 128 }, () => 'size=1M, type=L')];
-    execFileSync('sfdisk', ['--quiet', image], { input: table.join('\n') + '\n' });
-    return image;
-  });
-  const uevents = new Map();
-  const seen = new Map();
-  // The reference clock: the kernel stamps no uevent, so the time this monitor reads one stands for it
-  // (a reference delayed by the burst's load would make devgated's latency look smaller than it is).
-  const monitor = spawn('udevadm', ['monitor', '--kernel', '--property', '--subsystem-match=block'], {
-    stdio: ['ignore', 'pipe', 'ignore'],
-  });
-  let buffer = '';
-  monitor.stdout.on('data', (chunk) => {
-    const now = performance.now();
-    buffer += chunk;
-    let end;
-    while ((end = buffer.indexOf('\n\n')) >= 0) {
-      const block = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      if (/ACTION=add/.test(block)) {
-        const name = /DEVNAME=(?:\/dev\/)?(\S+)/.exec(block)?.[1];
-        if (name && !uevents.has(name)) uevents.set(name, now);
-      }
-    }
-  });
-  const sse = http.get({ socketPath: daemon.socket, path: '/v1/events' }, (response) => {
-    let pending = '';
-    response.on('data', (chunk) => {
-      const now = performance.now();
-      pending += chunk;
-      let end;
-      while ((end = pending.indexOf('\n\n')) >= 0) {
-        const frame = pending.slice(0, end);
-        pending = pending.slice(end + 2);
-        const data = /^data: (.*)$/m.exec(frame)?.[1];
-        if (!data) continue;
-        const event = JSON.parse(data);
-        if (event.type === 'device' && event.event === 'added' && !seen.has(event.device.portId))
-          seen.set(event.device.portId, now);
-      }
-    });
-  });
-  await new Promise((resolve) => setTimeout(resolve, 500));
-  const loops = images.map((image) => execFileSync('losetup', ['-f', '--show', image], { encoding: 'utf8' }).trim());
-  const before = schedStat(daemon.pid);
-  try {
-    // Both disks' partitions at once, without blocking this process: it timestamps the uevents.
-    // partx as a user runs it, at nice 0 (20 above this process's -20).
-    await Promise.all(loops.map((loop) => run('nice', ['-n', '20', 'partx', '-a', loop], process.env)));
-    const partitions = loops.flatMap((loop) =>
-      Array.from({ length: 128 }, (_, i) => `${path.basename(loop)}p${i + 1}`),
-    );
-    const deadline = Date.now() + 10_000;
-    while (partitions.some((p) => !seen.has(p)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    const latencies = partitions
-      .filter((p) => seen.has(p) && uevents.has(p))
-      .map((p) => seen.get(p) - uevents.get(p))
-      .sort((a, b) => a - b);
-    const after = schedStat(daemon.pid);
-    const lost = partitions.filter((p) => !seen.has(p)).length;
-    const p50 = latencies[Math.floor(latencies.length * 0.5)];
-    const p99 = latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * 0.99))];
-    const verdict = p99 <= 20 && lost === 0 ? 'met' : 'NOT met';
-    const udevd = fs.existsSync('/run/udev/control') ? 'udevd running' : 'no udevd';
-    console.log(
-      `${'uevent -> SSE, 256 partitions'.padEnd(34)} p50 ${p50?.toFixed(1)} ms, p99 ${p99?.toFixed(1)} ms, lost ${lost} (${udevd}; kernel uevent seen by a udevadm monitor to the SSE frame read, both at nice -20; devgated at nice ${shippedNice()} as its unit runs it; load ${os.loadavg()[0].toFixed(2)})  (target p99 <= 20 ms, zero lost: ${verdict})`,
-    );
-    console.log(
-      `${'  devgated during the burst'.padEnd(34)} on a CPU ${(after.runMs - before.runMs).toFixed(1)} ms, runnable but waiting for one ${(after.waitMs - before.waitMs).toFixed(1)} ms (its main thread, from the kernel's schedstat: the wait is time no event could be handled)`,
-    );
-  } finally {
-    sse.destroy();
-    monitor.kill();
-    // Busy partitions (a probe has them open) refuse to go at first: a detached loop device would
-    // keep them, so try until they are gone.
-    for (const loop of loops) {
-      removePartitions(loop);
-      execFileSync('losetup', ['-d', loop]);
-    }
-    await daemon.stop();
-  }
-}
-
 /** A `udevadm info --export-db` style recording of `count` devices made by `record(i)`. */
 function writeRecording(file, count, record) {
   fs.writeFileSync(file, Array.from({ length: count }, (_, i) => record(i).join('\n')).join('\n\n') + '\n');
-}
-
-/** A thread's time on a CPU and waiting in a run queue for one (/proc/PID/task/TID/schedstat, ns). */
-function schedStat(pid, tid = pid) {
-  const [run, wait] = fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ').map(Number);
-  return { runMs: run / 1e6, waitMs: wait / 1e6 };
 }
 
 function rssMiB(pid) {
@@ -594,7 +484,7 @@ async function main() {
       cliStartup,
       cliAttach: (dir) => cliAttach(dir, { startDaemon }),
       bigList,
-      ueventLatency,
+      ueventLatency: (dir) => ueventLatency(dir, { startDaemon, shippedNice }),
       usbList,
       usbVmLatency,
     };
