@@ -7,7 +7,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { Observable, Subject, share } from 'rxjs';
-import { Errors } from '@devgate/core';
+import { Errors, endingWithThisProcess } from '@devgate/core';
 import { socketDirOf, watchTowards } from './socket-watch.js';
 
 /** How often a libvirtd out of reach is tried while its socket's directory is watched. */
@@ -142,7 +142,7 @@ export class VirshTransport implements LibvirtTransport {
         stopWatching = undefined;
         if (closed || this.disposed) return;
         // `uri` needs the connection, so its line says the event stream is (about to be) registered.
-        const proc = this.spawnVirsh(['uri ; event --all --loop --timestamp']);
+        const proc = this.spawnVirsh(['uri ; event --all --loop --timestamp'], { endingWithUs: true });
         child = proc;
         let buffer = '';
         let stderr = '';
@@ -229,8 +229,13 @@ export class VirshTransport implements LibvirtTransport {
     });
   }
 
-  private spawnVirsh(args: readonly string[]): ChildProcess {
-    const proc = spawn(this.options.virsh ?? 'virsh', ['-q', '-c', this.uri, ...args], {
+  /** `endingWithUs`: a process that lives as long as the stream, killed with devgated whatever kills it. */
+  private spawnVirsh(args: readonly string[], { endingWithUs = false } = {}): ChildProcess {
+    const argv = ['-q', '-c', this.uri, ...args];
+    const [command, commandArgs] = endingWithUs
+      ? endingWithThisProcess(this.options.virsh ?? 'virsh', argv)
+      : [this.options.virsh ?? 'virsh', argv];
+    const proc = spawn(command, commandArgs, {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...(this.options.env ?? process.env), LC_ALL: 'C' },
     });

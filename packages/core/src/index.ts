@@ -20,3 +20,4 @@ export * from './attach-kinds.js';
 export * from './input-linux.js';
 export * from './module-loader.js';
 export * from './driver-report.js';
+export * from './helper-process.js';

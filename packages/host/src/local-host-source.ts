@@ -6,6 +6,7 @@ import {
   type DeviceInfo,
   type DeviceSource,
   HostTree,
+  findExecutable,
   type HostUsage,
   type RawDeviceRecord,
 } from '@devgate/core';
@@ -374,17 +375,6 @@ const readFor = new WeakMap<RawDeviceRecord, string>();
 
 function chooseHotplug(wanted: HotplugMechanism | 'auto', isRealHost: boolean): HotplugMechanism {
   if (wanted !== 'auto') return wanted;
-  if (isRealHost && hasExecutable('udevadm')) return 'uevent';
+  if (isRealHost && findExecutable('udevadm')) return 'uevent';
   return 'fs.watch';
-}
-
-function hasExecutable(name: string): boolean {
-  return (process.env.PATH ?? '').split(':').some((dir) => {
-    try {
-      fs.accessSync(path.join(dir, name), fs.constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
 }

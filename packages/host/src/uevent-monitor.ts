@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { endingWithThisProcess } from '@devgate/core';
 import { parseKeyValueLines } from './parse-udev-data.js';
 
 export interface KernelUevent {
@@ -34,9 +35,13 @@ export class UeventMonitor {
 
   /** `udev: false`: the kernel's events only, as on a host without udevd. */
   start(udevadm = 'udevadm', { udev = true }: { readonly udev?: boolean } = {}): void {
-    const child = spawn(udevadm, ['monitor', '--kernel', ...(udev ? ['--udev'] : []), '--property'], {
-      stdio: ['ignore', 'pipe', 'ignore'],
-    });
+    const [command, args] = endingWithThisProcess(udevadm, [
+      'monitor',
+      '--kernel',
+      ...(udev ? ['--udev'] : []),
+      '--property',
+    ]);
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'ignore'] });
     this.child = child;
     child.stdout!.setEncoding('utf8');
     child.stdout!.on('data', (chunk: string) => this.feed(chunk));
