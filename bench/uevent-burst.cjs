@@ -87,6 +87,8 @@ async function burst(images, subscribe) {
   let reader;
   const loops = [];
   try {
+    // udevd done with whatever came before (the other reader's burst and its removal).
+    if (fs.existsSync('/run/udev/control')) execFileSync('udevadm', ['settle', '--timeout=60']);
     await monitoring;
     reader = await subscribe(seen);
     for (const image of images) {

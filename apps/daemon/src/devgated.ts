@@ -243,9 +243,9 @@ export class Devgated implements Disposable {
     // for 256 synchronous commits, nor its events for a commit (an fsync) in the middle of the burst.
     let seen: DeviceInfo[] = [];
     let firstAdded = 0;
-    let lastAdded = 0;
+    let lastEvent = 0;
     const noteSeenWhenQuiet = () => {
-      const wait = Math.min(lastAdded + 500, firstAdded + 5000) - Date.now();
+      const wait = Math.min(lastEvent + 500, firstAdded + 5000) - Date.now();
       if (wait > 0) setTimeout(noteSeenWhenQuiet, wait);
       else noteSeen();
     };
@@ -262,12 +262,10 @@ export class Devgated implements Disposable {
     this.manager.events$.subscribe((event) => {
       this.events.publishDevice(event);
       this.idle.postpone();
-      if (event.type === 'added') {
-        lastAdded = Date.now();
-        if (seen.push(event.device) === 1) {
-          firstAdded = lastAdded;
-          setTimeout(noteSeenWhenQuiet, 500);
-        }
+      lastEvent = Date.now();
+      if (event.type === 'added' && seen.push(event.device) === 1) {
+        firstAdded = lastEvent;
+        setTimeout(noteSeenWhenQuiet, 500);
       }
       if (event.type === 'attachment-ended') this.devices.attachmentEnded(event);
       if (event.type === 'driver-fault') this.log.warn({ driver: event.driverId, err: event.error }, 'driver fault');

@@ -3,6 +3,11 @@ import * as vm from 'node:vm';
 
 /** How long a list answer's collection waits for more work: a tray listing several classes is one. */
 export const QUIET_MS = 200;
+/**
+ * How long device events hold a pending collection off: a burst of new partitions pauses for a
+ * few hundred ms while udevd's workers catch up, and its next events must not wait for a pause.
+ */
+export const DEVICE_QUIET_MS = 1_000;
 /** At least this long between two collections, and at least 20 times the last one's pause. */
 const MIN_INTERVAL_MS = 2_000;
 /** Only worth it when the heap holds this much more than the live data of the last collection. */
@@ -50,7 +55,7 @@ export class IdleCollector {
    * Device events are coming (a hotplug burst): a pending collection waits until they pause, so its
    * pause (up to 190 ms with 10,000 devices) never holds up their reports.
    */
-  postpone(quietMs = QUIET_MS): void {
+  postpone(quietMs = DEVICE_QUIET_MS): void {
     if (this.timer) this.after(quietMs);
   }
 
