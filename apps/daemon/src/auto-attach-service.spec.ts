@@ -89,6 +89,11 @@ const firstAsk = (events: DaemonEvents) =>
     e.type === 'ask' ? e.ask : never(),
   );
 
+/** Whatever device sits in this port goes to `work`. */
+function assignPort(store: SqliteStateStore, port: Port, mode: 'auto-attach' | 'ask-to-attach'): void {
+  store.assignments.add({ ...port, deviceId: '*', frontend: 'work', mode, options: {} });
+}
+
 function never(): never {
   throw new Error('unreachable');
 }
@@ -96,13 +101,7 @@ function never(): never {
 it('attaches nothing when the device in the port changed between the ask and the answer', async () => {
   const { devices, connector, store, events, asks, autoAttach, manager, dispose } = setup([]);
   try {
-    store.assignments.add({
-      ...usbStick('A').port,
-      deviceId: '*',
-      frontend: 'work',
-      mode: 'ask-to-attach',
-      options: {},
-    });
+    assignPort(store, usbStick('A').port, 'ask-to-attach');
     devices.next([usbStick('A')]);
     const asked = firstAsk(events);
     const considered = autoAttach.consider(usbStick('A'));
@@ -128,13 +127,7 @@ it('attaches nothing when the device in the port changed between the ask and the
 it('attaches the device asked about when it is still the one in the port', async () => {
   const { devices, connector, events, asks, autoAttach, store, dispose } = setup([]);
   try {
-    store.assignments.add({
-      ...usbStick('A').port,
-      deviceId: '*',
-      frontend: 'work',
-      mode: 'ask-to-attach',
-      options: {},
-    });
+    assignPort(store, usbStick('A').port, 'ask-to-attach');
     autoAttach.start();
     const asked = firstAsk(events);
     devices.next([usbStick('A')]);
@@ -154,13 +147,7 @@ it('attaches the device asked about when it is still the one in the port', async
 it('matches a burst of new devices against one read of the assignments', async () => {
   const { devices, connector, events, autoAttach, store, dispose } = setup([]);
   try {
-    store.assignments.add({
-      ...usbStick('K', '2-42').port,
-      deviceId: '*',
-      frontend: 'work',
-      mode: 'auto-attach',
-      options: {},
-    });
+    assignPort(store, usbStick('K', '2-42').port, 'auto-attach');
     autoAttach.start();
     const list = jest.spyOn(store.assignments, 'list');
     const matching = jest.spyOn(store.assignments, 'matching');
