@@ -10,7 +10,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { type Subscription } from 'rxjs';
-import { type HostTree, type RawDeviceRecord } from '@devgate/core';
+import { type HostTree, type RawDeviceRecord, findExecutable } from '@devgate/core';
 import { type HostRoots, LOCAL_ROOTS, LocalHostSource } from '@devgate/host';
 import {
   EXPORT_ID,
@@ -122,9 +122,9 @@ export class DevgateAgent {
 
   private hello() {
     const exports: ExportKind[] = [];
-    if (hasExecutable(this.options.qemuNbd ?? 'qemu-nbd')) exports.push('nbd');
-    if (hasExecutable(this.options.usbredirect ?? 'usbredirect')) exports.push('usbredir');
-    if (hasExecutable('cat')) exports.push('input');
+    if (findExecutable(this.options.qemuNbd ?? 'qemu-nbd')) exports.push('nbd');
+    if (findExecutable(this.options.usbredirect ?? 'usbredirect')) exports.push('usbredir');
+    if (findExecutable('cat')) exports.push('input');
     const ports = listVirtioPorts(this.options.portsDir)
       .map((p) => p.name)
       .filter((name) => name.startsWith(EXPORT_PORT_PREFIX))
@@ -330,19 +330,5 @@ function listDir(dir: string): string[] {
     return fs.readdirSync(dir);
   } catch {
     return [];
-  }
-}
-
-function hasExecutable(name: string): boolean {
-  if (name.includes('/')) return isExecutable(name);
-  return (process.env.PATH ?? '/usr/bin:/bin').split(':').some((dir) => isExecutable(`${dir}/${name}`));
-}
-
-function isExecutable(file: string): boolean {
-  try {
-    fs.accessSync(file, fs.constants.X_OK);
-    return true;
-  } catch {
-    return false;
   }
 }

@@ -14,16 +14,19 @@ export function endingWithThisProcess(command: string, args: readonly string[]):
   return setpriv ? [setpriv, ['--pdeathsig', 'SIGTERM', '--', command, ...args]] : [command, [...args]];
 }
 
-/** The first executable `name` on PATH. */
+/** `name` itself when it is a path, else the first executable `name` on PATH. */
 export function findExecutable(name: string): string | undefined {
-  for (const dir of (process.env.PATH ?? '').split(':')) {
-    const file = path.join(dir || '.', name);
-    try {
-      fs.accessSync(file, fs.constants.X_OK);
-      return file;
-    } catch {
-      // not in this directory
-    }
+  const candidates = name.includes('/')
+    ? [name]
+    : (process.env.PATH ?? '/usr/bin:/bin').split(':').map((dir) => path.join(dir || '.', name));
+  return candidates.find(isExecutable);
+}
+
+function isExecutable(file: string): boolean {
+  try {
+    fs.accessSync(file, fs.constants.X_OK);
+    return true;
+  } catch {
+    return false;
   }
-  return undefined;
 }
