@@ -30,9 +30,7 @@ function harness(inject: (events: readonly InjectedInputEvent[]) => Promise<void
   const asked: string[][] = [];
   const injected: InjectedInputEvent[][] = [];
   const reports: InputForwardEnd[] = [];
-  const present = { device: true };
   const manager = {
-    get: () => (present.device ? device : undefined),
     inputEvents: (_device: DeviceInfo, nodes: readonly string[]) => {
       asked.push([...nodes]);
       return frames;
@@ -42,7 +40,7 @@ function harness(inject: (events: readonly InjectedInputEvent[]) => Promise<void
       injected.push([...events]);
     },
   } as unknown as DeviceManager;
-  return { frames, asked, injected, reports, present, forward: forwardInput(manager, (end) => reports.push(end)) };
+  return { frames, asked, injected, reports, forward: forwardInput(manager, (end) => reports.push(end)) };
 }
 
 describe('forwardInput', () => {
@@ -53,7 +51,8 @@ describe('forwardInput', () => {
     h.frames.next([...keyA, ...move(5)]);
     await settle();
     expect(h.injected).toEqual([[{ kind: 'rel', axis: 'x', value: 5 }]]);
-    forward.dispose();
+    // devgated stopping: the forward ends with it, and nothing is reported.
+    forward.stop('proxy-stopped');
     h.frames.next(move(6));
     await settle();
     expect(h.injected).toHaveLength(1);
@@ -98,22 +97,25 @@ describe('forwardInput', () => {
     ]);
   });
 
-  it('ends, audited once, when its device went, whoever noticed first', async () => {
-    // Disposed by the proxy after the device went, before the backend said anything.
+  it('ends, audited once, when its device went or changed, whoever noticed first', async () => {
+    // Stopped by the proxy after the device went, before the backend said anything.
     const first = harness(async () => undefined);
-    const gone = first.forward(device, 'work', ['event4']);
-    first.present.device = false;
-    gone.dispose();
+    first.forward(device, 'work', ['event4']).stop('device-went');
     first.frames.complete();
     expect(first.reports).toEqual([{ device, frontend: 'work', outcome: 'ok', reason: 'sys-usb:1-2 went' }]);
-    // The backend said its events ended first; then the proxy disposed it: one report, the backend's.
+    // The backend said its events ended first; then the proxy stopped it: one report, the backend's.
     const second = harness(async () => undefined);
     const ended = second.forward(device, 'work', ['event4']);
     second.frames.complete();
-    second.present.device = false;
-    ended.dispose();
+    ended.stop('device-went');
     expect(second.reports).toEqual([
       { device, frontend: 'work', outcome: 'ok', reason: 'sys-usb stopped sending its events' },
+    ]);
+    // Its event node went before the device did (a device being pulled): decided again, which ends it.
+    const third = harness(async () => undefined);
+    third.forward(device, 'work', ['event4']).stop('decided-again');
+    expect(third.reports).toEqual([
+      { device, frontend: 'work', outcome: 'ok', reason: 'sys-usb:1-2 changed: decided again' },
     ]);
   });
 
@@ -124,7 +126,7 @@ describe('forwardInput', () => {
       },
     } as unknown as DeviceManager;
     const reports: InputForwardEnd[] = [];
-    forwardInput(manager, (end) => reports.push(end))(device, 'work', ['event4']).dispose();
+    forwardInput(manager, (end) => reports.push(end))(device, 'work', ['event4']).stop('proxy-stopped');
     expect(reports).toEqual([expect.objectContaining({ reason: expect.stringMatching(/^DG_NO_INPUT_PATH: /) })]);
   });
 });

@@ -1,19 +1,12 @@
 /**
  * The moving half of the input proxy: the events of an allowed device's event nodes, from its backend
  * (a USB VM's agent) to the frontend's emulated input devices, filtered by what each node was allowed
- * as (forwarded-events.ts), in order. It ends when the device goes (the proxy disposes it), when the
- * backend stops sending, or when the frontend has no input path at all: audited. Events the frontend
+ * as (forwarded-events.ts), in order. It ends when the proxy stops it (its device went, or was decided
+ * again), when the backend stops sending, or when the frontend has no input path at all: audited. Events the frontend
  * cannot take for a while (it is stopped or paused, or has no tablet for a position) are dropped, as a
  * screen that is off drops what is typed, and the forward goes on: audited once per cause.
  */
-import {
-  type DeviceInfo,
-  type DeviceManager,
-  type Disposable,
-  type InjectedInputEvent,
-  errorCode,
-  portLabel,
-} from '@devgate/core';
+import { type DeviceInfo, type DeviceManager, type InjectedInputEvent, errorCode, portLabel } from '@devgate/core';
 import { concatMap, filter, map } from 'rxjs';
 import { type QubesInputService } from './input-class.js';
 import { inputCalls } from './input-policy.js';
@@ -27,18 +20,27 @@ export interface InputForwardEnd {
   readonly reason: string;
 }
 
+/**
+ * Why the proxy stops a forward: its device went, or it was decided again (its event nodes changed,
+ * or another device is in its port); both end it, audited. devgated stopping ends nothing it reports.
+ */
+export type ForwardStop = 'device-went' | 'decided-again' | 'proxy-stopped';
+
+export interface InputForward {
+  stop(why: ForwardStop): void;
+}
+
 /** Errors that mean the frontend can never take input: the forward ends. */
 const FATAL = new Set(['DG_NO_CONNECTOR', 'DG_NO_INPUT_PATH']);
 
 /**
  * The proxy's `forward` hook: starts moving the events of `nodes` (those the policy let go) to
- * `frontend`; `report` is told how it ended (once; not when it is disposed while its device is
- * still there) and what it dropped.
+ * `frontend`; `report` is told how it ended (once, whoever noticed first) and what it dropped.
  */
 export function forwardInput(
   manager: DeviceManager,
   report: (end: InputForwardEnd) => void,
-): (device: DeviceInfo, frontend: string, nodes: readonly string[]) => Disposable {
+): (device: DeviceInfo, frontend: string, nodes: readonly string[]) => InputForward {
   return (device, frontend, nodes) => {
     let ended = false;
     const end = (outcome: InputForwardEnd['outcome'], reason: string) => {
@@ -75,16 +77,16 @@ export function forwardInput(
           complete: () => end('ok', `${device.port.backend} stopped sending its events`),
         });
       return {
-        dispose: () => {
+        stop: (why) => {
           subscription.unsubscribe();
-          // Its device went (the proxy disposes a forward then, maybe before the backend said its
-          // events ended): that ends it. Decided again, or devgated stopping: the device is there.
-          if (!manager.get(device.port)) end('ok', `${portLabel(device.port)} went`);
+          // Maybe before the backend said its events ended: whoever noticed first is audited.
+          if (why === 'device-went') end('ok', `${portLabel(device.port)} went`);
+          if (why === 'decided-again') end('ok', `${portLabel(device.port)} changed: decided again`);
         },
       };
     } catch (error) {
       end('error', `${errorCode(error)}: ${(error as Error).message}`);
-      return { dispose: () => undefined };
+      return { stop: () => undefined };
     }
   };
 }

@@ -45,7 +45,7 @@ function harness(rules = defaults, tree: HostTree = recording.tree) {
     audit: (entry) => audits.push(entry),
     forward: (device, frontend, events) => {
       forwarded.push({ port: device.port.portId, frontend, events });
-      return { dispose: () => void stopped.push(device.port.portId) };
+      return { stop: (why) => void stopped.push(`${device.port.portId} ${why}`) };
     },
   });
   proxy.start();
@@ -89,7 +89,23 @@ describe('InputProxy: Qubes’ input proxy, one decision per physical device', (
       expect(h.stopped).toEqual([]);
       h.show((devpath) => !devpath.includes('DLL07D1'));
       await settle();
-      expect(h.stopped).toEqual(['i2c-DLL07D1_01']);
+      expect(h.stopped).toEqual(['i2c-DLL07D1_01 device-went']);
+    } finally {
+      h.dispose();
+    }
+  });
+
+  it('stops a forward, saying so, when its device is decided again (its event node went first)', async () => {
+    const h = harness();
+    try {
+      await settle();
+      h.asks[0].answer({ verdict: 'allow', by: 'alice' });
+      await settle();
+      expect(h.forwarded).toEqual([{ port: 'i2c-DLL07D1_01', frontend: 'dom0', events: ['event13'] }]);
+      // Pulled: the kernel removes the event node a moment before the device.
+      h.show((devpath) => !(devpath.includes('DLL07D1') && /\/event13$/.test(devpath)));
+      await settle();
+      expect(h.stopped).toEqual(['i2c-DLL07D1_01 decided-again']);
     } finally {
       h.dispose();
     }

@@ -7,7 +7,7 @@
  * its timeout; every decision is audited.
  *
  * Moving the events is `forward`'s (input-forwarding.ts: from the USB VM's agent to the frontend's
- * QEMU); this service decides and records, and ends a forward when its device goes.
+ * QEMU); this service decides and records, and stops a forward when its device goes or changes.
  */
 import {
   type DeviceInfo,
@@ -24,6 +24,7 @@ import {
   decideInputDevice,
   effectiveInputPolicy,
 } from './input-policy.js';
+import { type ForwardStop, type InputForward } from './input-forwarding.js';
 import { INPUT_CLASS_ID } from './parse-input-devices.js';
 import { type PolicyRule } from './parse-input-policy.js';
 
@@ -58,8 +59,8 @@ export interface InputProxyOptions {
   /** A remembered answer for this device and frontend, if any. */
   readonly remembered?: (device: DeviceInfo, frontend: string) => 'allow' | 'deny' | undefined;
   readonly audit: (entry: InputProxyAudit) => void;
-  /** Starts moving an allowed device's events; disposed when the device goes. */
-  readonly forward?: (device: DeviceInfo, frontend: string, events: readonly string[]) => Disposable | void;
+  /** Starts moving an allowed device's events; stopped, saying why, when the device goes or changes. */
+  readonly forward?: (device: DeviceInfo, frontend: string, events: readonly string[]) => InputForward | void;
 }
 
 /** A decision made, per device present. */
@@ -72,7 +73,7 @@ export interface InputProxyState {
 
 export class InputProxy implements Disposable {
   private readonly states = new Map<string, InputProxyState>();
-  private readonly forwards = new Map<string, Disposable>();
+  private readonly forwards = new Map<string, InputForward>();
   private readonly handlers: (() => void)[] = [];
 
   constructor(
@@ -85,7 +86,7 @@ export class InputProxy implements Disposable {
     const removed = (event: { device: DeviceInfo }) => {
       if (event.device.port.devclass !== INPUT_CLASS_ID) return;
       this.states.delete(portKey(event.device.port));
-      this.stopForward(portKey(event.device.port));
+      this.stopForward(portKey(event.device.port), 'device-went');
     };
     this.manager.on('added', added);
     this.manager.on('changed', added);
@@ -113,7 +114,7 @@ export class InputProxy implements Disposable {
     const before = this.states.get(key)?.device;
     if (before?.deviceId === device.deviceId && SAME_NODES.every((k) => before.data[k] === device.data[k])) return;
     // Another device in the port, or other nodes: what was allowed before goes nowhere now.
-    this.stopForward(key);
+    this.stopForward(key, 'decided-again');
     const target = this.options.target?.(device.port.backend) ?? 'dom0';
     const decision = decideInputDevice(this.options.rules(), device, {
       source: device.port.backend,
@@ -200,14 +201,14 @@ export class InputProxy implements Disposable {
     if (forward) this.forwards.set(portKey(device.port), forward);
   }
 
-  private stopForward(key: string): void {
-    this.forwards.get(key)?.dispose();
+  private stopForward(key: string, why: ForwardStop): void {
+    this.forwards.get(key)?.stop(why);
     this.forwards.delete(key);
   }
 
   dispose(): void {
     for (const off of this.handlers.splice(0)) off();
-    for (const key of [...this.forwards.keys()]) this.stopForward(key);
+    for (const key of [...this.forwards.keys()]) this.stopForward(key, 'proxy-stopped');
   }
 }
 
