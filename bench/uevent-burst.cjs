@@ -68,19 +68,11 @@ async function burst(images, subscribe) {
     stdio: ['ignore', 'pipe', 'ignore'],
   });
   const monitoring = new Promise((resolve) => {
-    let buffer = '';
-    monitor.stdout.on('data', (chunk) => {
-      const now = performance.now();
-      buffer += chunk;
-      let end;
-      while ((end = buffer.indexOf('\n\n')) >= 0) {
-        const block = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        resolve(); // the header, then events
-        if (/ACTION=add/.test(block)) {
-          const name = /DEVNAME=(?:\/dev\/)?(\S+)/.exec(block)?.[1];
-          if (name && !uevents.has(name)) uevents.set(name, now);
-        }
+    eachPiece(monitor.stdout, '\n\n', (block, now) => {
+      resolve(); // the header, then events
+      if (/ACTION=add/.test(block)) {
+        const name = /DEVNAME=(?:\/dev\/)?(\S+)/.exec(block)?.[1];
+        if (name && !uevents.has(name)) uevents.set(name, now);
       }
     });
   });
@@ -130,23 +122,15 @@ async function burst(images, subscribe) {
 /** devgated, as its unit runs it, and a client of its event stream: `seen` gets each added device. */
 async function devgatedReader(dir, seen, startDaemon) {
   const daemon = await startDaemon(dir, 'sse', { dom0: { source: 'local' } });
-  const sse = http.get({ socketPath: daemon.socket, path: '/v1/events' }, (response) => {
-    let pending = '';
-    response.on('data', (chunk) => {
-      const now = performance.now();
-      pending += chunk;
-      let end;
-      while ((end = pending.indexOf('\n\n')) >= 0) {
-        const frame = pending.slice(0, end);
-        pending = pending.slice(end + 2);
-        const data = /^data: (.*)$/m.exec(frame)?.[1];
-        if (!data) continue;
-        const event = JSON.parse(data);
-        if (event.type === 'device' && event.event === 'added' && !seen.has(event.device.portId))
-          seen.set(event.device.portId, now);
-      }
-    });
-  });
+  const sse = http.get({ socketPath: daemon.socket, path: '/v1/events' }, (response) =>
+    eachPiece(response, '\n\n', (frame, now) => {
+      const data = /^data: (.*)$/m.exec(frame)?.[1];
+      if (!data) return;
+      const event = JSON.parse(data);
+      if (event.type === 'device' && event.event === 'added' && !seen.has(event.device.portId))
+        seen.set(event.device.portId, now);
+    }),
+  );
   // devgated's start (its first tree, its monitor's header) is over well before this.
   await new Promise((resolve) => setTimeout(resolve, 500));
   return {
@@ -165,18 +149,9 @@ async function bareReader(seen, nice) {
   });
   os.setPriority(child.pid, nice);
   await new Promise((resolve, reject) => {
-    let pending = '';
-    child.stdout.setEncoding('utf8');
-    child.stdout.on('data', (chunk) => {
-      const now = performance.now();
-      pending += chunk;
-      let end;
-      while ((end = pending.indexOf('\n')) >= 0) {
-        const name = pending.slice(0, end);
-        pending = pending.slice(end + 1);
-        if (name === 'ready') resolve();
-        else if (!seen.has(name)) seen.set(name, now);
-      }
+    eachPiece(child.stdout, '\n', (name, now) => {
+      if (name === 'ready') resolve();
+      else if (!seen.has(name)) seen.set(name, now);
     });
     child.on('exit', (code) => reject(new Error(`the floor's reader exited (${code}) before it listened`)));
   });
@@ -184,6 +159,22 @@ async function bareReader(seen, nice) {
     pid: child.pid,
     stop: () => new Promise((resolve) => (child.once('exit', resolve), child.kill('SIGTERM'))),
   };
+}
+
+/** Calls `onPiece` with each `separator`-ended piece of a text stream, and when its chunk was read. */
+function eachPiece(stream, separator, onPiece) {
+  let pending = '';
+  stream.setEncoding('utf8');
+  stream.on('data', (chunk) => {
+    const now = performance.now();
+    pending += chunk;
+    let end;
+    while ((end = pending.indexOf(separator)) >= 0) {
+      const piece = pending.slice(0, end);
+      pending = pending.slice(end + separator.length);
+      onPiece(piece, now);
+    }
+  });
 }
 
 /** A thread's time on a CPU and waiting in a run queue for one (/proc/PID/task/TID/schedstat, ns). */
