@@ -199,7 +199,8 @@ export class LocalHostSource implements DeviceSource {
       const usagePoll = setInterval(() => {
         const files = readUsageFiles(this.roots);
         if (files.mountinfo !== usage?.files.mountinfo || files.swaps !== usage.files.swaps) {
-          usage = undefined;
+          // What was just read is what the pass it schedules lists: not read a second time.
+          usage = { files, at: Date.now(), parsed: parseUsage(files) };
           schedule();
         }
       }, USAGE_POLL_MS);
