@@ -44,6 +44,8 @@ export interface LocalHostOptions {
    * (kernel uevents, blkid's probes), whether or not one runs: the fallback's own tests.
    */
   readonly udev?: boolean;
+  /** The udevadm whose monitor reports uevents (default: `udevadm`, found on PATH). */
+  readonly udevadm?: string;
   /** The blkid to run (default: `blkid`, found on PATH). */
   readonly blkid?: string;
   /** How long one blkid run may take before it is killed and its devices probed again (default 10 s). */
@@ -221,7 +223,11 @@ export class LocalHostSource implements DeviceSource {
       const under = devpath + '/';
       for (const key of devices.keys()) if (key === devpath || key.startsWith(under)) devices.delete(key);
     };
-    if (event.action === 'remove') return dropUnder(event.devpath);
+    if (event.action === 'remove') {
+      dropUnder(event.devpath);
+      if (holdsOthers(event)) this.rereadHolding(devices, path.posix.basename(event.devpath), []);
+      return;
+    }
     if (event.action === 'move' && event.properties.DEVPATH_OLD) dropUnder(event.properties.DEVPATH_OLD);
     const listed = LISTED_SUBSYSTEMS.has(event.subsystem) || this.subsystems.includes(event.subsystem);
     if (!listed && !devices.has(event.devpath)) return;
@@ -249,6 +255,29 @@ export class LocalHostSource implements DeviceSource {
       if (record.devpath === event.devpath && event.source === 'kernel' && event.properties.SEQNUM) {
         readFor.set(record, event.properties.SEQNUM);
       }
+    }
+    if (holdsOthers(event)) {
+      const slaves = devices.get(event.devpath)?.entries?.('slaves') ?? [];
+      this.rereadHolding(devices, path.posix.basename(event.devpath), slaves);
+    }
+  }
+
+  /**
+   * A device-mapper or RAID device set up on listed devices, or taken down, makes no uevent for
+   * them: their `holders` changed all the same (what is built on a device makes it busy). The
+   * devices whose holders, as read, disagree with `holder`'s `slaves` now (none once it is
+   * removed) are read again.
+   */
+  private rereadHolding(devices: Map<string, RawDeviceRecord>, holder: string, slaves: readonly string[]): void {
+    const stale: string[] = [];
+    for (const record of devices.values()) {
+      if (record.subsystem !== 'block') continue;
+      const held = (record.entries?.('holders') ?? []).includes(holder);
+      if (held !== slaves.includes(path.posix.basename(record.devpath))) stale.push(record.devpath);
+    }
+    for (const devpath of stale) {
+      for (const record of readDeviceWithAncestors(this.roots, devpath, (d) => devices.has(d)))
+        devices.set(record.devpath, record);
     }
   }
 
@@ -310,7 +339,7 @@ export class LocalHostSource implements DeviceSource {
           },
         );
         let stopFallback = () => {};
-        monitor.start('udevadm', { udev: this.options.udev !== false });
+        monitor.start(this.options.udevadm ?? 'udevadm', { udev: this.options.udev !== false });
         // An udevadm that prints no header: catch up after a moment all the same.
         const settle = setTimeout(rescan, 250);
         settle.unref();
@@ -369,6 +398,11 @@ export class LocalHostSource implements DeviceSource {
   dispose(): void {
     this.probes?.dispose();
   }
+}
+
+/** Only whole block devices (device-mapper, RAID, bcache) are built on others; partitions never are. */
+function holdsOthers(event: KernelUevent): boolean {
+  return event.subsystem === 'block' && event.properties.DEVTYPE !== 'partition';
 }
 
 /** The SEQNUM of the kernel event a record was read for. */
