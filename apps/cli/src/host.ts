@@ -85,7 +85,8 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
     const fault = manager.faults().find((f) => builtIn.has(f.driverId));
     if (fault) throw fault.error;
     await libvirt.ready();
-    await manager.syncAttachments();
+    // A recording or a --sysroot tree is not this host's live devices: what it lacks is not gone.
+    await manager.syncAttachments({ undoStale: !options.recording && !options.sysroot });
   } catch (error) {
     kernel.dispose();
     throw error;

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { QemuConnector, type QemuBlockInfo, labDown, labUp } from '@devgate/backend-qemu';
-import { type LoopDisk, createLoopDisk, disposeAllLoopDisks } from '@devgate/testkit';
+import { type LoopDisk, createLoopDisk, disposeAllLoopDisks, recordedFixture } from '@devgate/testkit';
 import { runCaptured } from './test-io';
 
 // The seed's scenario against real QEMU VMs (paused, no guest OS) and real loop devices.
@@ -71,6 +71,24 @@ describe('qvm-block attach and detach (real QEMU)', () => {
     expect(await runCaptured('qvm-block', ['-d', 'work', `dom0:${p1}`])).toMatchObject({ code: 0, err: '' });
     expect(await qemuBlocks('work')).toEqual([]);
     expect(line((await runCaptured('qvm-block', ['-l'])).out, p1)).not.toContain('attached');
+  });
+
+  it('leaves attachments alone when it lists a recording or a --sysroot tree (their devices are not this host’s)', async () => {
+    const p1 = disk.partitions[0];
+    expect((await runCaptured('qvm-block', ['attach', 'work', `dom0:${p1}`])).code).toBe(0);
+    const empty = path.join(dir, 'empty-root');
+    fs.mkdirSync(path.join(empty, 'sys/devices'), { recursive: true });
+    for (const view of [
+      ['--recording', recordedFixture('HP_DVDRW_WITH_ISO9660_DISC.txt')],
+      ['--sysroot', empty],
+    ]) {
+      const listed = await runCaptured('devgate', ['list', '--class', 'block', ...view]);
+      expect(listed).toMatchObject({ code: 0, err: '' });
+      expect(listed.out).not.toContain(p1);
+      expect(await qemuBlocks('work')).toEqual([{ file: `/dev/${p1}`, ro: false }]);
+    }
+    expect(line((await runCaptured('qvm-block', ['-l'])).out, p1)).toMatch(/\(attached to 'work' as 'xvdi'\)$/);
+    expect((await runCaptured('qvm-block', ['detach', 'work', `dom0:${p1}`])).code).toBe(0);
   });
 
   it('refuses a whole disk while its partition is attached, and the reverse, changing nothing', async () => {

@@ -195,6 +195,17 @@ describe('DeviceManager attach and detach', () => {
     kernel.dispose();
   });
 
+  it('leaves alone, and does not show, what devices read from elsewhere do not match (undoStale: false)', async () => {
+    const { manager, port, connector, kernel } = setup([dev('sdb')]);
+    connector.attached.set('block:dom0:sdb', { port: port('sdb'), frontend: 'work', options: {} });
+    connector.attached.set('block:dom0:gone', { port: port('gone'), frontend: 'work', options: {} });
+    await manager.syncAttachments({ undoStale: false });
+    expect(manager.get(port('sdb'))!.attachment).toEqual({ frontend: 'work', options: {} });
+    expect(connector.attached.has('block:dom0:gone')).toBe(true);
+    expect(manager.list({ includeHidden: true }).map((d) => d.port.portId)).toEqual(['sdb']);
+    kernel.dispose();
+  });
+
   it('undoes an attach whose device was pulled while it ran', async () => {
     const { manager, port, connector, devices, kernel } = setup([dev('sdb')]);
     let open!: () => void;

@@ -301,8 +301,11 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
   /**
    * Reads what is attached back from every hypervisor, and detaches what no longer has a device
    * behind it. Run at start: after a restart nothing is stale and nothing is forgotten.
+   * `undoStale: false` is for sources that are not the live backends (a recording, a `--sysroot`
+   * tree): what they do not list is not gone, so an attachment that matches none of their devices
+   * is left alone, and not shown.
    */
-  async syncAttachments(): Promise<void> {
+  async syncAttachments({ undoStale = true }: { readonly undoStale?: boolean } = {}): Promise<void> {
     for (const connector of this.connectors) {
       const reported = await connector.attachments();
       for (const [key, live] of this.attachments) if (live.connector === connector) this.attachments.delete(key);
@@ -310,6 +313,7 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
         const device = this.get(attachment.port);
         const replaced = device && attachment.deviceId !== undefined && attachment.deviceId !== device.deviceId;
         if (!device || replaced) {
+          if (!undoStale) continue;
           // Attached, but its device is gone from the backend, or another device sits in its port
           // now: undo it rather than show it stale, or show the new device as attached.
           const live = { ...attachment, chain: [portKey(attachment.port)], connector };
