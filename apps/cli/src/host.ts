@@ -78,15 +78,18 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
   try {
     await local?.whenProbed();
     // An agent that does not answer (its VM is down, or devgated holds its channel) lists nothing.
-    await Promise.all(agents.map((agent) => agent.whenReady(5_000)));
+    const answered = await Promise.all(agents.map((agent) => agent.whenReady(5_000)));
     // In-process there is nobody to retry for: a built-in driver that failed fails the command (a
     // driver package's fault is its own: `devgate drivers` shows it, the other classes work).
     const builtIn = new Set(kernel.modules().flatMap((m) => (m.origin.kind === 'built-in' ? m.drivers : [])));
     const fault = manager.faults().find((f) => builtIn.has(f.driverId));
     if (fault) throw fault.error;
     await libvirt.ready();
-    // A recording or a --sysroot tree is not this host's live devices: what it lacks is not gone.
-    await manager.syncAttachments({ undoStale: !options.recording && !options.sysroot });
+    // What is not listed is gone only from the host read live and from agents that answered: a
+    // recording or a --sysroot tree is another machine's devices, and a silent agent listed nothing.
+    const complete = new Set(agents.filter((_, i) => answered[i]).map((agent) => agent.backend));
+    if (local && !options.sysroot) complete.add(backend);
+    await manager.syncAttachments({ complete: (name) => complete.has(name) });
   } catch (error) {
     kernel.dispose();
     throw error;

@@ -23,6 +23,8 @@ class MemoryConnector implements Connector {
   running = new Set(['work', 'personal']);
   gate?: Promise<void>;
   detachGate?: Promise<void>;
+  /** One gate per detach call, in order, before `detachGate`. */
+  detachGates: Promise<void>[] = [];
   manages = (domain: string) => ['work', 'personal', 'halted'].includes(domain);
   domains = () => ['work', 'personal', 'halted'];
   isRunning = async (domain: string) => this.running.has(domain);
@@ -33,7 +35,7 @@ class MemoryConnector implements Connector {
     return result;
   }
   async detach(_frontend: string, port: Port) {
-    await this.detachGate;
+    await (this.detachGates.shift() ?? this.detachGate);
     this.attached.delete(portKey(port));
   }
   attachments = async () => [...this.attached.values()];
@@ -195,14 +197,32 @@ describe('DeviceManager attach and detach', () => {
     kernel.dispose();
   });
 
-  it('leaves alone, and does not show, what devices read from elsewhere do not match (undoStale: false)', async () => {
+  it('detaches nothing where the devices were not read whole; an unlisted device holds its port', async () => {
     const { manager, port, connector, kernel } = setup([dev('sdb')]);
     connector.attached.set('block:dom0:sdb', { port: port('sdb'), frontend: 'work', options: {} });
     connector.attached.set('block:dom0:gone', { port: port('gone'), frontend: 'work', options: {} });
-    await manager.syncAttachments({ undoStale: false });
+    connector.attached.set('block:dom0:sdb9', {
+      port: port('sdb9'),
+      frontend: 'work',
+      options: {},
+      deviceId: 'other',
+    });
+    await manager.syncAttachments({ complete: () => false });
     expect(manager.get(port('sdb'))!.attachment).toEqual({ frontend: 'work', options: {} });
-    expect(connector.attached.has('block:dom0:gone')).toBe(true);
+    expect([...connector.attached.keys()].sort()).toEqual(['block:dom0:gone', 'block:dom0:sdb', 'block:dom0:sdb9']);
     expect(manager.list({ includeHidden: true }).map((d) => d.port.portId)).toEqual(['sdb']);
+    // The attachment whose device is not listed is known: it can be detached by name.
+    expect(await manager.detach('work', port('gone'))).toEqual([port('gone')]);
+    expect(connector.attached.has('block:dom0:gone')).toBe(false);
+    kernel.dispose();
+  });
+
+  it('detaches nothing of a class whose driver is not loaded', async () => {
+    const { manager, connector, kernel } = setup([dev('sdb')]);
+    const serial = { devclass: 'serial', backend: 'dom0', portId: 'ttyUSB0' };
+    connector.attached.set('serial:dom0:ttyUSB0', { port: serial, frontend: 'work', options: {} });
+    await manager.syncAttachments();
+    expect(connector.attached.has('serial:dom0:ttyUSB0')).toBe(true);
     kernel.dispose();
   });
 
@@ -216,6 +236,28 @@ describe('DeviceManager attach and detach', () => {
     open();
     expect(await attaching).toBe('DG_DEVICE_GONE');
     expect(connector.attached.size).toBe(0);
+    kernel.dispose();
+  });
+});
+
+describe('DeviceManager: a device pulled while a user detaches it', () => {
+  it('stays in flight until both detaches are over: nothing is attached over the second', async () => {
+    const { manager, port, connector, devices, kernel } = setup([dev('sdb')]);
+    await manager.attach({ frontend: 'work', port: port('sdb') });
+    let userDone!: () => void;
+    let reclaimDone!: () => void;
+    connector.detachGates = [new Promise((r) => (userDone = r)), new Promise((r) => (reclaimDone = r))];
+    const detaching = manager.detach('work', port('sdb'));
+    await new Promise((r) => setImmediate(r));
+    devices.next([]); // pulled: devgate's own detach starts
+    await new Promise((r) => setImmediate(r));
+    userDone();
+    expect(await detaching).toEqual([port('sdb')]);
+    devices.next([dev('sdb')]); // plugged back while the hypervisor still lets go of it
+    expect(await codeOf(manager.attach({ frontend: 'personal', port: port('sdb') }))).toBe('DG_ATTACH_IN_PROGRESS');
+    reclaimDone();
+    await new Promise((r) => setImmediate(r));
+    expect(await codeOf(manager.attach({ frontend: 'personal', port: port('sdb') }))).toBe('resolved');
     kernel.dispose();
   });
 });

@@ -232,12 +232,13 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
     // the hypervisor let go: a re-inserted device is not attached over its own detach.
     this.attachments.delete(portKey(port));
     this.attachmentsChanged.next();
-    this.inFlight.add(live.chain);
+    const busy = [...live.chain]; // its own entry: a user's detach of it may be in flight too
+    this.inFlight.add(busy);
     const error = await live.connector.detach(live.frontend, port).then(
       () => undefined,
       (e: unknown) => asError(e),
     );
-    this.inFlight.delete(live.chain);
+    this.inFlight.delete(busy);
     this.end(live, 'device-removed', error);
   }
 
@@ -301,19 +302,29 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
   /**
    * Reads what is attached back from every hypervisor, and detaches what no longer has a device
    * behind it. Run at start: after a restart nothing is stale and nothing is forgotten.
-   * `undoStale: false` is for sources that are not the live backends (a recording, a `--sysroot`
-   * tree): what they do not list is not gone, so an attachment that matches none of their devices
-   * is left alone, and not shown.
+   *
+   * Gone means gone from a complete reading: a backend `complete` says was read whole (default:
+   * every source's), in a class whose driver is loaded. Elsewhere (a recording or a `--sysroot` tree
+   * read instead of the host, a USB VM whose agent has not answered yet) an attachment is not known
+   * to be stale: nothing is detached; one whose device is not listed holds its port, one whose port
+   * lists another device is left out.
    */
-  async syncAttachments({ undoStale = true }: { readonly undoStale?: boolean } = {}): Promise<void> {
+  async syncAttachments({ complete }: { readonly complete?: (backend: DomainName) => boolean } = {}): Promise<void> {
+    const readWhole = (port: Port) =>
+      (complete ? complete(port.backend) : this.backends.some((s) => s.backend === port.backend)) &&
+      this.drivers.some((d) => d.id === port.devclass);
     for (const connector of this.connectors) {
       const reported = await connector.attachments();
       for (const [key, live] of this.attachments) if (live.connector === connector) this.attachments.delete(key);
       for (const attachment of reported) {
         const device = this.get(attachment.port);
         const replaced = device && attachment.deviceId !== undefined && attachment.deviceId !== device.deviceId;
+        if (!readWhole(attachment.port)) {
+          const chain = device ? this.chainOf(device) : [portKey(attachment.port)];
+          if (!replaced) this.attachments.set(portKey(attachment.port), { ...attachment, chain, connector });
+          continue;
+        }
         if (!device || replaced) {
-          if (!undoStale) continue;
           // Attached, but its device is gone from the backend, or another device sits in its port
           // now: undo it rather than show it stale, or show the new device as attached.
           const live = { ...attachment, chain: [portKey(attachment.port)], connector };
@@ -434,14 +445,15 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
       if ([...this.inFlight].some((busy) => overlaps(live.chain, busy))) {
         throw Errors.attachInProgress({ device: portLabel(live.port) });
       }
-      this.inFlight.add(live.chain);
+      const busy = [...live.chain]; // its own entry: a surprise removal may detach it meanwhile
+      this.inFlight.add(busy);
       try {
         await live.connector.detach(live.frontend, live.port);
         this.attachments.delete(portKey(live.port));
         this.attachmentsChanged.next();
         done.push(live.port);
       } finally {
-        this.inFlight.delete(live.chain);
+        this.inFlight.delete(busy);
       }
     }
     return done;
