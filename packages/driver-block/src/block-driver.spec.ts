@@ -57,6 +57,25 @@ describe('block devices on this host (real loop devices)', () => {
     }
   });
 
+  it('hides a mounted btrfs partition (mountinfo names no device for it), and the backend refuses it', async () => {
+    disk = createLoopDisk({ sizeMiB: 160, partitions: [{ sizeMiB: 128 }, {}] });
+    const [p1] = disk.partitions;
+    execFileSync('mkfs.btrfs', ['-q', `/dev/${p1}`]);
+    const mountpoint = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-mnt-'));
+    execFileSync('mount', [`/dev/${p1}`, mountpoint]);
+    try {
+      const devices = byPort(parseBlockDevices(readHostTree(LOCAL_ROOTS), 'dom0'));
+      expect(devices.get(p1)!.hiddenReason).toBe('mounted');
+      expect(devices.get(disk.name)!.hiddenReason).toBe(`partition ${p1} is in use`);
+      const source = new LocalHostSource({ hotplug: 'static' });
+      const spec = { kind: 'block', params: {}, options: {} };
+      await expect(source.dataPath(devices.get(p1)!, spec)).rejects.toMatchObject({ code: 'DG_DEVICE_IN_USE' });
+    } finally {
+      execFileSync('umount', [mountpoint]);
+      fs.rmdirSync(mountpoint);
+    }
+  });
+
   it('reports a read-only loop device as read-only', () => {
     disk = createLoopDisk({ sizeMiB: 16, readOnly: true });
     const device = byPort(parseBlockDevices(readHostTree(LOCAL_ROOTS), 'dom0')).get(disk.name)!;

@@ -114,7 +114,7 @@ export class LocalHostSource implements DeviceSource {
         if (usage && now - usage.at < USAGE_FRESH_MS) return usage.parsed;
         const files = readUsageFiles(this.roots);
         const same = usage && files.mountinfo === usage.files.mountinfo && files.swaps === usage.files.swaps;
-        usage = { files, at: now, parsed: same ? usage!.parsed : parseUsage(files) };
+        usage = { files, at: now, parsed: same ? usage!.parsed : parseUsage(files, this.roots) };
         return usage.parsed;
       };
       const flush = () => {
@@ -202,7 +202,7 @@ export class LocalHostSource implements DeviceSource {
         const files = readUsageFiles(this.roots);
         if (files.mountinfo !== usage?.files.mountinfo || files.swaps !== usage.files.swaps) {
           // What was just read is what the pass it schedules lists: not read a second time.
-          usage = { files, at: Date.now(), parsed: parseUsage(files) };
+          usage = { files, at: Date.now(), parsed: parseUsage(files, this.roots) };
           schedule();
         }
       }, USAGE_POLL_MS);

@@ -27,12 +27,27 @@ export function parseUdevDataFile(text: string): Record<string, string> {
   return result;
 }
 
-/** `major:minor` of every mounted device, from mountinfo's third field. */
-export function parseMountinfo(text: string): Set<string> {
+/**
+ * `major:minor` of every mounted device, from mountinfo's third field. A filesystem that reports an
+ * anonymous device there (btrfs: `0:NN`) is on its mount source: `deviceOf` says which device a
+ * `/dev/...` source is.
+ */
+export function parseMountinfo(
+  text: string,
+  deviceOf: (source: string) => string | undefined = () => undefined,
+): Set<string> {
   const mounted = new Set<string>();
   for (const line of text.split('\n')) {
     const fields = line.split(' ');
-    if (fields.length > 2 && /^\d+:\d+$/.test(fields[2]) && !fields[2].startsWith('0:')) mounted.add(fields[2]);
+    if (fields.length < 3 || !/^\d+:\d+$/.test(fields[2])) continue;
+    if (!fields[2].startsWith('0:')) {
+      mounted.add(fields[2]);
+      continue;
+    }
+    // After the optional fields: `- fstype source options`.
+    const source = fields[fields.indexOf('-', 6) + 2]?.replace(/\\040/g, ' ');
+    const device = source?.startsWith('/dev/') ? deviceOf(source) : undefined;
+    if (device) mounted.add(device);
   }
   return mounted;
 }

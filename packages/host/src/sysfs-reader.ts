@@ -149,7 +149,7 @@ function hasUdevDatabase(roots: HostRoots): boolean {
 }
 
 export function readUsage(roots: HostRoots): HostUsage {
-  return parseUsage(readUsageFiles(roots));
+  return parseUsage(readUsageFiles(roots), roots);
 }
 
 /** The files that say which block devices the host uses, as read: mounting makes no uevent, so they are compared. */
@@ -165,8 +165,22 @@ export function readUsageFiles(roots: HostRoots): UsageFiles {
   };
 }
 
-export function parseUsage(files: UsageFiles): HostUsage {
-  return { mounted: parseMountinfo(files.mountinfo), swaps: parseSwaps(files.swaps) };
+export function parseUsage(files: UsageFiles, roots: HostRoots): HostUsage {
+  const deviceOf = (source: string) => blockDeviceNumber(path.join(roots.dev, source.slice('/dev/'.length)));
+  return { mounted: parseMountinfo(files.mountinfo, deviceOf), swaps: parseSwaps(files.swaps) };
+}
+
+/** The `major:minor` of a block device node (glibc's encoding of dev_t), or undefined for anything else. */
+function blockDeviceNumber(node: string): string | undefined {
+  try {
+    const stat = fs.statSync(node, { bigint: true });
+    if (!stat.isBlockDevice()) return undefined;
+    const major = ((stat.rdev >> 8n) & 0xfffn) | ((stat.rdev >> 32n) & ~0xfffn);
+    const minor = (stat.rdev & 0xffn) | ((stat.rdev >> 12n) & ~0xffn);
+    return `${major}:${minor}`;
+  } catch {
+    return undefined;
+  }
 }
 
 /** What is known of a device directory before it is read (see readDeviceWithAncestors). */
