@@ -51,3 +51,26 @@ export function decodeUdevEscapes(raw: string): string {
   }
   return Buffer.from(bytes).toString('utf8');
 }
+
+const KERNEL_NAME = /^[A-Za-z0-9_.:-]{1,64}$/;
+
+/** A kernel device name (`sda1`, `dm-0`, `event5`): what a name from sysfs, an agent or a recording must be. */
+export function isKernelName(name: string): boolean {
+  return KERNEL_NAME.test(name);
+}
+
+/** Holders named in a reason at most; the others are counted (an agent may list 1,024 of them). */
+const NAMED_HOLDERS = 4;
+
+/**
+ * `in use by dm-0`, for a block device with holders. Only kernel names are shown, the others are
+ * counted: a hostile name neither reaches a terminal nor makes a held device look free.
+ */
+export function inUseBy(holders: readonly string[]): string {
+  const named = holders.filter(isKernelName).slice(0, NAMED_HOLDERS);
+  const others = holders.length - named.length;
+  const devices = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
+  if (named.length === 0) return `in use by ${devices(others, 'device')}`;
+  const list = named.join(', ');
+  return others === 0 ? `in use by ${list}` : `in use by ${list} and ${devices(others, 'other device')}`;
+}

@@ -1,6 +1,9 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { type DeviceInfo, describeDevice } from '@devgate/core';
 import { loadRecording } from '@devgate/host';
-import { describeDriverConformance, recordedFixture } from '@devgate/testkit';
+import { UNSAFE_CHARACTERS, describeDriverConformance, recordedFixture } from '@devgate/testkit';
 import { BlockDriver } from './block-driver';
 import { parseBlockDevices } from './parse-block-devices';
 
@@ -75,5 +78,61 @@ describe('block devices of recorded machines', () => {
     const hidden = [...found.values()].filter((d) => d.hiddenReason);
     expect(hidden.length).toBeGreaterThan(0);
     for (const device of hidden) expect(device.hiddenReason).toMatch(/^(mounted|swap|partition \S+ is in use)$/);
+  });
+});
+
+describe('holders a recording or a backend’s agent names', () => {
+  // A reviewer's recording: the holder's name is a terminal title and a screen clear. The agent
+  // protocol lets an entry name be anything but `/` and NUL, and so does a recording's `L:` line.
+  const HOSTILE = 'dm-0\u001b]0;PWNED\u0007\u001b[2J\u202eexe.pdf';
+  const loop = (name: string, holders: readonly string[], devtype = 'disk') =>
+    [
+      `P: /devices/virtual/block/${name.replace(/^(loop\d+)(p\d+)$/, '$1/$1$2')}`,
+      `N: ${name}`,
+      `E: DEVTYPE=${devtype}`,
+      'E: MAJOR=7',
+      `E: MINOR=${/\d+$/.exec(name)![0]}`,
+      'E: SUBSYSTEM=block',
+      'A: size=2048',
+      ...(devtype === 'disk' ? [`A: loop/backing_file=/var/lib/images/${name}.img`] : []),
+      ...holders.map((holder) => `L: holders/${holder}=../../${holder.slice(0, 4)}`),
+    ].join('\n');
+
+  let found: Map<string, DeviceInfo>;
+  beforeAll(() => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-holders-'));
+    try {
+      const file = path.join(dir, 'hostile-holders.umockdev');
+      const records = [
+        loop('loop0', [HOSTILE]),
+        loop('loop1', ['dm-1', HOSTILE]),
+        loop('loop2', []),
+        loop('loop2p1', [HOSTILE], 'partition'),
+        loop('loop3', ['dm-0', 'dm-1', 'dm-2', 'dm-3', 'dm-4', 'dm-5']),
+      ];
+      fs.writeFileSync(file, records.join('\n\n') + '\n');
+      const recording = loadRecording(file);
+      found = new Map(parseBlockDevices(recording.tree, 'sys-usb').map((d) => [d.port.portId, d]));
+      recording.dispose();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('counts a holder whose name is not a kernel name: no escapes in the reason, still in use', () => {
+    const loop0 = found.get('loop0')!;
+    expect(loop0.hiddenReason).toBe('in use by 1 device');
+    expect(loop0.inUse).toBe(true);
+    expect(found.get('loop1')).toMatchObject({ hiddenReason: 'in use by dm-1 and 1 other device', inUse: true });
+    for (const device of found.values()) expect(device.hiddenReason ?? '').not.toMatch(UNSAFE_CHARACTERS);
+  });
+
+  it('keeps a disk busy while its partition is held by such a name', () => {
+    expect(found.get('loop2p1')).toMatchObject({ hiddenReason: 'in use by 1 device', inUse: true });
+    expect(found.get('loop2')).toMatchObject({ hiddenReason: 'partition loop2p1 is in use', inUse: true });
+  });
+
+  it('names a few holders and counts the rest, so the reason stays short', () => {
+    expect(found.get('loop3')!.hiddenReason).toBe('in use by dm-0, dm-1, dm-2, dm-3 and 2 other devices');
   });
 });

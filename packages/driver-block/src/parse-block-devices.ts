@@ -8,6 +8,7 @@ import {
   type Port,
   type RawDeviceRecord,
   decodeUdevEscapes,
+  inUseBy,
   portLabel,
   sanitizeText,
   sysname,
@@ -149,7 +150,7 @@ function hiddenReason(tree: HostTree, known: RecordFacts): string | undefined {
 
 function recordHiddenReason(record: RawDeviceRecord, name: string): string | undefined {
   const holders = record.entries?.('holders') ?? [];
-  if (holders.length > 0) return `in use by ${holders.join(', ')}`;
+  if (holders.length > 0) return inUseBy(holders);
   const size = record.attribute('size');
   if (/^loop\d+$/.test(name) && (size === '0' || (size === undefined && !record.attribute('loop/backing_file')))) {
     if (size === '0' || !record.properties.ID_FS_TYPE) return 'empty loop device';

@@ -14,6 +14,7 @@ import {
   type RawDeviceRecord,
   type SafeText,
   decodeUdevEscapes,
+  isKernelName,
   isUsbDevice,
   isUsbInterface,
   sanitizeText,
@@ -93,8 +94,6 @@ export interface PciFunction {
   readonly behind: Behind;
 }
 
-/** Kernel names worth keeping (`input5`, `sda`, `usb1`, `1-1.6`); anything else is dropped. */
-const KERNEL_NAME = /^[A-Za-z0-9_.:-]{1,64}$/;
 const BUSID = /^\d{1,3}-\d{1,3}(\.\d{1,3}){0,6}$/;
 const ROOT_HUB = /^usb\d{1,3}$/;
 const INPUT = /^input\d{1,6}$/;
@@ -272,7 +271,7 @@ function collectBehind(tree: HostTree, pci: ReadonlyMap<string, RawDeviceRecord>
     const kind = record.subsystem;
     if (kind !== 'usb' && kind !== 'input' && (kind !== 'block' || record.properties.DEVTYPE !== 'disk')) continue;
     const name = sysname(record.devpath);
-    if (!KERNEL_NAME.test(name)) continue;
+    if (!isKernelName(name)) continue;
     const at = owner(record.devpath);
     if (at === undefined) continue;
     if (record.subsystem === 'usb') {
@@ -400,8 +399,9 @@ function diskInUse(tree: HostTree, disk: RawDeviceRecord, partitions: readonly R
     }
     const node = DEVNAME ? (DEVNAME.startsWith('/') ? DEVNAME : `/dev/${DEVNAME}`) : `/dev/${name}`;
     if (tree.usage.swaps.has(node)) return record === disk ? 'swap' : `${name} is swap`;
-    const holders = record.entries?.('holders')?.filter((h) => KERNEL_NAME.test(h));
-    if (holders && holders.length > 0) return `${record === disk ? '' : `${name} `}held by ${holders[0]}`;
+    const holders = record.entries?.('holders') ?? [];
+    if (holders.length > 0)
+      return `${record === disk ? '' : `${name} `}held by ${holders.find(isKernelName) ?? 'another device'}`;
   }
   return undefined;
 }

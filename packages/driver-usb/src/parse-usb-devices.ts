@@ -15,6 +15,7 @@ import {
   type SafeText,
   HostTree,
   decodeUdevEscapes,
+  isKernelName,
   isUsbDevice,
   isUsbInterface,
   recordOf,
@@ -33,8 +34,6 @@ import { type UsbNames } from './usb-ids.js';
  *  and root hubs (`usb1`) do not match. */
 const BUSID = /^(\d{1,3})-\d{1,3}(\.\d{1,3}){0,6}$/;
 const PCI_ADDRESS = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
-/** Kernel names of child devices (`sda1`, `event5`, `hidraw0`) worth linking; anything else is dropped. */
-const KERNEL_NAME = /^[A-Za-z0-9_.:-]{1,64}$/;
 const CHILD_SUBSYSTEMS = ['block', 'input', 'hidraw'];
 const HUB_CLASS = 9;
 
@@ -222,7 +221,7 @@ function childNames(tree: HostTree, device: RawDeviceRecord): string[] {
     .map((child) => child.devpath)
     .sort()
     .map(sysname)
-    .filter((name) => KERNEL_NAME.test(name));
+    .filter(isKernelName); // child names worth linking; anything else is dropped
 }
 
 /** Mbit/s as the kernel writes it: `1.5`, `12`, `480`, `5000`, `10000`, `20000`. Anything else is dropped. */

@@ -43,6 +43,20 @@ it('names the partition a device-mapper device holds, for the partition and for 
   expect(inUse('sdb1')).toBeUndefined();
 });
 
+it('counts holders whose names are not kernel names: no escapes in the reason, and still in use', () => {
+  // A sysroot or a recording's tree can name a holder anything a file can be named.
+  const hostile = 'dm-0\u001b]0;PWNED\u0007\u001b[2J\u202eexe.pdf';
+  fs.mkdirSync(path.join(dir, 'sys/class/block/sdb/sdb2/holders', hostile));
+  expect(inUse('sdb2')).toBe('in use by 1 device');
+  expect(inUse('sdb')).toBe('partition sdb2 is in use by 1 device');
+  fs.mkdirSync(path.join(dir, 'sys/class/block/sdb/sdb2/holders/dm-1'));
+  expect(inUse('sdb2')).toBe('in use by dm-1 and 1 other device');
+  for (const n of [2, 3, 4, 5, 6]) fs.mkdirSync(path.join(dir, `sys/class/block/sdb/sdb2/holders/dm-${n}`));
+  expect(inUse('sdb2')).toBe('in use by dm-1, dm-2, dm-3, dm-4 and 3 other devices');
+  // eslint-disable-next-line no-control-regex
+  expect(inUse('sdb')).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/);
+});
+
 it('sees a mounted partition and a swap partition', () => {
   fs.appendFileSync(path.join(dir, 'proc/self/mountinfo'), '40 22 8:17 / /media/stick rw - vfat /dev/sdb1 rw\n');
   fs.appendFileSync(path.join(dir, 'proc/swaps'), '/dev/sdb2\tpartition\t1048572\t0\t-2\n');

@@ -5,6 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { inUseBy } from '@devgate/core';
 import { type HostRoots, readUsage } from './sysfs-reader.js';
 
 /**
@@ -30,7 +31,7 @@ function partUse(usage: ReturnType<typeof readUsage>, name: string, dir: string)
   if (majmin && usage.mounted.has(majmin)) return 'mounted';
   if (usage.swaps.has(`/dev/${name}`)) return 'swap';
   const holders = entriesOf(path.join(dir, 'holders'));
-  return holders.length > 0 ? `in use by ${holders.join(', ')}` : undefined;
+  return holders.length > 0 ? inUseBy(holders) : undefined;
 }
 
 function entriesOf(dir: string): string[] {
