@@ -20,12 +20,11 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { Errors } from '@devgate/core';
+import { Errors, isValidDomainName } from '@devgate/core';
 import {
   type AgentEndpoints,
   defaultLabStateDir,
   defaultRegistryFile,
-  isValidDomainName,
   readRegistry,
   updateRegistry,
 } from '@devgate/backend-qemu';

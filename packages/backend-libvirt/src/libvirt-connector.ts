@@ -21,6 +21,8 @@ import {
   INPUT_LINUX_KIND,
   type InjectedInputEvent,
   LIBVIRT_XML_KIND,
+  type Logger,
+  isValidDomainName,
   type Port,
   inputSendEventArgs,
   portLabel,
@@ -113,6 +115,21 @@ export interface LibvirtConnectorOptions {
    */
   readonly watch?: boolean;
   readonly id?: string;
+  /** Where a domain skipped for its name is said (once per name). Default: nowhere. */
+  readonly logger?: Logger;
+}
+
+/*
+ * A libvirt domain not named by devgate's rule (`isValidDomainName`) is not a frontend. Refused, not
+ * sanitized: sanitizing could make two domains one, or one name look like another (`evil\u202Ecod.exe`).
+ */
+/** Names said to be skipped, at most: a libvirt that makes up new names cannot fill memory or the log. */
+const MAX_SKIPPED_NAMES = 256;
+
+/** A name as a log can show it: printable ASCII as is, anything else as `\u{...}`. */
+function visibleName(name: string): string {
+  const chars = Array.from(name.slice(0, 64));
+  return chars.map((c) => (/^[\x20-\x7e]$/.test(c) ? c : `\\u{${c.codePointAt(0)!.toString(16)}}`)).join('');
 }
 
 /** Running as libvirt says it (`virsh domstate`). */
@@ -176,6 +193,8 @@ export class LibvirtConnector implements Connector {
   private readonly pendingRefresh = new Map<DomainName, NodeJS.Timeout>();
   private tmpDirPath?: string;
   private tmpCounter = 0;
+  /** Domains skipped for their names (each said once). */
+  private readonly skippedNames = new Set<string>();
   private pidTimer?: NodeJS.Timeout;
 
   constructor(private readonly options: LibvirtConnectorOptions) {
@@ -595,6 +614,8 @@ export class LibvirtConnector implements Connector {
 
   /** Re-reads one domain; undefined (and dropped from the cache) when libvirt no longer has it. */
   private async refresh(domain: DomainName): Promise<DomainEntry | undefined> {
+    // Never a frontend, so never read into the cache (isRunning and attach ask with any name).
+    if (!isValidDomainName(domain)) return undefined;
     const epoch = this.epochs.get(domain) ?? 0;
     const result = await this.transport.call(this.readBack(domain));
     if ((this.epochs.get(domain) ?? 0) !== epoch) {
@@ -626,10 +647,11 @@ export class LibvirtConnector implements Connector {
       if (errors.length > 0 && !list.stdout.trim()) {
         throw Errors.libvirtUnreachable({ uri: this.uri, reason: errors.join('; ') });
       }
+      // Not trimmed: `work ` is another domain than `work`, and is skipped for its name.
       const names = list.stdout
         .split('\n')
-        .map((l) => l.trim())
-        .filter((l) => l.length > 0 && l.length <= 255);
+        .map((l) => l.replace(/\r$/, ''))
+        .filter((l) => l.length > 0 && this.isDomainName(l));
       const before = new Map(this.cache);
       const epochs = new Map(this.epochs);
       const fresh = new Map<DomainName, DomainEntry>();
@@ -705,6 +727,7 @@ export class LibvirtConnector implements Connector {
 
   private onEvent(event: LibvirtEvent): void {
     if (this.disposed) return;
+    if ('domain' in event && !this.isDomainName(event.domain)) return;
     switch (event.kind) {
       case 'connected':
         this.eventsConnected = true;
@@ -817,6 +840,20 @@ export class LibvirtConnector implements Connector {
       }
     }, this.options.pidPollMs ?? 200);
     this.pidTimer.unref?.();
+  }
+
+  /** Whether libvirt's name is a devgate domain name; a domain named otherwise is skipped, said once. */
+  private isDomainName(name: string): boolean {
+    if (isValidDomainName(name)) return true;
+    if (!this.skippedNames.has(name) && this.skippedNames.size < MAX_SKIPPED_NAMES) {
+      this.skippedNames.add(name);
+      this.options.logger?.warn('libvirt domain skipped: its name is not a valid domain name', {
+        uri: this.uri,
+        name: visibleName(name),
+        rule: 'at most 31 characters: a letter, then letters, digits, _ . or -',
+      });
+    }
+    return false;
   }
 
   private markOwn(domain: DomainName, alias: string): void {

@@ -7,11 +7,10 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Errors } from '@devgate/core';
+import { Errors, isValidDomainName } from '@devgate/core';
 import { type LibvirtTransport, VirshTransport, virshErrors } from './virsh-transport.js';
 
 export const LAB_METADATA_URI = 'urn:devgate:lab:1';
-const NAME = /^[a-zA-Z][a-zA-Z0-9_.-]{0,30}$/;
 
 export interface LabDomainOptions {
   /** A USB controller (default true). */
@@ -26,7 +25,7 @@ export interface LabDomainOptions {
 
 /** The domain XML of a lab domain. */
 export function labDomainXml(name: string, options: LabDomainOptions = {}): string {
-  if (!NAME.test(name)) throw Errors.invalidDomainName({ name });
+  if (!isValidDomainName(name)) throw Errors.invalidDomainName({ name });
   const kvm = options.kvm ?? (process.env.DEVGATE_LIBVIRT_KVM === '1' && fs.existsSync('/dev/kvm'));
   const ports = Array.from(
     { length: options.rootPorts ?? 2 },
@@ -79,7 +78,7 @@ async function isLab(transport: LibvirtTransport, name: string): Promise<boolean
  * not devgate's lab domain is refused (DG_DOMAIN_EXISTS); a stopped lab domain is started again.
  */
 export async function libvirtLabUp(names: readonly string[], options: LibvirtLabOptions): Promise<string[]> {
-  for (const name of names) if (!NAME.test(name)) throw Errors.invalidDomainName({ name });
+  for (const name of names) if (!isValidDomainName(name)) throw Errors.invalidDomainName({ name });
   return withTransport(options, async (transport) => {
     const started: string[] = [];
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-lab-libvirt-'));

@@ -1,11 +1,10 @@
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
-import { DevgateError } from '@devgate/core';
+import { DevgateError, isValidDomainName } from '@devgate/core';
 import {
   defaultRegistryFile,
   findJsonErrorOffset,
   getDomain,
-  isValidDomainName,
   parseRegistry,
   readRegistry,
   updateRegistry,

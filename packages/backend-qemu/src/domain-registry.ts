@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { promises as fs, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, isAbsolute, join } from 'node:path';
-import { DevgateError, Errors } from '@devgate/core';
+import { DevgateError, Errors, isValidDomainName } from '@devgate/core';
 
 export interface DomainEntry {
   /** Absolute path of the domain's QMP Unix socket. */
@@ -44,13 +44,6 @@ export interface DomainRegistryData {
   readonly domains: Readonly<Record<string, DomainEntry>>;
   /** Backend domains whose devices come from a recording. */
   readonly backends?: Readonly<Record<string, { readonly recording: string }>>;
-}
-
-/** Qubes' rule: a letter, then letters, digits, `_`, `.` or `-`; 31 characters at most. */
-export const DOMAIN_NAME_PATTERN = /^[a-zA-Z][a-zA-Z0-9_.-]{0,30}$/;
-
-export function isValidDomainName(name: string): boolean {
-  return DOMAIN_NAME_PATTERN.test(name);
 }
 
 export const EMPTY_REGISTRY: DomainRegistryData = Object.freeze({ dom0: 'dom0', domains: Object.freeze({}) });

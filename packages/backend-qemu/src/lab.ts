@@ -12,15 +12,8 @@
 import { spawn } from 'node:child_process';
 import { existsSync, promises as fs, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { DevgateError, Errors } from '@devgate/core';
-import {
-  type DomainEntry,
-  defaultRegistryFile,
-  getDomain,
-  isValidDomainName,
-  readRegistry,
-  updateRegistry,
-} from './domain-registry.js';
+import { DevgateError, Errors, isValidDomainName } from '@devgate/core';
+import { type DomainEntry, defaultRegistryFile, getDomain, readRegistry, updateRegistry } from './domain-registry.js';
 import { QmpClient } from './qmp-client.js';
 
 export interface LabOptions {

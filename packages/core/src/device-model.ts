@@ -6,6 +6,13 @@ import { type SafeText } from './sanitize.js';
 export type DeviceClassId = 'block' | 'usb' | 'input' | 'pci' | (string & {});
 export type DomainName = string;
 
+/** Qubes' rule for domain names: a letter, then letters, digits, `_`, `.` or `-`; 31 characters at most. */
+const DOMAIN_NAME = /^[a-zA-Z][a-zA-Z0-9_.-]{0,30}$/;
+
+export function isValidDomainName(name: string): boolean {
+  return DOMAIN_NAME.test(name);
+}
+
 /** Where a device sits: `backend:portId` within one device class. */
 export interface Port {
   readonly backend: DomainName;

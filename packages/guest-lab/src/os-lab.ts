@@ -12,13 +12,12 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Errors } from '@devgate/core';
+import { Errors, isValidDomainName } from '@devgate/core';
 import {
   type DomainEntry,
   defaultLabStateDir,
   defaultRegistryFile,
   getDomain,
-  isValidDomainName,
   labDown,
   readRegistry,
   updateRegistry,

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { type Node, type ParseError, findNodeAtLocation, parseTree, printParseErrorCode } from 'jsonc-parser';
-import { Errors, type ModuleReference, PACKAGE_NAME, isPathSpecifier } from '@devgate/core';
+import { Errors, type ModuleReference, PACKAGE_NAME, isPathSpecifier, isValidDomainName } from '@devgate/core';
 import { defaultLibvirtUri } from '@devgate/backend-libvirt';
 
 /** Where a backend domain's devices come from. */
@@ -95,7 +95,6 @@ const TOP_KEYS = new Set([
   'inputTargets',
 ]);
 const LIBVIRT_URI = /^[a-z][a-z0-9+]*:\/\/[^\s]{0,1000}$/i;
-const NAME = /^[a-zA-Z][a-zA-Z0-9_.-]{0,30}$/;
 const ACCOUNT = /^[a-z_][a-z0-9_-]{0,31}\$?$/;
 
 /** Every problem of a config file, each located at line:column. */
@@ -132,7 +131,7 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
   for (const property of backendsNode?.type === 'object' ? (backendsNode.children ?? []) : []) {
     const [keyNode, valueNode] = property.children ?? [];
     const name = String(keyNode.value);
-    if (!NAME.test(name)) at(keyNode.offset, `invalid backend name '${name}'`);
+    if (!isValidDomainName(name)) at(keyNode.offset, `invalid backend name '${name}'`);
     const source = value(valueNode) as Record<string, unknown> | undefined;
     if (source && source.source === 'local' && Object.keys(source).length === 1) backends[name] = { source: 'local' };
     else if (source && typeof source.recording === 'string' && Object.keys(source).length === 1) {
@@ -237,8 +236,9 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
     at(targetsNode.offset, 'inputTargets must be an object: {"sys-usb": "work"}');
   for (const property of targetsNode?.type === 'object' ? (targetsNode.children ?? []) : []) {
     const [keyNode, valueNode] = property.children ?? [];
-    if (!NAME.test(String(keyNode.value))) at(keyNode.offset, `invalid backend name '${String(keyNode.value)}'`);
-    else if (valueNode?.type !== 'string' || !NAME.test(valueNode.value))
+    if (!isValidDomainName(String(keyNode.value)))
+      at(keyNode.offset, `invalid backend name '${String(keyNode.value)}'`);
+    else if (valueNode?.type !== 'string' || !isValidDomainName(valueNode.value))
       at(valueNode?.offset ?? keyNode.offset, `inputTargets.${String(keyNode.value)} must be a domain name`);
     else inputTargets[String(keyNode.value)] = valueNode.value;
   }

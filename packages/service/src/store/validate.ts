@@ -10,10 +10,9 @@ import {
   Errors,
   type InterfaceCode,
   isInterfaceCode,
+  isValidDomainName,
 } from '@devgate/core';
 
-// Qubes' VM name rule; packages/backend-qemu's domain registry uses the same one.
-const DOMAIN_NAME = /^[a-zA-Z][a-zA-Z0-9_.-]{0,30}$/;
 const DEVCLASS = /^[a-z][a-z0-9_-]{0,31}$/;
 // USB busids (`1-1.4`), block names (`nvme0n1p2`), PCI paths (`00_08.1-00_00.0`) and BDFs (`0000:00:14.0`).
 const PORT_ID = /^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$/;
@@ -37,7 +36,7 @@ function invalid(field: string, value: unknown, reason: string): Error {
 }
 
 export function domainName(value: string): string {
-  if (typeof value !== 'string' || !DOMAIN_NAME.test(value)) throw Errors.invalidDomainName({ name: String(value) });
+  if (typeof value !== 'string' || !isValidDomainName(value)) throw Errors.invalidDomainName({ name: String(value) });
   return value;
 }
 
