@@ -13,22 +13,31 @@ export interface AccessLog {
  * the `.rw` socket 0600 plus a POSIX ACL entry for each allowed user and group.
  */
 export function applySocketAccess(config: DaemonConfig, readSocket: string, rwSocket: string, log: AccessLog): void {
-  const readGid = config.access.readGroup ? groupId(config.access.readGroup) : undefined;
-  if (config.access.readGroup && readGid === undefined) {
-    log.warn(`group '${config.access.readGroup}' does not exist: only root can use ${readSocket}`);
+  const { readGroup, users, groups } = config.access;
+  const readGid = readGroup ? groupId(readGroup) : undefined;
+  if (readGroup && readGid === undefined) {
+    log.warn(`group '${readGroup}' does not resolve (getent group ${readGroup}): only root can use ${readSocket}`);
   }
   if (readGid !== undefined) fs.chownSync(readSocket, process.getuid?.() ?? 0, readGid);
   fs.chmodSync(readSocket, READ_SOCKET_MODE);
   fs.chmodSync(rwSocket, RW_SOCKET_MODE);
-  const entries = [
-    ...config.access.users.map((user) => `u:${user}:rw`),
-    ...config.access.groups.filter((group) => groupId(group) !== undefined).map((group) => `g:${group}:rw`),
+  const grants = [
+    ...users.map((name) => ({ kind: 'user', database: 'passwd', tag: 'u', name, id: userId(name) })),
+    ...groups.map((name) => ({ kind: 'group', database: 'group', tag: 'g', name, id: groupId(name) })),
   ];
-  if (entries.length === 0) return;
-  try {
-    execFileSync('setfacl', ['-m', entries.join(','), rwSocket], { stdio: ['ignore', 'ignore', 'pipe'] });
-  } catch (error) {
-    log.warn(`cannot grant ${entries.join(', ')} on ${rwSocket} (is the acl package installed?): ${String(error)}`);
+  // One entry at a time: a name that does not resolve must not cost the others their access.
+  for (const { kind, database, tag, name, id } of grants) {
+    if (id === undefined) {
+      log.warn(`${kind} '${name}' does not resolve (getent ${database} ${name}): no access to ${rwSocket} for it`);
+      continue;
+    }
+    try {
+      // By number: the entry is the id resolved here, whatever setfacl's own lookup would find.
+      execFileSync('setfacl', ['-m', `${tag}:${id}:rw`, rwSocket], { stdio: ['ignore', 'ignore', 'pipe'] });
+    } catch (error) {
+      const reason = (error as { stderr?: Buffer }).stderr?.toString().trim() || (error as Error).message;
+      log.warn(`cannot give ${kind} '${name}' access to ${rwSocket} (is the acl package installed?): ${reason}`);
+    }
   }
 }
 
@@ -62,14 +71,48 @@ export function listenOnNewSocket(server: net.Server, file: string, mode: number
   });
 }
 
+/** A user's uid through the system's name service (files, LDAP, sssd: whatever nsswitch.conf lists). */
+export function userId(name: string): number | undefined {
+  return nameServiceId('passwd', name);
+}
+
+/** A group's gid through the system's name service, as userId. */
 export function groupId(name: string): number | undefined {
+  return nameServiceId('group', name);
+}
+
+function nameServiceId(database: 'passwd' | 'group', name: string): number | undefined {
+  // getent would take a leading '-' as an option; ':' and newlines cannot be in a name.
+  if (!/^[^-:\n][^:\n]*$/.test(name)) return undefined;
+  let entry: string;
   try {
-    for (const line of fs.readFileSync('/etc/group', 'utf8').split('\n')) {
-      const [group, , gid] = line.split(':');
-      if (group === name) return Number(gid);
-    }
-  } catch {
-    // no /etc/group: no such group
+    // Bounded: an unreachable directory server must not hold devgated's start for long.
+    entry = execFileSync('getent', [database, name], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+      timeout: 10_000,
+    });
+  } catch (error) {
+    // No getent (a minimal image): the local file alone. Otherwise (exit 2): no such name.
+    return (error as NodeJS.ErrnoException).code === 'ENOENT' ? fileId(`/etc/${database}`, name) : undefined;
   }
-  return undefined;
+  return idField(entry.split('\n')[0]);
+}
+
+function fileId(file: string, name: string): number | undefined {
+  try {
+    const line = fs
+      .readFileSync(file, 'utf8')
+      .split('\n')
+      .find((l) => l.split(':')[0] === name);
+    return line === undefined ? undefined : idField(line);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The third field of a passwd or group line: the uid or gid. */
+function idField(line: string): number | undefined {
+  const field = line.split(':')[2];
+  return field !== undefined && /^\d+$/.test(field) ? Number(field) : undefined;
 }

@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { type FastifyInstance } from 'fastify';
 import pino, { type Logger } from 'pino';
@@ -54,6 +55,8 @@ export class Devgated implements Disposable {
   private servers: FastifyInstance[] = [];
   /** The socket files this process created, and so removes when it stops. */
   private readonly createdSockets: string[] = [];
+  /** Backends whose agent had not answered when what is attached was read back (see reconcileWhenReady). */
+  private readonly unread = new Set<string>();
   private authorizer?: UsbAuthorizer;
   private stopped = false;
   private registry?: RegistryWatch;
@@ -77,6 +80,8 @@ export class Devgated implements Disposable {
   ) {}
 
   static async start(config: DaemonConfig, log: Logger = pino({ level: 'info' })): Promise<Devgated> {
+    // Before anything is opened or reconciled: a second devgated must leave the first one's state alone.
+    for (const file of ownSocketPaths(config.socket)) await checkNotListening(file);
     const store = openStateStore(config.stateDir);
     const events = new DaemonEvents();
     // Every domain at the configured libvirt URIs is a frontend; a disk someone attached there maps to this host.
@@ -85,7 +90,7 @@ export class Devgated implements Disposable {
     const isListed = (port: Port) => listing.manager?.get(port) !== undefined;
     const { modules, libvirt } = builtinModules({
       domains: config.domains,
-      libvirt: { uris: config.libvirt?.uris ?? [], dom0: localBackend, isListed },
+      libvirt: { uris: config.libvirt?.uris ?? [], dom0: localBackend, isListed, logger: pinoLogger(log) },
     });
     const kernel = new Kernel().load(...modules);
     // Third-party driver packages (the configuration's `modules`), each isolated, and what devgate provides them.
@@ -118,8 +123,11 @@ export class Devgated implements Disposable {
       });
       daemon.registry.start();
       // Their first trees are awaited (bounded) before what is attached is read back, so an
-      // attachment that outlived a restart of devgated is not taken for a vanished device.
-      await Promise.all(agents().map((agent) => agent.whenReady(5_000)));
+      // attachment that outlived a restart of devgated is not taken for a vanished device. One that
+      // does not answer in time is read back when it does: its attachments are kept meanwhile.
+      const starting = agents();
+      const answered = await Promise.all(starting.map((agent) => agent.whenReady(5_000)));
+      starting.forEach((agent, i) => answered[i] || daemon.unread.add(agent.backend));
       // libvirt's domains are read once before what is attached is reconciled; a URI out of reach now
       // is retried in the background, and its domains appear when it answers.
       for (const { uri, error } of await libvirt.ready()) {
@@ -130,6 +138,7 @@ export class Devgated implements Disposable {
       // Watch first: what the read-back ends (a stick swapped while devgated was down) is audited.
       daemon.watch();
       await daemon.reconcile();
+      for (const agent of starting) if (daemon.unread.has(agent.backend)) void daemon.reconcileWhenReady(agent);
       daemon.authorizeUsb();
       autoAttach.start();
       const auditInput = (
@@ -210,13 +219,25 @@ export class Devgated implements Disposable {
     });
   }
 
+  /** A USB VM whose agent answers after devgated started: what is attached of it is read back then. */
+  private async reconcileWhenReady(agent: AgentSource): Promise<void> {
+    const gone = () => this.stopped || !this.manager.sources.includes(agent);
+    while (!(await agent.whenReady(60_000))) if (gone()) return;
+    if (gone()) return;
+    this.unread.delete(agent.backend);
+    await this.reconcile(agent.backend).catch((error: unknown) =>
+      this.log.warn({ backend: agent.backend, code: errorCode(error) }, 'reading back attachments failed'),
+    );
+  }
+
   /**
    * At start: what is attached is read back from the hypervisors, and journal entries left pending
    * by a crash are settled against that truth and audited.
    */
-  private async reconcile(): Promise<void> {
-    await this.manager.syncAttachments();
+  private async reconcile(backend?: string): Promise<void> {
+    await this.manager.syncAttachments({ complete: (name) => !this.unread.has(name), backend });
     for (const entry of this.store.journal.pending()) {
+      if (this.unread.has(entry.backend) || (backend !== undefined && entry.backend !== backend)) continue;
       const device = this.manager.get({ devclass: entry.devclass, backend: entry.backend, portId: entry.portId });
       const attachedThere = device?.attachment?.frontend === entry.frontend;
       const happened = entry.op === 'attach' ? attachedThere : !attachedThere;
@@ -249,15 +270,35 @@ export class Devgated implements Disposable {
       if (wait > 0) setTimeout(noteSeenWhenQuiet, wait);
       else noteSeen();
     };
+    // What the store refuses (a driver package's port id such as `ttyS0@pnp0`) is skipped and warned
+    // once per port and code: one driver's bad data must never take devgated down.
+    const warned = new Set<string>();
+    const noteOne = (device: DeviceInfo) => {
+      const port = portLabel(device.port);
+      try {
+        if (this.store.seen.note(device).isNew) this.log.info({ device: port }, 'new device');
+      } catch (error) {
+        const key = `${port} ${errorCode(error)}`;
+        if (warned.has(key)) return;
+        // Bounded: a backend inventing port ids must not grow it without end.
+        if (warned.size >= 1024) warned.clear();
+        warned.add(key);
+        this.log.warn(
+          { device: port, code: errorCode(error), reason: (error as Error).message },
+          'device not recorded as seen: the state store refused it',
+        );
+      }
+    };
     const noteSeen = () => {
       const batch = seen;
       seen = [];
       if (this.stopped) return;
-      this.store.transaction(() => {
-        for (const device of batch) {
-          if (this.store.seen.note(device).isNew) this.log.info({ device: portLabel(device.port) }, 'new device');
-        }
-      });
+      try {
+        this.store.transaction(() => batch.forEach(noteOne));
+      } catch (error) {
+        // The commit itself failed (a locked database): the next sighting notes these devices again.
+        this.log.warn({ code: errorCode(error), reason: (error as Error).message }, 'devices seen not written');
+      }
     };
     this.manager.events$.subscribe((event) => {
       this.events.publishDevice(event);
@@ -322,6 +363,7 @@ export class Devgated implements Disposable {
       startedAt: new Date().toISOString(),
       drivers: () => driverReport(this.kernel, this.manager),
       afterBigWork: () => this.idle.after(),
+      log: this.log,
     };
     const readOnly = buildApi(context, { readOnly: true, actor: () => 'reader' });
     const full = buildApi(context, {
@@ -329,20 +371,18 @@ export class Devgated implements Disposable {
       actor: (request) => actorOf(socket, request.headers['x-devgate-actor']),
     });
     this.servers = [readOnly, full];
-    // Started by devgated.socket, the read-only socket is already open as fd 3 (sd_listen_fds).
-    const activated = Number(process.env.LISTEN_PID) === process.pid && Number(process.env.LISTEN_FDS) >= 1;
     await readOnly.ready();
-    if (activated) {
+    if (socketActivated()) {
       // systemd's socket: it made the file and removes it; devgated only listens on it.
       await new Promise<void>((resolve) => readOnly.server.listen({ fd: 3 }, resolve));
     } else {
-      removeStaleSocket(socket);
+      await removeStaleSocket(socket);
       await listenOnNewSocket(readOnly.server, socket, READ_SOCKET_MODE);
       this.createdSockets.push(socket);
     }
     // Created 0600 (never wider, not even before the ACLs below are applied).
     await full.ready();
-    removeStaleSocket(rwSocketPath(socket));
+    await removeStaleSocket(rwSocketPath(socket));
     await listenOnNewSocket(full.server, rwSocketPath(socket), RW_SOCKET_MODE);
     this.createdSockets.push(rwSocketPath(socket));
     applySocketAccess(this.config, socket, rwSocketPath(socket), { warn: (m) => this.log.warn(m) });
@@ -398,8 +438,45 @@ function actorOf(socket: string, claimed: string | string[] | undefined): string
   return `${who} via ${path.basename(rwSocketPath(socket))}`;
 }
 
-/** A socket file left by a killed devgated would make listen() fail with EADDRINUSE. */
-function removeStaleSocket(file: string): void {
-  const stat = fs.statSync(file, { throwIfNoEntry: false });
-  if (stat?.isSocket()) fs.rmSync(file);
+/** Started by devgated.socket, the read-only socket is already open as fd 3 (sd_listen_fds). */
+function socketActivated(): boolean {
+  return Number(process.env.LISTEN_PID) === process.pid && Number(process.env.LISTEN_FDS) >= 1;
+}
+
+/** The socket files devgated makes itself: under socket activation, systemd made the read-only one. */
+function ownSocketPaths(socket: string): string[] {
+  return socketActivated() ? [rwSocketPath(socket)] : [socket, rwSocketPath(socket)];
+}
+
+/**
+ * A socket file left by a killed devgated would make listen() fail with EADDRINUSE, so it goes; one
+ * that something still answers on is a running devgated's, and removing it would cut off its clients.
+ */
+async function removeStaleSocket(file: string): Promise<void> {
+  if ((await checkNotListening(file)) === 'stale') fs.rmSync(file, { force: true });
+}
+
+/** Whether `file` is a socket nobody listens on ('stale'); throws when something may still listen. */
+function checkNotListening(file: string): Promise<'absent' | 'stale'> {
+  if (!fs.statSync(file, { throwIfNoEntry: false })?.isSocket()) return Promise.resolve('absent');
+  return new Promise((resolve, reject) => {
+    const probe = net.connect({ path: file });
+    probe.once('connect', () => {
+      probe.destroy();
+      reject(Errors.daemonAlreadyRunning({ socket: file }));
+    });
+    probe.once('error', (error: NodeJS.ErrnoException) => {
+      probe.destroy();
+      if (error.code === 'ECONNREFUSED') resolve('stale');
+      else if (error.code === 'ENOENT') resolve('absent');
+      // EAGAIN: a listener whose backlog is full. Anything else (EACCES) proves nothing either way.
+      else
+        reject(
+          Errors.daemonAlreadyRunning({
+            socket: file,
+            reason: error.code === 'EAGAIN' ? undefined : `connecting to it failed with ${error.code ?? error.message}`,
+          }),
+        );
+    });
+  });
 }

@@ -159,3 +159,52 @@ it('started without socket activation, removes both socket files it made when it
   expect(fs.existsSync(config.socket)).toBe(false);
   expect(fs.existsSync(rwSocketPath(config.socket))).toBe(false);
 });
+
+it('refuses to start while another devgated answers on its sockets, and leaves that one serving', async () => {
+  const dir = makeTempDir('devgated-second-');
+  const config = harnessConfig(dir);
+  await startInProcess(config);
+  const rw = rwSocketPath(config.socket);
+  const inodes = () => [config.socket, rw].map((file) => fs.statSync(file).ino);
+  const before = inodes();
+
+  await expect(startInProcess(config)).rejects.toMatchObject({
+    code: 'DG_DAEMON_ALREADY_RUNNING',
+    message: `another devgated is already listening on ${config.socket}`,
+  });
+  // Run as a command, with the same configuration: it says why, and exits 1.
+  const configFile = writeConfigFile(config, path.join(dir, 'devgated.json'));
+  const second = startGroup(DEVGATED[0], [...DEVGATED.slice(1), '--config', configFile]);
+  expect(await second.exited).toEqual({ code: 1, signal: null });
+  expect(second.output()).toContain(
+    `devgated: error: DG_DAEMON_ALREADY_RUNNING: another devgated is already listening on ${config.socket}\n`,
+  );
+
+  // The first one's socket files are the very same, and it still answers on both.
+  expect(inodes()).toEqual(before);
+  expect((await request(config.socket, 'GET', '/v1/health')).status).toBe(200);
+  expect((await request(rw, 'GET', '/v1/health')).status).toBe(200);
+});
+
+it('replaces socket files that nobody listens on any more (a killed devgated’s)', async () => {
+  const dir = makeTempDir('devgated-stale-');
+  const config = harnessConfig(dir);
+  const rw = rwSocketPath(config.socket);
+  fs.mkdirSync(path.dirname(config.socket), { recursive: true });
+  // A process that listens on both paths and is SIGKILLed: the files stay, and refuse connections.
+  const killed = startGroup(process.execPath, [
+    '-e',
+    `const net = require('node:net'); let listening = 0;
+     for (const file of process.argv.slice(1))
+       net.createServer().listen(file, () => ++listening === 2 && process.kill(process.pid, 'SIGKILL'));`,
+    config.socket,
+    rw,
+  ]);
+  expect(await killed.exited).toEqual({ code: null, signal: 'SIGKILL' });
+  expect([config.socket, rw].map((file) => fs.statSync(file).isSocket())).toEqual([true, true]);
+
+  // Listening where the files still were would have failed with EADDRINUSE.
+  await startInProcess(config);
+  expect((await request(config.socket, 'GET', '/v1/health')).status).toBe(200);
+  expect((await request(rw, 'GET', '/v1/health')).status).toBe(200);
+});

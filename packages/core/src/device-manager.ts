@@ -307,15 +307,21 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
    * every source's), in a class whose driver is loaded. Elsewhere (a recording or a `--sysroot` tree
    * read instead of the host, a USB VM whose agent has not answered yet) an attachment is not known
    * to be stale: nothing is detached; one whose device is not listed holds its port, one whose port
-   * lists another device is left out.
+   * lists another device is left out. `backend` reads back the attachments of that backend only (a
+   * USB VM whose agent answered late), leaving the others as they are.
    */
-  async syncAttachments({ complete }: { readonly complete?: (backend: DomainName) => boolean } = {}): Promise<void> {
+  async syncAttachments({
+    complete,
+    backend,
+  }: { readonly complete?: (backend: DomainName) => boolean; readonly backend?: DomainName } = {}): Promise<void> {
     const readWhole = (port: Port) =>
       (complete ? complete(port.backend) : this.backends.some((s) => s.backend === port.backend)) &&
       this.drivers.some((d) => d.id === port.devclass);
     for (const connector of this.connectors) {
-      const reported = await connector.attachments();
-      for (const [key, live] of this.attachments) if (live.connector === connector) this.attachments.delete(key);
+      const ours = (port: Port) => backend === undefined || port.backend === backend;
+      const reported = (await connector.attachments()).filter((attachment) => ours(attachment.port));
+      for (const [key, live] of this.attachments)
+        if (live.connector === connector && ours(live.port)) this.attachments.delete(key);
       for (const attachment of reported) {
         const device = this.get(attachment.port);
         const replaced = device && attachment.deviceId !== undefined && attachment.deviceId !== device.deviceId;

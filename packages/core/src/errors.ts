@@ -255,6 +255,14 @@ export const Errors = {
     message: (p) => `devgated is not reachable at ${p.socket}: ${p.reason}`,
     hint: () => 'start it (systemctl start devgated), or pass --socket PATH / set DEVGATE_SOCKET',
   }),
+  daemonAlreadyRunning: define<{ socket: string; reason?: string }>({
+    code: 'DG_DAEMON_ALREADY_RUNNING',
+    message: (p) =>
+      p.reason
+        ? `cannot tell whether another devgated listens on ${p.socket} (${p.reason}); refusing to replace it`
+        : `another devgated is already listening on ${p.socket}`,
+    hint: () => 'stop it first (systemctl stop devgated), or give this one another socket (--socket PATH)',
+  }),
   notAllowed: define<{ socket: string }>({
     code: 'DG_NOT_ALLOWED',
     message: (p) => `you may not change devgate's state (no access to ${p.socket})`,

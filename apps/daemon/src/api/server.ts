@@ -1,5 +1,6 @@
 import { type IncomingMessage, STATUS_CODES, type ServerResponse } from 'node:http';
 import { type Duplex } from 'node:stream';
+import { Subscription } from 'rxjs';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import {
   ASSIGNMENT_MODES,
@@ -18,6 +19,17 @@ import { PolicyStateService, registerPolicyRoutes } from './policy-routes.js';
 
 export const API_VERSION = 'v1';
 const BODY_LIMIT = 64 * 1024;
+/**
+ * What may wait unsent for one `GET /v1/events` client. A client that stops reading would otherwise
+ * make devgated keep every event for it (+439 MiB for 50,000 events); one that reads keeps this near
+ * zero, and 4 MiB is still thousands of frames of slack for a burst (a disk with 256 partitions).
+ */
+export const EVENT_STREAM_MAX_BUFFERED = 4 * 1024 * 1024;
+
+/** Where the API reports what it does to a client on its own (pino's signature). */
+export interface ApiLog {
+  warn(fields: Record<string, unknown>, message: string): void;
+}
 
 export interface ApiContext {
   readonly manager: DeviceManager;
@@ -31,6 +43,7 @@ export interface ApiContext {
   readonly drivers?: () => readonly DriverReport[];
   /** Told when a list answer was made (not the kept one): its garbage is worth a collection once quiet. */
   readonly afterBigWork?: () => void;
+  readonly log?: ApiLog;
 }
 
 // JSON schemas: fastify validates every body and query before a handler runs.
@@ -336,7 +349,11 @@ function fromBody(body: AttachBodyT | DetachBodyT) {
   };
 }
 
-/** Server-sent events: every DeviceEvent, ask, answer and audit entry, as they happen. */
+/**
+ * Server-sent events: every DeviceEvent, ask, answer and audit entry, as they happen. A client that
+ * falls EVENT_STREAM_MAX_BUFFERED behind is cut off (it reconnects and lists again), so what is
+ * queued for it stays bounded.
+ */
 function streamEvents(context: ApiContext, request: FastifyRequest, reply: FastifyReply): void {
   reply.hijack();
   const response = reply.raw;
@@ -346,16 +363,34 @@ function streamEvents(context: ApiContext, request: FastifyRequest, reply: Fasti
     connection: 'keep-alive',
   });
   response.write(`: devgated ${context.version}\n\n`);
-  const subscription = context.events.events$.subscribe({
-    next: (event) => response.write(context.events.frame(event)),
-    complete: () => response.end(),
-  });
-  const keepAlive = setInterval(() => response.write(': keep-alive\n\n'), 15_000);
+  // What the stream holds: its event subscription and keep-alive timer, ended together.
+  const stream = new Subscription();
+  const keepAlive = setInterval(() => send(': keep-alive\n\n'), 15_000);
   keepAlive.unref();
-  request.raw.on('close', () => {
-    clearInterval(keepAlive);
-    subscription.unsubscribe();
-  });
+  stream.add(() => clearInterval(keepAlive));
+  const send = (frame: string | Buffer) => {
+    if (response.destroyed || response.writableEnded) return;
+    // writableLength counts both the response's own queue and its socket's.
+    const buffered = response.writableLength;
+    // An empty queue takes any frame: only a client that is behind is cut off.
+    if (buffered === 0 || buffered + Buffer.byteLength(frame) <= EVENT_STREAM_MAX_BUFFERED) {
+      response.write(frame);
+      return;
+    }
+    context.log?.warn(
+      { buffered, limit: EVENT_STREAM_MAX_BUFFERED },
+      'event stream client is not reading: its stream is ended',
+    );
+    stream.unsubscribe();
+    response.destroy();
+  };
+  stream.add(
+    context.events.events$.subscribe({
+      next: (event) => send(context.events.frame(event)),
+      complete: () => response.end(),
+    }),
+  );
+  request.raw.on('close', () => stream.unsubscribe());
 }
 
 interface ApiError {
