@@ -204,6 +204,7 @@ export class DevgateAgent {
       runDir: this.runDir,
       sysRoot: (this.options.roots ?? LOCAL_ROOTS).sys,
       devRoot: (this.options.roots ?? LOCAL_ROOTS).dev,
+      procRoot: (this.options.roots ?? LOCAL_ROOTS).proc,
       qemuNbd: this.options.qemuNbd ?? 'qemu-nbd',
       usbredirect: this.options.usbredirect ?? 'usbredirect',
       portDevice: (name) => findVirtioPort(name, this.options.portsDir),

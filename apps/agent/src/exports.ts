@@ -16,6 +16,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { EventEmitter } from 'node:events';
 import { type ExportSpec } from '@devgate/backend-agent';
+import { blockInUseNow } from '@devgate/host';
 import { majorMinorOf } from './device-numbers.js';
 import { PortSession, openPort } from './virtio-port.js';
 
@@ -33,6 +34,8 @@ export interface ExportEnv {
   readonly runDir: string;
   readonly sysRoot: string;
   readonly devRoot: string;
+  /** Where mountinfo and swaps are read; by default `proc` beside sysRoot (`/proc`). */
+  readonly procRoot?: string;
   readonly qemuNbd: string;
   readonly usbredirect: string;
   readonly portDevice: (name: string) => string | undefined;
@@ -100,6 +103,19 @@ export class LiveExport extends EventEmitter {
     if (actual !== spec.majorMinor) {
       throw new ExportError('DEVICE_CHANGED', `${node} is ${actual}, not ${spec.majorMinor}`);
     }
+    // Checked now, as the host's own hand-over does (host-data-path.ts): devgated's listing can be a
+    // usage poll old, and a frontend given a partition mounted here since would corrupt it. The
+    // message is the bare reason, for devgated's DG_DEVICE_IN_USE.
+    const inUse = blockInUseNow(
+      {
+        sys: this.env.sysRoot,
+        dev: this.env.devRoot,
+        proc: this.env.procRoot ?? path.join(path.dirname(this.env.sysRoot), 'proc'),
+        udevData: '',
+      },
+      path.basename(spec.devname),
+    );
+    if (inUse) throw new ExportError('DEVICE_IN_USE', inUse);
     const socket = path.join(this.env.runDir, `${spec.id}.nbd`);
     this.pidFile = path.join(this.env.runDir, `${spec.id}.pid`);
     fs.rmSync(socket, { force: true });

@@ -5,6 +5,7 @@ export * from './sysfs-reader.js';
 export * from './uevent-monitor.js';
 export * from './local-host-source.js';
 export * from './host-data-path.js';
+export * from './block-usage.js';
 export * from './pci-vfio.js';
 export * from './recorded-host-source.js';
 export * from './recorded-device.js';

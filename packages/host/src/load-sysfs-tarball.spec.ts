@@ -1,14 +1,18 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { type RawDeviceRecord, sysname } from '@devgate/core';
-import { type SysfsTarball, loadSysfsTarball } from './load-sysfs-tarball.js';
+import {
+  SYSFS_TARBALL_LIMITS,
+  type SysfsTarball,
+  type SysfsTarballLimits,
+  loadSysfsTarball,
+} from './load-sysfs-tarball.js';
 import { expectRecordingError, recorded } from './testing/recordings';
 
-function ourTempDirs(): string[] {
-  return fs.readdirSync(os.tmpdir()).filter((name) => name.startsWith('devgate-sysfs-'));
-}
+// Children load hostile tarballs (a loader that blocks or aborts must fail a test, not hang jest).
+jest.setTimeout(30_000);
 
 describe('loadSysfsTarball: simple-nvme.tar.xz', () => {
   let loaded: SysfsTarball;
@@ -108,17 +112,69 @@ describe('loadSysfsTarball: simple-nvme.tar.xz', () => {
 
 describe('loadSysfsTarball: cleanup and bad input', () => {
   let work: string;
+  /** The TMPDIR of loads in a child, so a leftover is seen whatever other specs load meanwhile. */
+  let tmp: string;
   beforeEach(() => {
     work = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-tarball-spec-'));
+    tmp = path.join(work, 'tmp');
+    fs.mkdirSync(tmp);
   });
   afterEach(() => fs.rmSync(work, { recursive: true, force: true }));
 
-  function makeTarball(name: string, build: (dir: string) => void): string {
+  const REGISTER_TS = path.resolve(__dirname, '../../service/src/store/testing/register-ts.cjs');
+
+  /**
+   * Loads `file` in a child node with its own TMPDIR (jest gives a spec a copy of the environment,
+   * which os.tmpdir() does not read): a leftover temp dir is seen, and a loader that blocks or aborts
+   * fails the test instead of jest.
+   */
+  function loadInChild(
+    file: string,
+    limits?: SysfsTarballLimits,
+  ): Promise<{ signal: NodeJS.Signals | null; result: unknown; stderr: string }> {
+    const script = `
+      const { loadSysfsTarball } = require(${JSON.stringify(path.join(__dirname, 'load-sysfs-tarball.ts'))});
+      let result;
+      try {
+        loadSysfsTarball(process.argv[1], process.argv[2] && JSON.parse(process.argv[2])).dispose();
+        result = { loaded: true };
+      } catch (error) {
+        result = { code: error.code, message: error.message };
+      }
+      process.stdout.write(JSON.stringify(result));`;
+    const args = ['--conditions=@devgate/source', '-r', REGISTER_TS, '-e', script, file];
+    return new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, limits ? [...args, JSON.stringify(limits)] : args, {
+        env: { ...process.env, TMPDIR: tmp },
+        stdio: ['ignore', 'pipe', 'pipe'],
+        timeout: 20_000,
+      });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));
+      child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr = (stderr + text).slice(-2000)));
+      child.once('error', reject);
+      child.once('close', (_code, signal) =>
+        resolve({ signal, result: stdout ? JSON.parse(stdout) : undefined, stderr }),
+      );
+    });
+  }
+
+  /** Expects the child's load to end with DG_RECORDING_UNREADABLE saying `reason`, and no temp dir left. */
+  async function expectRefused(file: string, reason: string, limits?: SysfsTarballLimits): Promise<void> {
+    const { signal, result, stderr } = await loadInChild(file, limits);
+    expect({ signal, stderr: signal ? stderr : '' }).toEqual({ signal: null, stderr: '' });
+    expect(result).toEqual({ code: 'DG_RECORDING_UNREADABLE', message: expect.stringContaining(reason) });
+    expect(fs.readdirSync(tmp)).toEqual([]);
+  }
+
+  function makeTarball(name: string, build: (dir: string) => void, tarOptions: string[] = []): string {
     const src = path.join(work, 'src');
     fs.mkdirSync(src, { recursive: true });
     build(src);
     const out = path.join(work, name);
-    execFileSync('tar', ['-cJf', out, '-C', src, '.']);
+    execFileSync('tar', ['-cJf', out, ...tarOptions, '-C', src, '.']);
+    fs.rmSync(src, { recursive: true, force: true });
     return out;
   }
 
@@ -142,12 +198,11 @@ describe('loadSysfsTarball: cleanup and bad input', () => {
     expect(fs.existsSync(tmp)).toBe(false);
   });
 
-  it('rejects a file that is not xz, and leaves no temp dir behind', () => {
-    const before = ourTempDirs();
+  it('rejects a file that is not xz, and leaves no temp dir behind', async () => {
     const file = path.join(work, 'garbage.tar.xz');
     fs.writeFileSync(file, 'not compressed at all\n');
     expectRecordingError(() => loadSysfsTarball(file), /not an xz file/);
-    expect(ourTempDirs()).toEqual(before);
+    await expectRefused(file, 'not an xz file');
   });
 
   it('rejects xz data that is not a tar archive', () => {
@@ -165,9 +220,10 @@ describe('loadSysfsTarball: cleanup and bad input', () => {
     expectRecordingError(() => loadSysfsTarball(file), /not an xz file/);
   });
 
-  it('rejects a tarball without sys/devices', () => {
+  it('rejects a tarball without sys/devices, once unpacked, and leaves no temp dir behind', async () => {
     const file = makeTarball('empty.tar.xz', (dir) => fs.mkdirSync(path.join(dir, 'top/proc'), { recursive: true }));
     expectRecordingError(() => loadSysfsTarball(file), /no top directory holding sys\/devices/);
+    await expectRefused(file, 'no top directory holding sys/devices');
   });
 
   it('reports a missing file with the coded error', () => {
@@ -196,4 +252,130 @@ describe('loadSysfsTarball: cleanup and bad input', () => {
     }
     expect(fs.readdirSync(outside)).toEqual([]);
   });
+
+  // A disk as a dump lays it out, and a SCSI device above it, to hang hostile entries on.
+  const SCSI = 'top/sys/devices/pci0000:00/0000:00:1f.2/host0/target0:0:0/0:0:0:0';
+  function dump(dir: string): { scsi: string; disk: string } {
+    const scsi = path.join(dir, SCSI);
+    const disk = path.join(scsi, 'block/sda');
+    fs.mkdirSync(disk, { recursive: true });
+    fs.writeFileSync(path.join(disk, 'dev'), '8:0\n');
+    fs.writeFileSync(path.join(disk, 'size'), '2048\n');
+    fs.mkdirSync(path.join(dir, 'top/sys/block'));
+    fs.symlinkSync(
+      `../devices/${SCSI.slice('top/sys/devices/'.length)}/block/sda`,
+      path.join(dir, 'top/sys/block/sda'),
+    );
+    return { scsi, disk };
+  }
+
+  // What a reviewer showed: a FIFO as an attribute blocked the loader forever (its temp dir left
+  // behind), /dev/zero as a uevent file aborted the process (std::bad_alloc); dev/ nodes were kept.
+  it.each([
+    ['a FIFO', `${SCSI}/block/sda/dev`, ['mkfifo']],
+    ['a character device', `${SCSI}/block/sda/uevent`, ['mknod', 'c', '1', '5']],
+    ['a block device', 'top/dev/sda', ['mknod', 'b', '8', '0']],
+  ])('refuses a tarball holding %s at once, and leaves no temp dir', async (kind, where, [command, ...args]) => {
+    const file = makeTarball('special.tar.xz', (dir) => {
+      dump(dir);
+      const node = path.join(dir, where);
+      fs.mkdirSync(path.dirname(node), { recursive: true });
+      fs.rmSync(node, { force: true });
+      execFileSync(command, [node, ...args]);
+    });
+    await expectRefused(file, `holds ${kind} (./${where}): a copy of sysfs holds only`);
+  });
+
+  it('removes links that lead out of the dump, so no file outside is read as an attribute', () => {
+    const outside = path.join(work, 'outside');
+    fs.mkdirSync(outside);
+    fs.writeFileSync(path.join(outside, 'secret'), 'SECRET\n');
+    const file = makeTarball('links.tar.xz', (dir) => {
+      const { scsi, disk } = dump(dir);
+      fs.symlinkSync('/etc/hostname', path.join(scsi, 'model'));
+      fs.symlinkSync(path.join(outside, 'secret'), path.join(scsi, 'vendor'));
+      // Through another link of the dump that leads out.
+      fs.symlinkSync('vendor', path.join(scsi, 'serial'));
+      // Nothing there yet: a file made there later must not become an attribute either.
+      fs.symlinkSync(path.join(outside, 'later'), path.join(scsi, 'wwid'));
+      // Read as text, `rev` stays inside (`0:0:0:0/<name>/outside/later`); resolved, `up` is the
+      // extraction root (kept), so `up/..` is the temp dirs' parent, which holds this test's dir.
+      fs.symlinkSync('../'.repeat(8).slice(0, -1), path.join(scsi, 'up'));
+      fs.symlinkSync(`up/../${path.basename(work)}/outside/later`, path.join(scsi, 'rev'));
+      // Links that stay inside are kept.
+      fs.symlinkSync('../../../0:0:0:0', path.join(disk, 'device'));
+    });
+    const loaded = loadSysfsTarball(file);
+    try {
+      const extracted = path.dirname(loaded.root);
+      const scsiDir = path.join(extracted, SCSI);
+      // The loader's temp dir is beside this test's: `rev` leads to the same `later`.
+      expect(path.dirname(extracted)).toBe(path.dirname(fs.realpathSync(work)));
+      fs.writeFileSync(path.join(outside, 'later'), 'LATER\n');
+      const disk = loaded.tree.devices('block')[0];
+      expect(sysname(disk.devpath)).toBe('sda');
+      const scsi = loaded.tree.parent(disk)!;
+      expect(sysname(scsi.devpath)).toBe('0:0:0:0');
+      const read = ['model', 'vendor', 'serial', 'wwid', 'rev'].map((name) => [name, scsi.attribute(name)]);
+      expect(read).toEqual(['model', 'vendor', 'serial', 'wwid', 'rev'].map((name) => [name, undefined]));
+      expect(['model', 'vendor', 'serial', 'wwid', 'rev'].filter((name) => isLink(path.join(scsiDir, name)))).toEqual(
+        [],
+      );
+      expect(isLink(path.join(scsiDir, 'up'))).toBe(true);
+      expect(isLink(path.join(scsiDir, 'block/sda/device'))).toBe(true);
+      expect(disk.attribute('size')).toBe('2048');
+    } finally {
+      loaded.dispose();
+    }
+  });
+
+  it('refuses a tarball of more entries than allowed, leaving no temp dir', async () => {
+    const file = makeTarball('many.tar.xz', (dir) => {
+      dump(dir);
+      for (let i = 0; i < 30; i++) fs.writeFileSync(path.join(dir, `top/f${i}`), '');
+    });
+    await expectRefused(file, 'more than 20 entries', { ...SYSFS_TARBALL_LIMITS, maxEntries: 20 });
+    // The same dump within the bound loads.
+    loadSysfsTarball(file, { ...SYSFS_TARBALL_LIMITS, maxEntries: 60 }).dispose();
+  });
+
+  it('refuses a file larger than allowed, though sparse and small in the archive', async () => {
+    const size = SYSFS_TARBALL_LIMITS.maxFileBytes + 1;
+    const file = makeTarball(
+      'sparse.tar.xz',
+      (dir) => {
+        dump(dir);
+        fs.mkdirSync(path.join(dir, 'top/proc/self'), { recursive: true });
+        fs.closeSync(fs.openSync(path.join(dir, 'top/proc/self/mountinfo'), 'w'));
+        fs.truncateSync(path.join(dir, 'top/proc/self/mountinfo'), size);
+      },
+      ['--sparse'],
+    );
+    expect(fs.statSync(file).size).toBeLessThan(64 * 1024);
+    await expectRefused(file, `top/proc/self/mountinfo is larger than ${size - 1} bytes`);
+  });
+
+  it('refuses files that unpack to more than allowed together', async () => {
+    const file = makeTarball(
+      'sum.tar.xz',
+      (dir) => {
+        dump(dir);
+        for (const name of ['a', 'b', 'c']) {
+          fs.closeSync(fs.openSync(path.join(dir, 'top', name), 'w'));
+          fs.truncateSync(path.join(dir, 'top', name), 1024 * 1024);
+        }
+      },
+      ['--sparse'],
+    );
+    const limits = { ...SYSFS_TARBALL_LIMITS, maxUnpackedBytes: 2 * 1024 * 1024 };
+    await expectRefused(file, 'unpacks to more than 2097152 bytes', limits);
+  });
 });
+
+function isLink(file: string): boolean {
+  try {
+    return fs.lstatSync(file).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}

@@ -88,10 +88,17 @@ function majorMinor(dev: string | undefined): [string, string] | [] {
   return dev && /^\d+:\d+$/.test(dev) ? (dev.split(':') as [string, string]) : [];
 }
 
+/**
+ * A small attribute file. A tree read in place (`--sysroot`) is anyone's: only a regular file is
+ * read, so a FIFO cannot block the reader and a device node is never opened.
+ */
 function readText(file: string): string | undefined {
   try {
-    const fd = fs.openSync(file, 'r');
+    if (!fs.statSync(file).isFile()) return undefined;
+    // O_NONBLOCK: should it have been swapped for a FIFO since, the open does not wait for a writer.
+    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY);
     try {
+      if (!fs.fstatSync(fd).isFile()) return undefined;
       const buffer = Buffer.alloc(4096);
       const n = fs.readSync(fd, buffer, 0, buffer.length, 0);
       return buffer.subarray(0, n).toString('utf8').trim();
