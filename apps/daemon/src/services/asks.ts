@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { type DeviceInfo, Errors, portLabel } from '@devgate/core';
 import { type Ask, type DaemonEvents, type SqliteStateStore } from '@devgate/service';
+import { answerId } from '../api/policy-routes.js';
 
 export interface AskAnswer {
   readonly verdict: 'allow' | 'deny';
@@ -61,21 +62,42 @@ export class AskService {
     if (answer.frontend !== undefined && !pending.ask.candidates.includes(answer.frontend)) {
       throw Errors.apiBadRequest({ reason: `'${answer.frontend}' is not one of ${pending.ask.candidates.join(', ')}` });
     }
-    if (answer.remember) {
-      const frontends = answer.frontend ? [answer.frontend] : pending.ask.candidates;
-      for (const frontend of frontends) {
-        this.store.answers.remember({
-          devclass: pending.device.port.devclass,
-          backend: pending.device.port.backend,
+    if (answer.remember)
+      this.remember(pending.device, answer.frontend ? [answer.frontend] : pending.ask.candidates, answer);
+    this.settle(id, answer);
+    return pending.ask;
+  }
+
+  /**
+   * A standing answer decides every later ask about the device without anyone asked: who gave it is
+   * audited, in the same transaction (never one without the other), as forgetting it is.
+   */
+  private remember(device: DeviceInfo, frontends: readonly string[], answer: AskAnswer): void {
+    const audited = this.store.transaction(() =>
+      frontends.map((frontend) => {
+        const remembered = this.store.answers.remember({
+          devclass: device.port.devclass,
+          backend: device.port.backend,
           portId: '*',
-          deviceId: pending.device.deviceId,
+          deviceId: device.deviceId,
           frontend,
           verdict: answer.verdict,
         });
-      }
-    }
-    this.settle(id, answer);
-    return pending.ask;
+        return this.store.audit.append({
+          actor: answer.by,
+          action: 'answer',
+          devclass: device.port.devclass,
+          backend: device.port.backend,
+          portId: device.port.portId,
+          deviceId: device.deviceId,
+          frontend,
+          outcome: 'ok',
+          reason: `remembered the answer '${answer.verdict}' for this device, in any port`,
+          details: { op: 'remember', id: answerId(remembered), verdict: answer.verdict, portId: remembered.portId },
+        });
+      }),
+    );
+    for (const entry of audited) this.events.publish({ type: 'audit', entry });
   }
 
   private settle(id: string, answer: AskAnswer): void {
