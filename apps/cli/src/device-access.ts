@@ -18,7 +18,15 @@ import {
   openStateStore,
 } from '@devgate/service';
 import { type HostOptions, type OpenHost, withHost } from './host.js';
-import { ApiError, type AssignmentJson, callApi, daemonPresent, localActor, resolveSocket } from '@devgate/client';
+import {
+  ApiError,
+  type AssignmentJson,
+  callApi,
+  daemonPresent,
+  localActor,
+  nobodyListens,
+  resolveSocket,
+} from '@devgate/client';
 import { type Io } from './io.js';
 
 export interface AssignRequest {
@@ -33,6 +41,8 @@ export interface AssignRequest {
 /** What a command can do, through devgated or, without one, in-process. */
 export interface DeviceAccess {
   readonly viaDaemon: boolean;
+  /** DG_DAEMON_UNAVAILABLE unless through devgated: for `what`, which only devgated can do. */
+  requireDaemon(what: string): void;
   list(filter: { devclass?: string; all?: boolean }): Promise<DeviceJson[]>;
   domains(): Promise<string[]>;
   attach(devclass: string, frontend: string, device: string, options: Record<string, string>): Promise<void>;
@@ -63,7 +73,17 @@ export async function withAccess<T>(
 ): Promise<T> {
   const socket = resolveSocket(options.socket);
   const ownTree = Boolean(options.sysroot || options.recording);
-  if (!ownTree && daemonPresent(socket)) return translate(() => work(daemonAccess(socket)));
+  if (!ownTree && daemonPresent(socket)) {
+    const daemon = daemonAccess(socket);
+    try {
+      return await translate(() => work(daemon));
+    } catch (error) {
+      // A socket nobody listens on (a devgated that died left it) is no devgated: nothing reached
+      // one, so the command runs in-process. Told by the refused request, not by connecting first,
+      // which would cost every command devgated answers a round trip.
+      if (!daemon.nobodyListened()) throw error;
+    }
+  }
   if (!ownTree) io.notice(`devgated is not running (${socket}); working in-process\n`);
   // Attaching in-process goes through devgated's own service on devgated's state: the same deny
   // lists, journal and audit. The state is opened only by a command that changes something.
@@ -72,17 +92,31 @@ export async function withAccess<T>(
   try {
     const modules = options.modules ?? (await configuredModules());
     return await withHost({ ...options, modules, policyHooks: [denyListHook(state)] }, (host) =>
-      work(inProcessAccess(host, state)),
+      work(inProcessAccess(host, state, socket)),
     );
   } finally {
     store?.dispose();
   }
 }
 
-function daemonAccess(socket: string): DeviceAccess {
-  const api = <T>(method: 'GET' | 'POST', route: string, body?: unknown) => callApi<T>(socket, method, route, body);
+function daemonAccess(socket: string): DeviceAccess & { nobodyListened(): boolean } {
+  let refused = false;
+  let reached = false;
+  const api = async <T>(method: 'GET' | 'POST', route: string, body?: unknown) => {
+    try {
+      const answer = await callApi<T>(socket, method, route, body);
+      reached = true;
+      return answer;
+    } catch (error) {
+      if (nobodyListens(error)) refused = true;
+      else reached = true; // a timeout or a reset may come after devgated got the request
+      throw error;
+    }
+  };
   return {
+    nobodyListened: () => refused && !reached,
     viaDaemon: true,
+    requireDaemon: () => undefined,
     async list({ devclass, all }) {
       const query = new URLSearchParams();
       if (devclass) query.set('class', devclass);
@@ -120,14 +154,15 @@ function daemonAccess(socket: string): DeviceAccess {
   };
 }
 
-function inProcessAccess(host: OpenHost, state: () => SqliteStateStore): DeviceAccess {
-  const needsDaemon = (): never => {
-    throw Errors.daemonUnavailable({ socket: resolveSocket(), reason: 'this needs devgated (it keeps the state)' });
+function inProcessAccess(host: OpenHost, state: () => SqliteStateStore, socket: string): DeviceAccess {
+  const needsDaemon = (what = 'this'): never => {
+    throw Errors.daemonUnavailable({ socket, reason: `${what} needs devgated (it keeps the state)` });
   };
   const service = () => new DeviceService(host.manager, state(), new DaemonEvents());
   const actor = `${localActor()} (in-process)`;
   return {
     viaDaemon: false,
+    requireDaemon: needsDaemon,
     async list({ devclass, all }) {
       return host.manager.list({ devclass, includeHidden: all }).map(deviceToJson);
     },

@@ -2,7 +2,7 @@
 // @devgate/client (node:net) and the formatters, so `devgate list` or `qvm-block attach VM DEVICE`
 // costs little more than starting Node. Anything else (or no daemon) falls through to the full CLI.
 import { type DeviceJson } from '@devgate/core';
-import { ApiError, callApi, daemonPresent, resolveSocket } from '@devgate/client';
+import { ApiError, callApi, daemonPresent, nobodyListens, resolveSocket } from '@devgate/client';
 import type * as formats from './format.js';
 import { exitQuietlyOnClosedPipe } from './io.js';
 
@@ -97,7 +97,9 @@ export async function quick(prog: string, argv: readonly string[], cli: () => Wh
     process.stdout.write(wanted.render((await answer).devices, formats));
     return true;
   } catch (error) {
-    // Gone before it answered a listing: the full CLI lists in-process.
+    // Nobody listens (a devgated that died left its socket): nothing was sent, the full CLI works
+    // in-process. Gone before it answered a listing: the full CLI lists in-process.
+    if (nobodyListens(error)) return false;
     if (error instanceof ApiError && error.code === 'DG_DAEMON_UNAVAILABLE' && wanted.method === 'GET') return false;
     if (!(error instanceof ApiError)) throw error;
     process.exitCode = cli().reportDaemonError(prog, error);

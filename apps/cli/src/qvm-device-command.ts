@@ -121,7 +121,9 @@ export function classProgram(prog: string, devclass: string, io: Io, options: { 
       withClass(common(options), io, async (access) => {
         const attachOpts = attachOptions(options);
         if (!options.persistent) return access.attach(devclass, vm, device, attachOpts);
-        // Qubes' --persistent: attach now, then assign as required, even if the attach failed.
+        // Qubes' --persistent: attach now, then assign as required, even if the attach failed. Only
+        // devgated keeps assignments: without it, refused before anything is attached.
+        access.requireDaemon('attach --persistent, which assigns the device,');
         await access.attach(devclass, vm, device, attachOpts).catch(() => undefined);
         await access.assign({ devclass, frontend: vm, device, mode: 'required', options: attachOpts });
       }),

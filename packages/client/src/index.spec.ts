@@ -1,8 +1,9 @@
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ApiError, callApi, parseResponse } from './index';
+import { ApiError, callApi, nobodyListens, parseResponse } from './index';
 
 describe('parseResponse', () => {
   it('reads the status and a plain or chunked body', () => {
@@ -66,4 +67,38 @@ describe('callApi', () => {
     await expect(missing).rejects.toBeInstanceOf(ApiError);
     await expect(missing).rejects.toMatchObject({ code: 'DG_DAEMON_UNAVAILABLE' });
   });
+
+  it('says when nobody listens on the socket (a killed daemon left it), and only then', async () => {
+    const stale = path.join(dir, 'stale.sock');
+    await leaveSocketsOfKilledProcess([stale, `${stale}.rw`]);
+    expect(fs.statSync(stale).isSocket()).toBe(true);
+    for (const method of ['GET', 'POST'] as const) {
+      const refused = await callApi(stale, method, '/v1/devices').catch((e: unknown) => e);
+      expect(refused).toMatchObject({ code: 'DG_DAEMON_UNAVAILABLE', errno: 'ECONNREFUSED' });
+      expect(nobodyListens(refused)).toBe(true);
+    }
+    // No file at all, and a daemon that answers (even with an error), are something else.
+    const missing = await callApi(path.join(dir, 'nothing.sock'), 'GET', '/').catch((e: unknown) => e);
+    expect(nobodyListens(missing)).toBe(false);
+    const live = path.join(dir, 'live.sock');
+    await serve(live, () => 'HTTP/1.1 409 Conflict\r\n\r\n{"error":{"code":"DG_X","message":"no"}}');
+    expect(nobodyListens(await callApi(live, 'GET', '/').catch((e: unknown) => e))).toBe(false);
+  });
 });
+
+/** Unix socket files whose listener was SIGKILLed, as a crashed devgated leaves them. */
+async function leaveSocketsOfKilledProcess(files: readonly string[]): Promise<void> {
+  const listen = files.map((f) => `require('net').createServer().listen(${JSON.stringify(f)}, ready)`).join(';');
+  const script = `let n = ${files.length}; const ready = () => --n || console.log('listening'); ${listen}`;
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  try {
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on('data', (chunk: Buffer) => chunk.toString().includes('listening') && resolve());
+      child.once('exit', (code) => reject(new Error(`the listener exited early (${code})`)));
+    });
+  } finally {
+    child.kill('SIGKILL');
+    await exited;
+  }
+}

@@ -12,9 +12,19 @@ export class ApiError extends Error {
     message: string,
     readonly hint?: string,
     readonly status?: number,
+    /** The socket's error (`ECONNREFUSED`, ...) when the request got no answer. */
+    readonly errno?: string,
   ) {
     super(message);
   }
+}
+
+/**
+ * Nobody listens on the socket (ECONNREFUSED: a devgated that died left its socket file): the
+ * request reached no daemon, so running the command in-process instead is safe.
+ */
+export function nobodyListens(error: unknown): boolean {
+  return error instanceof ApiError && error.errno === 'ECONNREFUSED';
 }
 
 /** A pending question (devgated's asks). */
@@ -154,7 +164,10 @@ function realpathOr(dir: string): string {
   }
 }
 
-/** Whether a daemon seems to be there (a socket file exists); a request still may fail. */
+/**
+ * Whether a daemon seems to be there (a socket file exists), without connecting: a request still
+ * may fail, with `nobodyListens` when the file is all that is left of one.
+ */
 export function daemonPresent(socket: string): boolean {
   return fs.statSync(socket, { throwIfNoEntry: false })?.isSocket() ?? false;
 }
@@ -238,6 +251,8 @@ export function callApi<T>(
             'DG_DAEMON_UNAVAILABLE',
             `devgated is not reachable at ${socketPath}: ${error.message}`,
             'start it (systemctl start devgated), or pass --socket PATH / set DEVGATE_SOCKET',
+            undefined,
+            error.code,
           ),
         );
       }

@@ -32,7 +32,8 @@ type Template<P> = (params: P) => string;
 interface Entry<P> {
   readonly code: string;
   readonly message: Template<P>;
-  readonly hint?: Template<P>;
+  /** Nothing for a case that needs no hint. */
+  readonly hint?: (params: P) => string | undefined;
   readonly kind?: 'usage' | 'runtime';
 }
 
@@ -125,9 +126,15 @@ export const Errors = {
     code: 'DG_UNSUPPORTED_OPTION',
     message: (p) => p.message ?? `Unsupported option ${p.option}`,
   }),
-  notAttached: define<{ device: string; frontend?: string }>({
+  notAttached: define<{ device: string; frontend?: string; inPort?: { port: string; deviceId?: string } }>({
     code: 'DG_NOT_ATTACHED',
     message: (p) => (p.frontend ? `device ${p.device} not attached to ${p.frontend}` : `${p.device} is not attached.`),
+    // A device ID that names another device than the one in the port (Qubes refuses it the same way).
+    hint: (p) =>
+      p.inPort &&
+      (p.inPort.deviceId
+        ? `the device in ${p.inPort.port} is ${p.inPort.deviceId}`
+        : `${p.inPort.port} lists no device`),
   }),
   notAttachable: define<{ device: string; backend: string; reason: string }>({
     code: 'DG_NOT_ATTACHABLE',

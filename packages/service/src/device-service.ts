@@ -115,16 +115,17 @@ export class DeviceService {
     const port = input.device === undefined ? undefined : this.port(input.devclass, input.device).port;
     const wildcard = port?.portId === '*';
     const known = port && !wildcard ? this.manager.get(port) : undefined;
+    const failure = { ...this.target(known, port), actor, action: 'detach', frontend: input.frontend };
+    let targets: Port[];
+    try {
+      targets = this.detachTargets(input);
+    } catch (error) {
+      this.auditFailure(error, failure);
+      throw error;
+    }
     // One intent per device: without a port (or with `*`), each device of the class attached to the
     // frontend now. A wildcard intent fails the store's checks (every such detach was refused), and
     // could not be settled against what the hypervisor reports after a crash anyway.
-    const targets =
-      port && !wildcard
-        ? [port]
-        : this.manager
-            .list({ devclass: input.devclass, includeHidden: true })
-            .filter((d) => d.attachment?.frontend === input.frontend)
-            .map((d) => d.port);
     const journals = targets.map((p) =>
       this.store.journal.begin({
         op: 'detach',
@@ -134,11 +135,11 @@ export class DeviceService {
         frontend: input.frontend,
       }),
     );
-    try {
-      const done = await this.manager.detach(input.frontend, wildcard ? undefined : port, input.devclass);
+    const done: Port[] = [];
+    const settleAll = (code: string) => {
       const detachedKeys = new Set(done.map(portKey));
       targets.forEach((p, i) => {
-        if (!detachedKeys.has(portKey(p))) return this.store.journal.fail(journals[i].id, 'DG_NOT_ATTACHED');
+        if (!detachedKeys.has(portKey(p))) return this.store.journal.fail(journals[i].id, code);
         this.settle(journals[i].id, {
           ...this.target(this.manager.get(p), p),
           actor,
@@ -147,12 +148,53 @@ export class DeviceService {
           outcome: 'ok',
         });
       });
-      return done.map(portLabel);
-    } catch (error) {
-      for (const journal of journals) this.store.journal.fail(journal.id, errorCode(error));
-      this.auditFailure(error, { ...this.target(known, port), actor, action: 'detach', frontend: input.frontend });
-      throw error;
+    };
+    // One device at a time: one that fails (a disk attached by hand under libvirt) leaves the others
+    // detached and recorded as such, and its own failure is the command's.
+    let firstError: unknown;
+    for (const p of targets) {
+      try {
+        done.push(...(await this.manager.detach(input.frontend, p)));
+      } catch (error) {
+        firstError ??= error;
+      }
     }
+    if (firstError !== undefined) {
+      settleAll(errorCode(firstError));
+      this.auditFailure(firstError, failure);
+      throw firstError;
+    }
+    settleAll('DG_NOT_ATTACHED');
+    return done.map(portLabel);
+  }
+
+  /**
+   * The ports a detach names, as Qubes' qvm-device reads its argument: none, every device of the
+   * class attached to the frontend; `BACKEND:*[:DEVICE_ID]`, those of that backend (with that ID),
+   * at least one; `BACKEND:PORT:DEVICE_ID`, the port only if that device is in it.
+   */
+  private detachTargets(input: { frontend: string; devclass: string; device?: string }): Port[] {
+    const parsed = input.device === undefined ? undefined : this.port(input.devclass, input.device);
+    const deviceId = parsed?.deviceId === '*' ? undefined : parsed?.deviceId;
+    if (parsed && parsed.port.portId !== '*') {
+      const inPort = this.manager.get(parsed.port);
+      if (deviceId !== undefined && inPort?.deviceId !== deviceId) {
+        throw Errors.notAttached({
+          device: input.device!,
+          inPort: { port: portLabel(parsed.port), deviceId: inPort?.deviceId },
+        });
+      }
+      return [parsed.port];
+    }
+    const attached = this.manager
+      .list({ devclass: input.devclass, includeHidden: true })
+      .filter((d) => d.attachment?.frontend === input.frontend)
+      .filter(
+        (d) =>
+          !parsed || (d.port.backend === parsed.port.backend && (deviceId === undefined || d.deviceId === deviceId)),
+      );
+    if (parsed && attached.length === 0) throw Errors.notAttached({ device: input.device! });
+    return attached.map((d) => d.port);
   }
 
   /**
