@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { firstValueFrom, filter, take, timeout } from 'rxjs';
+import { firstValueFrom, filter, skip, take, timeout } from 'rxjs';
 import { type DeviceManager, type HostTree, Kernel, recordOf, HostTree as Tree } from '@devgate/core';
 import { RecordedHostSource } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
@@ -9,6 +9,7 @@ import { usbModule } from '@devgate/driver-usb';
 import { HOSTILE_STRINGS, UNSAFE_CHARACTERS, allStrings, recordedFixture } from '@devgate/testkit';
 import { type AgentIncident, AgentSource } from './agent-source';
 import { FakeAgent } from './testing/fake-agent';
+import { MAX_DEVPATH_CHARS, MAX_DEVPATH_SEGMENTS } from './protocol';
 import { treeMessageOf } from './wire-tree';
 
 // AgentSource against a test double of the agent: what a well-behaved agent gets listed, and what a
@@ -172,6 +173,60 @@ describe('a well-behaved agent', () => {
     expect(incidents.filter((i) => i.type === 'cut-off')).toEqual([]);
   });
 
+  describe('gets back the ports its hello said were busy once their exports end', () => {
+    const BLOCK = { kind: 'block', params: {}, options: {} } as const;
+    const [PORT0, PORT1] = ['org.devgate.export.0', 'org.devgate.export.1'] as const;
+    const ALL = [PORT0, PORT1];
+    const disk = () => manager.get({ devclass: 'block', backend: 'sys-usb', portId: 'sdc' })!;
+
+    /** Ends an export devgated does not know; it asks which ports are busy, and the agent answers. */
+    async function foreignExportEnds(id: string, stillBusy: string[]): Promise<void> {
+      const asked = fake.nextRequest('hello');
+      fake.send({ v: 1, type: 'export-ended', export: id, reason: 'the frontend left', clean: true });
+      await asked;
+      // As the agent answers (the fake replied already): its hello, then its tree. The tree applied,
+      // the hello before it was read.
+      const applied = firstValueFrom(source.trees$.pipe(skip(1), take(1), timeout(5_000)));
+      fake.hello(ALL, undefined, stillBusy);
+      fake.tree(usbDisk);
+      await applied;
+    }
+
+    it('made before devgated connected; not one devgated exports on, whatever the agent says', async () => {
+      await fake.connection();
+      fake.hello(ALL, undefined, [PORT0]);
+      fake.tree(usbDisk);
+      await listed((ports) => ports.includes('block:sdc1'));
+      expect((await source.dataPath(disk(), BLOCK)).params.nbdSocket).toBe(PORTS[PORT1]);
+      await expect(source.dataPath(disk(), BLOCK)).rejects.toMatchObject({ code: 'DG_NO_FREE_EXPORT_PORT' });
+      // An export that ended with its port still listed busy (a second one on it): the port stays out.
+      await foreignExportEnds('eold000000001', [PORT0, PORT1]);
+      await expect(source.dataPath(disk(), BLOCK)).rejects.toMatchObject({ code: 'DG_NO_FREE_EXPORT_PORT' });
+      // The agent leaves out the port of devgated's own live export too: only the foreign one is freed.
+      await foreignExportEnds('eold000000002', []);
+      expect((await source.dataPath(disk(), BLOCK)).params.nbdSocket).toBe(PORTS[PORT0]);
+      await expect(source.dataPath(disk(), BLOCK)).rejects.toMatchObject({ code: 'DG_NO_FREE_EXPORT_PORT' });
+      expect(incidents.filter((i) => i.type === 'cut-off')).toEqual([]);
+    });
+
+    it('made by devgated before it reconnected', async () => {
+      await connectedAgent();
+      const before = await source.dataPath(disk(), BLOCK);
+      expect(before.params.nbdSocket).toBe(PORTS[PORT0]);
+      fake.hangUp();
+      await listed((ports) => ports.length === 0);
+      await fake.connection(false);
+      // The export went on in the agent: its port is busy.
+      fake.hello(ALL, undefined, [PORT0]);
+      fake.tree(usbDisk);
+      await listed((ports) => ports.includes('block:sdc1'));
+      expect((await source.dataPath(disk(), BLOCK)).params.nbdSocket).toBe(PORTS[PORT1]);
+      await foreignExportEnds(String(before.params.nbdExport), [PORT1]);
+      expect((await source.dataPath(disk(), BLOCK)).params.nbdSocket).toBe(PORTS[PORT0]);
+      expect(incidents.filter((i) => i.type === 'cut-off')).toEqual([]);
+    });
+  });
+
   it("refuses an export the agent fails, with the agent's reason made inert", async () => {
     await connectedAgent();
     fake.autoReply = false;
@@ -183,6 +238,19 @@ describe('a well-behaved agent', () => {
     expect(error).toMatchObject({ code: 'DG_AGENT_REFUSED' });
     expect(error.message).not.toMatch(UNSAFE_CHARACTERS);
     expect(error.message).toContain('qemu-nbd died');
+  });
+
+  it('reports a device the agent finds in use at hand-over as in use, as the host does', async () => {
+    await connectedAgent();
+    fake.autoReply = false;
+    const stick = manager.get({ devclass: 'block', backend: 'sys-usb', portId: 'sdc1' })!;
+    const attempt = source.dataPath(stick, { kind: 'block', params: {}, options: {} });
+    const request = await fake.waitForRequest('export');
+    fake.reply(request.id, false, { code: 'DEVICE_IN_USE', message: 'mounted' });
+    await expect(attempt).rejects.toMatchObject({
+      code: 'DG_DEVICE_IN_USE',
+      message: 'Device sys-usb:sdc1 is in use in its backend (mounted)',
+    });
   });
 });
 
@@ -240,6 +308,23 @@ describe('a hostile agent', () => {
             { devpath: '/devices/x', subsystem: 'block', properties: {}, attributes: { '../../../etc/passwd': 'x' } },
           ],
           usage: { mounted: [], swaps: [] },
+        }),
+    ],
+    // What froze devgated for seconds per tree (a parent looked up segment by segment) before the bounds.
+    [
+      'a device path deeper than any real one',
+      (f) =>
+        f.send({
+          ...treeMessageOf(new Tree([recordOf(`/devices/x${'/a'.repeat(MAX_DEVPATH_SEGMENTS)}/sda`, 'block', {})]), 0),
+          seq: f.nextSeq(),
+        }),
+    ],
+    [
+      'a device path longer than any real one',
+      (f) =>
+        f.send({
+          ...treeMessageOf(new Tree([recordOf(`/devices/${'x'.repeat(MAX_DEVPATH_CHARS)}/sda`, 'block', {})]), 0),
+          seq: f.nextSeq(),
         }),
     ],
     ['a reply to a request never made', (f) => f.reply(999_999, true)],

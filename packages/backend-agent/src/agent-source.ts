@@ -125,6 +125,15 @@ export class AgentSource implements DeviceSource {
   private readonly exports = new Map<string, LiveExport>();
   /** Ports in use: by a live export, by an export from before a restart, or being drained. */
   private readonly busyPorts = new Set<string>();
+  /**
+   * Busy ports of exports devgated does not know: the hello said so (exports made before devgated
+   * restarted or reconnected). Each stays busy until an asked-for hello no longer lists it.
+   */
+  private readonly foreignPorts = new Set<string>();
+  /** Whether a hello was asked for to learn which foreign ports are still busy, and not yet answered. */
+  private busyAsked = false;
+  /** Whether an export devgated does not know ended unclean: foreign ports freed from then on are drained. */
+  private foreignUnclean = false;
   /** Input forwards by id: whose events go to which subscriber. */
   private readonly forwards = new Map<string, LiveForward>();
   private lastSeq = -1;
@@ -142,7 +151,8 @@ export class AgentSource implements DeviceSource {
   private readyWaiters: (() => void)[] = [];
   /** Asking the agent for its hello: a session that outlived a quick reconnect never says it again. */
   private helloTimer?: NodeJS.Timeout;
-  private helloAsked = false;
+  /** Hellos asked for and not yet answered: the agent answers each with one. */
+  private hellosAsked = 0;
   private treeSeen = false;
 
   constructor(private readonly options: AgentSourceOptions) {
@@ -241,15 +251,19 @@ export class AgentSource implements DeviceSource {
     const ask = (delayMs: number) => {
       this.helloTimer = setTimeout(() => {
         if (this.state !== 'waiting-hello' || !this.socket) return;
-        this.helloAsked = true;
-        this.socket.write(
-          JSON.stringify({ v: PROTOCOL_VERSION, type: 'request', id: this.nextRequestId++, op: 'hello' }) + '\n',
-        );
+        this.askHello();
         ask(3_000);
       }, delayMs);
       this.helloTimer.unref?.();
     };
     ask(1_000);
+  }
+
+  private askHello(): void {
+    this.hellosAsked++;
+    this.socket?.write(
+      JSON.stringify({ v: PROTOCOL_VERSION, type: 'request', id: this.nextRequestId++, op: 'hello' }) + '\n',
+    );
   }
 
   private onData(chunk: Buffer): void {
@@ -268,12 +282,13 @@ export class AgentSource implements DeviceSource {
       const started = process.hrtime.bigint();
       this.onLine(line);
       this.floodParseNs += process.hrtime.bigint() - started;
-    }
-    if (this.floodParseNs > BigInt(this.limits.floodParseMs) * 1_000_000n) {
-      this.cutOff(
-        'DG_AGENT_VIOLATION',
-        `a flood: more than ${this.limits.floodParseMs} ms of devgated's time within ${this.limits.floodWindowMs} ms`,
-      );
+      // After each line, not each chunk: one chunk may hold many costly lines.
+      if (this.floodParseNs > BigInt(this.limits.floodParseMs) * 1_000_000n) {
+        return this.cutOff(
+          'DG_AGENT_VIOLATION',
+          `a flood: more than ${this.limits.floodParseMs} ms of devgated's time within ${this.limits.floodWindowMs} ms`,
+        );
+      }
     }
   }
 
@@ -304,12 +319,10 @@ export class AgentSource implements DeviceSource {
     }
     switch (message.type) {
       case 'hello':
-        // The answer to our own request, come after the agent's spontaneous one: harmless, once.
-        if (this.helloAsked) {
-          this.helloAsked = false;
-          return;
-        }
-        return this.cutOff('DG_AGENT_VIOLATION', 'a second hello');
+        // An answer to a request of ours (the first one may cross the agent's own hello).
+        if (this.hellosAsked === 0) return this.cutOff('DG_AGENT_VIOLATION', 'a second hello');
+        this.hellosAsked--;
+        return this.releaseForeignPorts(message);
       case 'tree':
         return this.onTree(message);
       case 'reply':
@@ -344,7 +357,10 @@ export class AgentSource implements DeviceSource {
     this.state = 'ready';
     clearTimeout(this.helloTimer);
     // Ports serving exports made before devgated (re)connected stay out of the pool until they end.
-    for (const port of hello.busy ?? []) this.busyPorts.add(port);
+    for (const port of hello.busy ?? []) {
+      this.busyPorts.add(port);
+      this.foreignPorts.add(port);
+    }
     this.incidents.next({ type: 'connected', backend: this.backend, agent: hello.agent });
     this.schedulePing();
   }
@@ -402,7 +418,17 @@ export class AgentSource implements DeviceSource {
 
   private onExportEnded(message: Extract<AgentMessage, { type: 'export-ended' }>): void {
     const live = this.exports.get(message.export);
-    if (!live) return; // an export of an earlier session, or one already withdrawn: nothing to free
+    if (!live) {
+      // An export of an earlier session (on a foreign port), or one devgated already withdrew. The
+      // message names no port: ask for the hello again, whose busy ports are those still serving.
+      if (this.foreignPorts.size === 0) return;
+      if (!message.clean) this.foreignUnclean = true;
+      if (!this.busyAsked) {
+        this.busyAsked = true;
+        this.askHello();
+      }
+      return;
+    }
     this.exports.delete(message.export);
     this.incidents.next({
       type: 'export-ended',
@@ -412,6 +438,23 @@ export class AgentSource implements DeviceSource {
     });
     if (message.clean) this.busyPorts.delete(live.port);
     else void this.drain(live.port);
+  }
+
+  /**
+   * Frees the foreign ports an asked-for hello no longer lists as busy: their exports ended. Never one
+   * devgated itself exports on. Which export left which port unclean is not known: after any did,
+   * each is drained first.
+   */
+  private releaseForeignPorts(hello: HelloMessage): void {
+    this.busyAsked = false;
+    const stillBusy = new Set(hello.busy ?? []);
+    for (const port of this.foreignPorts) {
+      if (stillBusy.has(port)) continue;
+      this.foreignPorts.delete(port);
+      if ([...this.exports.values()].some((live) => live.port === port)) continue;
+      if (this.foreignUnclean) void this.drain(port);
+      else this.busyPorts.delete(port);
+    }
   }
 
   /**
@@ -494,7 +537,9 @@ export class AgentSource implements DeviceSource {
     socket?.destroy();
     clearTimeout(this.pingTimer);
     clearTimeout(this.helloTimer);
-    this.helloAsked = false;
+    this.hellosAsked = 0;
+    this.busyAsked = false;
+    this.foreignUnclean = false;
     clearTimeout(this.treeTimer);
     this.treeTimer = undefined;
     this.pendingTree = undefined;
@@ -505,10 +550,11 @@ export class AgentSource implements DeviceSource {
     this.pending.clear();
     for (const forward of this.forwards.values()) forward.subscriber.error(error);
     this.forwards.clear();
-    // Exports live in the agent; without it they end (its relays are gone), and the kernel detaches
-    // them from their frontends when the devices below vanish.
+    // Exports live in the agent and go on without devgated (the kernel detaches their frontends when
+    // the devices vanish, and they end); the next hello lists those still serving as busy.
     this.exports.clear();
     this.busyPorts.clear();
+    this.foreignPorts.clear();
     if (this.tree.value !== EMPTY_TREE) this.tree.next(EMPTY_TREE);
   }
 
@@ -664,6 +710,10 @@ export class AgentSource implements DeviceSource {
     if (!reply.ok) {
       this.exports.delete(id);
       this.busyPorts.delete(port.name);
+      // In use in the USB VM (its own check at hand-over): the refusal the host's hand-over gives.
+      if (reply.error?.code === 'DEVICE_IN_USE') {
+        throw Errors.deviceInUse({ device: label, reason: sanitizeText(reply.error.message, 200) ?? 'in use' });
+      }
       throw Errors.agentRefused({
         backend: this.backend,
         device: label,
@@ -771,6 +821,7 @@ export class AgentSource implements DeviceSource {
   private async drain(port: string): Promise<void> {
     const path = this.options.exportPorts?.[port];
     if (!path) return;
+    const session = this.socket;
     this.busyPorts.add(port);
     await new Promise<void>((resolve) => {
       const socket = net.connect(path);
@@ -788,7 +839,8 @@ export class AgentSource implements DeviceSource {
       socket.on('error', done);
       socket.on('close', done);
     });
-    if (this.state === 'ready') this.busyPorts.delete(port);
+    // A later session's ports are its hello's business.
+    if (this.state === 'ready' && this.socket === session) this.busyPorts.delete(port);
   }
 
   dispose(): void {

@@ -6,7 +6,14 @@ import { blockModule } from '@devgate/driver-block';
 import { usbModule } from '@devgate/driver-usb';
 import { recordedFixturesDir } from '@devgate/testkit';
 import { AgentViolation, hostTreeOf, parseAgentMessage } from './parse-agent-message';
-import { DEFAULT_LIMITS, type TreeMessage, WIRE_ATTRIBUTES, WIRE_ENTRIES } from './protocol';
+import {
+  DEFAULT_LIMITS,
+  MAX_DEVPATH_CHARS,
+  MAX_DEVPATH_SEGMENTS,
+  type TreeMessage,
+  WIRE_ATTRIBUTES,
+  WIRE_ENTRIES,
+} from './protocol';
 import { treeMessageOf } from './wire-tree';
 
 const RECORDINGS = fs
@@ -91,7 +98,7 @@ describe('parseAgentMessage', () => {
     expect(refused).toBeGreaterThan(1000);
   });
 
-  it('refuses bounds crossed: records, properties, value length, line length per type', () => {
+  it('refuses bounds crossed: records, properties, value length, device paths, line length per type', () => {
     const record = (i: number) => ({ devpath: `/devices/d${i}`, subsystem: 'usb', properties: {} });
     const tree = (records: unknown[]) =>
       JSON.stringify({ v: 1, type: 'tree', seq: 1, records, usage: { mounted: [], swaps: [] } });
@@ -104,6 +111,14 @@ describe('parseAgentMessage', () => {
     expect(() => parseAgentMessage(tree([{ ...record(0), properties: { A: 'x'.repeat(17_000) } }]))).toThrow(
       /longer than/,
     );
+    // Device paths: as long and as deep as the bounds, and no further.
+    const at = (devpath: string) => tree([{ ...record(0), devpath }]);
+    const deepest = '/devices' + '/1-1'.repeat(MAX_DEVPATH_SEGMENTS - 1);
+    const longest = '/devices/' + 'x'.repeat(MAX_DEVPATH_CHARS - '/devices/'.length);
+    expect(parseAgentMessage(at(deepest))).toMatchObject({ records: [{ devpath: deepest }] });
+    expect(parseAgentMessage(at(longest))).toMatchObject({ records: [{ devpath: longest }] });
+    expect(() => parseAgentMessage(at(deepest + '/a'))).toThrow(/devpath: more than 64 segments/);
+    expect(() => parseAgentMessage(at(longest + 'x'))).toThrow(/devpath: longer than 1024/);
     const bigReply = JSON.stringify({
       v: 1,
       type: 'reply',

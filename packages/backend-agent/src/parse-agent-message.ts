@@ -18,6 +18,8 @@ import {
   EXPORT_PORT_PREFIX,
   type ExportKind,
   FORWARD_ID,
+  MAX_DEVPATH_CHARS,
+  MAX_DEVPATH_SEGMENTS,
   MAX_FORWARD_NODES,
   MAX_INPUT_EVENTS,
   WIRE_ATTRIBUTES,
@@ -152,7 +154,9 @@ export function parseAgentMessage(line: string, limits: AgentLimits = DEFAULT_LI
 function wireRecord(value: unknown, at: string, limits: AgentLimits): WireRecord {
   const record = object(value, at);
   keys(record, ['devpath', 'subsystem', 'properties', 'attributes', 'entries', 'links'], at);
-  const devpath = string(record.devpath, `${at}.devpath`, 4096);
+  const devpath = string(record.devpath, `${at}.devpath`, MAX_DEVPATH_CHARS);
+  if (devpath.split('/').length - 1 > MAX_DEVPATH_SEGMENTS)
+    throw new AgentViolation(`${at}.devpath: more than ${MAX_DEVPATH_SEGMENTS} segments`);
   if (!isSafeDevpath(devpath)) throw new AgentViolation(`${at}.devpath: not a safe /devices/... path`);
   // Empty: a device directory with no subsystem link (a bus's root, `/devices/pci0000:00`).
   const subsystem = string(record.subsystem, `${at}.subsystem`, 64);

@@ -65,6 +65,15 @@ export const DEFAULT_LIMITS: AgentLimits = {
 };
 
 /**
+ * Bounds of a record's devpath, far above any real one: a USB disk's partition behind seven hub tiers
+ * is about 20 segments and 300 characters, a Thunderbolt chain adds a few PCI bridges to that. A
+ * hostile agent's deep paths cost devgated per segment wherever a path is taken apart; past these
+ * bounds a tree is a violation.
+ */
+export const MAX_DEVPATH_CHARS = 1024;
+export const MAX_DEVPATH_SEGMENTS = 64;
+
+/**
  * The sysfs attributes an agent sends, per subsystem: exactly what devgate's drivers read (a test
  * checks the drivers against this list). Any other attribute name is a violation.
  */

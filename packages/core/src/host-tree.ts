@@ -31,6 +31,8 @@ export const NO_USAGE: HostUsage = { mounted: new Set(), swaps: new Set() };
 export class HostTree {
   private readonly byPath = new Map<string, RawDeviceRecord>();
   private readonly bySubsystem = new Map<string, RawDeviceRecord[]>();
+  /** Where each record sits, worked out for all of them on first use (see `placeRecords`). */
+  private placement?: Placement;
 
   constructor(
     records: Iterable<RawDeviceRecord>,
@@ -60,6 +62,9 @@ export class HostTree {
 
   /** The nearest recorded ancestor of a device. */
   parent(device: RawDeviceRecord): RawDeviceRecord | undefined {
+    const place = this.placed().byPath.get(device.devpath);
+    if (place) return place.parent;
+    // Not a path of this tree (no driver asks for one): walk up, hashing a prefix per segment.
     for (let path = dirname(device.devpath); path.length > '/devices'.length; path = dirname(path)) {
       const found = this.byPath.get(path);
       if (found) return found;
@@ -72,11 +77,65 @@ export class HostTree {
     for (let p = this.parent(device); p; p = this.parent(p)) yield p;
   }
 
-  /** Recorded devices directly or indirectly under this one. */
+  /** Recorded devices directly or indirectly under this one, in the tree's order. */
   descendants(device: RawDeviceRecord, subsystem?: string): RawDeviceRecord[] {
-    const prefix = device.devpath + '/';
-    return this.devices(subsystem).filter((d) => d.devpath.startsWith(prefix));
+    const placement = this.placed();
+    const place = placement.byPath.get(device.devpath);
+    if (!place) {
+      const prefix = device.devpath + '/';
+      return this.devices(subsystem).filter((d) => d.devpath.startsWith(prefix));
+    }
+    return placement.sorted
+      .slice(place.start + 1, place.end)
+      .filter((p) => subsystem === undefined || p.record.subsystem === subsystem)
+      .sort((a, b) => a.rank - b.rank)
+      .map((p) => p.record);
   }
+
+  private placed(): Placement {
+    return (this.placement ??= placeRecords([...this.byPath.values()]));
+  }
+}
+
+interface Place {
+  readonly record: RawDeviceRecord;
+  /** Its devpath and a slash: what the path of every record under it starts with. */
+  readonly key: string;
+  /** Its position in the tree's own order. */
+  readonly rank: number;
+  parent?: RawDeviceRecord;
+  /** Its position in `sorted`; the records under it follow it, up to `end`. */
+  start: number;
+  end: number;
+}
+
+interface Placement {
+  readonly byPath: ReadonlyMap<string, Place>;
+  readonly sorted: readonly Place[];
+}
+
+/**
+ * Every record's nearest recorded ancestor and subtree, in one pass. Sorted by devpath + '/', each
+ * record is followed by exactly the records under it, so a stack of the records still open holds its
+ * ancestors: linear in the paths' length after the sort. Walking up one segment at a time instead
+ * hashes a fresh prefix per segment, length times depth per record: seconds for a hostile tree.
+ */
+function placeRecords(records: readonly RawDeviceRecord[]): Placement {
+  const sorted: Place[] = records
+    .map((record, rank) => ({ record, key: record.devpath + '/', rank, start: 0, end: records.length }))
+    .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  const byPath = new Map<string, Place>();
+  const open: Place[] = [];
+  sorted.forEach((place, i) => {
+    while (open.length > 0 && !place.key.startsWith(open[open.length - 1].key)) open.pop()!.end = i;
+    const above = open[open.length - 1];
+    // `/devices` itself is nobody's parent, as for a walk up that stops there.
+    if (above && above.record.devpath.length > '/devices'.length) place.parent = above.record;
+    place.start = i;
+    open.push(place);
+    byPath.set(place.record.devpath, place);
+  });
+  return { byPath, sorted };
 }
 
 export function sysname(devpath: string): string {

@@ -99,9 +99,15 @@ export class FakeAgent {
     return Boolean(this.client && !this.client.destroyed);
   }
 
+  /** Resolves with the first request of `op`, come already or to come. */
   waitForRequest(op: HostRequest['op'], timeoutMs = 10_000): Promise<HostRequest> {
     const found = this.requests.find((r) => r.op === op);
     if (found) return Promise.resolve(found);
+    return this.nextRequest(op, timeoutMs);
+  }
+
+  /** Resolves with the next request of `op` to come (not one that came before). */
+  nextRequest(op: HostRequest['op'], timeoutMs = 10_000): Promise<HostRequest> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`no '${op}' request within ${timeoutMs} ms`)), timeoutMs);
       this.requestWaiters.push({
