@@ -311,6 +311,13 @@ export class Devgated implements Disposable {
       if (event.type === 'attachment-ended') this.devices.attachmentEnded(event);
       if (event.type === 'driver-fault') this.log.warn({ driver: event.driverId, err: event.error }, 'driver fault');
     });
+    // The devices already listed when devgated started came before this subscription: seen too.
+    const present = this.manager.list({ includeHidden: true });
+    if (present.length > 0) {
+      seen.push(...present);
+      firstAdded = lastEvent = Date.now();
+      setTimeout(noteSeenWhenQuiet, 500);
+    }
   }
 
   /**

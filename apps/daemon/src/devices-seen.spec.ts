@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { SqliteStateStore } from '@devgate/service';
+import { addDevice, loopStickRecord } from '@devgate/testkit';
 import {
   ApiClient,
   DaemonProcess,
@@ -19,8 +20,7 @@ jest.setTimeout(60_000);
 afterAll(() => cleanupHarness());
 
 /**
- * A serial-port driver package. Devices present when devgated starts are not noted as seen, so its
- * discovery starts empty and, once the file named by DEVGATE_TEST_GO exists (devgated is serving),
+ * A serial-port driver package. Its discovery starts empty and, once the file named by DEVGATE_TEST_GO exists (devgated is serving),
  * sends these snapshots 700 ms apart: the refused port comes, goes and comes back (noted twice),
  * and `ttyS2` comes last, as the mark that every earlier device was noted.
  */
@@ -117,6 +117,29 @@ it('skips a device whose port id the store refuses, warns once for its port, and
     expect(store.seen.get('serial', 'pnp0501-ttyS1')).toMatchObject({ backend: 'dom0', portId: 'ttyS1' });
     expect(store.seen.get('serial', 'pnp0501-ttyS2')).toMatchObject({ backend: 'dom0', portId: 'ttyS2' });
     expect(store.seen.get('serial', 'pnp0501-ttyS0_pnp0')).toBeUndefined();
+  } finally {
+    store.dispose();
+  }
+});
+
+it('records the devices already there when it starts as seen', async () => {
+  const dir = makeTempDir('devgated-seen-');
+  const config = harnessConfig(dir);
+  addDevice(path.join(dir, 'host'), loopStickRecord('loop7', { ID_MODEL: 'HostDisk' }));
+  const daemon = await DaemonProcess.start(config, { logLevel: 'info' });
+  await until(
+    'dom0:loop7 noted',
+    () => logLines(daemon).some((l) => l.msg === 'new device' && l.device === 'dom0:loop7'),
+    20_000,
+  );
+  const listed = await new ApiClient(config.socket).get<{ devices: { portId: string; deviceId: string }[] }>(
+    '/v1/devices?class=block&all=true',
+  );
+  const loop7 = listed.body.devices.find((d) => d.portId === 'loop7')!;
+  expect(await daemon.stop()).toEqual({ code: 0, signal: null });
+  const store = new SqliteStateStore(path.join(config.stateDir, 'state.db'));
+  try {
+    expect(store.seen.get('block', loop7.deviceId)).toMatchObject({ backend: 'dom0', portId: 'loop7' });
   } finally {
     store.dispose();
   }
