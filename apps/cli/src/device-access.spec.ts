@@ -1,10 +1,10 @@
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { QemuConnector, labDown, labUp } from '@devgate/backend-qemu';
-import { type LoopDisk, createLoopDisk, disposeAllLoopDisks } from '@devgate/testkit';
+import { type LoopDisk, createLoopDisk, disposeAllLoopDisks, leaveSocketsOfKilledProcess } from '@devgate/testkit';
 import { quick } from './quick';
 import { runCaptured } from './test-io';
 
@@ -43,23 +43,6 @@ afterAll(async () => {
 afterEach(async () => {
   await runCaptured('qvm-block', ['detach', VM]);
 });
-
-/** Unix socket files whose listener was SIGKILLed, as a crashed devgated leaves them. */
-async function leaveSocketsOfKilledProcess(files: readonly string[]): Promise<void> {
-  const listen = files.map((f) => `require('net').createServer().listen(${JSON.stringify(f)}, ready)`).join(';');
-  const script = `let n = ${files.length}; const ready = () => --n || console.log('listening'); ${listen}`;
-  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  try {
-    await new Promise<void>((resolve, reject) => {
-      child.stdout.on('data', (chunk: Buffer) => chunk.toString().includes('listening') && resolve());
-      child.once('exit', (code) => reject(new Error(`the listener exited early (${code})`)));
-    });
-  } finally {
-    child.kill('SIGKILL');
-    await exited;
-  }
-}
 
 /** The devices QEMU itself has from devgate. QMP serves one client: closed after. */
 async function qemuBlocks(): Promise<string[]> {

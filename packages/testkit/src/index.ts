@@ -10,3 +10,4 @@ export * from './usb-authorization-files.js';
 export * from './pty.js';
 export * from './conformance-checks.js';
 export * from './until.js';
+export * from './stale-socket.js';
