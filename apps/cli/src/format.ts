@@ -131,9 +131,9 @@ export function formatDevgateTable(devices: readonly DeviceJson[], showHidden: b
   return formatColumns([header, ...rows]);
 }
 
-/** Qubes' `info`: the description, the device id, then one `key: value` line per data item. */
+/** Qubes' `info`: the description (no port before it), the device id, then one `key: value` line per data item. */
 export function formatInfo(device: DeviceJson): string {
-  const lines = [`${device.port}: ${device.description}`, `device ID: ${device.deviceId}`];
+  const lines = [device.description, `device ID: ${device.deviceId}`];
   for (const [key, value] of Object.entries(device.data)) lines.push(`${key.replace(/[-_]/g, ' ')}: ${value}`);
   if (device.hidden) lines.push(`hidden: ${device.hidden}`);
   return lines.join('\n') + '\n';

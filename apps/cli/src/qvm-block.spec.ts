@@ -66,7 +66,7 @@ describe('argument errors, as argparse reports them', () => {
   it('--exclude without --all is refused with Qubes’ message', async () => {
     const { code, err } = await runCaptured('qvm-block', ['list', '--exclude', 'work']);
     expect(code).toBe(2);
-    expect(err).toContain('qvm-block: error: --exclude: --exclude can only be used with --all');
+    expect(err).toMatch(/\nqvm-block: error: --exclude can only be used with --all\n$/);
   });
 
   it('a malformed device argument is a usage error; an unknown device a runtime error', async () => {

@@ -19,24 +19,31 @@ export function qvmDeviceProgram(prog: string, devclass: string | undefined, io:
   if (devclass === undefined) {
     const program = new Command(prog)
       .description('manage devices of VMs')
-      .option('--list-device-classes', 'list device classes')
+      .option('--list-device-classes, --list-classes', 'list device classes')
       .argument('[class]', 'device class')
       .argument('[args...]')
       .enablePositionalOptions()
       .passThroughOptions()
       .allowUnknownOption()
       .helpOption('-h, --help')
-      .action(async (cls: string | undefined, args: string[], options: { listDeviceClasses?: boolean }) => {
-        // The classes are the loaded drivers' (through devgated: those it loaded), never a list here.
-        if (options.listDeviceClasses) {
-          return withAccess({}, io, async (access) => io.out((await access.classes()).map((c) => c + '\n').join('')));
-        }
+      .action(async (cls: string | undefined, args: string[], options: { listClasses?: boolean }) => {
+        if (options.listClasses) return withAccess({}, io, (access) => printClasses(access, io));
         if (!cls) throw usage('the following arguments are required: class');
         await classProgram(`${prog} ${cls}`, cls, io, { checkClass: true }).parseAsync(args, { from: 'user' });
       });
     return quiet(program, io);
   }
   return classProgram(prog, devclass, io);
+}
+
+/** The classes are the loaded drivers' (through devgated: those it loaded), never a list here. */
+async function printClasses(access: DeviceAccess, io: Io): Promise<void> {
+  io.out((await access.classes()).map((c) => c + '\n').join(''));
+}
+
+/** Qubes' VMNAME is checked while parsing, before the device or anything else is touched. */
+async function assertDomain(access: DeviceAccess, vm: string): Promise<void> {
+  if (!(await access.domains()).includes(vm)) throw Errors.noConnector({ domain: vm });
 }
 
 type WithAccess = <T>(options: AccessOptions, io: Io, work: (access: DeviceAccess) => Promise<T>) => Promise<T>;
@@ -73,13 +80,20 @@ export function classProgram(prog: string, devclass: string, io: Io, options: { 
     .addOption(new Option('-d, --detach', 'detach [VM] [DEVICE] (old form)').hideHelp())
     .addOption(new Option('--ro', 'attach read-only (old form)').hideHelp())
     .addOption(new Option('-o, --option <name=value>', 'attach option (old form)').argParser(collect).hideHelp())
+    // A global option of Qubes' qvm-device, so qvm-block's too.
+    .option('--list-device-classes, --list-classes', 'list device classes')
     .argument('[args...]');
   addHostOptions(program);
   const common = <T>(options: T) => ({ ...program.opts<AccessOptions & { quiet?: boolean }>(), ...options });
 
   program.action(
-    (args: string[], options: AttachFlags & AccessOptions & { list?: boolean; attach?: boolean; detach?: boolean }) =>
+    (
+      args: string[],
+      options: AttachFlags &
+        AccessOptions & { list?: boolean; attach?: boolean; detach?: boolean; listClasses?: boolean },
+    ) =>
       withClass(options, io, async (access) => {
+        if (options.listClasses) return printClasses(access, io);
         if (options.attach) {
           if (args.length !== 2) throw usage('-a/--attach takes VMNAME BACKEND:DEVICE');
           return access.attach(devclass, args[0], args[1], attachOptions(options));
@@ -119,6 +133,7 @@ export function classProgram(prog: string, devclass: string, io: Io, options: { 
     .option('-p, --persistent', 'also assign it, as required')
     .action((vm: string, device: string, options: AttachFlags & AccessOptions & { persistent?: boolean }) =>
       withClass(common(options), io, async (access) => {
+        await assertDomain(access, vm);
         const attachOpts = attachOptions(options);
         if (!options.persistent) return access.attach(devclass, vm, device, attachOpts);
         // Qubes' --persistent: attach now, then assign as required, even if the attach failed. Only
@@ -135,7 +150,8 @@ export function classProgram(prog: string, devclass: string, io: Io, options: { 
   // PCI: give the device back to its host driver afterwards (Qubes never does; devgate on request).
   if (devclass === 'pci') detach.option('--reattach', "then give it back to the host's driver (from vfio-pci)");
   detach.action((vm: string, device: string | undefined, options: AccessOptions & { reattach?: boolean }) =>
-    withClass(common(options), io, (access) => {
+    withClass(common(options), io, async (access) => {
+      await assertDomain(access, vm);
       if (!options.reattach) return access.detach(devclass, vm, device);
       if (!device) throw Errors.badOption({ option: '--reattach', reason: 'names one device' });
       return detachAndReattach(access, common(options), vm, device, io);
@@ -208,6 +224,14 @@ export function classProgram(prog: string, devclass: string, io: Io, options: { 
           devices = devices.filter((d) => d.backend === wanted.backend && d.portId === wanted.portId);
           if (devices.length === 0)
             throw Errors.unknownDevice({ backend: wanted.backend, devclass, port: wanted.portId });
+          // Qubes' info takes a port: a device ID other than the one in it is refused, never ignored.
+          const { deviceId } = wanted;
+          if (deviceId !== undefined && deviceId !== '*' && deviceId !== devices[0].deviceId) {
+            throw Errors.unsupportedOption({
+              option: 'DEVICE_ID',
+              message: 'this option works only for explicitly given port ID and does not support device ID',
+            });
+          }
         }
         io.out(devices.map(formatInfo).join('\n'));
       }),
@@ -243,7 +267,7 @@ async function list(
   withClass: WithAccess,
 ): Promise<void> {
   if (flags.exclude?.length && !flags.all) {
-    throw Errors.badOption({ option: '--exclude', reason: '--exclude can only be used with --all' });
+    throw usage('--exclude can only be used with --all');
   }
   await withClass(options, io, async (access: DeviceAccess) => {
     const devices = await access.list({ devclass });
@@ -283,8 +307,9 @@ export function attachOptions(flags: AttachFlags): Record<string, string> {
   return options;
 }
 
+/** argparse's `parser.error`: the message alone, after the usage line (exit 2). */
 function usage(reason: string): Error {
-  return Errors.badOption({ option: 'arguments', reason });
+  return Errors.badOption({ reason });
 }
 
 function collect(value: string, previous: string[] = []): string[] {

@@ -64,7 +64,7 @@ describe('qvm-pci list formats', () => {
     const info = await runCaptured('qvm-pci', ['info', '--recording', KINESIS, 'dom0:00_1a.0']);
     expect(info.code).toBe(0);
     expect(info.out.split('\n').slice(0, 3)).toEqual([
-      'dom0:00_1a.0: PCI_USB: Intel Corporation 5 Series/3400 Series Chipset USB2 Enhanced Host Controller',
+      'PCI_USB: Intel Corporation 5 Series/3400 Series Chipset USB2 Enhanced Host Controller',
       'device ID: 0x8086:0x3b3c::p0c0320',
       'sbdf: 0000:00:1a.0',
     ]);
@@ -82,7 +82,7 @@ describe('qvm-pci errors and exit codes', () => {
   it('an unknown VM is a usage error (2); an unknown port a runtime error (1), in Qubes’ words', async () => {
     const vm = await runCaptured('qvm-pci', ['list', '--recording', T420, 'nosuchvm']);
     expect(vm.code).toBe(2);
-    expect(vm.err).toContain("qvm-pci: error: arguments: no such domain: 'nosuchvm'");
+    expect(vm.err).toMatch(/\nqvm-pci: error: no such domain: 'nosuchvm'\n$/);
     const port = await runCaptured('qvm-pci', ['info', '--recording', T420, 'dom0:00_1e.0']);
     expect(port.code).toBe(1);
     expect(port.err).toContain("qvm-pci: error: backend vm dom0 doesn't expose pci device '00_1e.0'");

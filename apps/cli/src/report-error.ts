@@ -1,5 +1,5 @@
 import { type Command, CommanderError } from 'commander';
-import { DevgateError, DriverContractError } from '@devgate/core';
+import { DevgateError, DriverContractError, Errors } from '@devgate/core';
 import { type Io } from './io.js';
 
 /**
@@ -14,12 +14,21 @@ export function reportError(prog: string, program: Command, error: unknown, io: 
     return 2;
   }
   if (error instanceof DevgateError) {
-    if (error.kind === 'usage') io.err(`usage: ${prog} ${program.usage()}\n`);
+    const usage = error.kind === 'usage' || unknownVmName(prog, error);
+    if (usage) io.err(`usage: ${prog} ${program.usage()}\n`);
     io.err(`${prog}: error: ${error.message}\n`);
     if (error.hint) io.err(`${prog}: hint: ${error.hint}\n`);
-    return error.kind === 'usage' ? 2 : 1;
+    return usage ? 2 : 1;
   }
   const detail = error instanceof DriverContractError ? error.message : String((error as Error)?.stack ?? error);
   io.err(`${prog}: error: internal error, please report it: ${detail}\n`);
   return 1;
+}
+
+/**
+ * Qubes' qvm-* tools check VMNAME while parsing (argparse: usage, exit 2). devgated refuses an unknown
+ * frontend at run time (DG_NO_CONNECTOR); reported here, so the quick path's refusal reads the same.
+ */
+function unknownVmName(prog: string, error: DevgateError): boolean {
+  return prog.startsWith('qvm-') && error.code === Errors.noConnector.code;
 }

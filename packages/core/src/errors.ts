@@ -57,10 +57,11 @@ export const Errors = {
     message: (p) => `unknown device class '${p.devclass}'`,
     hint: (p) => `known classes: ${p.known.join(', ')}`,
   }),
-  badOption: define<{ option: string; reason: string }>({
+  badOption: define<{ option?: string; reason: string }>({
     code: 'DG_BAD_OPTION',
     kind: 'usage',
-    message: (p) => `${p.option}: ${p.reason}`,
+    // Without an option: a whole argparse message (`no such domain: 'x'`), which names no option.
+    message: (p) => (p.option ? `${p.option}: ${p.reason}` : p.reason),
   }),
   recordingUnreadable: define<{ file: string; reason: string }>({
     code: 'DG_RECORDING_UNREADABLE',

@@ -99,6 +99,23 @@ async function attachAll(...devices: string[]): Promise<void> {
 const attachedPorts = () => [...connector.attached.values()].map((a) => `${a.port.backend}:${a.port.portId}`).sort();
 const detach = (device: string) => service.detach({ devclass: 'pci', frontend: 'work', device }, 'test');
 
+describe('DeviceService: the VM is checked first', () => {
+  it('refuses an unknown VM before the device, for attach and detach, and audits it', async () => {
+    for (const attempt of [
+      service.attach({ devclass: 'pci', frontend: 'nosuchvm', device: 'dom0:no_such' }, 'test'),
+      service.detach({ devclass: 'pci', frontend: 'nosuchvm' }, 'test'),
+      service.detach({ devclass: 'pci', frontend: 'nosuchvm', device: 'dom0:00_19.0' }, 'test'),
+    ]) {
+      await expect(attempt).rejects.toMatchObject({ code: 'DG_NO_CONNECTOR', message: "no such domain: 'nosuchvm'" });
+    }
+    expect(store.audit.query({}).map((e) => `${e.action} ${e.outcome} ${e.code}`)).toEqual([
+      'attach denied DG_NO_CONNECTOR',
+      'detach denied DG_NO_CONNECTOR',
+      'detach denied DG_NO_CONNECTOR',
+    ]);
+  });
+});
+
 describe('DeviceService.detach', () => {
   it('detaching every device goes on past one the hypervisor refuses, and records each as it went', async () => {
     await attachAll('dom0:00_19.0', 'dom0:00_14.0', 'lenovo:00_19.0');

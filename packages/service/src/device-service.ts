@@ -68,6 +68,11 @@ export class DeviceService {
     this.events.publish({ type: 'audit', entry: stored });
   }
 
+  /** The VM named first, before the device, as Qubes' tools check their arguments. */
+  private requireFrontend(frontend: string): void {
+    if (!this.manager.connectors.some((c) => c.manages(frontend))) throw Errors.noConnector({ domain: frontend });
+  }
+
   private port(devclass: string, device: string): { port: Port; deviceId?: string } {
     const { backend, portId, deviceId } = parseDeviceArgument(device);
     return { port: { devclass, backend, portId }, deviceId };
@@ -88,6 +93,7 @@ export class DeviceService {
       options: input.options ?? {},
     });
     try {
+      this.requireFrontend(input.frontend);
       const device = await this.manager.attach({
         frontend: input.frontend,
         port,
@@ -174,6 +180,7 @@ export class DeviceService {
    * at least one; `BACKEND:PORT:DEVICE_ID`, the port only if that device is in it.
    */
   private detachTargets(input: { frontend: string; devclass: string; device?: string }): Port[] {
+    this.requireFrontend(input.frontend);
     const parsed = input.device === undefined ? undefined : this.port(input.devclass, input.device);
     const deviceId = parsed?.deviceId === '*' ? undefined : parsed?.deviceId;
     if (parsed && parsed.port.portId !== '*') {
