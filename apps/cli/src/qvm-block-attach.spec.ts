@@ -140,7 +140,7 @@ describe('qvm-block attach and detach (real QEMU)', () => {
 
   it('names unknown VMs and devices, and a detach of something not attached', async () => {
     const vm = await runCaptured('qvm-block', ['attach', 'nosuchvm', `dom0:${disk.name}`]);
-    expect(vm).toMatchObject({ code: 1 });
+    expect(vm).toMatchObject({ code: 2 }); // Qubes: a usage error
     expect(vm.err).toContain("no such domain: 'nosuchvm'");
     const dev = await runCaptured('qvm-block', ['attach', 'work', 'dom0:sdz9']);
     expect(dev.err).toContain("backend vm dom0 doesn't expose block device 'sdz9'");
