@@ -33,6 +33,8 @@ export function rootsUnder(dir: string): HostRoots {
 const DEVICE_LISTS = ['class/block', 'bus/usb/devices', 'class/input', 'bus/pci/devices'];
 
 const MAX_ATTRIBUTE_BYTES = 64 * 1024;
+/** mountinfo of a host with thousands of mounts (containers) runs to megabytes. */
+const MAX_USAGE_BYTES = 16 * 1024 * 1024;
 /**
  * One buffer for every attribute read: reads are synchronous and decoded at once, so it is never
  * shared by two reads. A fresh 64 KiB buffer per read (zeroed) was most of what a burst of new
@@ -160,8 +162,8 @@ export interface UsageFiles {
 
 export function readUsageFiles(roots: HostRoots): UsageFiles {
   return {
-    mountinfo: readOrEmpty(path.join(roots.proc, 'self/mountinfo')),
-    swaps: readOrEmpty(path.join(roots.proc, 'swaps')),
+    mountinfo: readOrEmpty(path.join(roots.proc, 'self/mountinfo'), MAX_USAGE_BYTES),
+    swaps: readOrEmpty(path.join(roots.proc, 'swaps'), MAX_USAGE_BYTES),
   };
 }
 
@@ -315,7 +317,8 @@ function readAttribute(dir: string, name: string): string | undefined {
   const file = safeJoin(dir, name);
   if (!file) return undefined;
   try {
-    const fd = fs.openSync(file, 'r');
+    const fd = openRegular(file);
+    if (fd === undefined) return undefined;
     try {
       const n = fs.readSync(fd, attributeBuffer, 0, MAX_ATTRIBUTE_BYTES, 0);
       return attributeBuffer.toString('utf8', 0, n).replace(/\n$/, '');
@@ -327,15 +330,58 @@ function readAttribute(dir: string, name: string): string | undefined {
   }
 }
 
+const OPEN_FLAGS = fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY;
+
+/**
+ * A descriptor of `file` if it is a regular file (sysfs attributes and procfs files are: S_IFREG,
+ * size 4096 or 0), else undefined. A `--sysroot` tree is anyone's: O_NONBLOCK keeps a FIFO's open
+ * from waiting for a writer, and nothing but a regular file is read, so a device node cannot feed
+ * the reader without end. One fstat, no stat before the open: these reads are a burst's cost (ADR 0015).
+ */
+function openRegular(file: string): number | undefined {
+  const fd = fs.openSync(file, OPEN_FLAGS);
+  try {
+    if (fs.fstatSync(fd).isFile()) return fd;
+  } catch {
+    // closed below
+  }
+  fs.closeSync(fd);
+  return undefined;
+}
+
 /** Attribute names come from drivers; never let one escape the device directory. */
 function safeJoin(dir: string, name: string): string | undefined {
   if (name.split('/').some((part) => part === '..' || part === '')) return undefined;
   return path.join(dir, name);
 }
 
-function readOrEmpty(file: string): string {
+/**
+ * A whole file, up to `limit` bytes (counted as read: procfs files report size 0), or '' for none
+ * or anything but a regular file.
+ */
+function readOrEmpty(file: string, limit = MAX_ATTRIBUTE_BYTES): string {
   try {
-    return fs.readFileSync(file, 'utf8');
+    const fd = openRegular(file);
+    if (fd === undefined) return '';
+    try {
+      // Most files fit the shared buffer; a longer one (mountinfo) is kept in copies of it.
+      const chunks: Buffer[] = [];
+      let used = 0;
+      for (let total = 0; total < limit;) {
+        if (used === attributeBuffer.length) {
+          chunks.push(Buffer.from(attributeBuffer));
+          used = 0;
+        }
+        const n = fs.readSync(fd, attributeBuffer, used, Math.min(attributeBuffer.length - used, limit - total), null);
+        if (n === 0) break;
+        used += n;
+        total += n;
+      }
+      if (chunks.length === 0) return attributeBuffer.toString('utf8', 0, used);
+      return Buffer.concat([...chunks, attributeBuffer.subarray(0, used)]).toString('utf8');
+    } finally {
+      fs.closeSync(fd);
+    }
   } catch {
     return '';
   }
