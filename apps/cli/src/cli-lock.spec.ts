@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { withCliLock } from './cli-lock';
 
 // The CLI lock between real processes: each contender is a separate `node` running cli-lock.ts
 // (transpiled on the fly, so these tests need no build of the CLI).
@@ -14,6 +15,7 @@ const WORKSPACE = path.resolve(__dirname, '..', '..', '..');
  * argv: cli-lock.ts, the lock file, a mode, a timeout in ms.
  *  hold   take the lock, print "locked PID", keep it until stdin ends, print "released"
  *  try    take the lock within the timeout: print "locked", or the error's code
+ *  peek   as try, for a command that changes nothing (readOnly)
  *  count  20 times: take the lock, append "+PID", yield, append "-PID" to the file in argv[5]
  */
 const CONTENDER = `
@@ -41,8 +43,10 @@ const say = (line) => process.stdout.write(line + '\\n');
       await new Promise((resolve) => process.stdin.on('end', resolve).resume());
     }, Number(timeout));
     say('released');
-  } else if (mode === 'try') {
-    await withCliLock(lockPath, async () => say('locked'), Number(timeout)).catch((error) => say(error.code ?? String(error)));
+  } else if (mode === 'try' || mode === 'peek') {
+    await withCliLock(lockPath, async () => say('locked'), Number(timeout), { readOnly: mode === 'peek' }).catch((error) =>
+      say(error.code ?? String(error)),
+    );
   } else {
     for (let i = 0; i < 20; i++) {
       await withCliLock(lockPath, async () => {
@@ -168,4 +172,45 @@ it('keeps three processes taking turns: no two are ever inside at once', async (
   for (let i = 0; i < lines.length; i += 2) {
     expect([lines[i][0], lines[i + 1]]).toEqual(['+', `-${lines[i].slice(1)}`]);
   }
+});
+
+describe('what the lock leaves on disk', () => {
+  it('a command that changes nothing runs without a lock file and creates none, nor its directory', async () => {
+    await expect(withCliLock(lockPath, async () => 'listed', 0, { readOnly: true })).resolves.toBe('listed');
+    expect(fs.readdirSync(dir)).toEqual([]);
+  });
+
+  it('a command that changes nothing still takes turns with a lock file that is there', async () => {
+    const holder = contender('hold', 5_000);
+    await holder.line(/^locked \d+$/);
+    const reader = contender('peek', 300);
+    expect(await reader.line(/^(locked|DG_\w+)$/)).toBe('DG_BUSY');
+    holder.child.stdin!.end();
+    await holder.line(/^released$/);
+    expect(await contender('peek', 0).line(/^(locked|DG_\w+)$/)).toBe('locked');
+  });
+
+  it('never removes a directory it did not make at the lock path', async () => {
+    fs.mkdirSync(lockPath, { recursive: true });
+    fs.writeFileSync(path.join(lockPath, 'data'), "not devgate's");
+    await expect(withCliLock(lockPath, async () => 'attached', 0)).rejects.toMatchObject({ code: 'DG_LOCK_FAILED' });
+    expect(fs.readFileSync(path.join(lockPath, 'data'), 'utf8')).toBe("not devgate's");
+  });
+
+  it("replaces an older devgate's lock directory (its pid file alone) once its owner is gone", async () => {
+    // A pid that is no process: a child that has been reaped.
+    const gone = spawn(process.execPath, ['-e', '']);
+    await new Promise((resolve) => gone.once('close', resolve));
+    fs.mkdirSync(lockPath, { recursive: true });
+    fs.writeFileSync(path.join(lockPath, 'pid'), String(gone.pid));
+    await expect(withCliLock(lockPath, async () => 'attached', 0)).resolves.toBe('attached');
+    expect(fs.statSync(lockPath).isFile()).toBe(true);
+
+    // One whose owner runs is held.
+    fs.rmSync(lockPath);
+    fs.mkdirSync(lockPath);
+    fs.writeFileSync(path.join(lockPath, 'pid'), String(process.pid));
+    await expect(withCliLock(lockPath, async () => 'attached', 0)).rejects.toMatchObject({ code: 'DG_BUSY' });
+    expect(fs.readFileSync(path.join(lockPath, 'pid'), 'utf8')).toBe(String(process.pid));
+  });
 });

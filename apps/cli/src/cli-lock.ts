@@ -13,9 +13,19 @@ import { Errors } from '@devgate/core';
  * it stays held by this process's descriptor after flock(1) exits, and the kernel releases it when
  * that descriptor is closed: when the work is done, or the moment this process dies, however it
  * dies (SIGKILL included). No pid file, nothing to clean up, no stale lock.
+ *
+ * `readOnly`: a command that changes nothing (a listing) takes turns only with a lock file that is
+ * there; it creates no file or directory for it.
  */
-export async function withCliLock<T>(lockPath: string, work: () => Promise<T>, timeoutMs = 15_000): Promise<T> {
-  const fd = openLockFile(lockPath);
+export async function withCliLock<T>(
+  lockPath: string,
+  work: () => Promise<T>,
+  timeoutMs = 15_000,
+  { readOnly = false }: { readonly readOnly?: boolean } = {},
+): Promise<T> {
+  const fd = readOnly ? openExistingLockFile(lockPath) : openLockFile(lockPath);
+  // A command that changes nothing creates nothing: with no lock file, no one holds the lock.
+  if (fd === undefined) return work();
   try {
     await flock(fd, lockPath, timeoutMs);
     return await work();
@@ -33,10 +43,54 @@ function openLockFile(lockPath: string): number {
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') fs.mkdirSync(path.dirname(lockPath), { recursive: true });
-      // The lock directory of an older devgate (mkdir and a pid file).
-      else if (code === 'EISDIR') fs.rmSync(lockPath, { recursive: true, force: true });
+      else if (code === 'EISDIR') removeOldLockDirectory(lockPath);
       else throw Errors.lockFailed({ file: lockPath, reason: (error as Error).message });
     }
+  }
+}
+
+/** The lock file if there is one (flock(2) needs no write access); undefined for none, or a directory. */
+function openExistingLockFile(lockPath: string): number | undefined {
+  let fd: number;
+  try {
+    fd = fs.openSync(lockPath, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+    throw Errors.lockFailed({ file: lockPath, reason: (error as Error).message });
+  }
+  if (fs.fstatSync(fd).isFile()) return fd;
+  fs.closeSync(fd);
+  return undefined;
+}
+
+/**
+ * An older devgate's lock was a directory holding only its owner's `pid` file. Only such a
+ * directory, whose owner is gone, is removed; anything else at the lock path is not devgate's to delete.
+ */
+function removeOldLockDirectory(lockPath: string): void {
+  const pidFile = path.join(lockPath, 'pid');
+  let pid: number;
+  try {
+    const entries = fs.readdirSync(lockPath);
+    pid = entries.length === 1 && entries[0] === 'pid' ? Number(fs.readFileSync(pidFile, 'utf8')) : NaN;
+  } catch {
+    pid = NaN;
+  }
+  if (!Number.isSafeInteger(pid) || pid <= 0) {
+    throw Errors.lockFailed({ file: lockPath, reason: 'a directory devgate did not make is in the way' });
+  }
+  if (processExists(pid)) throw Errors.busy({ what: lockPath });
+  fs.rmSync(pidFile, { force: true });
+  fs.rmdirSync(lockPath);
+}
+
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code !== 'ESRCH';
   }
 }
 

@@ -32,7 +32,7 @@ export function devgateProgram(io: Io): Command {
     .option('--json', 'print JSON (one array of devices)')
     .option('--all', 'also list devices hidden because they are in use, with the reason')
     .action((options: AccessOptions & { class?: string; json?: boolean; all?: boolean }) =>
-      withAccess(options, io, async (access) => {
+      withAccess({ ...options, readOnly: true }, io, async (access) => {
         if (options.class !== undefined) await assertDeviceClass(access, options.class);
         const devices = await access.list({ devclass: options.class, all: options.all });
         io.out(

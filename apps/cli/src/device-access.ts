@@ -1,3 +1,5 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import {
   type DeviceJson,
   DevgateError,
@@ -8,15 +10,8 @@ import {
   portLabel,
   parseDeviceArgument,
 } from '@devgate/core';
-import { configuredModules } from './configured-modules.js';
-import {
-  DaemonEvents,
-  DeviceService,
-  type SqliteStateStore,
-  defaultConfig,
-  denyListHook,
-  openStateStore,
-} from '@devgate/service';
+import { inProcessConfig } from './configured-modules.js';
+import { DaemonEvents, DeviceService, type SqliteStateStore, denyListHook, openStateStore } from '@devgate/service';
 import { type HostOptions, type OpenHost, withHost } from './host.js';
 import {
   ApiError,
@@ -87,12 +82,18 @@ export async function withAccess<T>(
   if (!ownTree) io.notice(`devgated is not running (${socket}); working in-process\n`);
   // Attaching in-process goes through devgated's own service on devgated's state: the same deny
   // lists, journal and audit. The state is opened only by a command that changes something.
+  // devgated's own configuration names the state and the registry it keeps: an in-process attach is
+  // held to the same deny lists, and sees the same domains.
+  const configured = await inProcessConfig();
   let store: SqliteStateStore | undefined;
-  const state = () => (store ??= openStateStore(defaultConfig().stateDir));
+  const state = () => (store ??= openStateStore(configured.stateDir));
+  // A listing creates nothing: no state store where devgated never made one.
+  const stateMade = () => store !== undefined || fs.existsSync(path.join(configured.stateDir, 'state.db'));
   try {
-    const modules = options.modules ?? (await configuredModules());
-    return await withHost({ ...options, modules, policyHooks: [denyListHook(state)] }, (host) =>
-      work(inProcessAccess(host, state, socket)),
+    const modules = options.modules ?? configured.modules;
+    const domains = options.domains ?? configured.domains;
+    return await withHost({ ...options, domains, modules, policyHooks: [denyListHook(state)] }, (host) =>
+      work(inProcessAccess(host, state, stateMade, socket)),
     );
   } finally {
     store?.dispose();
@@ -154,7 +155,12 @@ function daemonAccess(socket: string): DeviceAccess & { nobodyListened(): boolea
   };
 }
 
-function inProcessAccess(host: OpenHost, state: () => SqliteStateStore, socket: string): DeviceAccess {
+function inProcessAccess(
+  host: OpenHost,
+  state: () => SqliteStateStore,
+  stateMade: () => boolean,
+  socket: string,
+): DeviceAccess {
   const needsDaemon = (what = 'this'): never => {
     throw Errors.daemonUnavailable({ socket, reason: `${what} needs devgated (it keeps the state)` });
   };
@@ -177,6 +183,7 @@ function inProcessAccess(host: OpenHost, state: () => SqliteStateStore, socket: 
       await service().detach({ devclass, frontend, device }, actor);
     },
     async assignments(devclass) {
+      if (!stateMade()) return [];
       return state().assignments.list(devclass === undefined ? {} : { devclass });
     },
     assign: async () => needsDaemon(),

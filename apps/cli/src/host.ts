@@ -26,6 +26,8 @@ export interface HostOptions {
   readonly libvirtUris?: readonly string[];
   /** Driver packages to load besides the built-in ones (devgated's configured `modules`). */
   readonly modules?: readonly ModuleReference[];
+  /** The command changes nothing (a listing): it takes turns only with a lock file that is there, and creates none. */
+  readonly readOnly?: boolean;
 }
 
 export interface OpenHost {
@@ -113,7 +115,9 @@ export async function withHost<T>(options: HostOptions, work: (host: OpenHost) =
     }
   };
   if (!hasPeers(options)) return run();
-  return withCliLock(`${options.domains ?? defaultRegistryFile()}.lock`, run);
+  return withCliLock(`${options.domains ?? defaultRegistryFile()}.lock`, run, undefined, {
+    readOnly: options.readOnly,
+  });
 }
 
 /** Whether the command may talk to a hypervisor or a backend VM: registered domains, or a reachable libvirt. */

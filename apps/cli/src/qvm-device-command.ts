@@ -269,7 +269,7 @@ async function list(
   if (flags.exclude?.length && !flags.all) {
     throw usage('--exclude can only be used with --all');
   }
-  await withClass(options, io, async (access: DeviceAccess) => {
+  await withClass({ ...options, readOnly: true }, io, async (access: DeviceAccess) => {
     const devices = await access.list({ devclass });
     const known = new Set([...(await access.domains()), ...devices.map((d) => d.backend)]);
     for (const vm of vms) if (!known.has(vm)) throw usage(`no such domain: '${vm}'`);

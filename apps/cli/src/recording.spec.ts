@@ -1,3 +1,6 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { recordedFixture } from '@devgate/testkit';
 import { runCaptured } from './test-io';
 
@@ -44,5 +47,31 @@ describe('devgate list --recording', () => {
     const { code, err } = await runCaptured('devgate', ['list', '--recording', '/nonexistent/file.umockdev']);
     expect(code).toBe(1);
     expect(err).toContain("cannot read recording '/nonexistent/file.umockdev'");
+  });
+});
+
+describe('a listing creates nothing', () => {
+  const saved = { domains: process.env.DEVGATE_DOMAINS, state: process.env.DEVGATE_STATE_DIR };
+  let dir: string;
+  afterEach(() => {
+    for (const [key, value] of [
+      ['DEVGATE_DOMAINS', saved.domains],
+      ['DEVGATE_STATE_DIR', saved.state],
+    ] as const)
+      if (value === undefined) delete process.env[key];
+      else process.env[key] = value;
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('neither a state store nor a lock file, with a registry of domains to take turns with', async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-ro-'));
+    // A registered domain (not running): commands take turns through the lock next to the registry.
+    fs.writeFileSync(path.join(dir, 'domains.json'), JSON.stringify({ domains: { work: { qmp: `${dir}/work.qmp` } } }));
+    process.env.DEVGATE_DOMAINS = path.join(dir, 'domains.json');
+    process.env.DEVGATE_STATE_DIR = path.join(dir, 'state');
+    const recording = recordedFixture('SHUTTLE_DH170_WITH_USB_DISK.txt');
+    expect((await runCaptured('devgate', ['list', '--recording', recording])).code).toBe(0);
+    expect((await runCaptured('qvm-block', ['list', '-s', '--recording', recording])).code).toBe(0);
+    expect(fs.readdirSync(dir)).toEqual(['domains.json']);
   });
 });
