@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { type DevgateError } from '@devgate/core';
 import { withCliLock } from './cli-lock';
 
 // The CLI lock between real processes: each contender is a separate `node` running cli-lock.ts
@@ -193,7 +194,9 @@ describe('what the lock leaves on disk', () => {
   it('never removes a directory it did not make at the lock path', async () => {
     fs.mkdirSync(lockPath, { recursive: true });
     fs.writeFileSync(path.join(lockPath, 'data'), "not devgate's");
-    await expect(withCliLock(lockPath, async () => 'attached', 0)).rejects.toMatchObject({ code: 'DG_LOCK_FAILED' });
+    const refused = (await withCliLock(lockPath, async () => 'attached', 0).catch((e: unknown) => e)) as DevgateError;
+    expect(refused).toMatchObject({ code: 'DG_LOCK_FAILED', message: expect.stringContaining('did not make') });
+    expect(refused.hint).toBeUndefined(); // util-linux is there: installing it would not help
     expect(fs.readFileSync(path.join(lockPath, 'data'), 'utf8')).toBe("not devgate's");
   });
 

@@ -164,7 +164,11 @@ export const Errors = {
   lockFailed: define<{ file: string; reason: string }>({
     code: 'DG_LOCK_FAILED',
     message: (p) => `cannot lock ${p.file}: ${p.reason}`,
-    hint: () => 'devgate takes its lock with flock(1) from util-linux: install util-linux',
+    // Only when flock(1) itself could not run: the other reasons say what is in the way.
+    hint: (p) =>
+      p.reason.startsWith('flock: ')
+        ? 'devgate takes its lock with flock(1) from util-linux: install util-linux'
+        : undefined,
   }),
   noConnector: define<{ domain: string }>({
     code: 'DG_NO_CONNECTOR',
