@@ -3,10 +3,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
-import { QemuConnector, labDown, labUp } from '@devgate/backend-qemu';
+import { labDown, labUp } from '@devgate/backend-qemu';
 import { type LoopDisk, createLoopDisk, disposeAllLoopDisks, leaveSocketsOfKilledProcess } from '@devgate/testkit';
 import { quick } from './quick';
 import { runCaptured } from './test-io';
+import { devgateBlockFiles } from './test-qemu';
 
 // A devgated that crashed outside systemd leaves its socket files, and nobody listens on them: the
 // CLI works in-process as with no socket at all, and still says clearly what needs devgated. A real
@@ -44,17 +45,7 @@ afterEach(async () => {
   await runCaptured('qvm-block', ['detach', VM]);
 });
 
-/** The devices QEMU itself has from devgate. QMP serves one client: closed after. */
-async function qemuBlocks(): Promise<string[]> {
-  const connector = new QemuConnector({ registryFile });
-  try {
-    return (await connector.queryBlock(VM))
-      .filter((b) => b.inserted?.['node-name']?.startsWith('dg-'))
-      .map((b) => b.inserted!.file);
-  } finally {
-    connector.dispose();
-  }
-}
+const qemuBlocks = () => devgateBlockFiles(registryFile, VM);
 
 const p1 = () => `dom0:${disk.partitions[0]}`;
 

@@ -1,9 +1,10 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { QemuConnector, labDown, labUp } from '@devgate/backend-qemu';
+import { labDown, labUp } from '@devgate/backend-qemu';
 import { type LoopDisk, createLoopDisk, disposeAllLoopDisks } from '@devgate/testkit';
 import { runCaptured } from './test-io';
+import { devgateBlockFiles } from './test-qemu';
 
 // qvm-block detach and attach --persistent as Qubes 4.3's qvm-device (reference 1.3), without
 // devgated: a real QEMU lab VM (paused, no guest OS) and a real loop disk.
@@ -36,17 +37,7 @@ afterEach(async () => {
   await runCaptured('qvm-block', ['detach', VM]);
 });
 
-/** The devices QEMU itself has from devgate. QMP serves one client: closed after. */
-async function qemuBlocks(): Promise<string[]> {
-  const connector = new QemuConnector({ registryFile });
-  try {
-    return (await connector.queryBlock(VM))
-      .filter((b) => b.inserted?.['node-name']?.startsWith('dg-'))
-      .map((b) => b.inserted!.file);
-  } finally {
-    connector.dispose();
-  }
-}
+const qemuBlocks = () => devgateBlockFiles(registryFile, VM);
 
 describe('qvm-block detach', () => {
   it("refuses a device ID that is not the device in the port, in Qubes' words, and leaves it attached", async () => {

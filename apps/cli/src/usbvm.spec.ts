@@ -105,6 +105,7 @@ interface AuditRow {
 interface DeviceRow {
   port: { backend: string; portId: string; devclass: string };
   attachment?: { frontend: string };
+  hiddenReason?: string;
   data: Record<string, unknown>;
 }
 
@@ -231,6 +232,13 @@ describe('the USB VM: sys-usb as a real guest', () => {
       'mkdir -p /mnt/s && mount -o ro /dev/sda1 /mnt/s && cat /mnt/s/new.txt; umount /mnt/s',
     );
     expect(check).toMatchObject({ code: 0, out: 'more\n' });
+    // Mounted a moment in sys-usb: until its agent's next look at its mounts (once a second), devgated
+    // may list it in use, and refuses it meanwhile.
+    await until(
+      'sys-usb:sda1 free again',
+      () => listed('block').some((d) => d.port.portId === 'sda1' && !d.hiddenReason),
+      5_000,
+    );
   });
 
   it('--ro holds in work: the disk is read-only, writes fail', async () => {
