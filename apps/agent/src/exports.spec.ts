@@ -54,11 +54,11 @@ function nbdExport(devname: string, majorMinor: string, readOnly = false): LiveE
     readOnly,
     armTimeoutMs: 1000,
   };
-  // As the agent builds it: no procRoot, so /proc beside /sys.
   return new LiveExport(spec, {
     runDir: path.join(dir, 'run'),
     sysRoot: path.join(dir, 'sys'),
     devRoot: path.join(dir, 'dev'),
+    procRoot: path.join(dir, 'proc'),
     qemuNbd: path.join(dir, 'qemu-nbd'),
     usbredirect: '/bin/false',
     portDevice: () => path.join(dir, 'port'),

@@ -34,8 +34,8 @@ export interface ExportEnv {
   readonly runDir: string;
   readonly sysRoot: string;
   readonly devRoot: string;
-  /** Where mountinfo and swaps are read; by default `proc` beside sysRoot (`/proc`). */
-  readonly procRoot?: string;
+  /** Where mountinfo and swaps are read (`/proc`). */
+  readonly procRoot: string;
   readonly qemuNbd: string;
   readonly usbredirect: string;
   readonly portDevice: (name: string) => string | undefined;
@@ -110,7 +110,7 @@ export class LiveExport extends EventEmitter {
       {
         sys: this.env.sysRoot,
         dev: this.env.devRoot,
-        proc: this.env.procRoot ?? path.join(path.dirname(this.env.sysRoot), 'proc'),
+        proc: this.env.procRoot,
         udevData: '',
       },
       path.basename(spec.devname),

@@ -482,8 +482,8 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
     return innermost?.device;
   }
 
-  /** The device's key and its ancestors', following `parent` links across classes. */
-  private chainOf(device: DeviceInfo): string[] {
+  /** The device's key and its ancestors', following `parent` links across classes: what it overlaps with. */
+  chainOf(device: DeviceInfo): string[] {
     const chain = [portKey(device.port)];
     for (let parent = device.parent; parent && chain.length < 16; parent = this.get(parent)?.parent) {
       chain.push(portKey(parent));

@@ -103,7 +103,7 @@ export class AutoAttach {
       if (device.deviceId !== previous.deviceId) this.forgetPort(portKey(device.port));
       else if (this.failures.size > 0) {
         // A part of a device unmounted or released: the device may be free now.
-        const chain = this.chainOf(device);
+        const chain = this.manager.chainOf(device);
         if (this.wake((f) => f.code === 'DG_DEVICE_IN_USE' && chain.includes(f.port))) void this.reconcile();
       }
     });
@@ -323,14 +323,6 @@ export class AutoAttach {
   private forgetFrontend(frontend: string): void {
     for (const [key, failure] of this.failures) if (failure.frontend === frontend) this.failures.delete(key);
     for (const [key, stand] of this.standing) if (stand.frontend === frontend) this.standing.delete(key);
-  }
-
-  /** The device's key and its ancestors'. */
-  private chainOf(device: DeviceInfo): string[] {
-    const chain = [portKey(device.port)];
-    for (let parent = device.parent; parent && chain.length < 16; parent = this.manager.get(parent)?.parent)
-      chain.push(portKey(parent));
-    return chain;
   }
 
   private async isRunning(frontend: string): Promise<boolean> {
