@@ -19,6 +19,14 @@ describe('BlockProbes', () => {
   });
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
+  /** A device node directory with these nodes (regular files: they open as a device does). */
+  const devNodes = (...names: string[]): string => {
+    const dev = path.join(dir, 'dev');
+    fs.mkdirSync(dev);
+    for (const name of names) fs.writeFileSync(path.join(dev, name), '');
+    return dev;
+  };
+
   const partition = (name: string, properties: Record<string, string>): RawDeviceRecord => ({
     devpath: `/devices/virtual/block/loop7/${name}`,
     subsystem: 'block',
@@ -27,13 +35,32 @@ describe('BlockProbes', () => {
   });
 
   it("leaves alone a partition udev's blkid looked at, even with no filesystem found, and probes one udev says nothing of", async () => {
-    const probes = new BlockProbes('/dev', { blkid });
+    const dev = devNodes('loop7p3');
+    const probes = new BlockProbes(dev, { blkid });
     const blank = partition('loop7p1', { ID_PART_ENTRY_SCHEME: 'gpt', ID_PART_ENTRY_NUMBER: '1' });
     const labelled = partition('loop7p2', { ID_PART_ENTRY_SCHEME: 'gpt', ID_FS_TYPE: 'ext4', ID_FS_LABEL: 'A' });
     const unknown = partition('loop7p3', {});
     const tree = new HostTree([blank, labelled, unknown], { mounted: new Set(), swaps: new Set() });
     probes.withProbes(tree);
     await probes.whenIdle(10_000);
-    expect(probed().trim().split(/\s+/)).toEqual(['-p', '-o', 'export', '/dev/loop7p3']);
+    expect(probed().trim().split(/\s+/)).toEqual(['-p', '-o', 'export', path.join(dev, 'loop7p3')]);
+  });
+
+  it('forks no blkid for a node that does not open (blkid would fail on it), and finds nothing there', async () => {
+    const dev = devNodes('loop7p1');
+    const probes = new BlockProbes(dev, { blkid, batchDelayMs: 0 });
+    const present = partition('loop7p1', {});
+    const gone = partition('loop7p2', {});
+    probes.withProbes(new HostTree([gone], { mounted: new Set(), swaps: new Set() }));
+    await probes.whenIdle(10_000);
+    expect(probed()).toBe('');
+    const tree = new HostTree([present, gone], { mounted: new Set(), swaps: new Set() });
+    probes.withProbes(tree);
+    await probes.whenIdle(10_000);
+    expect(probed().trim().split(/\s+/)).toEqual(['-p', '-o', 'export', path.join(dev, 'loop7p1')]);
+    // Settled: asked again, neither is probed again.
+    probes.withProbes(tree);
+    await probes.whenIdle(10_000);
+    expect(probed().trim().split('\n')).toHaveLength(1);
   });
 });

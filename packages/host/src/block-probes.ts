@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFile } from 'node:child_process';
 import { HostTree, type RawDeviceRecord } from '@devgate/core';
@@ -22,6 +23,11 @@ export interface BlockProbesOptions {
   readonly blkid?: string;
   /** How long one blkid run may take before it is killed and its devices probed again (default 10 s). */
   readonly timeoutMs?: number;
+  /**
+   * How long queued probes wait for more to join their batch (default 50 ms: a disk's partitions
+   * come in several hotplug passes). A one-shot read queues all its probes at once: 0.
+   */
+  readonly batchDelayMs?: number;
 }
 
 interface ProbeToken {
@@ -158,7 +164,7 @@ export class BlockProbes {
     this.queue.push(probe);
     // Probe after a short pause, so a burst (a disk and its partitions) is probed together, and
     // forking blkid does not hold up the burst's own events.
-    if (this.queue.length === 1) setTimeout(() => this.drain(), PROBE_DELAY_MS);
+    if (this.queue.length === 1) setTimeout(() => this.drain(), this.options.batchDelayMs ?? PROBE_DELAY_MS);
   }
 
   /** A probe that waited for udevd is dropped (udev's findings came), or run now (udev found nothing). */
@@ -194,15 +200,33 @@ export class BlockProbes {
     if (this.running === 0) this.wakeIdleWaiters();
   }
 
+  /** A device that does not open has nothing blkid could find: settled without a fork. */
+  private settleUnopened({ key, token }: QueuedProbe): void {
+    if (this.found.get(key) === token) this.found.set(key, {});
+    this.running--;
+  }
+
   /** Runs queued probes in batches: a disk with 256 partitions must not fork 256 blkids. */
   private drain(): void {
     while (this.active < MAX_PARALLEL_PROBES && this.queue.length > 0) {
       this.active++;
-      this.probe(this.queue.splice(0, PROBE_BATCH));
+      void this.probe(this.queue.splice(0, PROBE_BATCH));
     }
   }
 
-  private probe(batch: QueuedProbe[]): void {
+  private async probe(queued: QueuedProbe[]): Promise<void> {
+    const opens = await Promise.all(queued.map((entry) => opensForReading(entry.node)));
+    const batch: QueuedProbe[] = [];
+    for (const [i, entry] of queued.entries()) {
+      if (opens[i]) batch.push(entry);
+      else this.settleUnopened(entry);
+    }
+    if (batch.length === 0) {
+      this.active--;
+      this.drain();
+      if (this.running === 0) this.wakeIdleWaiters();
+      return;
+    }
     const nodes = batch.map((entry) => entry.node);
     const timeout = this.options.timeoutMs ?? 10_000;
     execFile(this.options.blkid ?? 'blkid', ['-p', '-o', 'export', ...nodes], { timeout }, (error, stdout, stderr) => {
@@ -251,6 +275,21 @@ export class BlockProbes {
       const rescanning = (foundAny || retry) && this.listeners.size > 0;
       if (this.running === 0 && !rescanning) this.wakeIdleWaiters();
     });
+  }
+}
+
+/**
+ * Whether the node opens for reading, as blkid opens it. A node that does not (gone, or refused: root
+ * in a container whose device cgroup denies the disk) is one blkid would fail on too, after a fork,
+ * and a device blkid fails on has nothing found. Opened off the event loop: opening a disk can wait
+ * for the device (a media check on a slow stick).
+ */
+async function opensForReading(node: string): Promise<boolean> {
+  try {
+    await (await fs.promises.open(node, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)).close();
+    return true;
+  } catch {
+    return false;
   }
 }
 

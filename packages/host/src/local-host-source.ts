@@ -90,10 +90,15 @@ export class LocalHostSource implements DeviceSource {
     this.backend = options.backend ?? 'dom0';
     this.id = `local:${this.roots.sys}`;
     const isRealHost = this.roots.sys === '/sys';
-    if (options.probeBlock ?? (isRealHost && process.getuid?.() === 0)) {
-      this.probes = new BlockProbes(this.roots.dev, { blkid: options.blkid, timeoutMs: options.probeTimeoutMs });
-    }
     this.hotplug = chooseHotplug(options.hotplug ?? 'auto', isRealHost);
+    if (options.probeBlock ?? (isRealHost && process.getuid?.() === 0)) {
+      this.probes = new BlockProbes(this.roots.dev, {
+        blkid: options.blkid,
+        timeoutMs: options.probeTimeoutMs,
+        // A one-shot read queues every probe in one pass: nothing more will join the batch.
+        batchDelayMs: this.hotplug === 'static' ? 0 : undefined,
+      });
+    }
     this.trees$ = new Observable<HostTree>((subscriber) => {
       let devices = new Map<string, RawDeviceRecord>();
       let fullRescan = true;
