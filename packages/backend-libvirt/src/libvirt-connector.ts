@@ -161,7 +161,13 @@ function lazyEntry(state: string, raw: string): DomainEntry {
 /** The options reported for a device devgate did not attach. */
 export const FOREIGN_OPTION = 'attached-by';
 
-const MARK = 'DG-MARK-7f3a';
+/*
+ * Where one command's output ends and the next begins in a chained read-back. A domain's XML holds
+ * text anyone who may edit the domain wrote (its description, its metadata), so the marks hold a
+ * character XML cannot: libvirt drops it from a description and refuses it in metadata.
+ */
+const MARK = '\u0001DG-MARK\u0001';
+const DOMAIN_MARK = '\u0001DG-DOMAIN\u0001';
 
 export class LibvirtConnector implements Connector {
   readonly id: string;
@@ -657,9 +663,9 @@ export class LibvirtConnector implements Connector {
       const fresh = new Map<DomainName, DomainEntry>();
       if (names.length > 0) {
         const result = await this.transport.call(
-          names.flatMap((name) => [['echo', `${MARK}-D`], ...this.readBack(name)]),
+          names.flatMap((name) => [['echo', DOMAIN_MARK], ...this.readBack(name)]),
         );
-        const chunks = result.stdout.split(`${MARK}-D`).slice(1);
+        const chunks = result.stdout.split(DOMAIN_MARK).slice(1);
         names.forEach((name, i) => {
           const entry = chunks[i] !== undefined ? this.parseChunk(chunks[i]) : undefined;
           const current = this.cache.get(name);
@@ -800,6 +806,11 @@ export class LibvirtConnector implements Connector {
         this.signals.next({ type: 'stopped', domain });
         break;
       case 'Undefined':
+        if (entry && RUNNING_STATES.has(entry.state)) {
+          // `virsh undefine` of a running domain: it runs on, transient, with its devices. Its
+          // Stopped comes when it ends, and the read then finds it gone.
+          break;
+        }
         this.cache.delete(domain);
         this.signals.next({ type: 'undefined', domain });
         return;

@@ -68,10 +68,17 @@ export function virshScript(commands: readonly (readonly string[])[]): string {
 }
 
 const EVENT_LINE = /^(?:\S+ \S+: )?event '([^']+)' for domain '(.*?)'(?:: (.*))?$/;
+/**
+ * virsh prints a domain's name as it is, and a name may hold `': `. Lifecycle and device details
+ * never hold a quote, so for those the name runs to the last quote: a domain called
+ * `work': Stopped Destroyed #` cannot pass its own events off as `work`'s.
+ */
+const DOMAIN_EVENT_LINE =
+  /^(?:\S+ \S+: )?event '(lifecycle|device-removed|device-added|device-removal-failed)' for domain '(.*)'(?:: ([^']*))?$/;
 
 /** One line of `virsh event --all --loop --timestamp`; undefined for anything else. */
 export function parseEventLine(line: string): LibvirtEvent | undefined {
-  const match = EVENT_LINE.exec(line.trim());
+  const match = DOMAIN_EVENT_LINE.exec(line.trim()) ?? EVENT_LINE.exec(line.trim());
   if (!match) return undefined;
   const [, event, domain, detail = ''] = match;
   switch (event) {

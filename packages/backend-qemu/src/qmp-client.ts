@@ -64,12 +64,21 @@ interface Pending {
 
 const DEFAULT_HANDSHAKE_TIMEOUT_MS = 5_000;
 const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;
+/**
+ * The longest line devgate reads. QEMU's largest answers (`query-qmp-schema`) are well under 1 MiB;
+ * a peer that sends more without a newline is not speaking QMP, and must not fill devgated's memory.
+ */
+export const MAX_QMP_LINE = 16 * 1024 * 1024;
+/** A greeting is a few hundred bytes. */
+const MAX_GREETING_LINE = 64 * 1024;
 
 export class QmpClient {
   private readonly pending = new Map<number, Pending>();
   private readonly eventSubject = new Subject<QmpEvent>();
   private nextId = 1;
-  private buffer = '';
+  /** The start of a line whose newline has not come yet, in the chunks it came in. */
+  private partial: string[] = [];
+  private partialLength = 0;
   private closeReason?: DevgateError;
   private readonly commandTimeoutMs: number;
   /** Resolves once the socket is closed, whoever closed it. */
@@ -145,7 +154,12 @@ export class QmpClient {
       const onData = (chunk: string) => {
         buffer += chunk;
         const newline = buffer.indexOf('\n');
-        if (newline < 0) return;
+        if (newline < 0) {
+          if (buffer.length > MAX_GREETING_LINE) {
+            fail(Errors.qmpProtocol({ socket: socketPath, reason: `no greeting in ${buffer.length} bytes` }));
+          }
+          return;
+        }
         const line = buffer.slice(0, newline);
         let greeting: QmpGreeting | undefined;
         try {
@@ -242,24 +256,43 @@ export class QmpClient {
   }
 
   private onData(chunk: string): void {
-    this.buffer += chunk;
+    // Only the new chunk is searched, and the parts of a long line are joined once, when it ends:
+    // re-scanning a growing buffer for each chunk made a 16 MiB answer take seconds.
+    let start = 0;
     let newline: number;
-    while ((newline = this.buffer.indexOf('\n')) >= 0) {
-      const line = this.buffer.slice(0, newline).trim(); // QEMU ends lines with \r\n
-      this.buffer = this.buffer.slice(newline + 1);
+    while ((newline = chunk.indexOf('\n', start)) >= 0) {
+      const line = (this.partial.join('') + chunk.slice(start, newline)).trim(); // QEMU ends lines with \r\n
+      this.partial = [];
+      this.partialLength = 0;
+      start = newline + 1;
       if (line) this.onMessage(line);
+    }
+    if (start < chunk.length) {
+      this.partial.push(chunk.slice(start));
+      this.partialLength += chunk.length - start;
+    }
+    if (this.partialLength > MAX_QMP_LINE && !this.closeReason) {
+      this.shutdown(`a message longer than ${MAX_QMP_LINE} bytes`);
+      this.partial = [];
+      this.partialLength = 0;
+      this.socket.destroy();
     }
   }
 
   private onMessage(line: string): void {
-    let message: Record<string, unknown>;
+    let parsed: unknown;
     try {
-      message = JSON.parse(line) as Record<string, unknown>;
+      parsed = JSON.parse(line);
     } catch {
+      parsed = undefined;
+    }
+    // Every QMP message is an object; anything else (`null`, a number) is not QMP.
+    if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) {
       this.shutdown(`unparsable message ${truncate(line)}`);
       this.socket.destroy();
       return;
     }
+    const message = parsed as Record<string, unknown>;
     if (typeof message['event'] === 'string') {
       this.eventSubject.next(message as unknown as QmpEvent);
       return;
