@@ -43,13 +43,14 @@ const ownDirname = {
           : `require("node:path").dirname(require.resolve(${JSON.stringify(`${name}/package.json`)}))`;
       const dir = path.relative(root, path.dirname(args.path));
       const file = path.relative(root, args.path);
-      // Module-scoped names (the bundle is one scope): every use in the file is renamed to them.
+      // Module-scoped functions (the bundle is one scope), which every use in the file calls: found
+      // when used, not at every start (require.resolve costs milliseconds).
       const id = `_${name.replace(/\W/g, '_')}_${path.basename(args.path, '.ts').replace(/\W/g, '_')}`;
       return {
         contents:
-          `const ${id}_dirname = require("node:path").join(${base}, ${JSON.stringify(dir)});\n` +
-          `const ${id}_filename = require("node:path").join(${base}, ${JSON.stringify(file)});\n` +
-          contents.replace(/\b__dirname\b/g, `${id}_dirname`).replace(/\b__filename\b/g, `${id}_filename`),
+          `function ${id}_dirname() { return require("node:path").join(${base}, ${JSON.stringify(dir)}); }\n` +
+          `function ${id}_filename() { return require("node:path").join(${base}, ${JSON.stringify(file)}); }\n` +
+          contents.replace(/\b__dirname\b/g, `${id}_dirname()`).replace(/\b__filename\b/g, `${id}_filename()`),
         loader: 'ts',
       };
     });
@@ -68,9 +69,32 @@ const rxjsEsm = {
 };
 
 /**
+ * Node's modules a listing does not use, loaded on first use instead of at every start (about 20 ms
+ * together on this machine kind): child_process (commander requires it at its top; blkid, udevadm
+ * and virsh when they run), crypto (temporary names, ids), readline (prompts), zlib (recordings).
+ */
+const LAZY_BUILTINS = new Set(['child_process', 'crypto', 'readline', 'zlib']);
+
+/**
+ * A module standing for a lazy builtin: an object with a getter for each of its exports (named at
+ * build time, by this Node), which loads the builtin on the first one read. Importers read the
+ * exports at the call (`(0, ns.spawn)(...)`), so nothing loads until something is called.
+ */
+function lazyBuiltin(name) {
+  const exported = Object.keys(require(`node:${name}`)).filter((key) => key !== 'default');
+  return [
+    'let loaded;',
+    `const load = () => (loaded ??= require("node:${name}"));`,
+    `for (const key of ${JSON.stringify(exported)}) {`,
+    '  Object.defineProperty(exports, key, { get: () => load()[key], enumerable: true });',
+    '}',
+  ].join('\n');
+}
+
+/**
  * Node's own modules, one namespace each for the whole bundle: esbuild otherwise copies a module's
  * every property into a new namespace object for each file that imports it (`import * as fs`), some
- * 80 copies of fs, path and os at every start.
+ * 80 copies of fs, path and os at every start. The lazy ones are taken for `require()` too.
  */
 const sharedBuiltins = {
   name: 'shared-builtins',
@@ -78,12 +102,15 @@ const sharedBuiltins = {
     const builtins = new Set(Module.builtinModules);
     build.onResolve({ filter: /^[a-z_/]+$|^node:/ }, (args) => {
       const name = args.path.replace(/^node:/, '');
-      if (!builtins.has(name) || args.kind !== 'import-statement') return undefined;
+      const lazy = LAZY_BUILTINS.has(name) && args.kind === 'require-call';
+      if (!builtins.has(name) || (args.kind !== 'import-statement' && !lazy)) return undefined;
       if (args.namespace === 'builtin') return { path: `node:${name}`, external: true };
       return { path: name, namespace: 'builtin' };
     });
     build.onLoad({ filter: /.*/, namespace: 'builtin' }, (args) => ({
-      contents: `export * from "node:${args.path}";\nexport default require("node:${args.path}");\n`,
+      contents: LAZY_BUILTINS.has(args.path)
+        ? lazyBuiltin(args.path)
+        : `export * from "node:${args.path}";\nexport default require("node:${args.path}");\n`,
       loader: 'js',
     }));
   },

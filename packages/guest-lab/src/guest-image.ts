@@ -48,8 +48,10 @@ const XZ_MAGIC = Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]);
 const GZIP_MAGIC = Buffer.from([0x1f, 0x8b, 0x08]);
 const ELF_MAGIC = Buffer.from([0x7f, 0x45, 0x4c, 0x46]);
 
-/** The directory holding stage 1, stage 2 and the agent (beside src/ and dist/). */
-export const GUEST_FILES_DIR = path.join(__dirname, '..', 'guest');
+/** The directory holding stage 1, stage 2 and the agent (beside src/ and dist/): looked up when used. */
+function guestFilesDir(): string {
+  return path.join(__dirname, '..', 'guest');
+}
 
 export function defaultLabCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   if (env['DEVGATE_LAB_CACHE']) return env['DEVGATE_LAB_CACHE'];
@@ -179,7 +181,7 @@ function cachedInitramfs(kernel: GuestKernel, dir: string, busybox: string): str
   const modules = initramfsModules(kernel);
   const guestFiles = ['init', 'stage2', 'agent.cjs'].map((name) => ({
     name,
-    data: fs.readFileSync(path.join(GUEST_FILES_DIR, name)),
+    data: fs.readFileSync(path.join(guestFilesDir(), name)),
   }));
   const busyboxData = fs.readFileSync(busybox);
   const hash = createHash('sha256');
