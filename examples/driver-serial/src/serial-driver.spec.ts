@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import { firstValueFrom } from 'rxjs';
-import { HostTree, Kernel, describeDevice } from '@devgate/core';
+import { HostTree, Kernel, type RawDeviceRecord, describeDevice } from '@devgate/core';
 import { loadRecording } from '@devgate/host';
 import { describeDriverConformance, recordedFixture, staticSource } from '@devgate/testkit';
 import { SerialDriver } from './serial-driver';
@@ -44,6 +44,27 @@ describe('SerialDriver', () => {
       'vendor-id': '0403',
       'product-id': '6001',
     });
+  });
+
+  it('keeps its device id four fields of id characters, as the USB class does, whatever serial the adapter reports', async () => {
+    // Cheap adapters report anything as their serial; a `:` would split Qubes' vvvv:pppp:serial:interfaces.
+    const odd = new HostTree(
+      adapters.devices().map((r): RawDeviceRecord =>
+        r.devpath.endsWith('/usb1/1-2')
+          ? {
+              ...r,
+              // udev keeps the `:` in ID_SERIAL_SHORT and makes the space `_`.
+              properties: { ...r.properties, ID_SERIAL_SHORT: 'A5:02_85' },
+              attribute: (name) => (name === 'serial' ? 'A5:02 85' : r.attribute(name)),
+            }
+          : r,
+      ),
+      adapters.usage,
+    );
+    const devices = await firstValueFrom(new SerialDriver().discover(staticSource(odd)));
+    const ftdi = devices.find((d) => d.port.portId === 'ttyUSB0')!;
+    expect(ftdi.deviceId).toBe('0403:6001:A5_02_85:uffffff');
+    expect(ftdi.serial).toBe('A5:02 85');
   });
 
   it('finds the PCI serial port of a real machine, not the 8250 placeholders', async () => {

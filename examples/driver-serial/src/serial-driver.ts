@@ -22,6 +22,7 @@ import {
   qemuDeviceSpec,
   sanitizeText,
   sysname,
+  usbSerial,
   compareNatural,
 } from '@devgate/core';
 
@@ -72,7 +73,7 @@ export function parseSerialPorts(tree: HostTree, backend: string): DeviceInfo[] 
       const ids = `${usb.vendorId}:${usb.productId}`;
       ports.push({
         port: { devclass: 'serial', backend, portId: name },
-        deviceId: `${ids}:${usb.serial ?? ''}:${usb.interface}`,
+        deviceId: `${ids}:${usb.idSerial ?? ''}:${usb.interface}`,
         vendor: usb.vendor,
         product: usb.product,
         serial: usb.serial,
@@ -104,6 +105,8 @@ interface UsbParent {
   vendor?: SafeText;
   product?: SafeText;
   serial?: SafeText;
+  /** The serial as the USB class puts it in a device id: id characters only, so `:` still splits fields. */
+  idSerial?: string;
   interface: InterfaceCode;
 }
 
@@ -126,6 +129,7 @@ function usbParent(tree: HostTree, record: RawDeviceRecord): UsbParent | undefin
       vendor: sanitizeText(ancestor.attribute('manufacturer') ?? ancestor.properties.ID_VENDOR_FROM_DATABASE),
       product: sanitizeText(ancestor.attribute('product') ?? ancestor.properties.ID_MODEL_FROM_DATABASE),
       serial: sanitizeText(ancestor.attribute('serial'), 64),
+      idSerial: usbSerial(ancestor),
       interface: (klass.every((hex) => HEX2.test(hex))
         ? `u${klass.join('').toLowerCase()}`
         : 'u******') as InterfaceCode,

@@ -5,7 +5,7 @@ import { type Recording, loadRecording } from '@devgate/host';
 import { recordedFixture } from '@devgate/testkit';
 import { parseInputDevices } from './parse-input-devices';
 import { parsePolicyText, type PolicySyntax } from './parse-input-policy';
-import { decideInputDevice, evaluatePolicy, installerDefaultPolicy, loadPolicy } from './input-policy';
+import { decideInputDevice, evaluatePolicy, eventsGoingTo, installerDefaultPolicy, loadPolicy } from './input-policy';
 
 /**
  * The corpus. Each line's expected verdict comes from Qubes' documented grammar:
@@ -391,6 +391,34 @@ describe('one decision per physical device', () => {
     expect(decision.reason).toMatch(
       /qubes.InputMouse \(event13\): ask by policy .*; qubes.InputTablet \(event14\): denied/,
     );
+  });
+
+  it('sends each allowed call only where the policy allows it: one target per device, the others stay home', () => {
+    // A receiver with a keyboard node and a mouse node; keyboards may go to sys-gui-gpu only, mice to work.
+    const receiver = {
+      data: { 'event-nodes': 'event1,event2', 'qubes-calls': 'qubes.InputKeyboard+a,qubes.InputMouse+a' },
+    };
+    const policy = parsePolicyText(
+      'qubes.InputKeyboard * sys-usb dom0 allow target=sys-gui-gpu\nqubes.InputMouse * sys-usb dom0 allow target=work',
+      'split.policy',
+    ).entries as never;
+    const decision = decideInputDevice(policy, receiver, { source: 'sys-usb', target: 'dom0' });
+    expect(decision).toMatchObject({ verdict: 'allow', target: 'sys-gui-gpu', events: ['event1'] });
+  });
+
+  it('after a yes, only the calls asking for the answered target, or allowed there, go to it', () => {
+    // Qubes' 45-sys-gui-gpu.policy shape: the keyboard is allowed to sys-gui-gpu alone, the mouse asks.
+    const receiver = {
+      data: { 'event-nodes': 'event1,event2', 'qubes-calls': 'qubes.InputKeyboard+a,qubes.InputMouse+a' },
+    };
+    const policy = parsePolicyText(
+      'qubes.InputMouse * sys-usb dom0 ask\nqubes.InputKeyboard * sys-usb dom0 allow target=sys-gui-gpu',
+      'gui.policy',
+    ).entries as never;
+    const decision = decideInputDevice(policy, receiver, { source: 'sys-usb', target: 'dom0', domains: ['dom0'] });
+    expect(decision).toMatchObject({ verdict: 'ask', candidates: ['dom0'] });
+    expect(eventsGoingTo(decision, 'dom0')).toEqual(['event2']);
+    expect(eventsGoingTo(decision, 'sys-gui-gpu')).toEqual(['event1']);
   });
 
   it('never forwards the machine’s own devices (i8042, ACPI, platform), as Qubes’ proxy rules skip them', () => {

@@ -430,14 +430,26 @@ export function decideInputDevice(
     };
   }
   if (allowed.length > 0) {
+    // A device goes to one target: calls that the policy allows only elsewhere stay home.
+    const target = allowed[0].decision.target!;
     return {
       verdict: 'allow',
       calls,
-      events: allowed.flatMap((c) => c.events),
+      events: eventsGoingTo({ calls }, target),
       candidates: [],
-      target: allowed[0].decision.target,
+      target,
       reason: describe([...allowed, ...denied]),
     };
   }
   return { verdict: 'deny', calls, events: [], candidates: [], reason: describe(denied) };
+}
+
+/**
+ * The event nodes whose calls may go to `frontend`: those asking for it (once a person said yes) and
+ * those the policy allows there. A call allowed to another target never follows the answer.
+ */
+export function eventsGoingTo(decision: Pick<InputDeviceDecision, 'calls'>, frontend: string): string[] {
+  const asking = decision.calls.filter((c) => c.decision.action === 'ask' && c.decision.candidates?.includes(frontend));
+  const allowed = decision.calls.filter((c) => c.decision.action === 'allow' && c.decision.target === frontend);
+  return [...asking, ...allowed].flatMap((c) => c.events);
 }

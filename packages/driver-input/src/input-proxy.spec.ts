@@ -196,6 +196,27 @@ describe('InputProxy: Qubes’ input proxy, one decision per physical device', (
     }
   });
 
+  it('after a yes, sends only what may go to the answered target (a call allowed elsewhere stays home)', async () => {
+    // The touchpad's tablet node may go to sys-gui-gpu only; its pointing stick asks, and the answer is dom0.
+    const split = parsePolicyText(
+      'qubes.InputMouse * sys-usb dom0 ask\nqubes.InputTablet * sys-usb dom0 allow target=sys-gui-gpu\n',
+      'gui.policy',
+    ).entries.filter(isPolicyRule);
+    const h = harness(split);
+    try {
+      await settle();
+      const ask = h.asks.find((a) => a.device.port.portId === 'i2c-DLL07D1_01')!;
+      expect(ask.candidates).toEqual(['dom0']);
+      ask.answer({ verdict: 'allow', by: 'alice' });
+      await settle();
+      expect(h.forwarded.filter((f) => f.port === 'i2c-DLL07D1_01')).toEqual([
+        { port: 'i2c-DLL07D1_01', frontend: 'dom0', events: ['event13'] },
+      ]);
+    } finally {
+      h.dispose();
+    }
+  });
+
   it('flags a keyboard that is also a USB stick in the question itself', async () => {
     const kbd = loadRecording(recordedFixture('usbkbd.umockdev'));
     const usbPath = '/devices/pci0000:00/0000:00:1a.0/usb1/1-1/1-1.5/1-1.5.4/1-1.5.4.2';

@@ -23,6 +23,7 @@ import {
   type InputDeviceDecision,
   decideInputDevice,
   effectiveInputPolicy,
+  eventsGoingTo,
 } from './input-policy.js';
 import { type ForwardStop, type InputForward } from './input-forwarding.js';
 import { INPUT_CLASS_ID } from './parse-input-devices.js';
@@ -156,7 +157,13 @@ export class InputProxy implements Disposable {
       return;
     }
     if (remembered?.verdict === 'allow') {
-      this.allow(device, remembered.frontend, decision.events, 'allow: a remembered answer', by);
+      this.allow(
+        device,
+        remembered.frontend,
+        eventsGoingTo(decision, remembered.frontend),
+        'allow: a remembered answer',
+        by,
+      );
       return;
     }
     const candidates = orderCandidates(decision);
@@ -185,7 +192,7 @@ export class InputProxy implements Disposable {
       this.states.set(key, { device, verdict: 'deny', events: [] });
       return;
     }
-    this.allow(device, frontend, decision.events, undefined, answer.by);
+    this.allow(device, frontend, eventsGoingTo(decision, frontend), undefined, answer.by);
   }
 
   private allow(

@@ -129,6 +129,19 @@ describe('devgate usb-controllers hide', () => {
     );
   });
 
+  it('refuses it too when a software keyboard (keyd) mirrors the USB one: it is gone in the initramfs', () => {
+    const shuttle = tree('SHUTTLE_DH170_WITH_USB_DISK.txt');
+    const keyd = recordOf('/devices/virtual/input/input99', 'input', {
+      NAME: '"keyd virtual keyboard"',
+      ID_INPUT: '1',
+      ID_INPUT_KEYBOARD: '1',
+    });
+    const withKeyd = new HostTree([...shuttle.devices(), keyd], shuttle.usage);
+    expect(refusal(() => planHide(request(withKeyd, root('debian'), ['00_14.0'])))).toMatch(
+      /^DG_HIDE_REFUSED: .*it would leave no keyboard for the disk passphrase: input6 "USB Keyboard" is behind dom0:00_14.0/,
+    );
+  });
+
   it('refuses to hide the boot device (HP booted from its Type-C stick), warns about AEM for the other stick', () => {
     const booted = tree('HP_ELITEBOOK_835_13_INCH_G10_RECOVERY_USB_CONNECTED.txt', ['8:1']); // sda1
     expect(refusal(() => planHide(request(booted, root('debian'), ['00_08.3-00_00.4'])))).toBe(

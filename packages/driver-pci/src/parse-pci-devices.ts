@@ -444,12 +444,16 @@ export interface HostInput extends InputBehind {
   readonly behind?: string;
 }
 
-/** Every keyboard and pointing device of the tree, wherever it sits. */
+/**
+ * Every keyboard and pointing device of the tree, wherever it sits. Software devices
+ * (`/devices/virtual/input`: keyd, input-remapper, ydotool, an input proxy's uinput) are not: they
+ * only replay a real device, and none exists in the initramfs that asks for the disk passphrase.
+ */
 export function hostInputs(tree: HostTree): HostInput[] {
   const result: HostInput[] = [];
   for (const record of tree.devices('input')) {
     const name = sysname(record.devpath);
-    if (!INPUT.test(name)) continue;
+    if (!INPUT.test(name) || record.devpath.startsWith('/devices/virtual/')) continue;
     const kinds = inputKinds(record);
     if (kinds.length === 0) continue;
     const parts = record.devpath.split('/');

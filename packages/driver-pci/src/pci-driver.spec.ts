@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { firstValueFrom } from 'rxjs';
-import { type DeviceInfo, type HostTree, Kernel, describeDevice } from '@devgate/core';
+import { type DeviceInfo, HostTree, Kernel, describeDevice, recordOf } from '@devgate/core';
 import { LOCAL_ROOTS, type Recording, RecordedHostSource, loadRecording, readHostTree } from '@devgate/host';
 import { describeDriverConformance, recordedFixture, recordedFixturesDir, staticSource } from '@devgate/testkit';
 import { parsePciDevices } from './pci-devices';
@@ -31,6 +31,14 @@ const hasPciIds = PCI_IDS_PATHS.some((file) => fs.existsSync(file));
 function devices(name: string): DeviceInfo[] {
   return parsePciDevices(recordings.get(name)!.tree, 'dom0', systemPciNames());
 }
+
+/** keyd's uinput keyboard, as udev classifies it: it types only what the real keyboard typed. */
+const keydVirtualKeyboard = recordOf('/devices/virtual/input/input99', 'input', {
+  NAME: '"keyd virtual keyboard"',
+  ID_INPUT: '1',
+  ID_INPUT_KEY: '1',
+  ID_INPUT_KEYBOARD: '1',
+});
 
 function byPort(list: readonly DeviceInfo[], portId: string): DeviceInfo {
   const found = list.find((d) => d.port.portId === portId);
@@ -104,6 +112,13 @@ describe('PCI listing on recorded machines', () => {
     expect(xhci.data.disks).toBe('sdb "STORAGE DEVICE", sdc');
     expect(xhci.hiddenReason).toBe('the host\'s only keyboard (input6 "USB Keyboard") is behind it');
     expect(byPort(shuttle, '00_17.0').data.disks).toBe('sda "CT500MX500SSD1"');
+  });
+
+  it('a software keyboard (uinput: keyd, input-remapper) is no keyboard the host keeps: 00_14.0 stays hidden', () => {
+    const shuttle = recordings.get('SHUTTLE_DH170_WITH_USB_DISK.txt')!.tree;
+    const withKeyd = new HostTree([...shuttle.devices(), keydVirtualKeyboard], shuttle.usage);
+    const xhci = byPort(parsePciDevices(withKeyd, 'dom0', NO_PCI_NAMES), '00_14.0');
+    expect(xhci.hiddenReason).toBe('the host\'s only keyboard (input6 "USB Keyboard") is behind it');
   });
 
   it('HP EliteBook 835 G10: four xHCI controllers behind two bridges, the sticks on two of them', () => {
