@@ -129,6 +129,13 @@ describe('notification text', () => {
     expect(cleanSummary('Attach <b>now</b> & \u001b[31mhere')).toBe('Attach bnow/b here');
   });
 
+  it('leaves no invisible format character in a body: bidi marks, soft hyphens, tag characters', () => {
+    for (const hidden of ['\u061c', '\u00ad', '\u180e', '\u{e0041}', '\u{e007f}']) {
+      const spec = deviceAddedNotification(device({ description: `USB_Storage: Cru${hidden}zer` }), ['work'], markup);
+      expect([hidden, spec.body.split('\n')[0]]).toEqual([hidden, 'USB_Storage: Cru zer (4.0 GiB) is available.']);
+    }
+  });
+
   it.each(HOSTILE_STRINGS.map((s, i) => [i, s] as const))(
     'keeps hostile device string #%i inert in every notification and menu label',
     (_i, hostile) => {

@@ -37,8 +37,11 @@ export interface TextMode {
   readonly markup: boolean;
 }
 
-// eslint-disable-next-line no-control-regex
-const LEFTOVER_UNSAFE = /[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]/g;
+// Also the invisible format characters sanitizeText lets through: the Arabic letter mark (a bidi
+// control), the soft hyphen, the Mongolian vowel separator and the tag characters.
+const LEFTOVER_UNSAFE =
+  // eslint-disable-next-line no-control-regex
+  /[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\u{e0000}-\u{e007f}]/gu;
 
 /** Printable, single-line, bounded text (or `fallback`). Applied again here, whatever devgated did. */
 export function cleanText(raw: string | null | undefined, max = 160, fallback = ''): string {
@@ -166,6 +169,36 @@ export function deviceRemovedNotification(device: DeviceJson, mode: TextMode): N
     actions: [],
     expireMs: -1,
     transient: true,
+  };
+}
+
+/** Devices named in a burst notification; the others are counted. */
+const BURST_NAMED = 3;
+
+/**
+ * Many devices at once (a hub, a disk with many partitions, devgated back after a while): one
+ * notification for all of them instead of one each. No "Attach to" actions: one click should not
+ * send a whole burst to a VM; the tray menu attaches them one by one.
+ */
+export function devicesBurstNotification(
+  devices: readonly DeviceJson[],
+  how: 'available' | 'removed',
+  mode: TextMode,
+): NotificationSpec {
+  const named = devices.slice(0, BURST_NAMED).map((d) => `${deviceTitle(d)} (${cleanText(d.port, 80)})`);
+  const others = devices.length - named.length;
+  const lines = [`${devices.length} devices ${how === 'available' ? 'are available' : 'have been removed'}:`, ...named];
+  if (others > 0) lines.push(`and ${others} more.`);
+  if (how === 'available') lines.push('Attach them from the devgate tray menu or with devgate attach.');
+  return {
+    summary: how === 'available' ? 'Devices available' : 'Devices removed',
+    body: bodyText(lines, mode),
+    icon: devices.length > 0 ? iconFor(devices[0]) : 'drive-removable-media',
+    category: how === 'available' ? 'device.added' : 'device.removed',
+    urgency: how === 'available' ? Urgency.normal : Urgency.low,
+    actions: [],
+    expireMs: -1,
+    ...(how === 'removed' ? { transient: true } : {}),
   };
 }
 

@@ -17,6 +17,7 @@ import {
   deviceAddedNotification,
   deviceRemovedNotification,
   deviceTitle,
+  devicesBurstNotification,
   failureNotification,
   iconFor,
 } from './notification-text.js';
@@ -30,16 +31,27 @@ export type ActionHandler = (key: string) => void | Promise<void>;
 /** The client side of org.freedesktop.Notifications. */
 export class NotificationsClient implements Disposable {
   private readonly handlers = new Map<number, ActionHandler>();
+  private readonly closeHandlers = new Map<number, () => void>();
   private readonly subscriptions = new DisposableCollection();
   private capabilities?: Set<string>;
   /** Unique names that answered our Notify calls: the only senders whose signals we trust. */
   private readonly servers = new Set<string>();
+  /** Ids of our notifications the current server shows (another server may give them to others). */
+  private readonly live = new Set<number>();
 
   constructor(private readonly bus: DBusConnection) {}
 
   async start(): Promise<this> {
     const filter = { interface: NOTIFICATIONS_INTERFACE, path: NOTIFICATIONS_PATH };
     this.subscriptions.push(
+      // A server that stops or is replaced takes its notifications along; the next one may read
+      // markup the old one did not, and gives its ids to other applications.
+      await this.bus.onSignal(
+        { interface: 'org.freedesktop.DBus', member: 'NameOwnerChanged', sender: 'org.freedesktop.DBus' },
+        (body) => {
+          if (body[0] === NOTIFICATIONS_NAME) this.serverChanged();
+        },
+      ),
       await this.bus.onSignal({ ...filter, member: 'ActionInvoked' }, (body, message) => {
         const [id, key] = body as [number, string];
         if (!this.servers.has(message.sender ?? '')) return;
@@ -47,7 +59,13 @@ export class NotificationsClient implements Disposable {
         if (handler && typeof key === 'string') void Promise.resolve(handler(key)).catch(() => undefined);
       }),
       await this.bus.onSignal({ ...filter, member: 'NotificationClosed' }, (body, message) => {
-        if (this.servers.has(message.sender ?? '')) this.handlers.delete(body[0] as number);
+        if (!this.servers.has(message.sender ?? '')) return;
+        const id = body[0] as number;
+        this.handlers.delete(id);
+        this.live.delete(id);
+        const onClosed = this.closeHandlers.get(id);
+        this.closeHandlers.delete(id);
+        onClosed?.();
       }),
     );
     return this;
@@ -72,7 +90,12 @@ export class NotificationsClient implements Disposable {
   }
 
   /** Shows (or replaces) a notification; `onAction` runs when one of its actions is invoked. */
-  async notify(spec: NotificationSpec, onAction?: ActionHandler, replacesId = 0): Promise<number> {
+  async notify(
+    spec: NotificationSpec,
+    onAction?: ActionHandler,
+    replacesId = 0,
+    onClosed?: () => void,
+  ): Promise<number> {
     const hints: [string, Variant][] = [
       ['urgency', variant('y', spec.urgency)],
       ['category', variant('s', spec.category)],
@@ -98,13 +121,19 @@ export class NotificationsClient implements Disposable {
     });
     const id = reply.body[0] as number;
     this.servers.add(reply.sender);
+    this.live.add(id);
     if (onAction && spec.actions.length > 0) this.handlers.set(id, onAction);
     else this.handlers.delete(id);
+    if (onClosed) this.closeHandlers.set(id, onClosed);
+    else this.closeHandlers.delete(id);
     return id;
   }
 
   async close(id: number): Promise<void> {
     this.handlers.delete(id);
+    this.closeHandlers.delete(id);
+    // Not ours (any more): the server that showed it is gone, and the id may be someone else's now.
+    if (!this.live.delete(id)) return;
     await this.bus
       .call({
         destination: NOTIFICATIONS_NAME,
@@ -117,8 +146,20 @@ export class NotificationsClient implements Disposable {
       .catch(() => undefined);
   }
 
+  /** Everything the old server showed is gone with it: forget its ids, actions and capabilities. */
+  private serverChanged(): void {
+    this.capabilities = undefined;
+    this.servers.clear();
+    this.live.clear();
+    this.handlers.clear();
+    const closed = [...this.closeHandlers.values()];
+    this.closeHandlers.clear();
+    for (const onClosed of closed) onClosed();
+  }
+
   dispose(): void {
     this.handlers.clear();
+    this.closeHandlers.clear();
     this.subscriptions.dispose();
   }
 }
@@ -143,6 +184,16 @@ export class DeviceNotifier implements Disposable {
   private readonly log: (message: string) => void;
   /** Notifications are sent in order, one at a time: ids are known before the next event. */
   private queue: Promise<unknown> = Promise.resolve();
+  /**
+   * Asks have their own queue: a question that waits behind a burst of device notifications (256
+   * at once take minutes to show) would be denied by its timeout before the user saw it.
+   */
+  private askQueue: Promise<unknown> = Promise.resolve();
+  /** Devices that became available or went, not yet shown: a burst is shown as one notification. */
+  private pending: { readonly how: 'available' | 'gone'; readonly device: DeviceJson }[] = [];
+  private flushQueued = false;
+  /** The open burst notification of each kind, replaced while its burst goes on. */
+  private readonly bursts: { available?: Burst; removed?: Burst } = {};
 
   constructor(
     private readonly stream: DaemonStream,
@@ -152,12 +203,13 @@ export class DeviceNotifier implements Disposable {
   ) {
     this.maxTargets = options.maxTargets ?? 3;
     this.log = options.log ?? (() => undefined);
-    this.subscription = stream.on((event) => this.enqueue(() => this.onEvent(event)));
+    this.subscription = stream.on((event) => this.dispatch(event));
   }
 
   /** Resolves when every notification queued so far has been sent. */
-  idle(): Promise<void> {
-    return this.queue.then(() => undefined);
+  async idle(): Promise<void> {
+    while (this.flushQueued) await this.queue;
+    await Promise.all([this.queue, this.askQueue]);
   }
 
   /** Tells the user an action failed: the coded error, with critical urgency. */
@@ -172,10 +224,90 @@ export class DeviceNotifier implements Disposable {
     this.subscription.dispose();
   }
 
+  private dispatch(event: TrayEvent): void {
+    if (event.type === 'available' || event.type === 'gone') {
+      this.pending.push({ how: event.type, device: event.device });
+      if (!this.flushQueued) {
+        this.flushQueued = true;
+        void this.enqueue(() => this.flush());
+      }
+    } else if (event.type === 'ask' || event.type === 'ask-resolved') {
+      void this.enqueueAsk(() => this.onEvent(event));
+    } else {
+      void this.enqueue(() => this.onEvent(event));
+    }
+  }
+
   private enqueue(task: () => Promise<void>): Promise<void> {
     const run = this.queue.then(task).catch((error: unknown) => this.log(`notification failed: ${String(error)}`));
     this.queue = run;
     return run;
+  }
+
+  private enqueueAsk(task: () => Promise<void>): Promise<void> {
+    const run = this.askQueue.then(task).catch((error: unknown) => this.log(`notification failed: ${String(error)}`));
+    this.askQueue = run;
+    return run;
+  }
+
+  /**
+   * Shows what became available or went since the last flush. Events arrive faster than a server
+   * shows notifications exactly when many devices come at once, so what waits here is a burst: up to
+   * BURST_LIMIT devices get their own notification, more get one together.
+   */
+  private async flush(): Promise<void> {
+    this.flushQueued = false;
+    const batch = this.pending;
+    this.pending = [];
+    const available = new Map<string, DeviceJson>();
+    const gone: DeviceJson[] = [];
+    for (const { how, device } of batch) {
+      const key = deviceKey(device);
+      if (how === 'available') available.set(key, device);
+      // Came and went before it was shown: news to nobody.
+      else if (!available.delete(key)) gone.push(device);
+    }
+    if (gone.length > BURST_LIMIT) await this.devicesGoneTogether(gone);
+    else for (const device of gone) await this.deviceGone(device);
+    if (available.size > BURST_LIMIT) await this.showBurst('available', [...available.values()]);
+    else for (const device of available.values()) await this.deviceAvailable(device);
+  }
+
+  /** One notification for many devices; a burst still going on grows the notification it opened. */
+  private async showBurst(how: 'available' | 'removed', devices: DeviceJson[]): Promise<void> {
+    const mode = await this.mode();
+    const open = this.bursts[how];
+    const going = open !== undefined && Date.now() - open.at < BURST_WINDOW_MS;
+    const together = new Map(going ? open.devices : undefined);
+    for (const device of devices) together.set(deviceKey(device), device);
+    const id = await this.notifications.notify(
+      devicesBurstNotification([...together.values()], how, mode),
+      undefined,
+      going ? open.id : 0,
+      () => {
+        if (this.bursts[how]?.id === id) this.bursts[how] = undefined;
+      },
+    );
+    this.bursts[how] = { id, devices: together, at: Date.now() };
+  }
+
+  private async devicesGoneTogether(devices: DeviceJson[]): Promise<void> {
+    for (const device of devices) await this.forget(device);
+    await this.showBurst('removed', devices);
+  }
+
+  /** Closes what still offers the device: its "Device available", or its place in a burst. */
+  private async forget(device: DeviceJson): Promise<void> {
+    const key = deviceKey(device);
+    const open = this.availableIds.get(key);
+    this.availableIds.delete(key);
+    // Its "Attach to" actions would only fail now.
+    if (open !== undefined) await this.notifications.close(open);
+    const burst = this.bursts.available;
+    if (burst?.devices.delete(key) && burst.devices.size === 0) {
+      this.bursts.available = undefined;
+      await this.notifications.close(burst.id);
+    }
   }
 
   private async mode(): Promise<{ markup: boolean; actions: boolean }> {
@@ -255,11 +387,7 @@ export class DeviceNotifier implements Disposable {
   }
 
   private async deviceGone(device: DeviceJson): Promise<void> {
-    const key = deviceKey(device);
-    const open = this.availableIds.get(key);
-    this.availableIds.delete(key);
-    // Its "Attach to" actions would only fail now.
-    if (open !== undefined) await this.notifications.close(open);
+    await this.forget(device);
     const mode = await this.mode();
     await this.notifications.notify(deviceRemovedNotification(device, mode));
   }
@@ -321,6 +449,18 @@ export class DeviceNotifier implements Disposable {
       device ? iconFor(device) : 'dialog-error',
     );
   }
+}
+
+/** More devices than this at once are shown in one notification. */
+export const BURST_LIMIT = 3;
+/** A burst notification updated this recently is still the same burst. */
+const BURST_WINDOW_MS = 10_000;
+
+interface Burst {
+  readonly id: number;
+  readonly devices: Map<string, DeviceJson>;
+  /** When it was last shown. */
+  readonly at: number;
 }
 
 /** devgated's own actor names: `devgated`, `devgated (auto-attach)`. */
