@@ -167,6 +167,13 @@ function build() {
     logLevel: 'warning',
     legalComments: 'none',
     charset: 'ascii',
+    // Half the bytes to read, copy into a string and page in at every start (each fresh page costs
+    // about 18 us on this machine kind): about 540 fewer page faults, 10 ms. Names are not kept
+    // (esbuild's keepNames costs 280 faults and 30 ms of CPU; nothing reads a function's name);
+    // `NODE_OPTIONS=--enable-source-maps` maps a stack trace back through cli.js.map.
+    minify: true,
+    sourcemap: 'linked',
+    sourcesContent: false,
   });
 }
 
