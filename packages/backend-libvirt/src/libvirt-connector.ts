@@ -804,6 +804,8 @@ export class LibvirtConnector implements Connector {
           xml: entry?.xml && { ...entry.xml, aliases: new Set(), disks: [], hostdevs: [], inputs: [], metadata: [] },
         });
         this.signals.next({ type: 'stopped', domain });
+        // A detach waiting for libvirt's device-removed is done: the device went with the machine.
+        for (const [key, removed] of this.removedWaiters) if (key.startsWith(`${domain}\0`)) removed();
         break;
       case 'Undefined':
         if (entry && RUNNING_STATES.has(entry.state)) {

@@ -45,6 +45,17 @@ describe('the libvirt-xml kind', () => {
     expect(() => planXmlFragment(port, filled(xml))).toThrow(message);
   });
 
+  it('puts a node path holding `$` as it is (no replacement patterns)', () => {
+    for (const node of ['/dev/tty$&x', '/dev/tty$`x', "/dev/tty$'x", '/dev/tty$$x']) {
+      const plan = planXmlFragment(port, filled(SERIAL, node));
+      const source = /<source path='([^']*)'\/>/.exec(plan.xml)?.[1];
+      expect(source).toBe(node.replace(/&/g, '&amp;').replace(/'/g, '&apos;'));
+      expect(parseDomainXml(`<domain><name>work</name><devices>${plan.xml}</devices></domain>`).aliases).toEqual(
+        new Set([plan.alias]),
+      );
+    }
+  });
+
   it('refuses {path} that the data path did not fill', () => {
     expect(() => planXmlFragment(port, libvirtXmlSpec(SERIAL, 'char', {}))).toThrow(/no path for hostNode/);
     expect(() => planXmlFragment(port, libvirtXmlSpec(SERIAL, undefined, {}))).toThrow(/needs hostNode/);

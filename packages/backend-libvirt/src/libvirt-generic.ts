@@ -69,7 +69,9 @@ export function planXmlFragment(port: Port, spec: AttachSpec): DevicePlan {
     }
   } else if (placeholders > 0 || nodePath !== undefined) refuse('{path} needs hostNode');
   const alias = aliasFor(port);
-  let filled = hostNode === undefined ? fragment : fragment.replace(PLACEHOLDER, xmlEscape(nodePath as string));
+  // A function, not a string: a `$` in the path is text, not a replacement pattern (`$&`, `$$`).
+  let filled =
+    hostNode === undefined ? fragment : fragment.replace(PLACEHOLDER, () => xmlEscape(nodePath as string));
   // devgate's alias goes last inside the element (a self-closing element is opened for it).
   const selfClosing = new RegExp(`^<${root}([^>]*?)\\s*/>$`);
   filled = selfClosing.test(filled)

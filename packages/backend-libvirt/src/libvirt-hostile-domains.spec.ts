@@ -98,6 +98,23 @@ it('a running domain that is undefined runs on (transient) with its devices: not
   expect(connector.manages('work')).toBe(false);
 });
 
+it('a domain that stops during a detach ends the wait at once: the device went with the machine', async () => {
+  await start({ work: { state: 'running', devices: stickDisk } });
+  libvirt.events$.next({ kind: 'connected' });
+  await settle();
+  // The guest never lets go (no device-removed); the domain is destroyed a moment later.
+  setTimeout(() => {
+    libvirt.domains.set('work', { state: 'shut off' });
+    libvirt.events$.next({ kind: 'lifecycle', domain: 'work', detail: 'Stopped Destroyed' });
+  }, 100);
+  const started = Date.now();
+  await connector.detach('work', stick);
+  // Not libvirt's 5 s wait for device-removed.
+  expect(Date.now() - started).toBeLessThan(1_000);
+  expect(signals).toEqual([{ type: 'stopped', domain: 'work' }]);
+  expect(await connector.attachments()).toEqual([]);
+});
+
 it('an inactive domain that is undefined is gone at once', async () => {
   await start({ work: { state: 'shut off' } });
   libvirt.domains.delete('work');

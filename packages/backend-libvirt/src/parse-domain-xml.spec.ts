@@ -1,5 +1,6 @@
 import { type AttachSpec } from '@devgate/core';
 import { HOSTILE_STRINGS } from '@devgate/testkit';
+import { spawnSync } from 'node:child_process';
 import { aliasFor, planBlockDisk, planUsbHostdev, portOfAlias } from './libvirt-attach';
 import { DEVGATE_METADATA_URI, metadataXml, parseDomainXml, xmlEscape } from './parse-domain-xml';
 import { parseEventLine, virshQuote, virshScript } from './virsh-transport';
@@ -101,6 +102,31 @@ it('round-trips devgate metadata written by metadataXml, whatever the values hol
     if (/[\u0000-\u0008\u000b\u000c\u000e-\u001f]/.test(text)) expect(parsed.length).toBeLessThanOrEqual(1);
     else expect(parsed).toEqual([entry]);
   }
+});
+
+it('keeps tab, newline and carriage return in values through libvirt (libxml2 reads them raw as spaces)', () => {
+  const text = 'by-label/a\tb\nc\rd';
+  expect(xmlEscape(text)).toBe('by-label/a&#9;b&#10;c&#13;d');
+  const entry = {
+    alias: aliasFor({ devclass: 'block', backend: 'dom0', portId: 'x' }),
+    devclass: 'block',
+    backend: 'dom0',
+    portId: 'x',
+    deviceId: 'SERIAL\r1',
+    options: { 'frontend-dev': text },
+  };
+  const element = metadataXml([entry])
+    .replace('<devices>', `<dg:devices xmlns:dg="${DEVGATE_METADATA_URI}">`)
+    .replace(/<device /g, '<dg:device ')
+    .replace('</devices>', '</dg:devices>');
+  const disk = `<disk type='block'><source dev='${xmlEscape(`/dev/disk/${text}`)}'/></disk>`;
+  const written = `<domain><name>d</name><metadata>${element}</metadata><devices>${disk}</devices></domain>`;
+  // What libvirt keeps and prints back: parsed and written again by libxml2.
+  const run = spawnSync('xmllint', ['-'], { input: written, encoding: 'utf8' });
+  if (run.error) throw new Error(`xmllint cannot run here (apt-get install libxml2-utils): ${run.error.message}`);
+  const read = parseDomainXml(run.stdout);
+  expect(read.metadata).toEqual([entry]);
+  expect(read.disks[0]?.source).toBe(`/dev/disk/${text}`);
 });
 
 it('survives random and mutated XML: a result or an Error, and never an alias outside libvirt syntax', () => {

@@ -70,7 +70,9 @@ const parser = new XMLParser({
   parseAttributeValue: false,
   parseTagValue: false,
   processEntities: true,
-  htmlEntities: false,
+  // For character references (`&#10;`): libvirt writes a tab, newline or carriage return in a value
+  // so. HTML's entity names come with them; libvirt never writes those.
+  htmlEntities: true,
   isArray: (_name, _path, _leaf, isAttribute) => !isAttribute,
 });
 
@@ -215,14 +217,20 @@ function metadataEntry(entry: Node): MetadataEntry | undefined {
   };
 }
 
-/** Escapes a value for an XML attribute in single or double quotes. */
+/**
+ * Escapes a value for an XML attribute in single or double quotes. Tab, newline and carriage return
+ * are character references: written as they are, a parser (libvirt's libxml2) reads them as spaces.
+ */
 export function xmlEscape(value: string): string {
   return value
     .replace(/&/g, '&amp;')
     .replace(/</g, '&lt;')
     .replace(/>/g, '&gt;')
     .replace(/"/g, '&quot;')
-    .replace(/'/g, '&apos;');
+    .replace(/'/g, '&apos;')
+    .replace(/\t/g, '&#9;')
+    .replace(/\n/g, '&#10;')
+    .replace(/\r/g, '&#13;');
 }
 
 /** devgate's metadata element for `virsh metadata --set` (no prefix: libvirt adds its own). */

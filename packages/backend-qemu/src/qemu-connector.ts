@@ -287,13 +287,38 @@ export class QemuConnector implements Connector {
         added.push(String(device.id));
       }
     } catch (error) {
-      // Leave the VM as it was: unplug what was added, then drop the block node.
-      if (added.length > 0) await this.unplug(frontend, added[0]).catch(() => undefined);
+      // A device_add devgate stopped waiting for may still go through in QEMU: what is there decides.
+      const present = isQmpTimeout(error) ? await this.peripheralIds(frontend) : new Set(added);
+      if (present?.has(plan.qdevId)) {
+        // It went in, late: the VM holds the device, so it is attached (and listed), not free.
+        await this.noteDevice(frontend, plan.qdevId, decodeQdevId(plan.qdevId));
+        return { port, frontend, deviceId, options: plan.options };
+      }
+      if (!present) {
+        // QEMU still does not answer: the next reading asks it again, after the device_add, rather
+        // than trust a list that may lack the device. The block node goes then (dropOrphanNodes).
+        await this.forgetDevices(frontend);
+        throw error;
+      }
+      // Leave the VM as it was: unplug what was added (a CD's transport), then drop the block node.
+      const transport = String(plan.devices[0]!.id);
+      if (present.has(transport)) await this.unplug(frontend, transport).catch(() => undefined);
       await this.execute(frontend, 'blockdev-del', { 'node-name': plan.nodeName }).catch(() => undefined);
       throw error;
     }
     await this.noteDevice(frontend, plan.qdevId, decodeQdevId(plan.qdevId));
     return { port, frontend, deviceId, options: plan.options };
+  }
+
+  /**
+   * The ids of the domain's devices as QEMU lists them now, or undefined when it does not answer.
+   * QEMU runs commands in order, so the answer comes after any command still running.
+   */
+  private async peripheralIds(domain: DomainName): Promise<Set<string> | undefined> {
+    const children = await this.execute<{ name: string }[]>(domain, 'qom-list', { path: '/machine/peripheral' }).catch(
+      () => undefined,
+    );
+    return children && new Set(children.map((child) => child.name));
   }
 
   /** `device_add usb-host` on the xHCI controller; QEMU accepts it even before the device is there. */
@@ -416,8 +441,10 @@ export class QemuConnector implements Connector {
       await this.execute(frontend, 'device_del', { id: qdevId });
       await deleted;
     } catch (error) {
-      if (error instanceof DevgateError && error.code === Errors.qmpTimeout.code) {
-        throw Errors.detachTimeout({ domain: frontend, device: qdevId, timeoutMs });
+      if (isQmpTimeout(error)) throw Errors.detachTimeout({ domain: frontend, device: qdevId, timeoutMs });
+      // QEMU went away while the guest was letting go (the wait sees the socket close, as execute does).
+      if (error instanceof DevgateError && error.code === Errors.qmpDisconnected.code) {
+        throw Errors.domainNotRunning({ domain: frontend, role: 'frontend' });
       }
       throw error;
     } finally {
@@ -469,6 +496,12 @@ export class QemuConnector implements Connector {
         await this.execute(domain, 'blockdev-del', { 'node-name': name }).catch(() => undefined);
       }
     }
+  }
+
+  /** Drops the domain's known list: the next reading asks QEMU. */
+  private async forgetDevices(domain: DomainName): Promise<void> {
+    const client = await this.client(domain).catch(() => undefined);
+    if (client) this.peripherals.delete(client);
   }
 
   /** Records (or forgets) a device in the domain's known list after devgate changed it. */
@@ -582,4 +615,8 @@ export class QemuConnector implements Connector {
       throw error;
     }
   }
+}
+
+function isQmpTimeout(error: unknown): boolean {
+  return error instanceof DevgateError && error.code === Errors.qmpTimeout.code;
 }

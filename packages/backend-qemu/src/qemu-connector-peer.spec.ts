@@ -1,0 +1,173 @@
+import { join } from 'node:path';
+import { type AttachSpec, type Port } from '@devgate/core';
+import { writeRegistry } from './domain-registry.js';
+import { encodeQdevId } from './qemu-attach.js';
+import { QemuConnector } from './qemu-connector.js';
+import { Cleanup, type FakePeer, fakeQmpServer } from './testing/fixtures.js';
+
+// The connector against a fake QEMU, for what a real one cannot be made to do on cue: answer
+// device_add after devgate stopped waiting, or die while a guest lets go of a device. No QEMU.
+jest.setTimeout(20_000);
+
+/**
+ * One domain's QEMU, as far as the connector sees it: its devices and block nodes, answered in order
+ * (one command at a time, as QEMU without oob runs them).
+ */
+class FakeQemu {
+  readonly devices = new Map<string, { driver: string; drive?: string }>();
+  readonly nodes = new Set<string>();
+  /** How long device_add takes (QEMU busy): past the connector's command bound, its answer is late. */
+  deviceAddMs = 0;
+  /** What QEMU says to device_add, after `deviceAddMs`, instead of adding the device. */
+  deviceAddRefusal?: string;
+  /** Whether the guest lets go on device_del (DEVICE_DELETED); PCI without a guest OS never does. */
+  guestLetsGo = true;
+  /** Whether QEMU dies (its socket closes) after answering device_del, before the guest let go. */
+  diesOnDeviceDel = false;
+
+  async serve(peer: FakePeer): Promise<void> {
+    await peer.handshake();
+    for (;;) {
+      const request = await peer.next();
+      const args = (request['arguments'] ?? {}) as Record<string, unknown>;
+      const answer = (reply: Record<string, unknown>) => peer.send({ ...reply, id: request['id'] });
+      const fail = (errorClass: string, desc: string) => answer({ error: { class: errorClass, desc } });
+      switch (request['execute']) {
+        case 'query-status':
+          answer({ return: { status: 'running', running: true } });
+          break;
+        case 'qom-list':
+          answer({
+            return:
+              args['path'] === '/machine/peripheral'
+                ? [...this.devices].map(([name, d]) => ({ name, type: `child<${d.driver}>` }))
+                : [],
+          });
+          break;
+        case 'query-named-block-nodes':
+          answer({ return: [...this.nodes].map((name) => ({ 'node-name': name })) });
+          break;
+        case 'blockdev-add':
+          this.nodes.add(String(args['node-name']));
+          answer({ return: {} });
+          break;
+        case 'blockdev-del': {
+          const name = String(args['node-name']);
+          if ([...this.devices.values()].some((d) => d.drive === name)) {
+            fail('GenericError', `Node '${name}' is busy: block device is in use by device`);
+          } else {
+            this.nodes.delete(name);
+            answer({ return: {} });
+          }
+          break;
+        }
+        case 'device_add':
+          await new Promise((resolve) => setTimeout(resolve, this.deviceAddMs));
+          if (this.deviceAddRefusal) {
+            fail('GenericError', this.deviceAddRefusal);
+            break;
+          }
+          this.devices.set(String(args['id']), {
+            driver: String(args['driver']),
+            ...(args['drive'] === undefined ? {} : { drive: String(args['drive']) }),
+          });
+          answer({ return: {} });
+          break;
+        case 'device_del': {
+          const id = String(args['id']);
+          if (!this.devices.has(id)) {
+            fail('DeviceNotFound', `Device '${id}' not found`);
+            break;
+          }
+          answer({ return: {} });
+          if (this.diesOnDeviceDel) peer.connection.destroy();
+          else if (this.guestLetsGo) {
+            this.devices.delete(id);
+            peer.send({ event: 'DEVICE_DELETED', data: { device: id, path: `/machine/peripheral/${id}` } });
+          }
+          break;
+        }
+        default:
+          fail('CommandNotFound', `The command ${String(request['execute'])} has not been found`);
+      }
+    }
+  }
+}
+
+const cleanup = new Cleanup();
+let qemu: FakeQemu;
+let connector: QemuConnector;
+
+const stick: Port = { devclass: 'block', backend: 'dom0', portId: 'sdb' };
+const stickSpec: AttachSpec = {
+  kind: 'block',
+  params: { readOnly: false, devtype: 'disk', path: '/dev/sdb' },
+  options: { 'read-only': 'no' },
+};
+
+/** A connector whose commands wait `commandTimeoutMs`, on one fake domain `work`. */
+async function start(commandTimeoutMs = 10_000): Promise<void> {
+  const dir = await cleanup.tempDir();
+  const socket = join(dir, 'work.qmp');
+  const registryFile = join(dir, 'domains.json');
+  await writeRegistry(registryFile, { dom0: 'dom0', domains: { work: { qmp: socket } } });
+  qemu = new FakeQemu();
+  await fakeQmpServer(cleanup, socket, (peer) => void qemu.serve(peer));
+  connector = new QemuConnector({ registryFile, commandTimeoutMs, unplugTimeoutMs: 500, lifecyclePollMs: 60_000 });
+  cleanup.defer(() => connector.dispose());
+}
+afterEach(() => cleanup.run());
+
+describe('a device_add that QEMU answers after devgate stopped waiting', () => {
+  it('is an attachment: the VM holds the device, so it is attached and listed, never free', async () => {
+    await start(400);
+    qemu.deviceAddMs = 600;
+    const result = await connector.attach('work', stick, stickSpec, 'ID-SDB');
+    expect(result).toEqual({
+      port: stick,
+      frontend: 'work',
+      deviceId: 'ID-SDB',
+      options: { 'read-only': 'no', 'frontend-dev': 'xvdi' },
+    });
+    expect([...qemu.devices.keys()]).toHaveLength(1);
+    expect(await connector.attachments()).toEqual([result]);
+  });
+
+  it('is read back from QEMU once it answers, when it did not answer in time to ask it', async () => {
+    await start(400);
+    // Longer than device_add's wait and the read-back's after it: the attach cannot tell.
+    qemu.deviceAddMs = 1_500;
+    await expect(connector.attach('work', stick, stickSpec, 'ID-SDB')).rejects.toMatchObject({
+      code: 'DG_QMP_TIMEOUT',
+    });
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    expect([...qemu.devices.keys()]).toHaveLength(1);
+    expect(await connector.attachments()).toEqual([
+      { port: stick, frontend: 'work', deviceId: 'ID-SDB', options: { 'read-only': 'no', 'frontend-dev': 'xvdi' } },
+    ]);
+  });
+
+  it('that QEMU refused leaves the VM as it was: no device, no block node', async () => {
+    await start(400);
+    qemu.deviceAddMs = 600;
+    qemu.deviceAddRefusal = "Bus 'xhci.0' does not support hotplugging";
+    await expect(connector.attach('work', stick, stickSpec, 'ID-SDB')).rejects.toMatchObject({
+      code: 'DG_QMP_TIMEOUT',
+    });
+    expect(qemu.devices.size).toBe(0);
+    expect(qemu.nodes.size).toBe(0);
+    expect(await connector.attachments()).toEqual([]);
+  });
+});
+
+it('a guest letting go of a device in a VM that dies meanwhile: the VM is not running (and the device free)', async () => {
+  await start();
+  const qdevId = encodeQdevId({ c: 'block', b: 'dom0', p: 'sdb', d: 'ID-SDB', o: { 'frontend-dev': 'xvdi' } });
+  qemu.devices.set(qdevId, { driver: 'usb-storage', drive: 'dg-xvdi' });
+  qemu.nodes.add('dg-xvdi');
+  qemu.diesOnDeviceDel = true;
+  await expect(connector.detach('work', stick)).rejects.toMatchObject({
+    code: 'DG_DOMAIN_NOT_RUNNING',
+    message: 'domain work is not running',
+  });
+});
