@@ -11,6 +11,14 @@ export {
   resolveSocket,
 } from '@devgate/client';
 
+/**
+ * The device as the user saw it, `backend:port:deviceId` (Qubes' form): if another device has taken
+ * the port since, devgated refuses to attach or detach it instead of acting on the wrong one.
+ */
+export function seenDevice(device: Pick<DeviceJson, 'port' | 'deviceId'>): string {
+  return `${device.port}:${device.deviceId}`;
+}
+
 /** What the tray says it is in devgated's audit log (the daemon adds the socket it came through). */
 export const TRAY_ACTOR_PREFIX = 'devgate-tray';
 

@@ -181,7 +181,7 @@ export class DaemonStream implements Disposable {
       response.on('error', (error) => lost(error.message));
       response.on('close', () => lost('the event stream closed'));
       // Subscribed first, then the state is read: nothing that happens in between is lost.
-      void this.resync().then(
+      void this.resync(() => !settled).then(
         () => {
           if (settled) return;
           const replay = buffered ?? [];
@@ -227,10 +227,13 @@ export class DaemonStream implements Disposable {
     this.retryTimer.unref();
   }
 
-  /** Reads devices and asks, and reconciles them with what we knew before the connection broke. */
-  private async resync(): Promise<void> {
+  /**
+   * Reads devices and asks, and reconciles them with what we knew before the connection broke.
+   * Nothing changes if the stream dropped meanwhile: the next connection reads it all again.
+   */
+  private async resync(streamOpen: () => boolean): Promise<void> {
     const [devices, asks] = await Promise.all([this.api.devices(), this.api.asks()]);
-    if (this.stopped) return;
+    if (this.stopped || !streamOpen()) return;
     const first = !this.everConnected;
     const present = new Map(devices.map((d) => [d.port, d]));
     // What we announced and is no longer there (or no longer available) went away while we were gone.

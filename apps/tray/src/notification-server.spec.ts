@@ -1,78 +1,16 @@
-import { DBusConnection } from './dbus';
-import { NOTIFICATIONS_INTERFACE, NOTIFICATIONS_NAME, NOTIFICATIONS_PATH } from './notifications';
 import { type RunningTray, startTray } from './tray-module';
 import { Desktop, cleanUp, sleep, until } from './testing/desktop';
 import { FakeDaemon, fakeDevice } from './testing/fake-daemon';
+import { TestNotificationServer } from './testing/notification-server';
 
 // The notification server is replaced while the tray runs (a desktop restarts its shell, dunst is
 // restarted, another server takes over): what the tray knew about the old one no longer holds.
 jest.setTimeout(60_000);
 
-/** A minimal org.freedesktop.Notifications server with the given capabilities, counting ids from `firstId`. */
-class FakeServer {
-  readonly notified: { id: number; appName: string; body: string }[] = [];
-  readonly closed: number[] = [];
-  private nextId: number;
-
-  private constructor(
-    readonly bus: DBusConnection,
-    capabilities: string[],
-    firstId: number,
-  ) {
-    this.nextId = firstId;
-    bus.export(NOTIFICATIONS_PATH, {
-      name: NOTIFICATIONS_INTERFACE,
-      methods: {
-        GetCapabilities: { in: '', out: 'as', handler: () => [capabilities] },
-        Notify: {
-          in: 'susssasa{sv}i',
-          out: 'u',
-          handler: ([appName, replacesId, , , body]) => {
-            const id = (replacesId as number) || this.nextId++;
-            this.notified.push({ id, appName: appName as string, body: body as string });
-            return [id];
-          },
-        },
-        CloseNotification: {
-          in: 'u',
-          out: '',
-          handler: ([id]) => {
-            this.closed.push(id as number);
-            return [];
-          },
-        },
-      },
-      properties: {},
-      signals: { ActionInvoked: 'us', NotificationClosed: 'uu' },
-    });
-  }
-
-  static async start(address: string, capabilities: string[], firstId = 1): Promise<FakeServer> {
-    const server = new FakeServer(await DBusConnection.connect(address), capabilities, firstId);
-    await server.bus.requestName(NOTIFICATIONS_NAME);
-    return server;
-  }
-
-  /** What another application's notification looks like to this server: an id of its own. */
-  notifyForOther(): number {
-    const id = this.nextId++;
-    this.notified.push({ id, appName: 'other-app', body: '' });
-    return id;
-  }
-
-  invoke(id: number, key: string): void {
-    this.bus.emitSignal(NOTIFICATIONS_PATH, NOTIFICATIONS_INTERFACE, 'ActionInvoked', 'us', [id, key]);
-  }
-
-  ours(): { id: number; body: string }[] {
-    return this.notified.filter((n) => n.appName === 'devgate-tray');
-  }
-}
-
 let desktop: Desktop | undefined;
 let fake: FakeDaemon | undefined;
 let tray: RunningTray | undefined;
-const servers: FakeServer[] = [];
+const servers: TestNotificationServer[] = [];
 
 beforeAll(async () => {
   desktop = await Desktop.start({ xvfb: false });
@@ -91,7 +29,7 @@ afterAll(() =>
 describe('a notification server that is replaced', () => {
   it('asks the new server for its capabilities: body markup is escaped for a server that reads it', async () => {
     // First a server that shows bodies as plain text (no body-markup): text goes as is.
-    const plainServer = await FakeServer.start(desktop!.busAddress, ['actions', 'body']);
+    const plainServer = await TestNotificationServer.start(desktop!.busAddress, ['actions', 'body']);
     servers.push(plainServer);
     tray = await startTray({ socket: fake!.socket, busAddress: desktop!.busAddress, trayIcon: false });
     await until('the tray to reach devgated', () => tray!.stream.isConnected);
@@ -101,7 +39,7 @@ describe('a notification server that is replaced', () => {
 
     // It is replaced by one that parses markup (dunst, GNOME Shell, ...).
     plainServer.bus.dispose();
-    const markupServer = await FakeServer.start(desktop!.busAddress, ['actions', 'body', 'body-markup']);
+    const markupServer = await TestNotificationServer.start(desktop!.busAddress, ['actions', 'body', 'body-markup']);
     servers.push(markupServer);
     await sleep(100);
     fake!.deviceEvent('added', fakeDevice('sdx2', { description: 'USB_Storage: <b>second</b> <a href="x">' }));
@@ -114,7 +52,7 @@ describe('a notification server that is replaced', () => {
     const before = servers.at(-1)!;
     before.bus.dispose();
     // The new server counts from 1 again, and another application gets 1 first.
-    const server = await FakeServer.start(desktop!.busAddress, ['actions', 'body', 'body-markup']);
+    const server = await TestNotificationServer.start(desktop!.busAddress, ['actions', 'body', 'body-markup']);
     servers.push(server);
     await sleep(100);
     const others = [server.notifyForOther(), server.notifyForOther()];
@@ -132,5 +70,60 @@ describe('a notification server that is replaced', () => {
 
     expect(fake!.requests.filter((r) => r.method === 'POST')).toHaveLength(posts);
     expect(server.closed.filter((id) => others.includes(id))).toEqual([]);
+  });
+
+  it('keeps a body free of markup for a server that does not tell its capabilities', async () => {
+    servers.at(-1)!.bus.dispose();
+    const server = await TestNotificationServer.start(desktop!.busAddress, 'unknown');
+    servers.push(server);
+    await sleep(100);
+    fake!.deviceEvent('added', fakeDevice('sdx4', { description: 'USB_Storage: <b>fourth</b> & <a href="x">' }));
+    await until('the notification', () => server.ours().length === 1);
+    expect(server.ours()[0].body).not.toMatch(/[<>&]/);
+    expect(server.ours()[0].body).toContain('bfourth/b');
+  });
+
+  it('shows an unanswered ask again on the server that replaces the one that showed it', async () => {
+    servers.at(-1)!.bus.dispose();
+    const first = await TestNotificationServer.start(desktop!.busAddress, ['actions', 'body']);
+    servers.push(first);
+    await sleep(100);
+    const ask = (id: string, expiresInMs: number) => ({
+      id,
+      devclass: 'block',
+      device: 'dom0:sdx5',
+      deviceId: fakeDevice('sdx5').deviceId,
+      description: 'USB_Storage: SanDisk Cruzer (sdx5)',
+      candidates: ['work'],
+      reason: 'assigned to work (ask-to-attach)',
+      createdAt: new Date().toISOString(),
+      expiresAt: new Date(Date.now() + expiresInMs).toISOString(),
+      rememberable: true,
+    });
+    const open = ask('still-open', 60_000);
+    const expiring = ask('expiring', 500);
+    fake!.asks = [open, expiring];
+    for (const pending of fake!.asks) fake!.send('ask', { ask: pending });
+    await until('both asks', () => first.ours().filter((n) => n.summary === 'Attach device to work?').length === 2);
+
+    first.bus.dispose();
+    await sleep(600); // the second ask's time is up meanwhile
+    const second = await TestNotificationServer.start(desktop!.busAddress, ['actions', 'body'], 1);
+    servers.push(second);
+    const [shown] = await until('the ask again', () => second.ours().length > 0 && second.ours());
+    await sleep(200);
+    await tray!.notifier!.idle();
+    expect(second.ours()).toHaveLength(1);
+    expect(shown).toMatchObject({
+      summary: 'Attach device to work?',
+      actions: ['allow', 'deny', 'always-allow', 'always-deny'],
+    });
+
+    // And answering it there answers devgated.
+    second.invoke(shown.id, 'allow');
+    const answer = await until('the answer', () =>
+      fake!.requests.find((r) => r.route === '/v1/asks/still-open/answer'),
+    );
+    expect(answer.body).toEqual({ verdict: 'allow', frontend: 'work' });
   });
 });

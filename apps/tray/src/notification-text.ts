@@ -32,9 +32,12 @@ export interface NotificationSpec {
   readonly transient?: boolean;
 }
 
-/** Text the server shows: whether it interprets body markup (capability `body-markup`). */
+/**
+ * Text the server shows: whether it interprets body markup (capability `body-markup`), or
+ * `unknown` when it would not tell (GetCapabilities failed).
+ */
 export interface TextMode {
-  readonly markup: boolean;
+  readonly markup: boolean | 'unknown';
 }
 
 // Also the invisible format characters sanitizeText lets through: the Arabic letter mark (a bidi
@@ -62,12 +65,17 @@ export function cleanSummary(raw: string): string {
     .trim();
 }
 
-/** Body lines: each cleaned, escaped when the server reads markup, joined by newlines. */
+/**
+ * Body lines: each cleaned, escaped when the server reads markup, joined by newlines. A server that
+ * may or may not read markup gets none of `<>&`: no markup either way, and no entities shown raw.
+ */
 export function bodyText(lines: readonly string[], mode: TextMode): string {
+  const shown = (line: string) =>
+    mode.markup === 'unknown' ? line.replace(/[<>&]/g, '') : mode.markup ? escapeMarkup(line) : line;
   return lines
     .map((line) => cleanText(line, 300))
     .filter((line) => line.length > 0)
-    .map((line) => (mode.markup ? escapeMarkup(line) : line))
+    .map(shown)
     .join('\n');
 }
 
@@ -223,7 +231,7 @@ export function failureNotification(failure: FailureText, icon: string, mode: Te
   const target = failure.vm ? ` ${failure.verb === 'Detaching' ? 'from' : 'to'} ${vmLabel(failure.vm)}` : '';
   const lines = [
     `${failure.verb} ${failure.device}${target} failed.`,
-    `Error: ${cleanText(failure.code, 64, 'DG_UNKNOWN')} - ${cleanText(failure.message, 300)}`,
+    `Error: ${cleanText(failure.code, 64, 'DG_INTERNAL')} - ${cleanText(failure.message, 300)}`,
   ];
   if (failure.hint) lines.push(`Hint: ${failure.hint}`);
   return {
@@ -244,6 +252,15 @@ export const AskAction = {
   alwaysDeny: 'always-deny',
 } as const;
 
+/**
+ * How long devgated still waits for an answer; nothing when that time is up or cannot be read (the
+ * ask is then not worth showing: devgated denies it, or already has).
+ */
+export function askTimeLeftMs(ask: Pick<AskJson, 'expiresAt'>, now = Date.now()): number | undefined {
+  const left = Date.parse(ask.expiresAt) - now;
+  return left > 0 ? left : undefined;
+}
+
 /** "Attach device to <vm>?" with Allow / Deny, and the remembered variants when the ask allows it. */
 export function askNotification(
   ask: AskJson,
@@ -254,13 +271,12 @@ export function askNotification(
   const candidates = ask.candidates.map(vmLabel).slice(0, 3);
   const single = candidates.length === 1;
   const title = device ? deviceTitle(device) : cleanText(ask.description, 160, cleanText(ask.device, 80));
-  const expiresAt = Date.parse(ask.expiresAt);
-  const remainingMs = Number.isFinite(expiresAt) ? Math.max(0, expiresAt - now) : -1;
+  const remainingMs = askTimeLeftMs(ask, now);
   const lines = [
     single ? `${title} wants to be attached to ${candidates[0]}.` : `${title} may go to ${candidates.join(', ')}.`,
     `Port ${cleanText(ask.device, 80)}; reason: ${cleanText(ask.reason, 200)}`,
   ];
-  if (remainingMs >= 0) lines.push(`Denied automatically in ${Math.ceil(remainingMs / 1000)} s.`);
+  if (remainingMs !== undefined) lines.push(`Denied automatically in ${Math.ceil(remainingMs / 1000)} s.`);
   const actions: NotificationAction[] = single
     ? [{ key: AskAction.allow, label: 'Allow' }]
     : candidates.map((vm) => ({ key: `${AskAction.allow}:${vm}`, label: `Allow in ${vm}` }));
@@ -277,6 +293,6 @@ export function askNotification(
     urgency: Urgency.critical,
     actions: mode.actions ? actions : [],
     // Gone when devgated stops waiting; closed earlier when the ask is answered.
-    expireMs: remainingMs > 0 ? remainingMs : 0,
+    expireMs: remainingMs ?? 0,
   };
 }

@@ -3,9 +3,9 @@
  * available (with "Attach to <vm>"), removed, an attach or detach failed, devgated asks. Invoking
  * an action (the server's ActionInvoked signal) calls devgated's API.
  */
-import { type DeviceJson, type Disposable, DisposableCollection } from '@devgate/core';
+import { DevgateError, type DeviceJson, type Disposable, DisposableCollection, errorCode } from '@devgate/core';
 import { type DBusConnection, type Variant, variant } from './dbus.js';
-import { ApiError, type AskJson, type AuditJson, type DaemonApi } from './daemon-api.js';
+import { ApiError, type AskJson, type AuditJson, type DaemonApi, seenDevice } from './daemon-api.js';
 import { type DaemonStream, type TrayEvent, deviceKey } from './daemon-stream.js';
 import { type DomainsView, attachTargets } from './attach-targets.js';
 import {
@@ -14,6 +14,7 @@ import {
   type FailureText,
   type NotificationSpec,
   askNotification,
+  askTimeLeftMs,
   deviceAddedNotification,
   deviceRemovedNotification,
   deviceTitle,
@@ -38,6 +39,7 @@ export class NotificationsClient implements Disposable {
   private readonly servers = new Set<string>();
   /** Ids of our notifications the current server shows (another server may give them to others). */
   private readonly live = new Set<number>();
+  private readonly serverStartedListeners = new Set<() => void>();
 
   constructor(private readonly bus: DBusConnection) {}
 
@@ -49,7 +51,9 @@ export class NotificationsClient implements Disposable {
       await this.bus.onSignal(
         { interface: 'org.freedesktop.DBus', member: 'NameOwnerChanged', sender: 'org.freedesktop.DBus' },
         (body) => {
-          if (body[0] === NOTIFICATIONS_NAME) this.serverChanged();
+          if (body[0] !== NOTIFICATIONS_NAME) return;
+          this.serverChanged();
+          if (body[2]) for (const listener of [...this.serverStartedListeners]) listener();
         },
       ),
       await this.bus.onSignal({ ...filter, member: 'ActionInvoked' }, (body, message) => {
@@ -71,8 +75,14 @@ export class NotificationsClient implements Disposable {
     return this;
   }
 
-  /** The server's capabilities (`actions`, `body-markup`, ...), read once. */
-  async serverCapabilities(): Promise<Set<string>> {
+  /** Runs when a notification server takes over (started, restarted or replaced): it shows nothing of ours yet. */
+  onServerStarted(listener: () => void): Disposable {
+    this.serverStartedListeners.add(listener);
+    return { dispose: () => this.serverStartedListeners.delete(listener) };
+  }
+
+  /** The server's capabilities (`actions`, `body-markup`, ...), read once; nothing if it would not tell. */
+  async serverCapabilities(): Promise<Set<string> | undefined> {
     if (!this.capabilities) {
       try {
         const reply = await this.bus.call({
@@ -83,7 +93,7 @@ export class NotificationsClient implements Disposable {
         });
         this.capabilities = new Set((reply.body[0] as string[]) ?? []);
       } catch {
-        return new Set(); // no server right now; ask again next time
+        return undefined; // no server right now, or one that does not answer: ask again next time
       }
     }
     return this.capabilities;
@@ -160,6 +170,7 @@ export class NotificationsClient implements Disposable {
   dispose(): void {
     this.handlers.clear();
     this.closeHandlers.clear();
+    this.serverStartedListeners.clear();
     this.subscriptions.dispose();
   }
 }
@@ -179,7 +190,9 @@ export class DeviceNotifier implements Disposable {
   /** The open "Device available" notification of each device key. */
   private readonly availableIds = new Map<string, number>();
   private readonly askIds = new Map<string, number>();
-  private readonly subscription: Disposable;
+  /** Asks the user answered here, until devgated reports them resolved. */
+  private readonly answered = new Set<string>();
+  private readonly subscriptions = new DisposableCollection();
   private readonly maxTargets: number;
   private readonly log: (message: string) => void;
   /** Notifications are sent in order, one at a time: ids are known before the next event. */
@@ -203,7 +216,14 @@ export class DeviceNotifier implements Disposable {
   ) {
     this.maxTargets = options.maxTargets ?? 3;
     this.log = options.log ?? (() => undefined);
-    this.subscription = stream.on((event) => this.dispatch(event));
+    this.subscriptions.push(
+      stream.on((event) => this.dispatch(event)),
+      // A question left unanswered went with the old server: the user must still be able to answer it.
+      notifications.onServerStarted(() => {
+        for (const ask of stream.asks())
+          if (!this.answered.has(ask.id)) void this.enqueueAsk(() => this.askPending(ask));
+      }),
+    );
   }
 
   /** Resolves when every notification queued so far has been sent. */
@@ -214,14 +234,17 @@ export class DeviceNotifier implements Disposable {
 
   /** Tells the user an action failed: the coded error, with critical urgency. */
   reportFailure(failure: FailureText, icon = 'dialog-error'): Promise<void> {
-    return this.enqueue(async () => {
-      const mode = await this.mode();
-      await this.notifications.notify(failureNotification(failure, icon, mode));
-    });
+    return this.enqueue(() => this.showFailure(failure, icon));
+  }
+
+  /** Only from the queue's own tasks: one that enqueued and waited would wait for itself. */
+  private async showFailure(failure: FailureText, icon: string): Promise<void> {
+    const mode = await this.mode();
+    await this.notifications.notify(failureNotification(failure, icon, mode));
   }
 
   dispose(): void {
-    this.subscription.dispose();
+    this.subscriptions.dispose();
   }
 
   private dispatch(event: TrayEvent): void {
@@ -310,8 +333,10 @@ export class DeviceNotifier implements Disposable {
     }
   }
 
-  private async mode(): Promise<{ markup: boolean; actions: boolean }> {
+  private async mode(): Promise<{ markup: boolean | 'unknown'; actions: boolean }> {
     const capabilities = await this.notifications.serverCapabilities();
+    // Unknown capabilities: the body is made safe for a server that reads markup and one that does not.
+    if (!capabilities) return { markup: 'unknown', actions: false };
     return { markup: capabilities.has('body-markup'), actions: capabilities.has('actions') };
   }
 
@@ -326,6 +351,7 @@ export class DeviceNotifier implements Disposable {
       case 'ask-resolved': {
         const id = this.askIds.get(event.id);
         this.askIds.delete(event.id);
+        this.answered.delete(event.id);
         if (id !== undefined) await this.notifications.close(id);
         return;
       }
@@ -363,10 +389,13 @@ export class DeviceNotifier implements Disposable {
     await this.attach(device, vm);
   }
 
-  /** Attaches through devgated; a failure becomes a device.error notification. */
+  /**
+   * Attaches through devgated; a failure becomes a device.error notification. The device id pins
+   * the device shown (a menu or notification may be out of date), for detach as well.
+   */
   async attach(device: DeviceJson, vm: string): Promise<void> {
     try {
-      await this.api.attach(device.class, vm, `${device.port}:${device.deviceId}`);
+      await this.api.attach(device.class, vm, seenDevice(device));
     } catch (error) {
       await this.reportFailure(
         { verb: 'Attaching', device: deviceTitle(device), vm, ...coded(error) },
@@ -377,7 +406,7 @@ export class DeviceNotifier implements Disposable {
 
   async detach(device: DeviceJson, vm: string): Promise<void> {
     try {
-      await this.api.detach(device.class, vm, device.port);
+      await this.api.detach(device.class, vm, seenDevice(device));
     } catch (error) {
       await this.reportFailure(
         { verb: 'Detaching', device: deviceTitle(device), vm, ...coded(error) },
@@ -393,6 +422,8 @@ export class DeviceNotifier implements Disposable {
   }
 
   private async askPending(ask: AskJson): Promise<void> {
+    // Shown without time left, it would stay until dismissed, offering an answer devgated refuses.
+    if (askTimeLeftMs(ask) === undefined) return this.log(`ask ${ask.id} not shown: its time is up`);
     const mode = await this.mode();
     const device = this.stream.device(ask.device);
     const spec = askNotification(ask, device, mode);
@@ -414,9 +445,11 @@ export class DeviceNotifier implements Disposable {
       if (!vm) return;
       answer = { verdict: 'allow', frontend: vm };
     } else return;
+    this.answered.add(ask.id);
     try {
       await this.api.answer(ask.id, answer);
     } catch (error) {
+      this.answered.delete(ask.id); // still open, unless devgated says otherwise
       await this.reportFailure(
         {
           verb: 'Answering for',
@@ -438,12 +471,13 @@ export class DeviceNotifier implements Disposable {
     if (!['attach', 'auto-attach', 'detach'].includes(entry.action)) return;
     const port = entry.backend && entry.portId ? `${entry.backend}:${entry.portId}` : undefined;
     const device = port ? this.stream.device(port) : undefined;
-    await this.reportFailure(
+    // This runs in the queue already.
+    await this.showFailure(
       {
         verb: entry.action === 'detach' ? 'Detaching' : 'Attaching',
         device: device ? deviceTitle(device) : (port ?? 'a device'),
         vm: entry.frontend ?? undefined,
-        code: entry.code ?? 'DG_UNKNOWN',
+        code: entry.code ?? 'DG_INTERNAL',
         message: entry.reason ?? 'failed',
       },
       device ? iconFor(device) : 'dialog-error',
@@ -468,7 +502,10 @@ const DAEMON_ACTOR_PREFIX = 'devgated';
 
 const emptyView: DomainsView = { domains: [], assignments: [], backends: [] };
 
+/** devgated's refusal as it sent it; anything else coded as devgated codes it (DG_INTERNAL). */
 function coded(error: unknown): { code: string; message: string; hint?: string } {
-  if (error instanceof ApiError) return { code: error.code, message: error.message, hint: error.hint };
-  return { code: 'DG_TRAY_ERROR', message: error instanceof Error ? error.message : String(error) };
+  if (error instanceof ApiError || error instanceof DevgateError) {
+    return { code: error.code, message: error.message, hint: error.hint };
+  }
+  return { code: errorCode(error), message: error instanceof Error ? error.message : String(error) };
 }

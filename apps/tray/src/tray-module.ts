@@ -6,11 +6,12 @@
 import { spawn } from 'node:child_process';
 import { type Disposable, DisposableCollection } from '@devgate/core';
 import { DBusConnection } from './dbus.js';
-import { DaemonApi } from './daemon-api.js';
+import { DaemonApi, seenDevice } from './daemon-api.js';
 import { DaemonStream, type DaemonStreamOptions } from './daemon-stream.js';
 import { DeviceNotifier, NOTIFICATIONS_NAME, NotificationsClient } from './notifications.js';
 import { ITEM_INTERFACE, ITEM_PATH, MENU_INTERFACE, MENU_PATH, TrayIcon, WATCHER_NAME } from './tray.js';
 import { type MenuAction } from './menu-model.js';
+import { TrayErrors } from './tray-errors.js';
 
 /** Owned while the tray runs: one tray per session (the systemd unit's BusName). */
 export const TRAY_BUS_NAME = 'org.devgate.Tray';
@@ -111,11 +112,11 @@ export async function startTray(options: StartTrayOptions): Promise<RunningTray>
         // With notifications, a refusal is shown as one; without, it is logged.
         case 'attach':
           if (notifier) return notifier.attach(action.device, action.vm);
-          await api.attach(action.device.class, action.vm, `${action.device.port}:${action.device.deviceId}`);
+          await api.attach(action.device.class, action.vm, seenDevice(action.device));
           return;
         case 'detach':
           if (notifier) return notifier.detach(action.device, action.vm);
-          await api.detach(action.device.class, action.vm, action.device.port);
+          await api.detach(action.device.class, action.vm, seenDevice(action.device));
           return;
         case 'settings':
           return openSettings(options.settingsCommand ?? DEFAULT_SETTINGS_COMMAND, notifier);
@@ -157,13 +158,17 @@ function openSettings(command: readonly string[], notifier?: DeviceNotifier): Pr
       resolve();
     });
     child.once('error', (error: NodeJS.ErrnoException) => {
+      const failure = TrayErrors.settingsCommandFailed({
+        command: command[0],
+        reason: error.code === 'ENOENT' ? 'command not found' : error.message,
+      });
       void notifier
         ?.reportFailure({
           verb: 'Opening',
           device: 'the settings',
-          code: 'DG_TRAY_SETTINGS',
-          message: `${command[0]}: ${error.code === 'ENOENT' ? 'command not found' : error.message}`,
-          hint: 'choose the command with devgate-tray --settings-command',
+          code: failure.code,
+          message: failure.message,
+          hint: failure.hint,
         })
         .then(resolve);
       if (!notifier) resolve();

@@ -32,6 +32,8 @@ export class FakeDaemon {
   /** Answers for POST routes, by route; a success otherwise. */
   readonly refuse = new Map<string, FakeRefusal>();
   readonly requests: FakeRequest[] = [];
+  /** While set, GET answers wait for it (a daemon slow to list its devices). */
+  holdReads?: Promise<void>;
   private readonly streams = new Set<http.ServerResponse>();
   private servers: http.Server[] = [];
 
@@ -63,10 +65,15 @@ export class FakeDaemon {
     return this.streams.size;
   }
 
-  /** Like a daemon that exits: streams end, sockets go. */
-  async stop(): Promise<void> {
+  /** Ends the open /v1/events streams (a proxy or the network drops them); the daemon stays. */
+  dropStreams(): void {
     for (const response of this.streams) response.destroy();
     this.streams.clear();
+  }
+
+  /** Like a daemon that exits: streams end, sockets go. */
+  async stop(): Promise<void> {
+    this.dropStreams();
     await Promise.all(
       this.servers.map((server) => {
         server.closeAllConnections();
@@ -104,10 +111,11 @@ export class FakeDaemon {
     request.on('end', () => {
       const route = request.url ?? '';
       const text = Buffer.concat(chunks).toString('utf8');
-      this.requests.push({ method: request.method ?? '', route, body: text ? JSON.parse(text) : undefined });
-      const json = (status: number, body: unknown) => {
+      const body: unknown = text ? JSON.parse(text) : undefined;
+      this.requests.push({ method: request.method ?? '', route, body });
+      const json = (status: number, answer: unknown) => {
         response.writeHead(status, { 'content-type': 'application/json' });
-        response.end(JSON.stringify(body));
+        response.end(JSON.stringify(answer));
       };
       if (route === '/v1/events') {
         response.writeHead(200, { 'content-type': 'text/event-stream' });
@@ -117,27 +125,48 @@ export class FakeDaemon {
         return;
       }
       if (request.method === 'POST') {
-        const refusal = this.refuse.get(route);
+        const refusal = this.refuse.get(route) ?? this.detachRefusal(route, body as { device?: unknown } | undefined);
         if (refusal) {
           return json(refusal.status, { error: { code: refusal.code, message: refusal.message, hint: refusal.hint } });
         }
         return json(200, { device: this.devices[0] ?? null, detached: [], ask: this.asks[0] ?? null });
       }
-      switch (route.split('?')[0]) {
-        case '/v1/devices':
-          return json(200, { devices: this.devices });
-        case '/v1/asks':
-          return json(200, { asks: this.asks });
-        case '/v1/domains':
-          return json(200, { domains: this.domains, running: this.domains });
-        case '/v1/assignments':
-          return json(200, { assignments: [] });
-        case '/v1/health':
-          return json(200, { sources: [] });
-        default:
-          return json(404, { error: { code: 'DG_NOT_FOUND', message: `no route ${route}` } });
-      }
+      void Promise.resolve(this.holdReads).then(() => this.answerRead(route, json));
     });
+  }
+
+  /** devgated refuses to detach `backend:port:deviceId` when another device is in the port. */
+  private detachRefusal(route: string, body: { device?: unknown } | undefined): FakeRefusal | undefined {
+    if (route !== '/v1/detach' || typeof body?.device !== 'string') return undefined;
+    // The device id is the rest: it has colons of its own.
+    const [backend, portId, ...idParts] = body.device.split(':');
+    if (idParts.length === 0) return undefined;
+    const port = `${backend}:${portId}`;
+    const inPort = this.devices.find((d) => d.port === port);
+    if (inPort?.deviceId === idParts.join(':')) return undefined;
+    return {
+      status: 400,
+      code: 'DG_NOT_ATTACHED',
+      message: `${body.device} is not attached.`,
+      hint: inPort ? `the device in ${port} is ${inPort.deviceId}` : `${port} lists no device`,
+    };
+  }
+
+  private answerRead(route: string, json: (status: number, answer: unknown) => void): void {
+    switch (route.split('?')[0]) {
+      case '/v1/devices':
+        return json(200, { devices: this.devices });
+      case '/v1/asks':
+        return json(200, { asks: this.asks });
+      case '/v1/domains':
+        return json(200, { domains: this.domains, running: this.domains });
+      case '/v1/assignments':
+        return json(200, { assignments: [] });
+      case '/v1/health':
+        return json(200, { sources: [] });
+      default:
+        return json(404, { error: { code: 'DG_NOT_FOUND', message: `no route ${route}` } });
+    }
   }
 }
 
