@@ -1,9 +1,9 @@
 import { join } from 'node:path';
-import { type AttachSpec, type Port } from '@devgate/core';
+import { type AttachSpec, type Port, qemuDeviceSpec } from '@devgate/core';
 import { writeRegistry } from './domain-registry.js';
 import { encodeQdevId } from './qemu-attach.js';
 import { QemuConnector } from './qemu-connector.js';
-import { Cleanup, type FakePeer, fakeQmpServer } from './testing/fixtures.js';
+import { Cleanup, type FakePeer, fakeQmpServer, waitUntil } from './testing/fixtures.js';
 
 // The connector against a fake QEMU, for what a real one cannot be made to do on cue: answer
 // device_add after devgate stopped waiting, or die while a guest lets go of a device. No QEMU.
@@ -14,8 +14,9 @@ jest.setTimeout(20_000);
  * (one command at a time, as QEMU without oob runs them).
  */
 class FakeQemu {
-  readonly devices = new Map<string, { driver: string; drive?: string }>();
+  readonly devices = new Map<string, { driver: string; drive?: string; chardev?: string }>();
   readonly nodes = new Set<string>();
+  readonly chardevs = new Set<string>();
   /** How long device_add takes (QEMU busy): past the connector's command bound, its answer is late. */
   deviceAddMs = 0;
   /** What QEMU says to device_add, after `deviceAddMs`, instead of adding the device. */
@@ -61,6 +62,17 @@ class FakeQemu {
           }
           break;
         }
+        case 'chardev-add':
+          this.chardevs.add(String(args['id']));
+          answer({ return: {} });
+          break;
+        case 'chardev-remove': {
+          const id = String(args['id']);
+          if ([...this.devices.values()].some((d) => d.chardev === id)) fail('GenericError', `Chardev '${id}' is busy`);
+          else if (!this.chardevs.delete(id)) fail('GenericError', `Chardev '${id}' not found`);
+          else answer({ return: {} });
+          break;
+        }
         case 'device_add':
           await new Promise((resolve) => setTimeout(resolve, this.deviceAddMs));
           if (this.deviceAddRefusal) {
@@ -70,6 +82,7 @@ class FakeQemu {
           this.devices.set(String(args['id']), {
             driver: String(args['driver']),
             ...(args['drive'] === undefined ? {} : { drive: String(args['drive']) }),
+            ...(args['chardev'] === undefined ? {} : { chardev: String(args['chardev']) }),
           });
           answer({ return: {} });
           break;
@@ -156,6 +169,79 @@ describe('a device_add that QEMU answers after devgate stopped waiting', () => {
     });
     expect(qemu.devices.size).toBe(0);
     expect(qemu.nodes.size).toBe(0);
+    expect(await connector.attachments()).toEqual([]);
+  });
+});
+
+/** Every attach kind that ends in a device_add, as the kernel hands it to the connector. */
+const otherKinds: { kind: string; port: Port; spec: AttachSpec; deviceId: string }[] = [
+  {
+    kind: 'usb-host',
+    port: { devclass: 'usb', backend: 'dom0', portId: '2-4' },
+    spec: { kind: 'usb-host', params: { hostbus: 2, hostport: '4' }, options: {} },
+    deviceId: '0781:5567:4C530001',
+  },
+  {
+    kind: 'vfio-pci',
+    port: { devclass: 'pci', backend: 'dom0', portId: '00_14.0' },
+    spec: { kind: 'vfio-pci', params: { host: '0000:00:14.0' }, options: { 'no-strict-reset': 'True' } },
+    deviceId: '0x8086:0xa12f::p0c0330',
+  },
+  {
+    kind: 'usb-redir',
+    port: { devclass: 'usb', backend: 'sys-usb', portId: '2-4' },
+    spec: {
+      kind: 'usb-redir',
+      params: { socket: '/run/devgate/sys-usb-2-4.sock', vendorid: 0x0781, productid: 0x5567 },
+      options: {},
+    },
+    deviceId: '0781:5567:4C530001',
+  },
+  {
+    kind: 'qemu-device',
+    port: { devclass: 'serial', backend: 'dom0', portId: 'ttyUSB0' },
+    spec: qemuDeviceSpec({ device: 'usb-serial', chardev: 'null' }, { model: 'usb-serial' }),
+    deviceId: 'serial:0403:6001:A50285BI',
+  },
+];
+
+describe.each(otherKinds)('a $kind device_add that QEMU answers after devgate stopped waiting', (kind) => {
+  const attachment = { port: kind.port, frontend: 'work', deviceId: kind.deviceId, options: kind.spec.options };
+  /** A connector whose commands wait 400 ms, on a VM with a free PCIe root port (for vfio-pci). */
+  const startWithRootPort = async () => {
+    await start(400);
+    qemu.devices.set('rp1', { driver: 'pcie-root-port' });
+  };
+  const devgateDevices = () => [...qemu.devices.keys()].filter((id) => id.startsWith('dg-'));
+
+  it('is an attachment: the VM holds the device, so it is attached and listed, never free', async () => {
+    await startWithRootPort();
+    qemu.deviceAddMs = 600;
+    expect(await connector.attach('work', kind.port, kind.spec, kind.deviceId)).toEqual(attachment);
+    expect(devgateDevices()).toHaveLength(1);
+    expect(await connector.attachments()).toEqual([attachment]);
+  });
+
+  it('is read back from QEMU once it answers, when it did not answer in time to ask it', async () => {
+    await startWithRootPort();
+    qemu.deviceAddMs = 1_500;
+    await expect(connector.attach('work', kind.port, kind.spec, kind.deviceId)).rejects.toMatchObject({
+      code: 'DG_QMP_TIMEOUT',
+    });
+    // QEMU adds the device after all.
+    await waitUntil(() => devgateDevices().length === 1, 3_000);
+    expect(await connector.attachments()).toEqual([attachment]);
+  });
+
+  it('that QEMU refused leaves the VM as it was: no device, no chardev', async () => {
+    await startWithRootPort();
+    qemu.deviceAddMs = 600;
+    qemu.deviceAddRefusal = "Bus 'xhci.0' does not support hotplugging";
+    await expect(connector.attach('work', kind.port, kind.spec, kind.deviceId)).rejects.toMatchObject({
+      code: 'DG_QMP_TIMEOUT',
+    });
+    expect(devgateDevices()).toEqual([]);
+    expect(qemu.chardevs.size).toBe(0);
     expect(await connector.attachments()).toEqual([]);
   });
 });

@@ -35,7 +35,7 @@ import {
 } from './qemu-attach.js';
 import { attachInputLinux, detachInputLinux, inputLinuxAttachments } from './qemu-input.js';
 import { PCI_UNPLUG_TIMEOUT_MS, planVfioAttach } from './vfio-attach.js';
-import { attachQemuDevice, removeGenericBackends } from './qemu-generic.js';
+import { planQemuDevice, qemuDeviceSteps, removeGenericBackends } from './qemu-generic.js';
 
 export const QEMU_CONNECTOR_ID = 'qemu';
 
@@ -280,34 +280,58 @@ export class QemuConnector implements Connector {
     const rootPort = spec.params.bus === 'virtio' ? await this.freeRootPort(frontend) : undefined;
     const plan = planBlockAttach(port, spec, deviceId, frontendDev, rootPort);
     await this.execute(frontend, 'blockdev-add', plan.blockdev);
+    await this.addDevice(
+      frontend,
+      plan.qdevId,
+      async (added) => {
+        for (const device of plan.devices) {
+          await this.execute(frontend, 'device_add', device);
+          added.push(String(device.id));
+        }
+      },
+      async (present) => {
+        // Unplug what was added (a CD's transport), then drop the block node.
+        const transport = String(plan.devices[0]!.id);
+        if (present.has(transport)) await this.unplug(frontend, transport).catch(() => undefined);
+        await this.execute(frontend, 'blockdev-del', { 'node-name': plan.nodeName }).catch(() => undefined);
+      },
+    );
+    return { port, frontend, deviceId, options: plan.options };
+  }
+
+  /**
+   * Runs an attach's commands (`add`, ending in the device_add of `qdevId`; it lists in `added` the
+   * devices it added) and notes the device in the domain's known list. When a command fails, `undo`
+   * leaves the VM as it was, given the ids present. A device_add devgate stopped waiting for may still
+   * go through in QEMU, so after a timeout what QEMU lists decides: a VM that holds the device has it
+   * attached, never free (a second VM could be given it).
+   */
+  private async addDevice(
+    frontend: DomainName,
+    qdevId: string,
+    add: (added: string[]) => Promise<unknown>,
+    undo: (present: ReadonlySet<string>) => Promise<unknown> = async () => undefined,
+  ): Promise<void> {
+    // Read the domain's devices first, so the one added below is known when it comes back.
+    await this.devgateDevices(frontend);
     const added: string[] = [];
     try {
-      for (const device of plan.devices) {
-        await this.execute(frontend, 'device_add', device);
-        added.push(String(device.id));
-      }
+      await add(added);
     } catch (error) {
-      // A device_add devgate stopped waiting for may still go through in QEMU: what is there decides.
       const present = isQmpTimeout(error) ? await this.peripheralIds(frontend) : new Set(added);
-      if (present?.has(plan.qdevId)) {
-        // It went in, late: the VM holds the device, so it is attached (and listed), not free.
-        await this.noteDevice(frontend, plan.qdevId, decodeQdevId(plan.qdevId));
-        return { port, frontend, deviceId, options: plan.options };
-      }
+      // It went in, late: the VM holds the device, so it is attached (and listed).
+      if (present?.has(qdevId)) return this.noteDevice(frontend, qdevId, decodeQdevId(qdevId));
       if (!present) {
         // QEMU still does not answer: the next reading asks it again, after the device_add, rather
-        // than trust a list that may lack the device. The block node goes then (dropOrphanNodes).
+        // than trust a list that may lack the device. Nothing is undone: the device may be in use.
+        // A block node left goes then (dropOrphanNodes).
         await this.forgetDevices(frontend);
         throw error;
       }
-      // Leave the VM as it was: unplug what was added (a CD's transport), then drop the block node.
-      const transport = String(plan.devices[0]!.id);
-      if (present.has(transport)) await this.unplug(frontend, transport).catch(() => undefined);
-      await this.execute(frontend, 'blockdev-del', { 'node-name': plan.nodeName }).catch(() => undefined);
+      await undo(present);
       throw error;
     }
-    await this.noteDevice(frontend, plan.qdevId, decodeQdevId(plan.qdevId));
-    return { port, frontend, deviceId, options: plan.options };
+    await this.noteDevice(frontend, qdevId, decodeQdevId(qdevId));
   }
 
   /**
@@ -329,10 +353,7 @@ export class QemuConnector implements Connector {
     deviceId: string,
   ): Promise<HypervisorAttachment> {
     const plan = planUsbHostAttach(port, spec, deviceId);
-    // Read the domain's devices first, so the one added below is known when it comes back.
-    await this.devgateDevices(frontend);
-    await this.execute(frontend, 'device_add', plan.device);
-    await this.noteDevice(frontend, plan.qdevId, decodeQdevId(plan.qdevId));
+    await this.addDevice(frontend, plan.qdevId, () => this.execute(frontend, 'device_add', plan.device));
     return { port, frontend, deviceId, options: plan.options };
   }
 
@@ -343,10 +364,8 @@ export class QemuConnector implements Connector {
     spec: AttachSpec,
     deviceId: string,
   ): Promise<HypervisorAttachment> {
-    await this.devgateDevices(frontend);
     const plan = planVfioAttach(port, spec, deviceId, await this.freeRootPort(frontend));
-    await this.execute(frontend, 'device_add', plan.device);
-    await this.noteDevice(frontend, plan.qdevId, decodeQdevId(plan.qdevId));
+    await this.addDevice(frontend, plan.qdevId, () => this.execute(frontend, 'device_add', plan.device));
     return { port, frontend, deviceId, options: plan.options };
   }
 
@@ -357,10 +376,10 @@ export class QemuConnector implements Connector {
     spec: AttachSpec,
     deviceId: string,
   ): Promise<HypervisorAttachment> {
-    await this.devgateDevices(frontend);
-    const { qdevId, ...attachment } = await attachQemuDevice(this, frontend, port, spec, deviceId);
-    await this.noteDevice(frontend, qdevId, decodeQdevId(qdevId));
-    return attachment;
+    const plan = planQemuDevice(port, spec, deviceId);
+    const { add, undo } = qemuDeviceSteps(this, frontend, plan);
+    await this.addDevice(frontend, plan.qdevId, add, undo);
+    return { port, frontend, deviceId, options: plan.options };
   }
 
   /** A backend VM's USB device: `chardev-add` to its export port, then `device_add usb-redir`. */
@@ -371,15 +390,19 @@ export class QemuConnector implements Connector {
     deviceId: string,
   ): Promise<HypervisorAttachment> {
     const plan = planUsbRedirAttach(port, spec, deviceId);
-    await this.devgateDevices(frontend);
-    await this.execute(frontend, 'chardev-add', plan.chardev);
-    try {
-      await this.execute(frontend, 'device_add', plan.device);
-    } catch (error) {
-      await this.execute(frontend, 'chardev-remove', { id: plan.qdevId }).catch(() => undefined);
-      throw error;
-    }
-    await this.noteDevice(frontend, plan.qdevId, decodeQdevId(plan.qdevId));
+    let chardevAdded = false;
+    await this.addDevice(
+      frontend,
+      plan.qdevId,
+      async () => {
+        await this.execute(frontend, 'chardev-add', plan.chardev);
+        chardevAdded = true;
+        await this.execute(frontend, 'device_add', plan.device);
+      },
+      async () => {
+        if (chardevAdded) await this.execute(frontend, 'chardev-remove', { id: plan.qdevId }).catch(() => undefined);
+      },
+    );
     return { port, frontend, deviceId, options: plan.options };
   }
 

@@ -15,7 +15,6 @@ import {
   type AttachSpec,
   type DomainName,
   DriverContractError,
-  type HypervisorAttachment,
   type Port,
   QEMU_DEVICE_KIND,
   checkQemuDeviceParams,
@@ -89,26 +88,27 @@ export function planQemuDevice(port: Port, spec: AttachSpec, deviceId: string): 
   return { qdevId, steps, options };
 }
 
-/** Runs the plan; if a step fails, what was added is removed again, so the VM is left as it was. */
-export async function attachQemuDevice(
+/**
+ * The plan's steps as the connector's attach runs them: `add` runs them in order, `undo` removes in
+ * reverse what went through, so the VM is left as it was.
+ */
+export function qemuDeviceSteps(
   qmp: QmpExecutor,
   frontend: DomainName,
-  port: Port,
-  spec: AttachSpec,
-  deviceId: string,
-): Promise<HypervisorAttachment & { readonly qdevId: string }> {
-  const plan = planQemuDevice(port, spec, deviceId);
+  plan: QemuDevicePlanCommands,
+): { add: () => Promise<void>; undo: () => Promise<void> } {
   const done: (typeof plan.steps)[number][] = [];
-  try {
-    for (const step of plan.steps) {
-      await qmp.execute(frontend, ...step.add);
-      done.push(step);
-    }
-  } catch (error) {
-    for (const step of done.reverse()) await qmp.execute(frontend, ...step.undo).catch(() => undefined);
-    throw error;
-  }
-  return { port, frontend, deviceId, options: plan.options, qdevId: plan.qdevId };
+  return {
+    add: async () => {
+      for (const step of plan.steps) {
+        await qmp.execute(frontend, ...step.add);
+        done.push(step);
+      }
+    },
+    undo: async () => {
+      for (const step of done.reverse()) await qmp.execute(frontend, ...step.undo).catch(() => undefined);
+    },
+  };
 }
 
 /** After the device is unplugged: its chardev, block node and object go too (whichever it had). */
