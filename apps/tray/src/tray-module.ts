@@ -4,14 +4,13 @@
  * Disposable; stopping the tray disposes them in reverse order.
  */
 import { spawn } from 'node:child_process';
-import { type Disposable, DisposableCollection } from '@devgate/core';
+import { type Disposable, DisposableCollection, Errors } from '@devgate/core';
 import { DBusConnection } from './dbus.js';
 import { DaemonApi, seenDevice } from './daemon-api.js';
 import { DaemonStream, type DaemonStreamOptions } from './daemon-stream.js';
 import { DeviceNotifier, NOTIFICATIONS_NAME, NotificationsClient } from './notifications.js';
 import { ITEM_INTERFACE, ITEM_PATH, MENU_INTERFACE, MENU_PATH, TrayIcon, WATCHER_NAME } from './tray.js';
 import { type MenuAction } from './menu-model.js';
-import { TrayErrors } from './tray-errors.js';
 
 /** Owned while the tray runs: one tray per session (the systemd unit's BusName). */
 export const TRAY_BUS_NAME = 'org.devgate.Tray';
@@ -158,7 +157,7 @@ function openSettings(command: readonly string[], notifier?: DeviceNotifier): Pr
       resolve();
     });
     child.once('error', (error: NodeJS.ErrnoException) => {
-      const failure = TrayErrors.settingsCommandFailed({
+      const failure = Errors.traySettingsFailed({
         command: command[0],
         reason: error.code === 'ENOENT' ? 'command not found' : error.message,
       });

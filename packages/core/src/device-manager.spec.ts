@@ -1,6 +1,7 @@
 import { BehaviorSubject, Subject, map } from 'rxjs';
 import { type DeviceInfo, type Port, portKey } from './device-model';
-import { DevgateError } from './errors';
+import { driverReport } from './driver-report';
+import { DevgateError, DriverContractError } from './errors';
 import { HostTree } from './host-tree';
 import { Kernel } from './kernel';
 import {
@@ -10,8 +11,11 @@ import {
   type DeviceSource,
   type DomainLifecycleEvent,
   type HypervisorAttachment,
+  Logger,
   PLUGIN_API_VERSION,
+  type PolicyHook,
 } from './plugin-api';
+import { trusted } from './sanitize';
 
 // The kernel's invariants, with an in-memory hypervisor. The same flows run against real QEMU in
 // @devgate/backend-qemu and the CLI's tests.
@@ -64,7 +68,7 @@ function setup(initial: DeviceInfo[], { recorded = false } = {}) {
   const driver: DeviceClassDriver = {
     id: 'block',
     manifest: { apiVersion: PLUGIN_API_VERSION, description: 'test' },
-    discover: () => devices.pipe(map((list) => list)),
+    discover: () => devices.pipe(map((list) => list.filter((d) => d.port.devclass === 'block'))),
     attachSpec: (device, options) => {
       if (options['read-only'] === 'no' && device.data['read-only']) {
         throw new DevgateError('DG_READ_ONLY_DEVICE', 'This device can be attached only read-only');
@@ -75,11 +79,11 @@ function setup(initial: DeviceInfo[], { recorded = false } = {}) {
   const connector = new MemoryConnector();
   const kernel = new Kernel();
   kernel.registerDriver(driver);
-  // Its devices come through the block driver's list here; it only needs to be able to attach.
+  // Each driver lists the devices of its own class from the one test list.
   kernel.registerDriver({
     id: 'usb',
     manifest: { apiVersion: PLUGIN_API_VERSION, description: 'test' },
-    discover: () => new BehaviorSubject<DeviceInfo[]>([]),
+    discover: () => devices.pipe(map((list) => list.filter((d) => d.port.devclass === 'usb'))),
     attachSpec: () => ({ kind: 'usb-host', params: {}, options: {} }),
   });
   kernel.registerSource(source);
@@ -460,6 +464,260 @@ describe('DeviceManager: the promises it keeps', () => {
     devices.next([]);
     await new Promise((resolve) => manager.once('attachment-ended', resolve));
     expect(seen[1]).toBe('sdc@work:device-removed:error');
+    kernel.dispose();
+  });
+});
+
+describe('DeviceManager: what a driver lists is checked before it is listed', () => {
+  const serialPort = (portId: string, backend = 'dom0'): Port => ({ devclass: 'serial', backend, portId });
+  const serial = (portId: string, extra: Partial<DeviceInfo> = {}): DeviceInfo => ({
+    port: serialPort(portId),
+    deviceId: `id-${portId}`,
+    interfaces: ['uffffff'],
+    data: {},
+    ...extra,
+  });
+  const realKeyboard: DeviceInfo = {
+    port: { devclass: 'usb', backend: 'dom0', portId: '1-1' },
+    deviceId: '046d:c31c::u030101',
+    name: trusted('Logitech keyboard'),
+    interfaces: ['u030101'],
+    data: {},
+  };
+
+  /** A well-behaved usb driver, and a serial driver that lists whatever the test gives it. */
+  function setupSerial(initial: DeviceInfo[]) {
+    const listed = new BehaviorSubject<DeviceInfo[]>(initial);
+    const kernel = new Kernel();
+    kernel.registerDriver({
+      id: 'usb',
+      manifest: { apiVersion: PLUGIN_API_VERSION, description: 'test' },
+      discover: () => new BehaviorSubject([realKeyboard]),
+    });
+    // Loaded as a driver package is, so that `devgate drivers` has a row for it.
+    kernel.loadIsolated(
+      {
+        id: 'driver-serial',
+        register: (registry) =>
+          registry.registerDriver({
+            id: 'serial',
+            manifest: { apiVersion: PLUGIN_API_VERSION, description: 'test' },
+            discover: () => listed,
+          }),
+      },
+      { kind: 'package', specifier: '@acme/devgate-driver-serial' },
+    );
+    kernel.registerSource({
+      id: 'test',
+      backend: 'dom0',
+      hotplug: 'static',
+      trees$: new BehaviorSubject(new HostTree([])),
+      dispose: () => undefined,
+    });
+    const faults: string[] = [];
+    const manager = kernel.start();
+    manager.on('driver-fault', (e) => faults.push(`${e.driverId}@${e.sourceId}: ${e.error.message}`));
+    const keys = () => manager.list({ includeHidden: true }).map((d) => portKey(d.port));
+    return { listed, kernel, manager, faults, keys };
+  }
+
+  it('drops devices of another class or backend, bad interface codes, control characters and duplicate ports, and reports the driver', () => {
+    const { listed, kernel, manager, faults, keys } = setupSerial([serial('ttyS0')]);
+    listed.next([
+      serial('ttyS0'),
+      {
+        ...serial('ttyUSB0'),
+        port: { devclass: 'usb', backend: 'dom0', portId: '1-1' },
+        name: trusted('fake keyboard'),
+      },
+      serial('ttyUSB1', { port: serialPort('ttyUSB1', 'sys-usb') }),
+      serial('ttyUSB2', { interfaces: ['bogus'] }),
+      serial('ttyUSB3', { name: trusted('\u001b[31mred alert') }),
+      serial('ttyUSB4', { data: { warning: 'ok\u001b]0;title\u0007' } }),
+      serial('ttyS0', { deviceId: 'another' }),
+      serial('ttyACM0'),
+    ]);
+    // The good devices stay, the real USB keyboard is not shadowed.
+    expect(keys().sort()).toEqual(['serial:dom0:ttyACM0', 'serial:dom0:ttyS0', 'usb:dom0:1-1']);
+    expect(manager.get(realKeyboard.port)?.name).toBe('Logitech keyboard');
+    expect(manager.get(serialPort('ttyS0'))?.deviceId).toBe('id-ttyS0');
+    expect(manager.faults()).toEqual([
+      expect.objectContaining({ driverId: 'serial', sourceId: 'test', error: expect.any(DriverContractError) }),
+    ]);
+    const message = manager.faults()[0].error.message;
+    expect(message).toMatch(/^driver 'serial': /);
+    for (const problem of [
+      'usb:dom0:1-1 is of class usb',
+      'serial:sys-usb:ttyUSB1 is of backend sys-usb',
+      "serial:dom0:ttyUSB2 has an invalid interface code 'bogus'",
+      'serial:dom0:ttyUSB3: its name is not plain text',
+      'serial:dom0:ttyUSB4: its data.warning is not plain text',
+      'serial:dom0:ttyS0 is listed twice',
+    ]) {
+      expect(message).toContain(problem);
+    }
+    expect(message).not.toContain('\u001b');
+    expect(faults).toEqual([`serial@test: ${message}`]);
+    // `devgate drivers` shows it, coded.
+    expect(driverReport(kernel, manager).find((row) => row.class === 'serial')).toMatchObject({
+      health: 'faulted',
+      error: {
+        code: 'DG_DRIVER_CONTRACT',
+        message: expect.stringMatching(
+          /^driver 'serial' failed on test: 6 devices it listed for dom0 left out: usb:dom0:1-1 is of class usb, not serial; /,
+        ),
+      },
+    });
+    kernel.dispose();
+  });
+
+  it('reports the same problem once, and clears the fault when the driver lists good devices again', () => {
+    const bad = serial('ttyUSB2', { interfaces: ['bogus'] });
+    const { listed, kernel, manager, faults, keys } = setupSerial([serial('ttyS0')]);
+    for (let pass = 0; pass < 3; pass++) listed.next([serial('ttyS0'), bad]);
+    expect(faults).toHaveLength(1);
+    expect(keys()).toEqual(['usb:dom0:1-1', 'serial:dom0:ttyS0']);
+    listed.next([serial('ttyS0'), serial('ttyUSB2')]);
+    expect(manager.faults()).toEqual([]);
+    expect(keys()).toEqual(['usb:dom0:1-1', 'serial:dom0:ttyS0', 'serial:dom0:ttyUSB2']);
+    kernel.dispose();
+  });
+
+  it('takes a port listed again after it went for a new device, not for a duplicate', () => {
+    const { listed, kernel, manager, keys } = setupSerial([serial('ttyS0'), serial('ttyUSB0')]);
+    listed.next([serial('ttyS0')]);
+    listed.next([serial('ttyS0'), serial('ttyUSB0')]);
+    listed.next([serial('ttyUSB0'), serial('ttyS0')]);
+    expect(manager.faults()).toEqual([]);
+    expect(keys()).toEqual(['usb:dom0:1-1', 'serial:dom0:ttyS0', 'serial:dom0:ttyUSB0']);
+    kernel.dispose();
+  });
+
+  it('checks each device object once: a hotplug pass hands back the same objects', () => {
+    let reads = 0;
+    const device = serial('ttyS0');
+    const counted = Object.defineProperty({ ...device }, 'name', {
+      enumerable: true,
+      get: () => {
+        reads++;
+        return 'USB UART';
+      },
+    });
+    const { listed, kernel, keys } = setupSerial([counted]);
+    const afterFirst = reads;
+    expect(afterFirst).toBeGreaterThan(0);
+    for (let pass = 0; pass < 5; pass++) listed.next([counted, serial(`ttyUSB${pass}`)]);
+    expect(reads).toBe(afterFirst);
+    expect(keys()).toContain('serial:dom0:ttyS0');
+    kernel.dispose();
+  });
+});
+
+describe('DeviceManager: what driver and hook code gives back at attach', () => {
+  function setupAttach(attachSpec: DeviceClassDriver['attachSpec'], hooks: PolicyHook[] = []) {
+    const kernel = new Kernel();
+    const logged: { message: string; fields?: Readonly<Record<string, unknown>> }[] = [];
+    const log = {
+      debug() {},
+      info() {},
+      warn() {},
+      error: (message: string, fields?: Readonly<Record<string, unknown>>) => logged.push({ message, fields }),
+    };
+    kernel.container.register(Logger, { useValue: log });
+    kernel.registerDriver({
+      id: 'block',
+      manifest: { apiVersion: PLUGIN_API_VERSION, description: 'test' },
+      discover: () => new BehaviorSubject([dev('sdb')]),
+      attachSpec,
+    });
+    kernel.registerSource({
+      id: 'test',
+      backend: 'dom0',
+      hotplug: 'static',
+      trees$: new BehaviorSubject(new HostTree([])),
+      dataPath: async (_device: DeviceInfo, spec: AttachSpec) => spec,
+      dispose: () => undefined,
+    });
+    for (const hook of hooks) kernel.registerPolicyHook(hook);
+    const connector = new MemoryConnector();
+    kernel.registerConnector(connector);
+    const manager = kernel.start();
+    const attach = () =>
+      manager.attach({ frontend: 'work', port: { devclass: 'block', backend: 'dom0', portId: 'sdb' } });
+    return { kernel, manager, connector, attach, logged };
+  }
+
+  it('refuses with DG_DRIVER_CONTRACT, naming the driver, when attachSpec throws an uncoded error', async () => {
+    const { kernel, connector, attach } = setupAttach(() => {
+      throw new Error('oops');
+    });
+    const error = (await attach().catch((e: unknown) => e)) as DriverContractError;
+    expect(error).toBeInstanceOf(DriverContractError);
+    expect(error.code).toBe('DG_DRIVER_CONTRACT');
+    expect(error.message).toBe("driver 'block': attachSpec failed for dom0:sdb: oops");
+    expect(connector.attached.size).toBe(0);
+    kernel.dispose();
+  });
+
+  it('keeps the coded refusals of attachSpec (a bad option) as they are', async () => {
+    const { kernel, attach } = setupAttach(() => {
+      throw new DevgateError('DG_UNSUPPORTED_OPTION', 'Unsupported option x');
+    });
+    expect(await codeOf(attach())).toBe('DG_UNSUPPORTED_OPTION');
+    kernel.dispose();
+  });
+
+  it('refuses with DG_DRIVER_CONTRACT when attachSpec returns no attach spec', async () => {
+    for (const spec of [undefined, {}, { kind: 'block', params: {} }]) {
+      const { kernel, connector, attach } = setupAttach(() => spec as AttachSpec);
+      const error = (await attach().catch((e: unknown) => e)) as DriverContractError;
+      expect(error).toBeInstanceOf(DriverContractError);
+      expect(error.message).toBe("driver 'block': attachSpec returned no attach spec for dom0:sdb");
+      expect(connector.attached.size).toBe(0);
+      kernel.dispose();
+    }
+  });
+
+  it('an onAttached hook that fails does not fail an attach that succeeded: it is logged', async () => {
+    const { kernel, manager, connector, attach, logged } = setupAttach(
+      () => ({ kind: 'block', params: {}, options: {} }),
+      [
+        {
+          id: 'notifier',
+          onAttached: () => {
+            throw new Error('cannot notify');
+          },
+        },
+        { id: 'async-notifier', onAttached: async () => Promise.reject(new Error('cannot notify later')) },
+      ],
+    );
+    const attached = await attach();
+    expect(attached.attachment?.frontend).toBe('work');
+    expect(connector.attached.size).toBe(1);
+    expect(manager.get(attached.port)?.attachment?.frontend).toBe('work');
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(logged).toEqual([
+      {
+        message: 'a policy hook failed after an attach, which stands',
+        fields: {
+          code: 'DG_DRIVER_CONTRACT',
+          hook: 'notifier',
+          device: 'dom0:sdb',
+          frontend: 'work',
+          reason: 'onAttached failed: cannot notify',
+        },
+      },
+      {
+        message: 'a policy hook failed after an attach, which stands',
+        fields: {
+          code: 'DG_DRIVER_CONTRACT',
+          hook: 'async-notifier',
+          device: 'dom0:sdb',
+          frontend: 'work',
+          reason: 'onAttached failed: cannot notify later',
+        },
+      },
+    ]);
     kernel.dispose();
   });
 });

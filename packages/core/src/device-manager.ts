@@ -21,18 +21,23 @@ import {
   portKey,
   portLabel,
 } from './device-model.js';
+import { invalidDevicesError, snapshotChecker } from './device-check.js';
 import { type AttachmentEndReason, type DeviceEvent, snapshotsToEvents } from './events.js';
 import {
+  type AttachRequest,
+  type AttachSpec,
   type Connector,
   type DeviceClassDriver,
   type DeviceSource,
   type DomainLifecycleEvent,
   type InjectedInputEvent,
+  type Logger,
   type PolicyHook,
   type RawInputEvent,
 } from './plugin-api.js';
 import { Disposable } from './disposable.js';
-import { Errors } from './errors.js';
+import { DriverContractError, Errors, errorCode } from './errors.js';
+import { sanitizeText } from './sanitize.js';
 
 export interface ListFilter {
   readonly devclass?: DeviceClassId;
@@ -90,6 +95,8 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
     sources: readonly DeviceSource[],
     readonly policyHooks: readonly PolicyHook[] = [],
     readonly connectors: readonly Connector[] = [],
+    /** Where what fails without failing an operation goes (a hook after an attach). */
+    private readonly log?: Logger,
     private readonly faultRetryMs = 1000,
   ) {
     super();
@@ -186,17 +193,32 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
 
   private watch(driver: DeviceClassDriver, source: DeviceSource): Subscription {
     const pairKey = `${driver.id}@${source.id}`;
-    const isolated = combineLatest([defer(() => driver.discover(source)), this.attachmentsChanged]).pipe(
-      map(([snapshot]) => {
-        // A snapshot after a fault: the driver works again.
-        this.lastFaults.delete(pairKey);
-        return snapshot.map((device) => this.withAttachment(device));
+    const fault = (error: Error) => {
+      const driverFault = { driverId: driver.id, sourceId: source.id, error };
+      this.lastFaults.set(pairKey, driverFault);
+      this.publish({ type: 'driver-fault', ...driverFault });
+    };
+    const check = snapshotChecker(driver.id, source.backend);
+    // Checked once per snapshot the driver emits, not again for each change of attachments.
+    const snapshots = defer(() => driver.discover(source)).pipe(
+      map((snapshot) => {
+        const { devices, problems } = check(snapshot);
+        if (problems.length === 0) {
+          // A good snapshot after a fault: the driver works again.
+          this.lastFaults.delete(pairKey);
+          return devices;
+        }
+        // Its good devices stay listed; the fault is published when what is wrong changes, not each pass.
+        const error = invalidDevicesError(driver.id, source.backend, problems);
+        if (this.lastFaults.get(pairKey)?.error.message !== error.message) fault(error);
+        return devices;
       }),
+    );
+    const isolated = combineLatest([snapshots, this.attachmentsChanged]).pipe(
+      map(([devices]) => devices.map((device) => this.withAttachment(device))),
       snapshotsToEvents(),
       catchError((error: unknown) => {
-        const fault = { driverId: driver.id, sourceId: source.id, error: asError(error) };
-        this.lastFaults.set(pairKey, fault);
-        this.publish({ type: 'driver-fault', ...fault });
+        fault(asError(error));
         throw error;
       }),
       // A faulted driver is retried with backoff; its last good devices stay listed meanwhile.
@@ -262,7 +284,7 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
     return this.cache.get(portKey(port));
   }
 
-  /** Drivers whose discovery failed, with the last error of each. */
+  /** Drivers whose discovery failed, or whose devices were left out as invalid, with the last error of each. */
   faults(): DriverFault[] {
     return [...this.lastFaults.values()];
   }
@@ -385,7 +407,7 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
     // Everything above ran synchronously: of two concurrent attaches, exactly one gets here.
     this.inFlight.add(chain);
     try {
-      const spec = driver.attachSpec(device, request.options ?? {});
+      const spec = this.specOf(driver, device, request.options ?? {});
       // The kind the connector will be handed, after this backend's data path: refused here, before
       // anything (hook, backend, hypervisor) is touched, when the connector cannot perform it.
       const kind = source.routesKind ? source.routesKind(spec.kind) : spec.kind;
@@ -426,10 +448,52 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
       this.attachments.set(portKey(port), { ...result, deviceId: device.deviceId, chain, connector });
       this.attachmentsChanged.next();
       for (const hook of this.policyHooks)
-        hook.onAttached?.({ device, frontend, options: spec.options, requestedBy: request.requestedBy ?? 'unknown' });
+        this.notifyAttached(hook, {
+          device,
+          frontend,
+          options: spec.options,
+          requestedBy: request.requestedBy ?? 'unknown',
+        });
       return this.get(port)!;
     } finally {
       this.inFlight.delete(chain);
+    }
+  }
+
+  /** The driver's attach spec. Its coded refusals (a bad option) pass as they are; anything else names the driver. */
+  private specOf(driver: DeviceClassDriver, device: DeviceInfo, options: Readonly<Record<string, string>>): AttachSpec {
+    const label = portLabel(device.port);
+    let spec: unknown;
+    try {
+      spec = driver.attachSpec!(device, options);
+    } catch (error) {
+      if (errorCode(error) !== 'DG_INTERNAL') throw error;
+      const reason = sanitizeText(asError(error).message, 300) ?? asError(error).name;
+      throw new DriverContractError(driver.id, `attachSpec failed for ${label}: ${reason}`);
+    }
+    if (!isAttachSpec(spec))
+      throw new DriverContractError(driver.id, `attachSpec returned no attach spec for ${label}`);
+    return spec;
+  }
+
+  /** `on*` hooks only observe: one that fails is logged, and the attach it saw stands. */
+  private notifyAttached(hook: PolicyHook, request: AttachRequest): void {
+    const failed = (thrown: unknown) => {
+      const error = new DriverContractError(hook.id, `onAttached failed: ${asError(thrown).message}`);
+      this.log?.error('a policy hook failed after an attach, which stands', {
+        code: error.code,
+        hook: hook.id,
+        device: portLabel(request.device.port),
+        frontend: request.frontend,
+        reason: error.reason,
+      });
+    };
+    try {
+      const result: unknown = hook.onAttached?.(request);
+      // Typed void, but an async hook returns a promise: its rejection must not go unhandled.
+      if (isThenable(result)) result.then(undefined, failed);
+    } catch (error) {
+      failed(error);
     }
   }
 
@@ -501,6 +565,20 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
 /** Two resources overlap when one is the other or sits inside it. */
 function overlaps(a: readonly string[], b: readonly string[]): boolean {
   return a.includes(b[0]) || b.includes(a[0]);
+}
+
+function isAttachSpec(spec: unknown): spec is AttachSpec {
+  if (typeof spec !== 'object' || spec === null) return false;
+  const { kind, params, options } = spec as Record<string, unknown>;
+  return typeof kind === 'string' && kind !== '' && isRecord(params) && isRecord(options);
+}
+
+function isRecord(value: unknown): boolean {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return typeof (value as PromiseLike<unknown> | undefined)?.then === 'function';
 }
 
 function asError(error: unknown): Error {

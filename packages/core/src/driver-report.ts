@@ -1,5 +1,5 @@
 import { type DeviceManager } from './device-manager.js';
-import { DevgateError, Errors, errorCode } from './errors.js';
+import { DevgateError, DriverContractError, Errors, errorCode } from './errors.js';
 import { type Kernel, labelOf } from './kernel.js';
 import { sanitizeText } from './sanitize.js';
 
@@ -64,7 +64,10 @@ export function driverReport(kernel: Kernel, manager?: DeviceManager): DriverRep
 
 function faultError(driverId: string, source: string, error: Error): { code: string; message: string } {
   if (error instanceof DevgateError) return { code: error.code, message: error.message };
-  const reason = sanitizeText(error.message, 300) ?? error.name;
+  // A contract error names its driver already; the kernel's (devices it left out) may name several.
+  const reason =
+    (error instanceof DriverContractError ? sanitizeText(error.reason, 1000) : sanitizeText(error.message, 300)) ??
+    error.name;
   const coded = Errors.driverFault({ driverId, source, reason });
   return { code: errorCode(error) === 'DG_INTERNAL' ? coded.code : errorCode(error), message: coded.message };
 }

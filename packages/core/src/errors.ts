@@ -21,9 +21,10 @@ export class DriverContractError extends Error {
   readonly code = 'DG_DRIVER_CONTRACT';
   constructor(
     readonly driverId: string,
-    message: string,
+    /** What the driver did wrong, without its name. */
+    readonly reason: string,
   ) {
-    super(`driver '${driverId}': ${message}`);
+    super(`driver '${driverId}': ${reason}`);
     this.name = 'DriverContractError';
   }
 }
@@ -254,6 +255,13 @@ export const Errors = {
   inputPolicyUnreadable: define<{ file: string; reason: string }>({
     code: 'DG_INPUT_POLICY_UNREADABLE',
     message: (p) => `cannot read input policy '${p.file}': ${p.reason}`,
+  }),
+
+  // -- the desktop (devgate-tray)
+  traySettingsFailed: define<{ command: string; reason: string }>({
+    code: 'DG_TRAY_SETTINGS',
+    message: (p) => `${p.command}: ${p.reason}`,
+    hint: () => 'choose the command with devgate-tray --settings-command',
   }),
 
   // -- the daemon and its API

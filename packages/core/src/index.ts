@@ -1,4 +1,7 @@
 // @devgate/core: the device model, the plugin API and the kernel every driver and app composes.
+// tsyringe needs the reflect polyfill before it loads: a package or script that requires core first
+// (outside devgated and devgate's jest preset) gets it from here.
+import 'reflect-metadata';
 export * from './errors.js';
 export * from './sanitize.js';
 export * from './ids-file.js';

@@ -250,7 +250,13 @@ export class Kernel implements ModuleRegistry, Disposable {
     const sources = this.resolveAll(DeviceSource);
     const subsystems = [...new Set(drivers.flatMap((d) => d.manifest.subsystems ?? []))].sort();
     if (subsystems.length > 0) for (const source of sources) source.readSubsystems?.(subsystems);
-    const manager = new DeviceManager(drivers, sources, this.resolveAll(PolicyHook), this.resolveAll(Connector));
+    const manager = new DeviceManager(
+      drivers,
+      sources,
+      this.resolveAll(PolicyHook),
+      this.resolveAll(Connector),
+      this.container.resolve(Logger),
+    );
     this.container.registerInstance(DeviceManager, manager);
     this.owned.push(manager);
     manager.start();

@@ -1,4 +1,4 @@
-import { MAX_TEXT_LENGTH, decodeUdevEscapes, sanitizeText } from './sanitize';
+import { MAX_TEXT_LENGTH, decodeUdevEscapes, isSafeText, sanitizeText } from './sanitize';
 
 describe('sanitizeText', () => {
   it('keeps ordinary printable text', () => {
@@ -16,6 +16,14 @@ describe('sanitizeText', () => {
     expect(sanitizeText('a\u0000b\nc\rd\te\u007f')).toBe('a b c d e');
     expect(sanitizeText('\u202eexe.txt')).toBe('exe.txt');
     expect(sanitizeText('zero\u200bwidth')).toBe('zero width');
+  });
+
+  it('leaves none of the invisible format characters a terminal or notification would hide or reorder by', () => {
+    for (const hidden of ['\u061c', '\u00ad', '\u180e', '\u{e0041}', '\u{e007f}']) {
+      expect(sanitizeText(`a${hidden}b`)).toBe('a b');
+      expect(isSafeText(`a${hidden}b`, 10)).toBe(false);
+    }
+    expect(isSafeText('a b', 10)).toBe(true);
   });
 
   it('bounds the length without splitting a surrogate pair', () => {

@@ -12,9 +12,11 @@ export const MAX_TEXT_LENGTH = 128;
 // eslint-disable-next-line no-control-regex
 const ESCAPE_SEQUENCE = /\u001b(?:\[[0-?]*[ -/]*[@-~]|\][^\u0007\u001b]*(?:\u0007|\u001b\\)?|[@-Z\\-_])?/g;
 // C0, DEL, C1 (which includes the 8-bit CSI \u009b), and the Unicode format characters that reorder
-// or hide text (bidi overrides and isolates, zero-width characters, BOM).
-// eslint-disable-next-line no-control-regex
-const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]/g;
+// or hide text (bidi marks, overrides and isolates, the Arabic letter mark, soft hyphen, Mongolian
+// vowel separator, zero-width characters, BOM, interlinear annotations, tag characters).
+const UNPRINTABLE_SOURCE =
+  '[\\u0000-\\u001f\\u007f-\\u009f\\u00ad\\u061c\\u180e\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2069\\ufeff\\ufff9-\\ufffb\\u{e0000}-\\u{e007f}';
+const UNPRINTABLE = new RegExp(`${UNPRINTABLE_SOURCE}]`, 'gu');
 
 export function sanitizeText(raw: string | undefined | null, maxLength = MAX_TEXT_LENGTH): SafeText | undefined {
   if (raw === undefined || raw === null) return undefined;
@@ -27,6 +29,17 @@ export function sanitizeText(raw: string | undefined | null, maxLength = MAX_TEX
     if (chars.length > maxLength) text = chars.slice(0, maxLength - 1).join('') + '…';
   }
   return text as SafeText;
+}
+
+// What sanitizeText leaves none of: UNPRINTABLE's characters, and the line breaks its `\s+` folds.
+const UNSAFE = new RegExp(`${UNPRINTABLE_SOURCE}\\u2028\\u2029]`, 'u');
+
+/**
+ * Whether a string is what `SafeText` promises, checked at run time: the brand is the compiler's
+ * only, and a driver (or an agent behind it) can hand over anything.
+ */
+export function isSafeText(text: unknown, maxLength: number): text is SafeText {
+  return typeof text === 'string' && text.length <= maxLength && !UNSAFE.test(text);
 }
 
 /** For strings devgate itself builds from already safe parts. */
