@@ -32,6 +32,6 @@ export function shareBundledCore(): void {
 
 /** The launcher's entry: `bin/<name>.cjs` calls this with its own name. */
 export function run(fallback: ProgramName): void {
-  shareBundledCore();
+  core.beforeDriverPackages(shareBundledCore);
   runAsMain(fallback);
 }

@@ -135,6 +135,17 @@ async function cliAlone(args: string[]): Promise<string> {
   return stdout;
 }
 
+/** A command that must fail: its exit code and what it said. */
+async function cliAloneFailing(args: string[]): Promise<{ code: number; stderr: string }> {
+  const childEnv = { ...process.env, ...env(), DEVGATE_SOCKET: path.join(site, 'no-devgated.sock') };
+  const failed = await exec(process.execPath, [DEVGATE, ...args], { env: childEnv, cwd: site }).then(
+    () => undefined,
+    (error: { code: number; stderr: string }) => ({ code: error.code, stderr: error.stderr }),
+  );
+  if (!failed) throw new Error(`devgate ${args.join(' ')} succeeded`);
+  return failed;
+}
+
 describe('a driver package installed outside the workspace', () => {
   it('is loaded by devgated from its configuration, and listed with where it came from', async () => {
     const { drivers } = await callApi<{ drivers: DriverReport[] }>(env().DEVGATE_SOCKET, 'GET', '/v1/drivers');
@@ -241,6 +252,18 @@ describe('a driver package installed outside the workspace', () => {
     expect(await cliAlone(['list', '--class', 'serial', ...host])).toMatch(
       /^dom0:ttyUSB0 +serial +uffffff: FTDI FT232R USB UART +work \(attached: model=usb-serial\)$/m,
     );
+    // The package's core is the bundled CLI's own, so its refusal is one of the CLI's coded errors (with
+    // a core of its own it would be an error the kernel does not know: "internal error").
+    const refused = await cliAloneFailing([
+      'serial',
+      'attach',
+      '-o',
+      'model=isa-serial',
+      'work',
+      'dom0:ttyACM0',
+      ...host,
+    ]);
+    expect(refused).toEqual({ code: 1, stderr: 'devgate: error: model option can only have usb-serial value\n' });
     await cliAlone(['serial', 'detach', 'work', 'dom0:ttyUSB0', ...host]);
     expect(await cliAlone(['list', '--class', 'serial', ...host])).toMatch(/^dom0:ttyUSB0 .* -$/m);
     const registry = JSON.parse(fs.readFileSync(env().DEVGATE_DOMAINS, 'utf8')) as {

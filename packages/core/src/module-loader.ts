@@ -139,6 +139,17 @@ function reasonOf(error: unknown): string {
 /** Package directories whose files get the kernel's peers. */
 const pluginRoots = new Set<string>();
 let hooked = false;
+let beforeFirstPackage: (() => void) | undefined;
+
+/**
+ * Runs `prepare` once, before the first driver package is required: where the kernel's core is not
+ * the file `require.resolve('@devgate/core')` names (the CLI's bundle holds a copy), it puts that copy
+ * in the module cache there. Only when a package is loaded: resolving a package costs milliseconds
+ * at every start of a command that loads none.
+ */
+export function beforeDriverPackages(prepare: () => void): void {
+  beforeFirstPackage = prepare;
+}
 
 /** What a driver package's `require(name)` resolves to when it is the kernel's to give. */
 function hostPeer(request: string): string | undefined {
@@ -155,6 +166,7 @@ function providePeers(root: string): void {
   pluginRoots.add(realpath(root) + path.sep);
   if (hooked) return;
   hooked = true;
+  beforeFirstPackage?.();
   type Resolve = (request: string, parent: { filename?: string } | undefined, ...rest: unknown[]) => string;
   const node = NodeModule as unknown as { _resolveFilename: Resolve };
   const original = node._resolveFilename;
