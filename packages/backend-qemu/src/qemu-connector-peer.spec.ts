@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import { type AttachSpec, type Port, qemuDeviceSpec } from '@devgate/core';
 import { writeRegistry } from './domain-registry.js';
 import { encodeQdevId } from './qemu-attach.js';
+import { genericNodeName } from './qemu-generic.js';
 import { QemuConnector } from './qemu-connector.js';
 import { Cleanup, type FakePeer, fakeQmpServer, waitUntil } from './testing/fixtures.js';
 
@@ -10,13 +11,18 @@ import { Cleanup, type FakePeer, fakeQmpServer, waitUntil } from './testing/fixt
 jest.setTimeout(20_000);
 
 /**
- * One domain's QEMU, as far as the connector sees it: its devices and block nodes, answered in order
- * (one command at a time, as QEMU without oob runs them).
+ * One domain's QEMU, as far as the connector sees it: its devices, block nodes, chardevs and objects,
+ * answered in order (one command at a time, as QEMU without oob runs them).
  */
 class FakeQemu {
   readonly devices = new Map<string, { driver: string; drive?: string; chardev?: string }>();
   readonly nodes = new Set<string>();
   readonly chardevs = new Set<string>();
+  readonly objects = new Set<string>();
+  /** How long chardev-add takes (QEMU busy): past the connector's command bound, its answer is late. */
+  chardevAddMs = 0;
+  /** How many device_add QEMU refused. */
+  refused = 0;
   /** How long device_add takes (QEMU busy): past the connector's command bound, its answer is late. */
   deviceAddMs = 0;
   /** What QEMU says to device_add, after `deviceAddMs`, instead of adding the device. */
@@ -25,6 +31,8 @@ class FakeQemu {
   guestLetsGo = true;
   /** Whether QEMU dies (its socket closes) after answering device_del, before the guest let go. */
   diesOnDeviceDel = false;
+  /** Runs as a command comes in, before QEMU carries it out (a test acts at that point). */
+  onCommand?: (execute: string, args: Record<string, unknown>) => Promise<void> | void;
 
   async serve(peer: FakePeer): Promise<void> {
     await peer.handshake();
@@ -33,6 +41,7 @@ class FakeQemu {
       const args = (request['arguments'] ?? {}) as Record<string, unknown>;
       const answer = (reply: Record<string, unknown>) => peer.send({ ...reply, id: request['id'] });
       const fail = (errorClass: string, desc: string) => answer({ error: { class: errorClass, desc } });
+      await this.onCommand?.(String(request['execute']), args);
       switch (request['execute']) {
         case 'query-status':
           answer({ return: { status: 'running', running: true } });
@@ -42,16 +51,23 @@ class FakeQemu {
             return:
               args['path'] === '/machine/peripheral'
                 ? [...this.devices].map(([name, d]) => ({ name, type: `child<${d.driver}>` }))
-                : [],
+                : args['path'] === '/objects'
+                  ? [...this.objects].map((name) => ({ name, type: 'child<rng-builtin>' }))
+                  : [],
           });
           break;
         case 'query-named-block-nodes':
           answer({ return: [...this.nodes].map((name) => ({ 'node-name': name })) });
           break;
-        case 'blockdev-add':
-          this.nodes.add(String(args['node-name']));
-          answer({ return: {} });
+        case 'blockdev-add': {
+          const name = String(args['node-name']);
+          if (this.nodes.has(name)) fail('GenericError', `Duplicate nodes with node-name='${name}'`);
+          else {
+            this.nodes.add(name);
+            answer({ return: {} });
+          }
           break;
+        }
         case 'blockdev-del': {
           const name = String(args['node-name']);
           if ([...this.devices.values()].some((d) => d.drive === name)) {
@@ -62,10 +78,36 @@ class FakeQemu {
           }
           break;
         }
-        case 'chardev-add':
-          this.chardevs.add(String(args['id']));
-          answer({ return: {} });
+        case 'chardev-add': {
+          await new Promise((resolve) => setTimeout(resolve, this.chardevAddMs));
+          const id = String(args['id']);
+          if (this.chardevs.has(id)) {
+            fail('GenericError', `attempt to add duplicate property '${id}' to object (type 'container')`);
+          } else {
+            this.chardevs.add(id);
+            answer({ return: {} });
+          }
           break;
+        }
+        case 'query-chardev':
+          answer({ return: [...this.chardevs].map((label) => ({ label, filename: 'null', 'frontend-open': false })) });
+          break;
+        case 'object-add': {
+          const id = String(args['id']);
+          if (this.objects.has(id)) {
+            fail('GenericError', `attempt to add duplicate property '${id}' to object (type 'container')`);
+          } else {
+            this.objects.add(id);
+            answer({ return: {} });
+          }
+          break;
+        }
+        case 'object-del': {
+          const id = String(args['id']);
+          if (this.objects.delete(id)) answer({ return: {} });
+          else fail('GenericError', `object '${id}' not found`);
+          break;
+        }
         case 'chardev-remove': {
           const id = String(args['id']);
           if ([...this.devices.values()].some((d) => d.chardev === id)) fail('GenericError', `Chardev '${id}' is busy`);
@@ -76,6 +118,7 @@ class FakeQemu {
         case 'device_add':
           await new Promise((resolve) => setTimeout(resolve, this.deviceAddMs));
           if (this.deviceAddRefusal) {
+            this.refused++;
             fail('GenericError', this.deviceAddRefusal);
             break;
           }
@@ -256,4 +299,113 @@ it('a guest letting go of a device in a VM that dies meanwhile: the VM is not ru
     code: 'DG_DOMAIN_NOT_RUNNING',
     message: 'domain work is not running',
   });
+});
+
+/** The kinds that add a chardev, block node or object before their device_add. */
+const kindsWithBackends = [
+  otherKinds.find((k) => k.kind === 'usb-redir')!,
+  { ...otherKinds.find((k) => k.kind === 'qemu-device')!, kind: 'qemu-device with a chardev' },
+  {
+    kind: 'qemu-device with an object',
+    port: { devclass: 'rng', backend: 'dom0', portId: 'hwrng' },
+    spec: qemuDeviceSpec({ device: 'virtio-rng-pci', object: { type: 'rng-builtin', link: 'rng' } }, {}),
+    deviceId: 'rng:hwrng',
+  },
+  {
+    kind: 'qemu-device with a block node',
+    port: { devclass: 'block', backend: 'dom0', portId: 'sdc' },
+    spec: (() => {
+      const spec = qemuDeviceSpec({ device: 'usb-storage', blockdev: { readOnly: true }, hostNode: 'block' }, {});
+      return { ...spec, params: { ...spec.params, path: '/dev/sdc' } };
+    })(),
+    deviceId: 'ID-SDC',
+  },
+];
+
+describe.each(kindsWithBackends)('a $kind device_add that failed unseen', (kind) => {
+  const attachment = { port: kind.port, frontend: 'work', deviceId: kind.deviceId, options: kind.spec.options };
+
+  it('after a device_add QEMU never carried out and never answered for, the same port attaches again', async () => {
+    await start(400);
+    qemu.deviceAddMs = 1_500;
+    qemu.deviceAddRefusal = "Bus 'xhci.0' does not support hotplugging";
+    await expect(connector.attach('work', kind.port, kind.spec, kind.deviceId)).rejects.toMatchObject({
+      code: 'DG_QMP_TIMEOUT',
+    });
+    await waitUntil(() => qemu.refused === 1, 3_000);
+    qemu.deviceAddMs = 0;
+    qemu.deviceAddRefusal = undefined;
+    expect(await connector.attach('work', kind.port, kind.spec, kind.deviceId)).toEqual(attachment);
+    expect(await connector.attachments()).toEqual([attachment]);
+  });
+});
+
+it('after a chardev-add QEMU answered too late for devgate, the same port attaches again', async () => {
+  const { port, spec, deviceId } = otherKinds.find((k) => k.kind === 'usb-redir')!;
+  await start(400);
+  // QEMU answers the read-back after the chardev-add: undo did not know the chardev went in.
+  qemu.chardevAddMs = 600;
+  await expect(connector.attach('work', port, spec, deviceId)).rejects.toMatchObject({ code: 'DG_QMP_TIMEOUT' });
+  expect(qemu.chardevs.size).toBe(1);
+  qemu.chardevAddMs = 0;
+  await connector.attach('work', port, spec, deviceId);
+  expect(qemu.chardevs.size).toBe(1);
+  expect(await connector.attachments()).toEqual([{ port, frontend: 'work', deviceId, options: {} }]);
+});
+
+it("a reading removes devgate's chardevs, objects and block nodes that no device uses, and nothing else", async () => {
+  await start();
+  const redir = encodeQdevId({ c: 'usb', b: 'sys-usb', p: '2-4', d: '0781:5567:4C530001', o: {} });
+  const orphanRedir = encodeQdevId({ c: 'usb', b: 'sys-usb', p: '2-5', d: '0781:5567:4C530002', o: {} });
+  const orphanRng = encodeQdevId({ c: 'rng', b: 'dom0', p: 'hwrng', d: 'rng:hwrng', k: 'qemu-device', o: {} });
+  const orphanDisk = encodeQdevId({ c: 'block', b: 'dom0', p: 'sdc', d: 'ID-SDC', k: 'qemu-device', o: {} });
+  const input = `dgi0n1-${encodeQdevId({ c: 'input', b: 'dom0', p: 'event3', o: {} }).slice(3)}`;
+  qemu.devices.set(redir, { driver: 'usb-redir', chardev: redir });
+  qemu.chardevs.add(redir);
+  qemu.chardevs.add(orphanRedir);
+  qemu.objects.add(orphanRng);
+  qemu.nodes.add(genericNodeName(orphanDisk));
+  // The VM's own, and an input attachment (objects without a device).
+  for (const id of ['serial0', 'compat_monitor0', 'dg-serial']) qemu.chardevs.add(id);
+  for (const id of ['rng0', input]) qemu.objects.add(id);
+  for (const name of ['drive0', 'dgq-mine']) qemu.nodes.add(name);
+
+  await connector.attachments();
+  expect([...qemu.chardevs].sort()).toEqual(['compat_monitor0', 'dg-serial', redir, 'serial0'].sort());
+  expect([...qemu.objects].sort()).toEqual([input, 'rng0'].sort());
+  expect([...qemu.nodes].sort()).toEqual(['dgq-mine', 'drive0']);
+});
+
+it('a reading while devgate attaches leaves the object it added for a device it is adding', async () => {
+  const host = otherKinds.find((k) => k.kind === 'usb-host')!;
+  const rng = kindsWithBackends.find((k) => k.kind === 'qemu-device with an object')!;
+  await start(400);
+  // A usb-host device_add QEMU refuses late: the connector drops its list, so the next call reads QEMU.
+  qemu.deviceAddMs = 600;
+  qemu.deviceAddRefusal = "Bus 'xhci.0' does not support hotplugging";
+  let armed = false;
+  let rngAttach: Promise<unknown> | undefined;
+  qemu.onCommand = async (execute) => {
+    if (execute === 'qom-list' && armed && !rngAttach) {
+      // The read-back after the timeout: the rng attach starts on the list still known.
+      qemu.deviceAddMs = 0;
+      qemu.deviceAddRefusal = undefined;
+      rngAttach = connector.attach('work', rng.port, rng.spec, rng.deviceId);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    // Between the rng's object-add and its device_add, a reading asks QEMU.
+    if (execute === 'object-add') await new Promise((resolve) => setTimeout(resolve, 100));
+  };
+  // The first reading, so that the usb-host attach's only qom-list is its read-back.
+  await connector.attachments();
+  armed = true;
+  await expect(connector.attach('work', host.port, host.spec, host.deviceId)).rejects.toMatchObject({
+    code: 'DG_QMP_TIMEOUT',
+  });
+  const reading = connector.attachments();
+  await rngAttach;
+  await reading;
+  const attachment = { port: rng.port, frontend: 'work', deviceId: rng.deviceId, options: {} };
+  expect(qemu.objects.size).toBe(1);
+  expect(await connector.attachments()).toEqual([attachment]);
 });

@@ -35,7 +35,13 @@ import {
 } from './qemu-attach.js';
 import { attachInputLinux, detachInputLinux, inputLinuxAttachments } from './qemu-input.js';
 import { PCI_UNPLUG_TIMEOUT_MS, planVfioAttach } from './vfio-attach.js';
-import { planQemuDevice, qemuDeviceSteps, removeGenericBackends } from './qemu-generic.js';
+import {
+  genericNodeName,
+  isGenericNodeName,
+  planQemuDevice,
+  qemuDeviceSteps,
+  removeGenericBackends,
+} from './qemu-generic.js';
 
 export const QEMU_CONNECTOR_ID = 'qemu';
 
@@ -112,6 +118,8 @@ export class QemuConnector implements Connector {
   private readonly signals = new Subject<DomainLifecycleEvent>();
   /** qdev ids devgate is unplugging: their DEVICE_DELETED is devgate's own doing. */
   private readonly unplugging = new Set<string>();
+  /** qdev ids devgate is adding: their chardev, block node or object is there before the device. */
+  private readonly adding = new Set<string>();
 
   /**
    * Domains starting, stopping, pausing and vanishing from the registry, and devgate devices that
@@ -315,6 +323,7 @@ export class QemuConnector implements Connector {
     // Read the domain's devices first, so the one added below is known when it comes back.
     await this.devgateDevices(frontend);
     const added: string[] = [];
+    this.adding.add(qdevId);
     try {
       await add(added);
     } catch (error) {
@@ -324,12 +333,16 @@ export class QemuConnector implements Connector {
       if (!present) {
         // QEMU still does not answer: the next reading asks it again, after the device_add, rather
         // than trust a list that may lack the device. Nothing is undone: the device may be in use.
-        // A block node left goes then (dropOrphanNodes).
+        // What it leaves, if the device_add failed, goes then (dropOrphans).
         await this.forgetDevices(frontend);
         throw error;
       }
       await undo(present);
+      // A command that timed out went through unknown to undo: the next reading removes what it left.
+      if (isQmpTimeout(error)) await this.forgetDevices(frontend);
       throw error;
+    } finally {
+      this.adding.delete(qdevId);
     }
     await this.noteDevice(frontend, qdevId, decodeQdevId(qdevId));
   }
@@ -494,7 +507,7 @@ export class QemuConnector implements Connector {
       }
       known = found;
       this.peripherals.set(client, found);
-      await this.dropOrphanNodes(domain, found);
+      await this.dropOrphans(domain, found);
       client.events$.subscribe({
         next: (event) => {
           if (event.event === 'DEVICE_DELETED') found.delete((event.data as { device?: string }).device ?? '');
@@ -506,18 +519,37 @@ export class QemuConnector implements Connector {
   }
 
   /**
-   * Block nodes devgate added that no device uses: left by a devgate killed between blockdev-add
-   * and device_add, or between device_del and blockdev-del. They would hold the host device open
-   * and make the next attach under that name fail, so they go as soon as devgate connects.
+   * What devgate added for a device that is not in the VM: block nodes, and the chardevs and objects
+   * of usb-redir and generic devices. Left by a devgate killed between adding them and device_add, or
+   * between device_del and removing them, or by a device_add that failed after devgate stopped waiting.
+   * They would hold the host device open and make the next attach under that id fail, so they go as
+   * soon as devgate reads the domain. Only ids devgate makes are touched (a chardev or object has its
+   * device's id), and none of a device being added.
    */
-  private async dropOrphanNodes(domain: DomainName, devices: ReadonlyMap<string, AttachmentRecord>): Promise<void> {
+  private async dropOrphans(domain: DomainName, devices: ReadonlyMap<string, AttachmentRecord>): Promise<void> {
+    const kept = new Set([...devices.keys(), ...this.adding]);
     const used = new Set([...devices.values()].map((r) => `dg-${r.o['frontend-dev']}`));
-    const nodes = await this.execute<{ 'node-name'?: string }[]>(domain, 'query-named-block-nodes', { flat: true });
+    for (const id of kept) used.add(genericNodeName(id));
+    // Asked together (QMP answers in order, the client sends without waiting): one round trip at a
+    // domain's first reading, as before the chardevs and objects were asked too.
+    const [nodes, chardevs, objects] = await Promise.all([
+      this.execute<{ 'node-name'?: string }[]>(domain, 'query-named-block-nodes', { flat: true }),
+      this.execute<{ label: string }[]>(domain, 'query-chardev'),
+      this.execute<{ name: string }[]>(domain, 'qom-list', { path: '/objects' }),
+    ]);
     for (const node of nodes) {
       const name = node['node-name'];
-      if (name?.startsWith('dg-') && !used.has(name)) {
+      if (name && (name.startsWith('dg-') || isGenericNodeName(name)) && !used.has(name)) {
         await this.execute(domain, 'blockdev-del', { 'node-name': name }).catch(() => undefined);
       }
+    }
+    const orphan = (id: string) => decodeQdevId(id) !== undefined && !kept.has(id);
+    for (const { label } of chardevs) {
+      if (orphan(label)) await this.execute(domain, 'chardev-remove', { id: label }).catch(() => undefined);
+    }
+    // input-linux objects are attachments of their own, not a device's: their ids are not qdev ids.
+    for (const { name } of objects) {
+      if (orphan(name)) await this.execute(domain, 'object-del', { id: name }).catch(() => undefined);
     }
   }
 

@@ -41,6 +41,11 @@ export function genericNodeName(qdevId: string): string {
   return `dgq-${createHash('sha256').update(qdevId).digest('base64url').slice(0, 24)}`;
 }
 
+/** Whether a node name is one `genericNodeName` makes (so devgate's to remove). */
+export function isGenericNodeName(name: string): boolean {
+  return /^dgq-[A-Za-z0-9_-]{24}$/.test(name);
+}
+
 /** The QMP commands of a filled-in `qemu-device` spec. */
 export function planQemuDevice(port: Port, spec: AttachSpec, deviceId: string): QemuDevicePlanCommands {
   const { plan, problem } = checkQemuDeviceParams(spec.params, true);
