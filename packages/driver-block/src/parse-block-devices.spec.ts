@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { type DeviceInfo, describeDevice } from '@devgate/core';
+import { type DeviceInfo, HostTree, type RawDeviceRecord, describeDevice, recordOf } from '@devgate/core';
 import { loadRecording } from '@devgate/host';
 import { UNSAFE_CHARACTERS, describeDriverConformance, recordedFixture } from '@devgate/testkit';
 import { BlockDriver } from './block-driver';
@@ -134,5 +134,118 @@ describe('holders a recording or a backend’s agent names', () => {
 
   it('names a few holders and counts the rest, so the reason stays short', () => {
     expect(found.get('loop3')!.hiddenReason).toBe('in use by dm-0, dm-1, dm-2, dm-3 and 2 other devices');
+  });
+});
+
+describe('a disk its backend uses as a whole', () => {
+  // A USB stick written with a hybrid ISO has a filesystem on the whole disk and partitions inside
+  // it; a disk can also be held whole (multipath, a LUKS mapping of the raw disk).
+  const usbDisk = '/devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0/block/sdb';
+  const disk = (attributes: Record<string, string> = {}, entries: Record<string, readonly string[]> = {}) =>
+    recordOf(
+      usbDisk,
+      'block',
+      { DEVNAME: '/dev/sdb', DEVTYPE: 'disk', MAJOR: '8', MINOR: '16', ID_FS_TYPE: 'iso9660' },
+      { size: '61440', ...attributes },
+      entries,
+    );
+  const partition = (n: number) =>
+    recordOf(
+      `${usbDisk}/sdb${n}`,
+      'block',
+      { DEVNAME: `/dev/sdb${n}`, DEVTYPE: 'partition', MAJOR: '8', MINOR: String(16 + n), PARTN: String(n) },
+      { size: '2048', partition: String(n) },
+    );
+  const listed = (records: RawDeviceRecord[], mounted: string[] = []) =>
+    new Map(
+      parseBlockDevices(new HostTree(records, { mounted: new Set(mounted), swaps: new Set() }), 'dom0').map((d) => [
+        d.port.portId,
+        d,
+      ]),
+    );
+
+  it('offers none of its partitions while the whole disk is mounted', () => {
+    const found = listed([disk(), partition(1), partition(2)], ['8:16']);
+    expect(found.get('sdb')).toMatchObject({ hiddenReason: 'mounted', inUse: true });
+    for (const name of ['sdb1', 'sdb2']) {
+      expect(found.get(name)).toMatchObject({ hiddenReason: 'disk sdb is in use', inUse: true });
+    }
+  });
+
+  it('offers none of its partitions while the whole disk is held', () => {
+    const found = listed([disk({}, { holders: ['dm-3'] }), partition(1)]);
+    expect(found.get('sdb')).toMatchObject({ hiddenReason: 'in use by dm-3', inUse: true });
+    expect(found.get('sdb1')).toMatchObject({ hiddenReason: 'disk sdb is in use', inUse: true });
+  });
+
+  it('still offers the siblings of a mounted partition', () => {
+    const found = listed([disk(), partition(1), partition(2)], ['8:17']);
+    expect(found.get('sdb')).toMatchObject({ hiddenReason: 'partition sdb1 is in use' });
+    expect(found.get('sdb2')!.hiddenReason).toBeUndefined();
+  });
+});
+
+describe('a loop device whose backing file is a block device', () => {
+  // `losetup -r /dev/loop0 /dev/sdb` (a read-only view for forensics, or an offset into a disk): the
+  // kernel gives sdb no holder for it, yet both nodes reach the same blocks.
+  const sdb = '/devices/pci0000:00/0000:00:17.0/ata3/host2/target2:0:0/2:0:0:0/block/sdb';
+  const records = (backing: string) => [
+    recordOf(sdb, 'block', { DEVNAME: '/dev/sdb', DEVTYPE: 'disk', MAJOR: '8', MINOR: '16' }, { size: '61440' }),
+    recordOf(
+      `${sdb}/sdb1`,
+      'block',
+      { DEVNAME: '/dev/sdb1', DEVTYPE: 'partition', MAJOR: '8', MINOR: '17' },
+      { size: '2048', partition: '1' },
+    ),
+    recordOf(
+      '/devices/virtual/block/loop0',
+      'block',
+      { DEVNAME: '/dev/loop0', DEVTYPE: 'disk', MAJOR: '7', MINOR: '0' },
+      { size: '2048', ro: '1', 'loop/backing_file': backing },
+    ),
+  ];
+  const listed = (backing: string) =>
+    new Map(parseBlockDevices(new HostTree(records(backing)), 'dom0').map((d) => [d.port.portId, d]));
+
+  it('marks the backing disk in use by the loop device, and its partitions with it', () => {
+    const found = listed('/dev/sdb');
+    expect(found.get('loop0')!.hiddenReason).toBeUndefined();
+    expect(found.get('sdb')).toMatchObject({ hiddenReason: 'in use by loop0', inUse: true });
+    expect(found.get('sdb1')).toMatchObject({ hiddenReason: 'disk sdb is in use', inUse: true });
+  });
+
+  it('marks a backing partition in use, and its disk with it', () => {
+    const found = listed('/dev/sdb1');
+    expect(found.get('sdb1')).toMatchObject({ hiddenReason: 'in use by loop0', inUse: true });
+    expect(found.get('sdb')).toMatchObject({ hiddenReason: 'partition sdb1 is in use', inUse: true });
+  });
+
+  it('leaves alone a device whose name a file only resembles', () => {
+    for (const backing of ['/var/lib/images/sdb', '/dev/sdb (deleted)', '/dev/shm/sdb', '/devsdb']) {
+      expect(listed(backing).get('sdb')!.hiddenReason).toBeUndefined();
+    }
+  });
+});
+
+describe('labels in Qubes’ one-line description', () => {
+  const partition = (properties: Record<string, string>) =>
+    recordOf(
+      '/devices/virtual/block/loop1/loop1p1',
+      'block',
+      { DEVNAME: '/dev/loop1p1', DEVTYPE: 'partition', MAJOR: '259', MINOR: '0', ID_MODEL: 'Cruzer', ...properties },
+      { size: '2048', partition: '1' },
+    );
+  const described = (properties: Record<string, string>) =>
+    parseBlockDevices(new HostTree([partition(properties)]), 'dom0')[0];
+
+  it('writes the label as udev’s ID_FS_LABEL has it (blanks as `_`), as Qubes’ desc does', () => {
+    // udev sets both; blkid run by devgate itself (no udevd) gives the label as it is.
+    const fromUdev = { ID_FS_LABEL: 'My_Stick', ID_FS_LABEL_ENC: 'My\\x20Stick' };
+    const fromBlkid = { ID_FS_LABEL: 'My Stick' };
+    for (const properties of [fromUdev, fromBlkid]) {
+      const device = described(properties);
+      expect(device.legacyDescription).toBe('Cruzer (My_Stick)');
+      expect(device).toMatchObject({ name: 'Cruzer (My Stick)', data: { label: 'My Stick' } });
+    }
   });
 });

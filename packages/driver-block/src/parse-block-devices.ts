@@ -22,8 +22,8 @@ const PORT_NAME = /^[a-z0-9-]{1,12}$/;
 /** Never exported: compressed RAM, RAM disks, and Xen frontends (a VM's own received disks). */
 const SKIPPED = /^(zram|ram)\d+$/;
 const XEN_FRONTEND_MAJOR = '202';
-/** Partitions that make their disk busy when they are busy. */
-const BUSY_REASONS = /^(mounted|swap|in use by|partition \S+ is in use)/;
+/** Partitions that make their disk busy when they are busy, and disks that make their partitions busy. */
+const BUSY_REASONS = /^(mounted|swap|in use by|partition \S+ is in use|disk \S+ is in use)/;
 
 export const BLOCK_INTERFACES = ['b******'];
 
@@ -45,7 +45,18 @@ export function parseBlockDevices(tree: HostTree, backend: string): DeviceInfo[]
     if (known.isPartition) partitions++;
     parsed.push({ record, name: known.name, isPartition: known.isPartition, disk, hidden: hiddenReason(tree, known) });
   }
-  // A disk is one resource with its partitions: while one partition is busy, the disk is too.
+  markLoopBackings(parsed);
+  // A disk is one resource with its partitions. While the disk itself is busy (a hybrid ISO mounted
+  // whole, a disk held by multipath or dm-crypt), every partition is too: each is a slice of it.
+  // Read before the pass below, which marks a disk busy for its partition, not for its siblings.
+  const busyDisks = new Set<RawDeviceRecord>();
+  for (const p of parsed) if (!p.isPartition && p.hidden && BUSY_REASONS.test(p.hidden)) busyDisks.add(p.record);
+  if (busyDisks.size > 0) {
+    for (const p of parsed) {
+      if (p.disk && !p.hidden && busyDisks.has(p.disk)) p.hidden = `disk ${kernelName(p.disk)} is in use`;
+    }
+  }
+  // While one partition is busy, the disk is too.
   // (One pass over the partitions: a disk with 256 of them is not searched once per disk.)
   const busyPartition = new Map<RawDeviceRecord, string>();
   for (const p of parsed) {
@@ -64,6 +75,25 @@ export function parseBlockDevices(tree: HostTree, backend: string): DeviceInfo[]
   if (partitions > 0)
     for (const entry of parsed) if (entry.isPartition) result.push(memoized(tree, backend, entry, ids));
   return result;
+}
+
+/** A loop device's backing file when it is a device node (`losetup /dev/loop0 /dev/sdb`). */
+const BACKING_NODE = /^\/dev\/([a-z0-9-]{1,12})$/;
+
+/**
+ * A loop device over a block device reaches the same blocks, yet the kernel lists no holder for it:
+ * the device under it is in use by the loop device as it would be by a dm or md device.
+ */
+function markLoopBackings(parsed: Parsed[]): void {
+  let byName: Map<string, Parsed> | undefined;
+  for (const entry of parsed) {
+    if (!/^loop\d+$/.test(entry.name) || entry.record.attribute('size') === '0') continue;
+    const node = BACKING_NODE.exec(entry.record.attribute('loop/backing_file') ?? '');
+    if (!node) continue;
+    byName ??= new Map(parsed.map((p) => [p.name, p]));
+    const backing = byName.get(node[1]);
+    if (backing && backing !== entry && !backing.hidden) backing.hidden = inUseBy([entry.name]);
+  }
 }
 
 /**
@@ -209,7 +239,8 @@ function toDeviceInfo(tree: HostTree, backend: string, entry: Parsed, ids: Map<R
 
   // Qubes' block description: the loop's backing file, the dm name, or "model (label)".
   const described = backingFile ?? dmName;
-  const legacyDescription = described ?? trusted(`${rawModel ?? ''} (${label ?? ''})`);
+  // Qubes writes udev's ID_FS_LABEL there, whose blanks are `_` like ID_MODEL's.
+  const legacyDescription = described ?? trusted(`${rawModel ?? ''} (${label?.replace(/\s+/g, '_') ?? ''})`);
   const parentBackingFile =
     disk && /^loop\d+p\d+$/.test(name) ? sanitizeText(disk.attribute('loop/backing_file'), 4096) : undefined;
   const productName =

@@ -279,6 +279,32 @@ describe('names from usb.ids', () => {
   });
 });
 
+describe('a device that is input and storage or network at once', () => {
+  const ROOT = '/devices/pci0000:00/0000:00:14.0/usb2';
+  const device = (busid: string, interfaces: string) =>
+    recordOf(
+      `${ROOT}/${busid}`,
+      'usb',
+      { DEVTYPE: 'usb_device', ID_USB_INTERFACES: interfaces },
+      { idVendor: '0951', idProduct: busid === '2-1' ? '1666' : '1667', product: 'DataTraveler 3.0' },
+    );
+  const found = new Map(
+    parseUsbDevices(
+      new HostTree([device('2-1', ':080650:030101:'), device('2-2', ':080650:'), device('2-3', ':030101:030102:')]),
+      'sys-usb',
+      usbIdsNames('/nonexistent/usb.ids'),
+    ).map((d) => [d.port.portId, d]),
+  );
+
+  it('warns wherever it is described: a stick that is also a keyboard gives a VM a keyboard too', () => {
+    const badUsb = found.get('2-1')!;
+    expect(badUsb.data.warning).toMatch(/^BadUSB\?/);
+    expect(describeDevice(badUsb)).toMatch(/^USB_Storage: .* \[BadUSB\? .*input.*USB storage.*\]$/);
+    expect(found.get('2-2')!.data.warning).toBeUndefined();
+    expect(found.get('2-3')!.data.warning).toBeUndefined();
+  });
+});
+
 describe('hostile devices', () => {
   const ROOT = '/devices/pci0000:00/0000:00:14.0/usb1';
   const payload = `\u001b[31mRED\u001b[0m <b>bold</b>\u0000nul ${'A'.repeat(100_000)}`;

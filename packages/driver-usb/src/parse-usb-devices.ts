@@ -95,6 +95,8 @@ function toDeviceInfo(
   const children = childNames(tree, device);
   if (children.length > 0) data.children = children.join(',');
   if (inferred) data['inferred-from-interfaces'] = true;
+  const warning = badUsbWarning(interfaces);
+  if (warning) data.warning = warning;
 
   return {
     port: { devclass: 'usb', backend, portId: busid },
@@ -181,6 +183,20 @@ function legacyDescription(
         .map(underscored)
         .join('_');
   return trusted(`${vendorId}:${productId} ${desc}`);
+}
+
+/**
+ * A device that can type and is also storage or a network adapter (ADR 0009's BadUSB case): listed
+ * by its first category ("USB_Storage"), it would give whoever gets it a keyboard unannounced.
+ * core's describeDevice shows the warning in lists, asks and notifications.
+ */
+function badUsbWarning(interfaces: readonly InterfaceCode[]): string | undefined {
+  if (!interfaces.some((code) => code.startsWith('u03'))) return undefined;
+  const also = [
+    interfaces.some((code) => code.startsWith('u08')) ? 'USB storage' : undefined,
+    interfaces.some((code) => /^u(02|0a|e0)/.test(code)) ? 'a network adapter' : undefined,
+  ].filter((what) => what !== undefined);
+  return also.length > 0 ? `BadUSB? an input device and ${also.join(' and ')} in one USB device` : undefined;
 }
 
 /** bDeviceClass 09 (sysfs, hex) or TYPE=9/... (uevent, decimal), or only hub interfaces. */

@@ -1,4 +1,5 @@
-import { type DeviceInfo, DriverContractError } from '@devgate/core';
+import { of } from 'rxjs';
+import { type DeviceInfo, type DeviceSource, DriverContractError, HostTree, recordOf } from '@devgate/core';
 import { loadRecording } from '@devgate/host';
 import { recordedFixture } from '@devgate/testkit';
 import { parseUsbDevices } from './parse-usb-devices';
@@ -68,6 +69,46 @@ describe('UsbDriver.attachSpec', () => {
         expect.objectContaining({ code: 'DG_USB_ID_UNKNOWN' }),
       );
     }
+  });
+
+  it('refuses by=id when another device of the backend has the same vendor and product id', () => {
+    // Two identical sticks without a serial: QEMU's vendor/product filter would take whichever it
+    // finds first, maybe the one the host has mounted or another VM holds.
+    const ROOT = '/devices/pci0000:00/0000:00:14.0/usb2';
+    const stick = (busid: string, serial?: string) =>
+      recordOf(
+        `${ROOT}/${busid}`,
+        'usb',
+        { DEVTYPE: 'usb_device', ID_USB_INTERFACES: ':080650:' },
+        { idVendor: '0951', idProduct: '1666', busnum: '2', ...(serial ? { serial } : {}) },
+      );
+    // What the driver lists for the backend is what an attach by id is checked against.
+    const listing = new UsbDriver(NO_NAMES);
+    const list = (...records: ReturnType<typeof stick>[]) => {
+      let devices: readonly DeviceInfo[] = [];
+      const source = { backend: 'dom0', trees$: of(new HostTree(records)) } as unknown as DeviceSource;
+      listing.discover(source).subscribe((listed) => (devices = listed));
+      return new Map(devices.map((d) => [d.port.portId, d]));
+    };
+    const twins = list(stick('2-1'), stick('2-2'));
+    expect(twins.get('2-2')!.deviceId).toBe(twins.get('2-1')!.deviceId);
+    expect(() => listing.attachSpec(twins.get('2-2')!, { by: 'id' })).toThrow(
+      expect.objectContaining({ code: 'DG_UNSUPPORTED_OPTION', message: expect.stringContaining('2-1') }),
+    );
+    expect(() => listing.attachSpec(twins.get('2-1')!, { by: 'id' })).toThrow(
+      expect.objectContaining({ code: 'DG_UNSUPPORTED_OPTION', message: expect.stringContaining('2-2') }),
+    );
+    // A serial does not help: QEMU filters on vendor and product only.
+    const serials = list(stick('2-1', 'AAAA'), stick('2-2', 'BBBB'));
+    expect(() => listing.attachSpec(serials.get('2-1')!, { by: 'id' })).toThrow(
+      expect.objectContaining({ code: 'DG_UNSUPPORTED_OPTION' }),
+    );
+    // By port is exact, and one stick alone can go by id.
+    expect(listing.attachSpec(twins.get('2-2')!, {}).params).toEqual({ hostbus: 2, hostport: '2' });
+    expect(listing.attachSpec(list(stick('2-1')).get('2-1')!, { by: 'id' }).params).toEqual({
+      vendorid: 0x0951,
+      productid: 0x1666,
+    });
   });
 
   it('treats a port that is not a busid as a driver contract bug', () => {

@@ -14,7 +14,12 @@ const HEX4 = /^[0-9a-f]{4}$/;
  * The parameters address the device on the host QEMU runs on, so this is real passthrough only when
  * the backend domain is that host; a USB VM backend needs a USB/IP transport instead (Qubes' way).
  */
-export function usbAttachSpec(device: DeviceInfo, options: Readonly<Record<string, string>>): AttachSpec {
+export function usbAttachSpec(
+  device: DeviceInfo,
+  options: Readonly<Record<string, string>>,
+  /** The devices its backend lists now: by=id is refused when another has the same ids. */
+  listed?: readonly DeviceInfo[],
+): AttachSpec {
   let by: 'port' | 'id' = 'port';
   for (const [option, value] of Object.entries(options)) {
     switch (option) {
@@ -36,6 +41,20 @@ export function usbAttachSpec(device: DeviceInfo, options: Readonly<Record<strin
     // QEMU reads 0 as "any": an unknown id would pass through whatever is plugged in next.
     if (!HEX4.test(vendor) || !HEX4.test(product) || vendor === '0000' || product === '0000') {
       throw Errors.usbIdUnknown({ device: portLabel(device.port) });
+    }
+    // QEMU's filter has only these two ids: with a twin in the backend it may take the twin (one the
+    // host has mounted, or another VM holds) instead of the device that was checked and listed.
+    const twin = listed?.find(
+      (other) =>
+        other.port.portId !== device.port.portId &&
+        other.data['vendor-id'] === vendor &&
+        other.data['product-id'] === product,
+    );
+    if (twin) {
+      throw Errors.unsupportedOption({
+        option: 'by',
+        message: `by=id cannot tell ${portLabel(device.port)} from ${twin.port.portId}, which has the same vendor and product id; attach it by port`,
+      });
     }
     return {
       kind: 'usb-host',

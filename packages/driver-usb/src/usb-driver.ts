@@ -15,15 +15,24 @@ export class UsbDriver implements DeviceClassDriver {
   readonly id = 'usb';
   readonly manifest = { apiVersion: PLUGIN_API_VERSION, description: 'USB devices, by port (busid)' };
 
+  /** What each backend lists now (the kernel holds the same lists): an attach by id looks for twins. */
+  private readonly listed = new Map<string, readonly DeviceInfo[]>();
+
   /** `names` defaults to the host's usb.ids, read on the first device that needs a name. */
   constructor(private readonly names: UsbNames = systemUsbNames()) {}
 
   discover(source: DeviceSource): Observable<readonly DeviceInfo[]> {
-    return source.trees$.pipe(map((tree) => parseUsbDevices(tree, source.backend, this.names)));
+    return source.trees$.pipe(
+      map((tree) => {
+        const devices = parseUsbDevices(tree, source.backend, this.names);
+        this.listed.set(source.backend, devices);
+        return devices;
+      }),
+    );
   }
 
   /** `usb-host` by port, or by vendor and product id with `by=id` (see usb-attach.ts). */
   attachSpec(device: DeviceInfo, options: Readonly<Record<string, string>>): AttachSpec {
-    return usbAttachSpec(device, options);
+    return usbAttachSpec(device, options, this.listed.get(device.port.backend));
   }
 }
