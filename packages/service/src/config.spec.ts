@@ -1,4 +1,7 @@
-import { checkConfig, defaultConfig } from './config.js';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { checkConfig, defaultConfig, loadConfig } from './config.js';
+import { TempDir } from './store/testing/temp-store.js';
 
 // Who may change state by default: nobody but root. The read group (`devgate`) reads through
 // devgate.sock; only users and groups the configuration names are let into devgate.sock.rw.
@@ -40,4 +43,69 @@ it("inputTargets names each USB VM's input target (Qubes' input-proxy-target); b
   expect(checkConfig('{ "inputTargets": ["work"] }', 'devgated.json').issues[0].message).toBe(
     'inputTargets must be an object: {"sys-usb": "work"}',
   );
+});
+
+it('refuses a key given twice: devgated read the first, jq and JSON.parse the last', () => {
+  // Appended to revoke alice's write access: without the check, devgated kept the first `access`.
+  const text = '{\n  "access": { "users": ["alice"] },\n  "access": { "users": [] }\n}';
+  expect(checkConfig(text, 'devgated.json')).toEqual({
+    issues: [{ file: 'devgated.json', line: 3, column: 3, message: "'access' is set twice" }],
+  });
+  expect(
+    checkConfig('{ "access": { "users": ["alice"], "users": [] } }', 'devgated.json').issues.map((i) => i.message),
+  ).toEqual(["'access.users' is set twice"]);
+});
+
+it('refuses misspelt keys in access and usbPolicy, which left their defaults in force silently', () => {
+  const text =
+    '{ "access": { "readgroup": "wheel", "user": ["bob"] }, "usbPolicy": { "rules": "/r", "implicit": "allow" } }';
+  expect(checkConfig(text, 'devgated.json').issues.map((i) => i.message)).toEqual([
+    "unknown setting 'access.readgroup'",
+    "unknown setting 'access.user'",
+    "unknown setting 'usbPolicy.implicit'",
+  ]);
+  expect(checkConfig('{ "access": ["alice"] }', 'devgated.json').issues.map((i) => i.message)).toEqual([
+    'access must be an object: {"readGroup": GROUP, "users": [...], "groups": [...]}',
+  ]);
+  expect(checkConfig('{ "access": { "readGroup": "a b" } }', 'devgated.json').issues.map((i) => i.message)).toEqual([
+    "access.readGroup: 'a b' is not a group name",
+  ]);
+});
+
+describe('loadConfig: a file another user could change is refused', () => {
+  // It names devgated's writers and the driver code it loads as root: whoever can write the file,
+  // or replace it in its directory, could make themselves root.
+  let tmp: TempDir;
+  let file: string;
+  beforeEach(() => {
+    tmp = new TempDir();
+    file = path.join(tmp.dir, 'devgated.json');
+    fs.writeFileSync(file, '{ "access": { "users": ["alice"] } }', { mode: 0o644 });
+  });
+  afterEach(() => tmp.remove());
+  const reason = () => {
+    try {
+      loadConfig(file);
+    } catch (error) {
+      return `${(error as { code: string }).code}: ${(error as Error).message}`;
+    }
+    return 'loaded';
+  };
+
+  it('loads one only root (or its own user) can change', () => {
+    expect(loadConfig(file).access.users).toEqual(['alice']);
+    fs.chmodSync(tmp.dir, 0o1777);
+    expect(reason()).toBe('loaded');
+  });
+
+  it('refuses group or other write, another owner, and a directory others may write', () => {
+    fs.chmodSync(file, 0o664);
+    expect(reason()).toBe(`DG_CONFIG_INVALID: ${file}: the file is writable by other users (mode 0664)`);
+    fs.chmodSync(file, 0o644);
+    fs.chownSync(file, 4242, 4242);
+    expect(reason()).toBe(`DG_CONFIG_INVALID: ${file}: the file is owned by uid 4242, neither root nor uid 0`);
+    fs.chownSync(file, 0, 0);
+    fs.chmodSync(tmp.dir, 0o777);
+    expect(reason()).toBe(`DG_CONFIG_INVALID: ${file}: its directory is writable by other users (mode 0777)`);
+  });
 });

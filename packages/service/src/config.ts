@@ -111,10 +111,23 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
   }
   const base = defaultConfig();
   const value = (node: Node | undefined) => (node ? nodeValue(node) : undefined);
-  for (const property of tree.children ?? []) {
-    const key = property.children?.[0];
-    if (key && !TOP_KEYS.has(String(key.value))) at(key.offset, `unknown setting '${key.value}'`);
-  }
+  // A key given twice is refused: devgated would read the first, while jq, JSON.parse and most
+  // readers of the file take the last, so an `access` appended to revoke a writer would not.
+  for (const [offset, name] of duplicateKeys(tree)) at(offset, `'${name}' is set twice`);
+  const known = (keyPath: string[], keys: readonly string[], shape: string) => {
+    const node = keyPath.length === 0 ? tree : findNodeAtLocation(tree, keyPath);
+    if (!node) return;
+    if (node.type !== 'object') return at(node.offset, `${keyPath.join('.')} must be an object: ${shape}`);
+    for (const property of node.children ?? []) {
+      const key = property.children?.[0];
+      // A misspelt key would leave its default (the read group, block) in force without a word.
+      if (key && !keys.includes(String(key.value)))
+        at(key.offset, `unknown setting '${[...keyPath, String(key.value)].join('.')}'`);
+    }
+  };
+  known([], [...TOP_KEYS], '');
+  known(['access'], ['readGroup', 'users', 'groups'], '{"readGroup": GROUP, "users": [...], "groups": [...]}');
+  known(['usbPolicy'], ['rules', 'implicitTarget'], '{"rules": FILE, "implicitTarget": "block"}');
   const string = (keyPath: string[], fallback?: string): string | undefined => {
     const node = findNodeAtLocation(tree, keyPath);
     if (!node) return fallback;
@@ -165,6 +178,9 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
     });
   };
   const readGroup = string(['access', 'readGroup'], base.access.readGroup);
+  const readGroupNode = findNodeAtLocation(tree, ['access', 'readGroup']);
+  if (readGroupNode?.type === 'string' && readGroupNode.value !== '' && !ACCOUNT.test(readGroupNode.value))
+    at(readGroupNode.offset, `access.readGroup: '${readGroupNode.value}' is not a group name`);
   const users = accounts(['access', 'users']);
   const groups = findNodeAtLocation(tree, ['access', 'groups']) ? accounts(['access', 'groups']) : base.access.groups;
 
@@ -260,15 +276,30 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
   };
 }
 
-/** Reads and checks a config file; the first problem becomes a coded error naming file:line:column. */
+/**
+ * Reads and checks a config file; the first problem becomes a coded error naming file:line:column.
+ * The file says who may change state and which code devgated loads (`modules`), as root: one that
+ * another user could write, or replace in its directory, is refused, as sshd's StrictModes does.
+ */
 export function loadConfig(file?: string): DaemonConfig {
   if (!file) return defaultConfig();
   let text: string;
+  let unsafe: string | undefined;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    const fd = fs.openSync(file, 'r');
+    try {
+      // The open file itself, so that what is checked is what is read.
+      unsafe =
+        writableByOthers(fs.fstatSync(fd), 'the file') ??
+        writableByOthers(fs.statSync(path.dirname(path.resolve(file))), 'its directory');
+      text = fs.readFileSync(fd, 'utf8');
+    } finally {
+      fs.closeSync(fd);
+    }
   } catch (error) {
     throw Errors.configInvalid({ location: file, reason: (error as Error).message });
   }
+  if (unsafe) throw Errors.configInvalid({ location: file, reason: unsafe });
   const { config, issues } = checkConfig(text, file);
   if (!config) {
     const first = issues[0];
@@ -279,6 +310,20 @@ export function loadConfig(file?: string): DaemonConfig {
 
 export function formatIssue(issue: ConfigIssue): string {
   return `${issue.file}:${issue.line}:${issue.column}: ${issue.message}`;
+}
+
+/**
+ * Why a user other than root and this process's own could change this file or directory, if one
+ * could: another owner, or group or other write (a sticky directory, like /tmp, keeps others from
+ * replacing a file they do not own).
+ */
+function writableByOthers(stat: fs.Stats, what: string): string | undefined {
+  const uid = process.geteuid?.() ?? 0;
+  const mode = (stat.mode & 0o7777).toString(8).padStart(4, '0');
+  if (stat.uid !== 0 && stat.uid !== uid) return `${what} is owned by uid ${stat.uid}, neither root nor uid ${uid}`;
+  const sticky = stat.isDirectory() && (stat.mode & 0o1000) !== 0;
+  if ((stat.mode & 0o022) !== 0 && !sticky) return `${what} is writable by other users (mode ${mode})`;
+  return undefined;
 }
 
 function isAgentBackend(source: Record<string, unknown>): boolean {
@@ -296,6 +341,22 @@ function isAgentBackend(source: Record<string, unknown>): boolean {
             /^[a-z0-9][a-z0-9._-]{0,63}$/.test(port) && typeof file === 'string' && path.isAbsolute(file),
         )))
   );
+}
+
+/** Every key an object of the tree has already had, with its offset and path. */
+function duplicateKeys(node: Node, keyPath: readonly string[] = []): [number, string][] {
+  const found: [number, string][] = [];
+  const seen = new Set<string>();
+  for (const child of node.children ?? []) {
+    if (node.type === 'object') {
+      const [key, value] = child.children ?? [];
+      const name = String(key?.value);
+      if (seen.has(name)) found.push([key.offset, [...keyPath, name].join('.')]);
+      seen.add(name);
+      if (value) found.push(...duplicateKeys(value, [...keyPath, name]));
+    } else found.push(...duplicateKeys(child, keyPath));
+  }
+  return found;
 }
 
 function nodeValue(node: Node): unknown {

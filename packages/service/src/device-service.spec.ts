@@ -192,3 +192,32 @@ describe('DeviceService.detach', () => {
     expect(attachedPorts()).toEqual([]);
   });
 });
+
+describe('DeviceService: a refusal is audited whatever the request held', () => {
+  // An error's message echoes the request; a control character in it (or a name the store refuses)
+  // once failed the audit record, so the user got DG_INVALID_STATE_VALUE and nothing was recorded.
+  it('keeps the real error, and records the request printable, its refused names in details', async () => {
+    await attachAll('dom0:00_19.0');
+    const hostile = 'dom0:00_19.0:evil\n\u001b[2Kid';
+    await expect(detach(hostile)).rejects.toMatchObject({ code: 'DG_NOT_ATTACHED' });
+    await expect(
+      service.attach({ devclass: 'pci', frontend: 'work', device: 'Bad Backend:00_19.0' }, 'test'),
+    ).rejects.toMatchObject({ code: 'DG_INVALID_DOMAIN_NAME' });
+    expect(() =>
+      service.assign({ devclass: 'pci', frontend: 'work', device: 'dom0:00_19.0:a\nb', mode: 'required' }, 'test'),
+    ).toThrow(expect.objectContaining({ code: 'DG_INVALID_STATE_VALUE' }));
+    expect(() => service.unassign({ devclass: 'pci', frontend: 'work', device: 'dom0:00_19.0:a\nb' }, 'test')).toThrow(
+      expect.objectContaining({ code: 'DG_NOT_ASSIGNED' }),
+    );
+
+    const refused = store.audit.query({}).filter((e) => e.outcome !== 'ok');
+    expect(refused.map((e) => [e.action, e.code, e.details])).toEqual([
+      ['detach', 'DG_NOT_ATTACHED', undefined],
+      ['attach', 'DG_INVALID_DOMAIN_NAME', { invalid: { backend: 'Bad Backend' } }],
+      ['assign', 'DG_INVALID_STATE_VALUE', { invalid: { deviceId: 'a b' } }],
+      ['unassign', 'DG_NOT_ASSIGNED', { invalid: { deviceId: 'a b' } }],
+    ]);
+    expect(refused[0].reason).toBe('dom0:00_19.0:evil id is not attached.');
+    expect(store.journal.pending()).toEqual([]);
+  });
+});

@@ -14,10 +14,13 @@ import {
   parseDeviceArgument,
   portKey,
   portLabel,
+  sanitizeText,
 } from '@devgate/core';
 import { type StoredAssignment } from './store/assignments.js';
+import { type JournalEntry } from './store/attachment-journal.js';
 import { type AuditEntryInput } from './store/audit-log.js';
 import { type SqliteStateStore } from './store/state-store.js';
+import * as check from './store/validate.js';
 import { type DaemonEvents } from './daemon-events.js';
 
 /**
@@ -83,17 +86,19 @@ export class DeviceService {
     const { port } = parsed;
     const deviceId = input.deviceId ?? parsed.deviceId;
     const known = this.manager.get(port);
-    const journal = this.store.journal.begin({
-      op: 'attach',
-      devclass: port.devclass,
-      backend: port.backend,
-      portId: port.portId,
-      deviceId: known?.deviceId,
-      frontend: input.frontend,
-      options: input.options ?? {},
-    });
+    // Begun inside the try: a name the journal refuses is a refusal, audited like any other.
+    let journal: JournalEntry | undefined;
     try {
       this.requireFrontend(input.frontend);
+      journal = this.store.journal.begin({
+        op: 'attach',
+        devclass: port.devclass,
+        backend: port.backend,
+        portId: port.portId,
+        deviceId: known?.deviceId,
+        frontend: input.frontend,
+        options: input.options ?? {},
+      });
       const device = await this.manager.attach({
         frontend: input.frontend,
         port,
@@ -111,7 +116,7 @@ export class DeviceService {
       });
       return deviceToJson(device);
     } catch (error) {
-      this.store.journal.fail(journal.id, errorCode(error));
+      if (journal) this.store.journal.fail(journal.id, errorCode(error));
       this.auditFailure(error, { ...this.target(known, port), actor, action, frontend: input.frontend });
       throw error;
     }
@@ -226,7 +231,9 @@ export class DeviceService {
       frontend: event.frontend,
       outcome: failed ? 'error' : 'ok',
       code: failed ? errorCode(event.error) : undefined,
-      reason: `${reasons[event.reason]}; ${failed ? `detaching it failed: ${event.error?.message}` : 'the attachment ended'}`,
+      reason: printable(
+        `${reasons[event.reason]}; ${failed ? `detaching it failed: ${event.error?.message}` : 'the attachment ended'}`,
+      ),
     });
   }
 
@@ -281,18 +288,34 @@ export class DeviceService {
 
   /** Removes a frontend's assignments of this device (every one of the class without a device). */
   unassign(input: Omit<AssignInput, 'device' | 'mode'> & { readonly device?: string }, actor: string): number {
-    const key = input.device === undefined ? undefined : this.assignmentKey({ ...input, device: input.device });
-    const matches = this.store.assignments
-      .list({ devclass: input.devclass, frontend: input.frontend })
-      .filter(
-        (a) =>
-          !key ||
-          (a.backend === key.backend &&
-            a.portId === key.portId &&
-            (key.deviceId === undefined || a.deviceId === key.deviceId)),
-      );
-    if (key && matches.length === 0)
-      throw Errors.notAssigned({ devclass: input.devclass, device: input.device!, frontend: input.frontend });
+    let key: ReturnType<DeviceService['assignmentKey']> | undefined;
+    let matches: StoredAssignment[];
+    try {
+      key = input.device === undefined ? undefined : this.assignmentKey({ ...input, device: input.device });
+      matches = this.store.assignments
+        .list({ devclass: input.devclass, frontend: input.frontend })
+        .filter(
+          (a) =>
+            !key ||
+            (a.backend === key.backend &&
+              a.portId === key.portId &&
+              (key.deviceId === undefined || a.deviceId === key.deviceId)),
+        );
+      if (key && matches.length === 0)
+        throw Errors.notAssigned({ devclass: input.devclass, device: input.device!, frontend: input.frontend });
+    } catch (error) {
+      // Refused like attach and assign: audited, whatever the outcome.
+      this.auditFailure(error, {
+        devclass: input.devclass,
+        backend: key?.backend,
+        portId: key?.portId,
+        deviceId: key?.deviceId,
+        actor,
+        action: 'unassign',
+        frontend: input.frontend,
+      });
+      throw error;
+    }
     // One transaction: every removal with its audit record, or none of them.
     const audited = this.store.transaction(() =>
       matches.map((a) => {
@@ -337,6 +360,43 @@ export class DeviceService {
     const code = errorCode(error);
     const outcome =
       code === 'DG_INTERNAL' || FAILURE_CODES.test(code) || !(error instanceof DevgateError) ? 'error' : 'denied';
-    this.audit({ ...entry, outcome, code, reason: (error as Error).message });
+    this.audit(recordable({ ...entry, outcome, code, reason: (error as Error).message }));
   }
+}
+
+/** Free text as the audit log keeps it: printable and bounded (an error's message echoes the request). */
+function printable(text: string): string {
+  return sanitizeText(text, check.MAX_TEXT) ?? '-';
+}
+
+/**
+ * A refusal as the audit log can keep it, whatever the request held: a refused request is often
+ * refused for the very name the store would refuse too (a newline in a device id), and the record of
+ * it must not fail in turn. Such a name leaves its column for `details.invalid`, made printable.
+ */
+function recordable(entry: AuditEntryInput): AuditEntryInput {
+  const invalid: Record<string, string> = {};
+  const valid = (field: string, value: string | undefined, checkValue: (v: string) => unknown) => {
+    if (value === undefined) return undefined;
+    try {
+      checkValue(value);
+      return value;
+    } catch {
+      invalid[field] = sanitizeText(value, 512) ?? '-';
+      return undefined;
+    }
+  };
+  const fields = {
+    devclass: valid('devclass', entry.devclass, check.devclass),
+    backend: valid('backend', entry.backend, check.domainName),
+    portId: valid('portId', entry.portId, (v) => check.portId(v, true)),
+    deviceId: valid('deviceId', entry.deviceId, (v) => check.deviceId(v, true)),
+    frontend: valid('frontend', entry.frontend, check.domainName),
+  };
+  return {
+    ...entry,
+    ...fields,
+    reason: entry.reason === undefined ? undefined : printable(entry.reason),
+    ...(Object.keys(invalid).length > 0 ? { details: { ...entry.details, invalid } } : {}),
+  };
 }

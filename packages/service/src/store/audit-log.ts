@@ -1,4 +1,4 @@
-/** The audit_log table: append-only (the schema's triggers refuse UPDATE and DELETE), paged by time. */
+/** The audit_log table: append-only (the schema's triggers refuse UPDATE and DELETE), paged in the order written. */
 import { type DomainName, Errors } from '@devgate/core';
 import { type StoreConnection, present } from './connection.js';
 import * as check from './validate.js';
@@ -130,10 +130,12 @@ export class AuditLog {
       params.devclass = check.devclass(query.devclass);
     }
     const order = query.order === 'desc' ? 'DESC' : 'ASC';
+    // In the order written (ids only grow), not by `at`: a clock set back would sort what happened
+    // since before what was stamped earlier, and `desc` paging would hide the newest entries.
     const sql =
       'SELECT * FROM audit_log' +
       (where.length > 0 ? ` WHERE ${where.join(' AND ')}` : '') +
-      ` ORDER BY at ${order}, id ${order} LIMIT @limit OFFSET @offset`;
+      ` ORDER BY id ${order} LIMIT @limit OFFSET @offset`;
     return this.connection.guard(() => (this.connection.stmt(sql).all(params) as AuditRow[]).map(auditFromRow));
   }
 }

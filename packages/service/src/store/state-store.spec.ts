@@ -257,6 +257,52 @@ describe('audit log', () => {
     expect(store.audit.query({ action: 'auto-attach' })[0]).toMatchObject({ outcome: 'error', code: 'DG_QMP_TIMEOUT' });
   });
 
+  it('takes a time in any zone the API lets through (RFC 3339), as that instant in UTC', () => {
+    // The API accepts `date-time` with any offset; only `...SS.mmmZ` used to get past the store.
+    seed();
+    const since = (time: string) => store.audit.query({ since: time }).map((e) => e.id);
+    for (const time of [
+      '2026-11-27T10:00:02.000Z',
+      '2026-11-27T10:00:02Z',
+      '2026-11-27T11:00:02+01:00',
+      '2026-11-27T05:00:02.000-05:00',
+      '2026-11-27T11:30:02+0130',
+      '2026-11-27 11:00:02+01',
+      '2026-11-27t10:00:02z',
+    ])
+      expect([time, since(time)]).toEqual([time, [3, 4, 5]]);
+    expect(since('2026-11-27T10:00:02.5Z')).toEqual([4, 5]);
+    const entry = store.audit.append({
+      actor: 'devgated',
+      action: 'attach',
+      outcome: 'ok',
+      at: '2026-11-27T09:00:00-02:00',
+    });
+    expect(entry.at).toBe('2026-11-27T11:00:00.000Z');
+    for (const bad of [
+      '2026-11-27T10:00:02',
+      '2026-02-31T10:00:00Z',
+      '2026-11-27T24:00:00Z',
+      '2026-11-27T10:00:60Z',
+      '2026-11-27T10:00:00+01:60',
+      '+012026-11-27T10:00:00.000Z',
+    ])
+      expect([bad, codeOf(() => store.audit.query({ since: bad }))]).toEqual([bad, 'DG_INVALID_STATE_VALUE']);
+    expect(codeOf(() => store.audit.query({ since: new Date(Date.UTC(10_000, 0)) }))).toBe('DG_INVALID_STATE_VALUE');
+  });
+
+  it('lists in the order written, when the clock was set back in between', () => {
+    // A clock set back (an RTC keeping local time, corrected by NTP after boot) must not hide what
+    // happened since behind what was stamped "later" before, nor page it out of `desc, limit`.
+    const entry = (portId: string) =>
+      store.audit.append({ actor: 'devgated', action: 'attach', outcome: 'ok', backend: 'dom0', portId }).id;
+    const before = [entry('sda'), entry('sdb')];
+    tick(-2 * 3600_000);
+    const after = [entry('sdc'), entry('sdd')];
+    expect(store.audit.query({ order: 'desc', limit: 2 }).map((e) => e.id)).toEqual(after.reverse());
+    expect(store.audit.query().map((e) => e.id)).toEqual([...before, ...after.reverse()]);
+  });
+
   it('validates entries and queries', () => {
     const ok = { actor: 'devgated', action: 'attach', outcome: 'ok' } as const;
     expect(codeOf(() => store.audit.append({ ...ok, action: 'Attach!' }))).toBe('DG_INVALID_STATE_VALUE');

@@ -22,11 +22,15 @@ const ACTION = /^[a-z][a-z0-9-]{0,31}$/;
 const ERROR_CODE = /^[A-Z][A-Z0-9_]{0,63}$/;
 // The only shape `at` columns hold, so that text order is time order.
 const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+// RFC 3339 date-times as the API's `date-time` format lets them through: `T`, `t` or a space, any
+// fraction, `Z` or an offset (`+02:00`, `+0200`, `+02`).
+const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:[Zz]|([+-])(\d{2})(?::?(\d{2}))?)$/;
 // eslint-disable-next-line no-control-regex
 const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
 
 const MAX_DEVICE_ID = 512;
-const MAX_TEXT = 4096;
+/** The longest free text (reasons, descriptions) the store keeps. */
+export const MAX_TEXT = 4096;
 const MAX_DETAILS_JSON = 64 * 1024;
 
 export const WILDCARD = '*';
@@ -127,15 +131,39 @@ export function details(value: Readonly<Record<string, unknown>>): string {
   return json;
 }
 
-/** A Date or an ISO string as the `at` columns store it (UTC, milliseconds, `Z`). */
+/**
+ * A Date or an RFC 3339 string as the `at` columns store it (UTC, milliseconds, `Z`): a time given
+ * in another zone (`devgate audit --since 2026-11-27T11:00:00+01:00`) is that instant in UTC, as
+ * text comparison with the stored times needs.
+ */
 export function isoTime(field: string, value: Date | string): string {
-  if (value instanceof Date) {
-    if (Number.isNaN(value.getTime())) throw invalid(field, value, 'invalid date');
-    return value.toISOString();
+  const expected = 'expected an RFC 3339 time, like 2026-11-27T10:00:00Z or 2026-11-27T11:00:00.000+01:00';
+  let time: number;
+  if (value instanceof Date) time = value.getTime();
+  else {
+    const m = typeof value === 'string' ? RFC3339.exec(value) : null;
+    if (!m) throw invalid(field, value, expected);
+    const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number);
+    const ms = Number((m[7] ?? '').padEnd(3, '0').slice(0, 3));
+    const offset = m[8] ? (m[8] === '-' ? -1 : 1) * (Number(m[9]) * 60 + Number(m[10] ?? 0)) : 0;
+    const local = new Date(Date.UTC(year, month - 1, day, hour, minute, second, ms));
+    // Date.UTC rolls 31 February or 24:00 over into the next day: refuse those instead.
+    if (
+      local.getUTCFullYear() !== year ||
+      local.getUTCMonth() !== month - 1 ||
+      local.getUTCDate() !== day ||
+      local.getUTCHours() !== hour ||
+      local.getUTCMinutes() !== minute ||
+      Number(m[10] ?? 0) > 59
+    )
+      throw invalid(field, value, expected);
+    time = local.getTime() - offset * 60_000;
   }
-  if (typeof value !== 'string' || !ISO_TIME.test(value) || Number.isNaN(Date.parse(value)))
-    throw invalid(field, value, 'expected YYYY-MM-DDTHH:MM:SS.mmmZ');
-  return value;
+  if (Number.isNaN(time)) throw invalid(field, value, 'invalid date');
+  const iso = new Date(time).toISOString();
+  // Years past 9999 (or before 0) print as `+010000-...`, which would sort wrongly as text.
+  if (!ISO_TIME.test(iso)) throw invalid(field, value, 'outside the years 0000 to 9999');
+  return iso;
 }
 
 export function count(field: string, value: number, max: number): number {
