@@ -322,6 +322,11 @@ export const Errors = {
     message: (p) => `cannot attach ${p.device} by id: its vendor or product id is unknown or 0000`,
     hint: () => 'QEMU reads an id of 0 as "any device"; attach it by port (the default) instead',
   }),
+  usbIdAmbiguous: define<{ device: string; twin: string }>({
+    code: 'DG_USB_ID_AMBIGUOUS',
+    message: (p) => `cannot attach ${p.device} by id: ${p.twin} has the same vendor and product id`,
+    hint: () => "QEMU's filter has only those two ids and could take the other device; attach it by port (the default)",
+  }),
   usbDescriptorsInvalid: define<{ device: string; reason: string }>({
     code: 'DG_USB_DESCRIPTORS_INVALID',
     message: (p) => `USB device ${p.device} has invalid descriptors: ${p.reason}`,

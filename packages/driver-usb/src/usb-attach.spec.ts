@@ -93,15 +93,15 @@ describe('UsbDriver.attachSpec', () => {
     const twins = list(stick('2-1'), stick('2-2'));
     expect(twins.get('2-2')!.deviceId).toBe(twins.get('2-1')!.deviceId);
     expect(() => listing.attachSpec(twins.get('2-2')!, { by: 'id' })).toThrow(
-      expect.objectContaining({ code: 'DG_UNSUPPORTED_OPTION', message: expect.stringContaining('2-1') }),
+      expect.objectContaining({ code: 'DG_USB_ID_AMBIGUOUS', message: expect.stringContaining('2-1') }),
     );
     expect(() => listing.attachSpec(twins.get('2-1')!, { by: 'id' })).toThrow(
-      expect.objectContaining({ code: 'DG_UNSUPPORTED_OPTION', message: expect.stringContaining('2-2') }),
+      expect.objectContaining({ code: 'DG_USB_ID_AMBIGUOUS', message: expect.stringContaining('2-2') }),
     );
     // A serial does not help: QEMU filters on vendor and product only.
     const serials = list(stick('2-1', 'AAAA'), stick('2-2', 'BBBB'));
     expect(() => listing.attachSpec(serials.get('2-1')!, { by: 'id' })).toThrow(
-      expect.objectContaining({ code: 'DG_UNSUPPORTED_OPTION' }),
+      expect.objectContaining({ code: 'DG_USB_ID_AMBIGUOUS' }),
     );
     // By port is exact, and one stick alone can go by id.
     expect(listing.attachSpec(twins.get('2-2')!, {}).params).toEqual({ hostbus: 2, hostport: '2' });

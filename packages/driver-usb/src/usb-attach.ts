@@ -50,12 +50,7 @@ export function usbAttachSpec(
         other.data['vendor-id'] === vendor &&
         other.data['product-id'] === product,
     );
-    if (twin) {
-      throw Errors.unsupportedOption({
-        option: 'by',
-        message: `by=id cannot tell ${portLabel(device.port)} from ${twin.port.portId}, which has the same vendor and product id; attach it by port`,
-      });
-    }
+    if (twin) throw Errors.usbIdAmbiguous({ device: portLabel(device.port), twin: portLabel(twin.port) });
     return {
       kind: 'usb-host',
       params: { vendorid: parseInt(vendor, 16), productid: parseInt(product, 16) },
