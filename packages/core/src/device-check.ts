@@ -38,8 +38,12 @@ const NAMED_PROBLEMS = 8;
 export function snapshotChecker(
   devclass: string,
   backend: DomainName,
+  /**
+   * Each good device's port key, filled here: the kernel's diff of the same snapshots reads it
+   * (snapshotsToEvents), so 10,000 devices hold one key and one entry each, not two.
+   */
+  checked = new WeakMap<DeviceInfo, string>(),
 ): (snapshot: readonly DeviceInfo[]) => CheckedSnapshot {
-  const checked = new WeakMap<DeviceInfo, string>(); // a good device, and its port key
   // The pass each port was last listed in, kept from pass to pass: a port met twice in one pass is
   // listed twice, and a pass makes no new set of every port.
   const listedIn = new Map<string, number>();

@@ -198,7 +198,8 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
       this.lastFaults.set(pairKey, driverFault);
       this.publish({ type: 'driver-fault', ...driverFault });
     };
-    const check = snapshotChecker(driver.id, source.backend);
+    const portKeys = new WeakMap<DeviceInfo, string>();
+    const check = snapshotChecker(driver.id, source.backend, portKeys);
     // Checked once per snapshot the driver emits, not again for each change of attachments.
     const snapshots = defer(() => driver.discover(source)).pipe(
       map((snapshot) => {
@@ -216,7 +217,7 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
     );
     const isolated = combineLatest([snapshots, this.attachmentsChanged]).pipe(
       map(([devices]) => devices.map((device) => this.withAttachment(device))),
-      snapshotsToEvents(),
+      snapshotsToEvents(portKeys),
       catchError((error: unknown) => {
         fault(asError(error));
         throw error;

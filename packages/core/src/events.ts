@@ -74,10 +74,12 @@ function removalEvents(device: DeviceInfo, events: DeviceEvent[]): void {
  * previous snapshot is kept as one map updated in place, marked with the snapshot it was last in:
  * a snapshot of 500 devices of which 2 are new costs a lookup per device, not a new map of 500.
  */
-export function snapshotsToEvents(): OperatorFunction<readonly DeviceInfo[], DeviceEvent> {
+export function snapshotsToEvents(
+  /** Each device's port key, shared with whoever computed it first (the kernel's snapshot check). */
+  keys = new WeakMap<DeviceInfo, string>(),
+): OperatorFunction<readonly DeviceInfo[], DeviceEvent> {
   return (snapshots: Observable<readonly DeviceInfo[]>) => {
     const current = new Map<string, { device: DeviceInfo; generation: number }>();
-    const keys = new WeakMap<DeviceInfo, string>();
     let generation = 0;
     let previous: readonly DeviceInfo[] = [];
     return snapshots.pipe(
