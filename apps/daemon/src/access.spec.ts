@@ -14,6 +14,7 @@ import {
   DaemonProcess,
   cleanupHarness,
   harnessConfig,
+  registerVms,
   makeTempDir,
   startInProcess,
 } from './testing/daemon-harness.js';
@@ -93,6 +94,7 @@ it('lets nobody (in the read group) read through the main socket, and not connec
   // Sockets live in a temp directory: nobody must be able to traverse to them.
   const dir = makeTempDir('devgated-access-', 0o755);
   const config = harnessConfig(dir, { access: { readGroup: 'nogroup', users: [], groups: [] } });
+  registerVms(config, ['work']);
   await startInProcess(config);
   const rw = rwSocketPath(config.socket);
 

@@ -17,9 +17,10 @@ import {
   type Port,
 } from '@devgate/core';
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
-import { UsbAuthorizer, parseRulesFile } from '@devgate/driver-usb';
+import { UsbAuthorizer, type UsbGuardRule, parseRulesFile } from '@devgate/driver-usb';
 import { InputProxy, InputReplug, forwardInput, inputProxyPolicy } from '@devgate/driver-input';
 import { AgentSource } from '@devgate/backend-agent';
+import { defaultRegistryFile } from '@devgate/backend-qemu';
 import {
   type AuditEntryInput,
   type DaemonConfig,
@@ -32,6 +33,8 @@ import {
   logRefusedModules,
   openStateStore,
   provideServices,
+  readTrustedFile,
+  requireTrustedFile,
 } from '@devgate/service';
 import { AskService } from './services/asks.js';
 import { AutoAttach } from './services/auto-attach.js';
@@ -82,6 +85,11 @@ export class Devgated implements Disposable {
   static async start(config: DaemonConfig, log: Logger = pino({ level: 'info' })): Promise<Devgated> {
     // Before anything is opened or reconciled: a second devgated must leave the first one's state alone.
     for (const file of ownSocketPaths(config.socket)) await checkNotListening(file);
+    // What it reads as root besides its configuration, checked as the configuration is, before
+    // anything is opened: which devices the host lets in, and which QMP sockets and agents are VMs.
+    const usbRules =
+      config.usbPolicy && parseRulesFile(readTrustedFile(config.usbPolicy.rules), config.usbPolicy.rules);
+    requireTrustedFile(config.domains ?? defaultRegistryFile());
     const store = openStateStore(config.stateDir);
     const events = new DaemonEvents();
     // Every domain at the configured libvirt URIs is a frontend; a disk someone attached there maps to this host.
@@ -139,7 +147,7 @@ export class Devgated implements Disposable {
       daemon.watch();
       await daemon.reconcile();
       for (const agent of starting) if (daemon.unread.has(agent.backend)) void daemon.reconcileWhenReady(agent);
-      daemon.authorizeUsb();
+      daemon.authorizeUsb(usbRules);
       autoAttach.start();
       const auditInput = (
         device: DeviceInfo,
@@ -324,12 +332,11 @@ export class Devgated implements Disposable {
    * USB authorization of the host's own devices (the backend read from this host's sysfs): present
    * devices at start, new ones as they appear. Every decision is audited, and so streamed.
    */
-  private authorizeUsb(): void {
+  private authorizeUsb(rules: UsbGuardRule[] | undefined): void {
     const policy = this.config.usbPolicy;
-    if (!policy) return;
+    if (!policy || !rules) return;
     const source = this.manager.sources.find((s): s is LocalHostSource => s instanceof LocalHostSource);
     if (!source) throw Errors.configInvalid({ location: 'usbPolicy', reason: 'no backend reads this host' });
-    const rules = parseRulesFile(fs.readFileSync(policy.rules, 'utf8'), policy.rules);
     const authorizer = new UsbAuthorizer(
       source,
       { rules, implicitTarget: policy.implicitTarget },

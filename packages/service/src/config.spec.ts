@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { checkConfig, defaultConfig, loadConfig } from './config.js';
+import { checkConfig, defaultConfig, loadConfig, requireTrustedFile } from './config.js';
 import { TempDir } from './store/testing/temp-store.js';
 
 // Who may change state by default: nobody but root. The read group (`devgate`) reads through
@@ -107,5 +107,33 @@ describe('loadConfig: a file another user could change is refused', () => {
     fs.chownSync(file, 0, 0);
     fs.chmodSync(tmp.dir, 0o777);
     expect(reason()).toBe(`DG_CONFIG_INVALID: ${file}: its directory is writable by other users (mode 0777)`);
+  });
+});
+
+describe('requireTrustedFile: a file devgated reads that is not there yet', () => {
+  // The domain registry may be absent (no VM yet): whoever could create it would choose the VMs.
+  let tmp: TempDir;
+  beforeEach(() => (tmp = new TempDir()));
+  afterEach(() => tmp.remove());
+  const reason = (file: string) => {
+    try {
+      requireTrustedFile(file);
+    } catch (error) {
+      return `${(error as { code: string }).code}: ${(error as Error).message}`;
+    }
+    return 'trusted';
+  };
+
+  it('is checked in the nearest directory that exists, sticky or not', () => {
+    const file = path.join(tmp.dir, 'state', 'devgate', 'domains.json');
+    expect(reason(file)).toBe('trusted');
+    fs.chmodSync(tmp.dir, 0o1777);
+    expect(reason(file)).toBe(
+      `DG_CONFIG_INVALID: ${file}: it does not exist, and ${tmp.dir}, where it would be created, is writable by other users, who could create it (mode 1777)`,
+    );
+    fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
+    expect(reason(file)).toBe('trusted');
+    fs.chownSync(path.dirname(file), 4242, 4242);
+    expect(reason(file)).toBe(`DG_CONFIG_INVALID: ${file}: its directory is owned by uid 4242, neither root nor uid 0`);
   });
 });

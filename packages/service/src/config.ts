@@ -2,7 +2,14 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { type Node, type ParseError, findNodeAtLocation, parseTree, printParseErrorCode } from 'jsonc-parser';
-import { Errors, type ModuleReference, PACKAGE_NAME, isPathSpecifier, isValidDomainName } from '@devgate/core';
+import {
+  DevgateError,
+  Errors,
+  type ModuleReference,
+  PACKAGE_NAME,
+  isPathSpecifier,
+  isValidDomainName,
+} from '@devgate/core';
 import { defaultLibvirtUri } from '@devgate/backend-libvirt';
 
 /** Where a backend domain's devices come from. */
@@ -283,24 +290,7 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
  */
 export function loadConfig(file?: string): DaemonConfig {
   if (!file) return defaultConfig();
-  let text: string;
-  let unsafe: string | undefined;
-  try {
-    const fd = fs.openSync(file, 'r');
-    try {
-      // The open file itself, so that what is checked is what is read.
-      unsafe =
-        writableByOthers(fs.fstatSync(fd), 'the file') ??
-        writableByOthers(fs.statSync(path.dirname(path.resolve(file))), 'its directory');
-      text = fs.readFileSync(fd, 'utf8');
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch (error) {
-    throw Errors.configInvalid({ location: file, reason: (error as Error).message });
-  }
-  if (unsafe) throw Errors.configInvalid({ location: file, reason: unsafe });
-  const { config, issues } = checkConfig(text, file);
+  const { config, issues } = checkConfig(readTrustedFile(file), file);
   if (!config) {
     const first = issues[0];
     throw Errors.configInvalid({ location: `${first.file}:${first.line}:${first.column}`, reason: first.message });
@@ -313,17 +303,66 @@ export function formatIssue(issue: ConfigIssue): string {
 }
 
 /**
+ * Refuses (DG_CONFIG_INVALID) a file devgated trusts as root that a user other than root and its own
+ * could change, as sshd's StrictModes does: its configuration, the USB rules, the domain registry
+ * (which QMP sockets and agents it talks to). `fd`, the file as the caller opened it, is what is
+ * checked, so that what is checked is what is read. A file not there yet is checked where it would
+ * be created: whoever may create it chooses what it says.
+ */
+export function requireTrustedFile(file: string, fd?: number): void {
+  let unsafe: string | undefined;
+  try {
+    unsafe = untrustedReason(file, fd);
+  } catch (error) {
+    throw Errors.configInvalid({ location: file, reason: (error as Error).message });
+  }
+  if (unsafe) throw Errors.configInvalid({ location: file, reason: unsafe });
+}
+
+/** The text of a file devgated trusts as root, once `requireTrustedFile` accepted the file opened. */
+export function readTrustedFile(file: string): string {
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(file, 'r');
+    requireTrustedFile(file, fd);
+    return fs.readFileSync(fd, 'utf8');
+  } catch (error) {
+    if (error instanceof DevgateError) throw error;
+    throw Errors.configInvalid({ location: file, reason: (error as Error).message });
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
+function untrustedReason(file: string, fd: number | undefined): string | undefined {
+  const stat = fd === undefined ? fs.statSync(file, { throwIfNoEntry: false }) : fs.fstatSync(fd);
+  const directory = path.dirname(path.resolve(file));
+  if (stat) return writableByOthers(stat, 'the file') ?? writableByOthers(fs.statSync(directory), 'its directory');
+  // The nearest directory on its path that exists: the missing ones could be made there.
+  let parent = directory;
+  let parentStat = fs.statSync(parent, { throwIfNoEntry: false });
+  while (!parentStat && path.dirname(parent) !== parent) {
+    parent = path.dirname(parent);
+    parentStat = fs.statSync(parent, { throwIfNoEntry: false });
+  }
+  const where = parent === directory ? 'its directory' : `${parent}, where it would be created,`;
+  return parentStat && writableByOthers(parentStat, where, 'creating');
+}
+
+/**
  * Why a user other than root and this process's own could change this file or directory, if one
  * could: another owner, or group or other write (a sticky directory, like /tmp, keeps others from
- * replacing a file they do not own).
+ * replacing a file they do not own, not from creating one that is not there).
  */
-function writableByOthers(stat: fs.Stats, what: string): string | undefined {
+function writableByOthers(stat: fs.Stats, what: string, creating?: 'creating'): string | undefined {
   const uid = process.geteuid?.() ?? 0;
   const mode = (stat.mode & 0o7777).toString(8).padStart(4, '0');
   if (stat.uid !== 0 && stat.uid !== uid) return `${what} is owned by uid ${stat.uid}, neither root nor uid ${uid}`;
-  const sticky = stat.isDirectory() && (stat.mode & 0o1000) !== 0;
-  if ((stat.mode & 0o022) !== 0 && !sticky) return `${what} is writable by other users (mode ${mode})`;
-  return undefined;
+  const sticky = stat.isDirectory() && (stat.mode & 0o1000) !== 0 && !creating;
+  if ((stat.mode & 0o022) === 0 || sticky) return undefined;
+  return creating
+    ? `it does not exist, and ${what} is writable by other users, who could create it (mode ${mode})`
+    : `${what} is writable by other users (mode ${mode})`;
 }
 
 function isAgentBackend(source: Record<string, unknown>): boolean {

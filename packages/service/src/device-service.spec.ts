@@ -100,7 +100,7 @@ const attachedPorts = () => [...connector.attached.values()].map((a) => `${a.por
 const detach = (device: string) => service.detach({ devclass: 'pci', frontend: 'work', device }, 'test');
 
 describe('DeviceService: the VM is checked first', () => {
-  it('refuses an unknown VM before the device, for attach and detach, and audits it', async () => {
+  it('refuses an unknown VM before the device, for attach, detach and assign, and audits it', async () => {
     for (const attempt of [
       service.attach({ devclass: 'pci', frontend: 'nosuchvm', device: 'dom0:no_such' }, 'test'),
       service.detach({ devclass: 'pci', frontend: 'nosuchvm' }, 'test'),
@@ -108,10 +108,16 @@ describe('DeviceService: the VM is checked first', () => {
     ]) {
       await expect(attempt).rejects.toMatchObject({ code: 'DG_NO_CONNECTOR', message: "no such domain: 'nosuchvm'" });
     }
+    // Qubes' qvm-device assign refuses one too: nothing is stored for a VM that does not exist.
+    expect(() =>
+      service.assign({ devclass: 'pci', frontend: 'nosuchvm', device: 'dom0:no_such', mode: 'required' }, 'test'),
+    ).toThrow(expect.objectContaining({ code: 'DG_NO_CONNECTOR', message: "no such domain: 'nosuchvm'" }));
+    expect(store.assignments.list()).toEqual([]);
     expect(store.audit.query({}).map((e) => `${e.action} ${e.outcome} ${e.code}`)).toEqual([
       'attach denied DG_NO_CONNECTOR',
       'detach denied DG_NO_CONNECTOR',
       'detach denied DG_NO_CONNECTOR',
+      'assign denied DG_NO_CONNECTOR',
     ]);
   });
 });

@@ -247,6 +247,14 @@ export class DeviceService {
   }
 
   assign(input: AssignInput, actor: string): StoredAssignment {
+    // An unknown VM is refused as attach refuses it (Qubes' `no such domain`): stored, its assignment
+    // would wait for a VM that never comes, or go to whichever VM is given that name later.
+    try {
+      this.requireFrontend(input.frontend);
+    } catch (error) {
+      this.auditFailure(error, { devclass: input.devclass, actor, action: 'assign', frontend: input.frontend });
+      throw error;
+    }
     const key = this.assignmentKey(input);
     if (key.deviceId === undefined) {
       throw Errors.unknownDevice({ backend: key.backend, devclass: input.devclass, port: key.portId });
@@ -373,8 +381,9 @@ function printable(text: string): string {
  * A refusal as the audit log can keep it, whatever the request held: a refused request is often
  * refused for the very name the store would refuse too (a newline in a device id), and the record of
  * it must not fail in turn. Such a name leaves its column for `details.invalid`, made printable.
+ * Every writer of refusals uses it (devgated's deny-list routes too).
  */
-function recordable(entry: AuditEntryInput): AuditEntryInput {
+export function recordable(entry: AuditEntryInput): AuditEntryInput {
   const invalid: Record<string, string> = {};
   const valid = (field: string, value: string | undefined, checkValue: (v: string) => unknown) => {
     if (value === undefined) return undefined;

@@ -22,6 +22,7 @@ import {
   type RawResponse,
   cleanupHarness,
   harnessConfig,
+  registerVms,
   inParallel,
   makeTempDir,
   parseResponses,
@@ -45,6 +46,8 @@ let stateFile: string;
 
 beforeAll(async () => {
   const config = harnessConfig(makeTempDir('devgated-hostile-'));
+  // The seed assignments' VM; the corpus's requests name 'work', which devgated does not know.
+  registerVms(config, ['vault']);
   daemon = await DaemonProcess.start(config);
   client = new ApiClient(config.socket);
   stateFile = path.join(config.stateDir, 'state.db');
@@ -137,7 +140,12 @@ it(`answers ${COUNT} hostile requests with coded 4xx errors, never crashes, and 
   // Some state for a hostile request to damage: assignments, and a refused attach (audited; refused
   // for its unknown VM before anything is journaled).
   for (const port of ['dom0:seed1', 'dom0:seed2', 'dom0:seed3']) {
-    const made = await client.post('/v1/assignments', { class: 'block', frontend: 'work', device: port, only: 'port' });
+    const made = await client.post('/v1/assignments', {
+      class: 'block',
+      frontend: 'vault',
+      device: port,
+      only: 'port',
+    });
     expect(made.status).toBe(200);
   }
   expect((await client.post('/v1/attach', { class: 'block', frontend: 'work', device: 'dom0:seed1' })).status).toBe(
@@ -206,7 +214,7 @@ it(`answers ${COUNT} hostile requests with coded 4xx errors, never crashes, and 
   // The state check can see a change: a valid request still works, and shows.
   const control = await client.post('/v1/assignments', {
     class: 'block',
-    frontend: 'work',
+    frontend: 'vault',
     device: 'dom0:after',
     only: 'port',
   });

@@ -19,6 +19,7 @@ import {
   ApiClient,
   cleanupHarness,
   harnessConfig,
+  registerVms,
   makeTempDir,
   request,
   startInProcess,
@@ -176,6 +177,8 @@ describe('docs/openapi.json', () => {
     beforeAll(async () => {
       // The real host's devices, so that the Device schema meets real records.
       const config = harnessConfig(makeTempDir('devgated-openapi-'), { backends: { dom0: { source: 'local' } } });
+      // The VM assignments go to; none is named work, for the refusals of an unknown VM.
+      registerVms(config, ['vault']);
       daemon = await startInProcess(config);
       client = new ApiClient(config.socket);
     });
@@ -363,7 +366,7 @@ describe('docs/openapi.json', () => {
     it('answers in the documented shapes', async () => {
       const byId = (id: string) => operations.find((o) => o.op.operationId === id)!;
       // Something in each list first.
-      await send(byId('assign'), { class: 'block', frontend: 'work', device: 'dom0:sdz9', only: 'port', options: {} });
+      await send(byId('assign'), { class: 'block', frontend: 'vault', device: 'dom0:sdz9', only: 'port', options: {} });
       await send(byId('addDenied'), { patterns: ['u03****'] });
       daemon.store.answers.remember({
         devclass: 'usb',
@@ -439,7 +442,7 @@ describe('docs/openapi.json', () => {
         await new Promise((r) => setTimeout(r, 50));
         const assigned = await client.post('/v1/assignments', {
           class: 'block',
-          frontend: 'work',
+          frontend: 'vault',
           device: 'dom0:sse1',
           only: 'port',
         });

@@ -14,6 +14,7 @@ import {
   type DaemonEvents,
   type PolicyAnswer,
   type SqliteStateStore,
+  recordable,
 } from '@devgate/service';
 
 // -- schemas (fastify validates every body, query and parameter before a handler runs)
@@ -157,12 +158,15 @@ export class PolicyStateService {
     this.events.publish({ type: 'audit', entry });
   }
 
-  /** A refused or failed change is audited too, unless the store itself is what failed. */
+  /**
+   * A refused or failed change is audited too, unless the store itself is what failed. Recordable:
+   * the message echoes the request, and what the store refused in it would fail the record as well.
+   */
   private auditFailure(error: unknown, entry: Omit<AuditEntryInput, 'outcome'>): void {
     const code = errorCode(error);
     const outcome = error instanceof DevgateError && !code.startsWith('DG_STATE_') ? 'denied' : 'error';
     try {
-      this.publish(this.store.audit.append({ ...entry, outcome, code, reason: (error as Error).message }));
+      this.publish(this.store.audit.append(recordable({ ...entry, outcome, code, reason: (error as Error).message })));
     } catch {
       // the store is unusable: the original error says so
     }

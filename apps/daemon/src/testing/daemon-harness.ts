@@ -87,6 +87,16 @@ export function writeConfigFile(config: DaemonConfig, file: string): string {
   return file;
 }
 
+/**
+ * Names `vms` in the configuration's domain registry: they exist for devgated (which refuses an
+ * attach or an assignment to a VM it does not know) without a QEMU behind their QMP sockets.
+ */
+export function registerVms(config: DaemonConfig, vms: readonly string[]): void {
+  const file = config.domains!;
+  const domains = Object.fromEntries(vms.map((vm) => [vm, { qmp: path.join(path.dirname(file), `${vm}.qmp`) }]));
+  fs.writeFileSync(file, JSON.stringify({ domains }, null, 2) + '\n');
+}
+
 // -- devgated in-process
 
 /** `Devgated.start` with a silent logger; stopped by `cleanupHarness()` if the test does not. */
