@@ -18,6 +18,8 @@ export * from './events.js';
 export * from './plugin-api.js';
 export * from './input-send-event.js';
 export * from './device-manager.js';
+// The kernel's check of what drivers list, for the conformance kit to run as is.
+export { type CheckedSnapshot, invalidDevicesError, snapshotChecker } from './device-check.js';
 export * from './kernel.js';
 export * from './attach-kinds.js';
 export * from './input-linux.js';

@@ -1,8 +1,9 @@
 /**
  * The driver contract, check by check, as plain functions: each resolves when the driver keeps that
  * part of the contract and rejects with a ConformanceError whose message names the defect (so a
- * third-party author reads "duplicate port" or "leaking subscription", not a diff). The jest suite
- * (`describeDriverConformance`) and `checkDriverConformance` run them.
+ * third-party author reads "listed twice" or "leaking subscription", not a diff). The jest suite
+ * (`describeDriverConformance`) and `checkDriverConformance` run them. What the kernel checks of every
+ * device a driver lists, they check with the kernel's own code: a driver that passes is not faulted.
  */
 import { BehaviorSubject, Observable, type Subscription } from 'rxjs';
 import {
@@ -11,14 +12,16 @@ import {
   type DeviceInfo,
   type DeviceSource,
   DevgateError,
+  DriverContractError,
   Errors,
   HostTree,
   QEMU_DEVICE_KIND,
   type RawDeviceRecord,
   SUPPORTED_PLUGIN_API_VERSIONS,
   checkQemuDeviceParams,
-  isInterfaceCode,
+  invalidDevicesError,
   portKey,
+  snapshotChecker,
 } from '@devgate/core';
 import { HOSTILE_STRINGS, UNSAFE_CHARACTERS, allStrings } from './hostile.js';
 
@@ -45,6 +48,14 @@ const ANSWER_MS = 10_000;
 /** How long after an answer a second, unwanted one is waited for. */
 const SETTLE_MS = 30;
 const CATALOGUE_CODES = new Set(Object.values(Errors).map((entry) => entry.code));
+/** The backend of the kit's sources. */
+const BACKEND = 'backend-x';
+/**
+ * Characters the kernel refuses in text that UNSAFE_CHARACTERS does not name (soft hyphen,
+ * zero-width, word joiner, BOM, line and paragraph separators): inside a word, which a trim keeps,
+ * after every hostile string, so no record misses them.
+ */
+const INVISIBLE = 'in\u00ad\u200b\u2060\ufeff\u2028\u2029visible';
 
 /** A source that emits the trees it is given, stays open (as live sources do), and counts subscribers. */
 export class ProbeSource implements DeviceSource {
@@ -56,7 +67,7 @@ export class ProbeSource implements DeviceSource {
   readonly trees$: Observable<HostTree>;
   constructor(
     first: HostTree,
-    readonly backend = 'backend-x',
+    readonly backend = BACKEND,
   ) {
     this.trees = new BehaviorSubject(first);
     this.trees$ = new Observable<HostTree>((subscriber) => {
@@ -140,7 +151,10 @@ export function checkManifest(driver: DeviceClassDriver): void {
     if (!/^[a-z0-9_-]{1,32}$/.test(s)) fail(`subsystem '${s}' is not a sysfs name`);
 }
 
-/** One snapshot per tree, with unique, valid ports of the driver's class and backend. */
+/**
+ * One snapshot per tree, whose every device the kernel lists: unique, valid ports of the driver's
+ * class and backend, valid ids and interface codes, plain text, no attachment of its own.
+ */
 export async function checkDiscovery(driver: DeviceClassDriver, tree: HostTree): Promise<void> {
   const fail = (message: string) => {
     throw new ConformanceError('discovery', message);
@@ -151,19 +165,7 @@ export async function checkDiscovery(driver: DeviceClassDriver, tree: HostTree):
   watch.stop();
   if (watch.error !== undefined) fail(`discover() errored: ${describe(watch.error)}`);
   if (watch.snapshots.length !== 1) fail(`${watch.snapshots.length} snapshots for one tree (expected exactly one)`);
-  const seen = new Set<string>();
-  for (const device of watch.snapshots[0]) {
-    const key = portKey(device.port);
-    if (seen.has(key)) fail(`duplicate port ${key}: ports are unique per class and backend`);
-    seen.add(key);
-    if (device.port.devclass !== driver.id) fail(`port ${key} has class '${device.port.devclass}', not '${driver.id}'`);
-    if (device.port.backend !== 'backend-x') fail(`port ${key} is not of the source's backend (backend-x)`);
-    if (!device.port.portId || /[\s:/]/.test(device.port.portId))
-      fail(`port id '${device.port.portId}' is empty or holds a space, ':' or '/'`);
-    if (!device.deviceId) fail(`port ${key} has no device id`);
-    for (const code of device.interfaces)
-      if (!isInterfaceCode(code)) fail(`invalid interface code '${code}' on ${key}`);
-  }
+  kernelCheck(driver.id, fail)(watch.snapshots[0]);
 }
 
 /** The same tree gives the same devices, from a fresh driver too. */
@@ -183,8 +185,12 @@ export async function checkHostileStrings(
   tree: HostTree,
   maxLength = 4096,
 ): Promise<void> {
+  const fail = (message: string) => {
+    throw new ConformanceError('hostile-strings', message);
+  };
   const reads = new Map<string, Set<string>>();
-  await discoverOnce(driver(), trackReads(tree, reads), 'hostile-strings');
+  const first = driver();
+  await discoverOnce(first, trackReads(tree, reads), 'hostile-strings');
   // One key at a time: a hostile DEVTYPE makes a driver skip the device, which would hide what it
   // does with a hostile name.
   for (const [key, hostile] of hostileTrees(tree, reads)) {
@@ -192,22 +198,19 @@ export async function checkHostileStrings(
     try {
       devices = await discoverOnce(driver(), hostile, 'hostile-strings');
     } catch (error) {
-      throw new ConformanceError('hostile-strings', `failed when ${describeKey(key)} is hostile: ${describe(error)}`);
+      return fail(`failed when ${describeKey(key)} is hostile: ${describe(error)}`);
     }
+    // Its own check first, for the message: it names where the string is and what it holds.
     for (const [at, text] of allStrings(devices)) {
       if (UNSAFE_CHARACTERS.test(text)) {
-        throw new ConformanceError(
-          'hostile-strings',
+        fail(
           `unsanitized string at ${at} when ${describeKey(key)} is hostile: ${JSON.stringify(text.slice(0, 120))} (sanitizeText() it in the parser)`,
         );
       }
-      if (text.length > maxLength) {
-        throw new ConformanceError(
-          'hostile-strings',
-          `unbounded string at ${at} when ${describeKey(key)} is hostile: ${text.length} characters`,
-        );
-      }
+      if (text.length > maxLength)
+        fail(`unbounded string at ${at} when ${describeKey(key)} is hostile: ${text.length} characters`);
     }
+    kernelCheck(first.id, fail, ` when ${describeKey(key)} is hostile`)(devices);
   }
 }
 
@@ -225,7 +228,8 @@ export async function checkHotplug(
     await discoverOnce(createDriver(), after, 'hotplug'),
   ];
   const source = new ProbeSource(before);
-  const watch = new Watch(createDriver(), source);
+  const driver = createDriver();
+  const watch = new Watch(driver, source);
   await watch.until(1);
   source.emit(after);
   // A driver answers a new tree as fast as the first one.
@@ -236,6 +240,9 @@ export async function checkHotplug(
   if (watch.snapshots.length !== 2) {
     fail(`${watch.snapshots.length} snapshots for two trees (expected one per tree: map every tree the source emits)`);
   }
+  // One check for both, as the kernel's for a driver and backend: it remembers ports from pass to pass.
+  const check = kernelCheck(driver.id, fail);
+  for (const snapshot of watch.snapshots) check(snapshot);
   const keys = (list: readonly DeviceInfo[]) => list.map((d) => portKey(d.port)).sort();
   const [, second] = watch.snapshots;
   if (JSON.stringify(keys(second)) !== JSON.stringify(keys(expected[1]))) {
@@ -381,6 +388,30 @@ export async function checkAttachSpecs(
 
 // -- helpers
 
+/**
+ * The kernel's own check of the snapshots a driver lists for the kit's backend, failing with the
+ * fault it would report: the kit cannot pass what the kernel leaves out.
+ */
+function kernelCheck(
+  devclass: string,
+  fail: (message: string) => never,
+  when = '',
+): (snapshot: readonly DeviceInfo[]) => void {
+  const check = snapshotChecker(devclass, BACKEND);
+  return (snapshot) => {
+    let problems: readonly string[];
+    try {
+      ({ problems } = check(snapshot));
+    } catch (error) {
+      // Not a list of devices.
+      if (error instanceof DriverContractError) fail(`the kernel faults it${when}: ${error.reason}`);
+      throw error;
+    }
+    if (problems.length > 0)
+      fail(`the kernel faults it${when}: ${invalidDevicesError(devclass, BACKEND, problems).reason}`);
+  };
+}
+
 /** The tree, recording which properties and attributes of which records the driver reads. */
 function trackReads(tree: HostTree, reads: Map<string, Set<string>>): HostTree {
   const note = (devpath: string, key: string) => {
@@ -425,7 +456,7 @@ function poison(tree: HostTree, reads: ReadonlyMap<string, ReadonlySet<string>>,
   return new HostTree(
     tree.devices().map((record): RawDeviceRecord => {
       if (!reads.get(record.devpath)?.has(key)) return record;
-      const payload = HOSTILE_STRINGS[i++ % HOSTILE_STRINGS.length] + extra;
+      const payload = HOSTILE_STRINGS[i++ % HOSTILE_STRINGS.length] + INVISIBLE + extra;
       const properties: Record<string, string> = { ...record.properties };
       if (key.startsWith('p:')) properties[key.slice(2)] += payload;
       return {

@@ -16,7 +16,7 @@ export interface ConformanceSubject {
   createDriver(): DeviceClassDriver;
   /** Host trees that hold devices of the driver's class, named (recordings of real machines). */
   trees(): Record<string, HostTree>;
-  /** Longest text a driver may emit (sanitizeText's bound, or a path). */
+  /** Longest text a driver may emit (sanitizeText's bound, or a path); the kernel's 4,096 bounds it anyway. */
   maxStringLength?: number;
   /**
    * Trees before and after a plug or an unplug, named. Without them, each tree is emptied and
@@ -45,7 +45,7 @@ function checks(subject: ConformanceSubject): [string, () => Promise<void> | voi
     ['has an explicit id and a manifest for this plugin API', () => checkManifest(subject.createDriver())],
     ...trees.flatMap(([name, tree]): [string, () => Promise<void>][] => [
       [
-        `on ${name}: emits one snapshot per tree, with unique ports of its own class and backend`,
+        `on ${name}: emits one snapshot per tree, with no device the kernel leaves out`,
         () => checkDiscovery(subject.createDriver(), tree),
       ],
       [
