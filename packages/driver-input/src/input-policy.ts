@@ -375,7 +375,10 @@ export interface InputDeviceDecision {
   /** deny: nothing goes; ask: one question for the calls that ask; allow: the allowed calls go. */
   readonly verdict: PolicyAction;
   readonly calls: readonly (InputCall & { readonly decision: PolicyDecision })[];
-  /** Event nodes whose events may go (allow), or would go after a yes (ask). */
+  /**
+   * Event nodes whose events may go (allow), or that could go after a yes (ask: those of every
+   * candidate; a yes sends only the ones that may go to the answered VM, `eventsGoingTo`).
+   */
   readonly events: readonly string[];
   /** Candidates of the question, and the one preselected. */
   readonly candidates: readonly string[];

@@ -1,4 +1,4 @@
-import { of } from 'rxjs';
+import { NEVER, type Subscription, concat, of } from 'rxjs';
 import { type DeviceInfo, type DeviceSource, DriverContractError, HostTree, recordOf } from '@devgate/core';
 import { loadRecording } from '@devgate/host';
 import { recordedFixture } from '@devgate/testkit';
@@ -84,10 +84,13 @@ describe('UsbDriver.attachSpec', () => {
       );
     // What the driver lists for the backend is what an attach by id is checked against.
     const listing = new UsbDriver(NO_NAMES);
+    const subscriptions: Subscription[] = [];
     const list = (...records: ReturnType<typeof stick>[]) => {
       let devices: readonly DeviceInfo[] = [];
-      const source = { backend: 'dom0', trees$: of(new HostTree(records)) } as unknown as DeviceSource;
-      listing.discover(source).subscribe((listed) => (devices = listed));
+      // A live source: its stream stays open while the backend is read (the list goes when it ends).
+      const trees$ = concat(of(new HostTree(records)), NEVER);
+      const source = { backend: 'dom0', trees$ } as unknown as DeviceSource;
+      subscriptions.push(listing.discover(source).subscribe((listed) => (devices = listed)));
       return new Map(devices.map((d) => [d.port.portId, d]));
     };
     const twins = list(stick('2-1'), stick('2-2'));
@@ -106,6 +109,13 @@ describe('UsbDriver.attachSpec', () => {
     // By port is exact, and one stick alone can go by id.
     expect(listing.attachSpec(twins.get('2-2')!, {}).params).toEqual({ hostbus: 2, hostport: '2' });
     expect(listing.attachSpec(list(stick('2-1')).get('2-1')!, { by: 'id' }).params).toEqual({
+      vendorid: 0x0951,
+      productid: 0x1666,
+    });
+    // A backend no longer read leaves no twins behind.
+    const twinsAgain = list(stick('2-1'), stick('2-2'));
+    subscriptions.forEach((subscription) => subscription.unsubscribe());
+    expect(listing.attachSpec(twinsAgain.get('2-2')!, { by: 'id' }).params).toEqual({
       vendorid: 0x0951,
       productid: 0x1666,
     });

@@ -1,4 +1,4 @@
-import { type Observable, map } from 'rxjs';
+import { type Observable, finalize, map } from 'rxjs';
 import {
   type AttachSpec,
   type DeviceClassDriver,
@@ -28,6 +28,8 @@ export class UsbDriver implements DeviceClassDriver {
         this.listed.set(source.backend, devices);
         return devices;
       }),
+      // A backend no longer read lists nothing: its last devices are no one's twins.
+      finalize(() => this.listed.delete(source.backend)),
     );
   }
 

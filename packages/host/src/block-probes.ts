@@ -205,6 +205,7 @@ export class BlockProbes {
   /** A device that does not open has nothing blkid could find: settled without a fork. */
   private settleUnopened({ key, token }: QueuedProbe): void {
     if (this.found.get(key) === token) this.found.set(key, {});
+    this.retries.delete(key);
     this.running--;
   }
 

@@ -215,6 +215,13 @@ describe('DeviceService: a refusal is audited whatever the request held', () => 
     expect(() => service.unassign({ devclass: 'pci', frontend: 'work', device: 'dom0:00_19.0:a\nb' }, 'test')).toThrow(
       expect.objectContaining({ code: 'DG_NOT_ASSIGNED' }),
     );
+    // A device argument that does not parse, or a port with nothing in it, is refused and audited too.
+    expect(() =>
+      service.assign({ devclass: 'pci', frontend: 'work', device: 'no-colon', mode: 'required' }, 'test'),
+    ).toThrow(expect.objectContaining({ code: 'DG_BAD_DEVICE_ARGUMENT' }));
+    expect(() =>
+      service.assign({ devclass: 'pci', frontend: 'work', device: 'dom0:00_1f.7', mode: 'required' }, 'test'),
+    ).toThrow(expect.objectContaining({ code: 'DG_UNKNOWN_DEVICE' }));
 
     const refused = store.audit.query({}).filter((e) => e.outcome !== 'ok');
     expect(refused.map((e) => [e.action, e.code, e.details])).toEqual([
@@ -222,6 +229,8 @@ describe('DeviceService: a refusal is audited whatever the request held', () => 
       ['attach', 'DG_INVALID_DOMAIN_NAME', { invalid: { backend: 'Bad Backend' } }],
       ['assign', 'DG_INVALID_STATE_VALUE', { invalid: { deviceId: 'a b' } }],
       ['unassign', 'DG_NOT_ASSIGNED', { invalid: { deviceId: 'a b' } }],
+      ['assign', 'DG_BAD_DEVICE_ARGUMENT', undefined],
+      ['assign', 'DG_UNKNOWN_DEVICE', undefined],
     ]);
     expect(refused[0].reason).toBe('dom0:00_19.0:evil id is not attached.');
     expect(store.journal.pending()).toEqual([]);

@@ -249,15 +249,23 @@ export class DeviceService {
   assign(input: AssignInput, actor: string): StoredAssignment {
     // An unknown VM is refused as attach refuses it (Qubes' `no such domain`): stored, its assignment
     // would wait for a VM that never comes, or go to whichever VM is given that name later.
+    let key: ReturnType<DeviceService['assignmentKey']> | undefined;
     try {
       this.requireFrontend(input.frontend);
+      key = this.assignmentKey(input);
+      if (key.deviceId === undefined) {
+        throw Errors.unknownDevice({ backend: key.backend, devclass: input.devclass, port: key.portId });
+      }
     } catch (error) {
-      this.auditFailure(error, { devclass: input.devclass, actor, action: 'assign', frontend: input.frontend });
+      const where = key && { backend: key.backend, portId: key.portId };
+      this.auditFailure(error, {
+        devclass: input.devclass,
+        ...where,
+        actor,
+        action: 'assign',
+        frontend: input.frontend,
+      });
       throw error;
-    }
-    const key = this.assignmentKey(input);
-    if (key.deviceId === undefined) {
-      throw Errors.unknownDevice({ backend: key.backend, devclass: input.devclass, port: key.portId });
     }
     const entry = {
       devclass: input.devclass,

@@ -75,7 +75,7 @@ function checks(subject: ConformanceSubject): [string, () => Promise<void> | voi
 /**
  * The contract every device-class driver keeps, as a jest suite. Third-party drivers call it from a
  * spec file with their own recordings: `describeDriverConformance('usb', { createDriver, trees })`.
- * A failure names the defect (`discovery: duplicate port ...`, `dispose: leaking subscription ...`).
+ * A failure names the defect (`discovery: ... is listed twice`, `dispose: leaking subscription ...`).
  */
 export function describeDriverConformance(name: string, subject: ConformanceSubject): void {
   describe(`driver conformance: ${name}`, () => {

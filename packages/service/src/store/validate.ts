@@ -154,6 +154,7 @@ export function isoTime(field: string, value: Date | string): string {
       local.getUTCDate() !== day ||
       local.getUTCHours() !== hour ||
       local.getUTCMinutes() !== minute ||
+      Number(m[9] ?? 0) > 23 ||
       Number(m[10] ?? 0) > 59
     )
       throw invalid(field, value, expected);
