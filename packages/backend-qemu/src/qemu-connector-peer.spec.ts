@@ -1,9 +1,11 @@
 import { join } from 'node:path';
 import { type AttachSpec, type Port, qemuDeviceSpec } from '@devgate/core';
+import { Observable } from 'rxjs';
 import { writeRegistry } from './domain-registry.js';
 import { encodeQdevId } from './qemu-attach.js';
 import { genericNodeName } from './qemu-generic.js';
 import { QemuConnector } from './qemu-connector.js';
+import { QmpClient, type QmpEvent } from './qmp-client.js';
 import { Cleanup, type FakePeer, fakeQmpServer, waitUntil } from './testing/fixtures.js';
 
 // The connector against a fake QEMU, for what a real one cannot be made to do on cue: answer
@@ -120,6 +122,21 @@ class FakeQemu {
           if (this.deviceAddRefusal) {
             this.refused++;
             fail('GenericError', this.deviceAddRefusal);
+            break;
+          }
+          // As QEMU does, a device is not added without its block node or chardev.
+          if (args['drive'] !== undefined && !this.nodes.has(String(args['drive']))) {
+            fail(
+              'GenericError',
+              `Property '${String(args['driver'])}.drive' can't find value '${String(args['drive'])}'`,
+            );
+            break;
+          }
+          if (args['chardev'] !== undefined && !this.chardevs.has(String(args['chardev']))) {
+            fail(
+              'GenericError',
+              `Property '${String(args['driver'])}.chardev' can't find value '${String(args['chardev'])}'`,
+            );
             break;
           }
           this.devices.set(String(args['id']), {
@@ -408,4 +425,75 @@ it('a reading while devgate attaches leaves the object it added for a device it 
   const attachment = { port: rng.port, frontend: 'work', deviceId: rng.deviceId, options: {} };
   expect(qemu.objects.size).toBe(1);
   expect(await connector.attachments()).toEqual([attachment]);
+});
+
+it('two block attaches to one VM, the first so unanswered that the known list is dropped meanwhile: the second keeps its block node', async () => {
+  const sdc: Port = { devclass: 'block', backend: 'dom0', portId: 'sdc' };
+  const sdcSpec: AttachSpec = { ...stickSpec, params: { ...stickSpec.params, path: '/dev/sdc', frontendDev: 'xvdj' } };
+  // Commands bounded at 2 s. The first attach's device_add (t=0) takes 5 s: it times out (t=2 s), and
+  // so does the read-back devgate then asks QEMU for (t=4 s), which drops the list. The second starts
+  // 1.5 s after that read-back was sent (t=3.5 s), on the list still known; its blockdev-add, behind
+  // the device_add in QEMU, is answered at t=5 s: after the drop, within its own bound (5.5 s). A race
+  // is timed by nature: each margin is 0.5 s or more.
+  await start(2_000);
+  await connector.attachments();
+  const sent: string[] = [];
+  const execute = QmpClient.prototype.execute;
+  const spy = jest.spyOn(QmpClient.prototype, 'execute').mockImplementation(function (this: QmpClient, ...args) {
+    sent.push(args[0]);
+    return execute.apply(this, args);
+  });
+  qemu.deviceAddMs = 5_000;
+  const first = connector.attach('work', stick, stickSpec, 'ID-SDB');
+  first.catch(() => undefined);
+  await waitUntil(
+    () => sent.includes('device_add') && sent.lastIndexOf('qom-list') > sent.indexOf('device_add'),
+    5_000,
+  );
+  spy.mockRestore();
+  qemu.deviceAddMs = 0;
+  await new Promise((resolve) => setTimeout(resolve, 1_500));
+  const second = connector.attach('work', sdc, sdcSpec, 'ID-SDC');
+  await expect(first).rejects.toMatchObject({ code: 'DG_QMP_TIMEOUT' });
+  expect((await second).options['frontend-dev']).toBe('xvdj');
+  expect([...qemu.nodes].sort()).toEqual(['dg-xvdi', 'dg-xvdj']);
+  // The first went in late: both are attached, and a reading keeps both nodes.
+  expect((await connector.attachments()).map((a) => a.port.portId).sort()).toEqual(['sdb', 'sdc']);
+  expect([...qemu.nodes].sort()).toEqual(['dg-xvdi', 'dg-xvdj']);
+});
+
+it("timed-out attaches leave no subscriptions behind on the connection's events", async () => {
+  // Counts who listens to each connection's events, as the connector gets them.
+  let listening = 0;
+  const connect = QmpClient.connect.bind(QmpClient);
+  const spy = jest.spyOn(QmpClient, 'connect').mockImplementation(async (...args) => {
+    const client = await connect(...args);
+    const events = client.events$;
+    Object.defineProperty(client, 'events$', {
+      value: new Observable<QmpEvent>((subscriber) => {
+        listening++;
+        const subscription = events.subscribe(subscriber);
+        return () => {
+          listening--;
+          subscription.unsubscribe();
+        };
+      }),
+    });
+    return client;
+  });
+  cleanup.defer(() => spy.mockRestore());
+  await start(400);
+  await connector.attachments();
+  const afterReading = listening;
+  // Each refused late: QEMU is read back, the attach undone and the list dropped (read again next time).
+  qemu.deviceAddMs = 600;
+  qemu.deviceAddRefusal = "Bus 'xhci.0' does not support hotplugging";
+  for (let i = 0; i < 4; i++) {
+    await expect(connector.attach('work', stick, stickSpec, 'ID-SDB')).rejects.toMatchObject({
+      code: 'DG_QMP_TIMEOUT',
+    });
+  }
+  expect(qemu.refused).toBe(4);
+  await connector.attachments();
+  expect(listening).toBe(afterReading);
 });

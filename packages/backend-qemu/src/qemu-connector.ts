@@ -20,7 +20,7 @@ import {
   QEMU_DEVICE_KIND,
 } from '@devgate/core';
 import * as fs from 'node:fs';
-import { Observable, Subject, share } from 'rxjs';
+import { Observable, Subject, type Subscription, share } from 'rxjs';
 import { isQemuAlive } from './lab.js';
 import { type DomainRegistryData, defaultRegistryFile, getDomain, readRegistrySync } from './domain-registry.js';
 import { QmpClient, type QmpClientOptions } from './qmp-client.js';
@@ -94,6 +94,12 @@ export interface QemuPciDevice {
   readonly [key: string]: unknown;
 }
 
+/** A connection's devgate devices as last read, and its subscription to DEVICE_DELETED for them. */
+interface KnownDevices {
+  readonly devices: Map<string, AttachmentRecord>;
+  readonly events: Subscription;
+}
+
 /** Run states in which the QEMU process exists but the machine is gone (only with -no-shutdown). */
 const NOT_RUNNING_STATES = new Set(['shutdown']);
 
@@ -112,7 +118,8 @@ export class QemuConnector implements Connector {
   private readonly clients = new Map<string, Promise<QmpClient>>();
   private disposed = false;
   private cachedRegistry?: { version: string; data: DomainRegistryData };
-  private readonly peripherals = new WeakMap<QmpClient, Map<string, AttachmentRecord>>();
+  /** A connection's known devgate devices, and what keeps them up to date (see devgateDevices). */
+  private readonly peripherals = new WeakMap<QmpClient, KnownDevices>();
   private readonly shutDown = new WeakMap<QmpClient, boolean>();
   /** What QEMU tells on its own (events, a closed socket), before lifecycle$ dedupes it. */
   private readonly signals = new Subject<DomainLifecycleEvent>();
@@ -287,11 +294,14 @@ export class QemuConnector implements Connector {
     const frontendDev = chooseFrontendDev(frontend, spec, used);
     const rootPort = spec.params.bus === 'virtio' ? await this.freeRootPort(frontend) : undefined;
     const plan = planBlockAttach(port, spec, deviceId, frontendDev, rootPort);
-    await this.execute(frontend, 'blockdev-add', plan.blockdev);
+    let nodeAdded = false;
     await this.addDevice(
       frontend,
       plan.qdevId,
       async (added) => {
+        // The block node is added as part of the attach, so a reading meanwhile (dropOrphans) keeps it.
+        await this.execute(frontend, 'blockdev-add', plan.blockdev);
+        nodeAdded = true;
         for (const device of plan.devices) {
           await this.execute(frontend, 'device_add', device);
           added.push(String(device.id));
@@ -301,7 +311,10 @@ export class QemuConnector implements Connector {
         // Unplug what was added (a CD's transport), then drop the block node.
         const transport = String(plan.devices[0]!.id);
         if (present.has(transport)) await this.unplug(frontend, transport).catch(() => undefined);
-        await this.execute(frontend, 'blockdev-del', { 'node-name': plan.nodeName }).catch(() => undefined);
+        // Only a node this attach added: one of that name already there is not its to remove.
+        if (nodeAdded) {
+          await this.execute(frontend, 'blockdev-del', { 'node-name': plan.nodeName }).catch(() => undefined);
+        }
       },
     );
     return { port, frontend, deviceId, options: plan.options };
@@ -320,7 +333,9 @@ export class QemuConnector implements Connector {
     add: (added: string[]) => Promise<unknown>,
     undo: (present: ReadonlySet<string>) => Promise<unknown> = async () => undefined,
   ): Promise<void> {
-    // Read the domain's devices first, so the one added below is known when it comes back.
+    // Read the domain's devices first, so the one added below is known when it comes back. That
+    // reading removes what an earlier attach of this id left (dropOrphans); from then on, until the
+    // device is in, what this attach adds is kept by any reading (`adding`): all of it is in `add`.
     await this.devgateDevices(frontend);
     const added: string[] = [];
     this.adding.add(qdevId);
@@ -495,7 +510,7 @@ export class QemuConnector implements Connector {
    */
   private async devgateDevices(domain: DomainName): Promise<[string, AttachmentRecord][]> {
     const client = await this.client(domain);
-    let known = this.peripherals.get(client);
+    let known = this.peripherals.get(client)?.devices;
     if (!known) {
       const children = await this.execute<{ name: string; type: string }[]>(domain, 'qom-list', {
         path: '/machine/peripheral',
@@ -506,14 +521,19 @@ export class QemuConnector implements Connector {
         if (record) found.set(child.name, record);
       }
       known = found;
-      this.peripherals.set(client, found);
-      await this.dropOrphans(domain, found);
-      client.events$.subscribe({
+      // The subscription lives with the list, and goes when the list is dropped (dropDevices): a
+      // list read again after each timed-out attach would otherwise add one that never ends.
+      // A concurrent first reading's list is replaced, its subscription with it.
+      this.dropDevices(client);
+      const events = client.events$.subscribe({
         next: (event) => {
           if (event.event === 'DEVICE_DELETED') found.delete((event.data as { device?: string }).device ?? '');
         },
-        complete: () => this.peripherals.delete(client),
+        complete: () => this.dropDevices(client),
       });
+      // A connection that closed meanwhile keeps no list: the next reading is on a new one.
+      if (!events.closed) this.peripherals.set(client, { devices: found, events });
+      await this.dropOrphans(domain, found);
     }
     return [...known];
   }
@@ -528,8 +548,13 @@ export class QemuConnector implements Connector {
    */
   private async dropOrphans(domain: DomainName, devices: ReadonlyMap<string, AttachmentRecord>): Promise<void> {
     const kept = new Set([...devices.keys(), ...this.adding]);
-    const used = new Set([...devices.values()].map((r) => `dg-${r.o['frontend-dev']}`));
-    for (const id of kept) used.add(genericNodeName(id));
+    const used = new Set<string>();
+    // A block attach in progress has its node before its device: kept by its id's frontend name.
+    for (const id of kept) {
+      const frontendDev = (devices.get(id) ?? decodeQdevId(id))?.o['frontend-dev'];
+      if (frontendDev) used.add(`dg-${frontendDev}`);
+      used.add(genericNodeName(id));
+    }
     // Asked together (QMP answers in order, the client sends without waiting): one round trip at a
     // domain's first reading, as before the chardevs and objects were asked too.
     const [nodes, chardevs, objects] = await Promise.all([
@@ -556,12 +581,18 @@ export class QemuConnector implements Connector {
   /** Drops the domain's known list: the next reading asks QEMU. */
   private async forgetDevices(domain: DomainName): Promise<void> {
     const client = await this.client(domain).catch(() => undefined);
-    if (client) this.peripherals.delete(client);
+    if (client) this.dropDevices(client);
+  }
+
+  /** Drops a connection's known list and ends the subscription that kept it up to date. */
+  private dropDevices(client: QmpClient): void {
+    this.peripherals.get(client)?.events.unsubscribe();
+    this.peripherals.delete(client);
   }
 
   /** Records (or forgets) a device in the domain's known list after devgate changed it. */
   private async noteDevice(domain: DomainName, qdevId: string, record?: AttachmentRecord): Promise<void> {
-    const known = this.peripherals.get(await this.client(domain));
+    const known = this.peripherals.get(await this.client(domain))?.devices;
     if (!known) return;
     if (record) known.set(qdevId, record);
     else known.delete(qdevId);
