@@ -40,16 +40,9 @@ export interface TextMode {
   readonly markup: boolean | 'unknown';
 }
 
-// Also the invisible format characters sanitizeText lets through: the Arabic letter mark (a bidi
-// control), the soft hyphen, the Mongolian vowel separator and the tag characters.
-const LEFTOVER_UNSAFE =
-  // eslint-disable-next-line no-control-regex
-  /[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\u{e0000}-\u{e007f}]/gu;
-
 /** Printable, single-line, bounded text (or `fallback`). Applied again here, whatever devgated did. */
 export function cleanText(raw: string | null | undefined, max = 160, fallback = ''): string {
-  const safe = sanitizeText(raw ?? undefined, max) ?? fallback;
-  return safe.replace(LEFTOVER_UNSAFE, ' ');
+  return sanitizeText(raw ?? undefined, max) ?? fallback;
 }
 
 /** The body markup escape of the spec: `&`, `<` and `>` become entities. */

@@ -340,12 +340,9 @@ export class DeviceNotifier implements Disposable {
     return { markup: capabilities.has('body-markup'), actions: capabilities.has('actions') };
   }
 
+  /** Asks and audit entries (devices that come and go are shown by flush()). */
   private async onEvent(event: TrayEvent): Promise<void> {
     switch (event.type) {
-      case 'available':
-        return this.deviceAvailable(event.device);
-      case 'gone':
-        return this.deviceGone(event.device);
       case 'ask':
         return this.askPending(event.ask);
       case 'ask-resolved': {

@@ -319,7 +319,7 @@ export class LibvirtConnector implements Connector {
         return file;
       });
       for (const part of parts) this.busy.add(part.alias);
-      const key = `${frontend}\0${plan.alias}`;
+      const key = aliasKey(frontend, plan.alias);
       let resolveAdded: () => void = () => undefined;
       const added = new Promise<void>((resolve) => (resolveAdded = resolve));
       this.addedWaiters.set(key, () => resolveAdded());
@@ -479,7 +479,7 @@ export class LibvirtConnector implements Connector {
     const gone = new Map<string, Promise<void>>();
     for (const alias of aliases) {
       this.busy.add(alias);
-      gone.set(alias, new Promise<void>((resolve) => this.removedWaiters.set(`${frontend}\0${alias}`, resolve)));
+      gone.set(alias, new Promise<void>((resolve) => this.removedWaiters.set(aliasKey(frontend, alias), resolve)));
     }
     try {
       const result = await this.transport.call(
@@ -502,7 +502,7 @@ export class LibvirtConnector implements Connector {
       }
     } finally {
       for (const alias of aliases) {
-        this.removedWaiters.delete(`${frontend}\0${alias}`);
+        this.removedWaiters.delete(aliasKey(frontend, alias));
         this.busy.delete(alias);
         this.markOwn(frontend, alias);
       }
@@ -746,7 +746,7 @@ export class LibvirtConnector implements Connector {
       case 'lifecycle':
         return this.onLifecycle(event.domain, event.detail);
       case 'device-removed': {
-        const waiter = this.removedWaiters.get(`${event.domain}\0${event.alias}`);
+        const waiter = this.removedWaiters.get(aliasKey(event.domain, event.alias));
         if (waiter) {
           this.forget(event.domain, event.alias);
           return waiter();
@@ -763,7 +763,7 @@ export class LibvirtConnector implements Connector {
         return this.scheduleRefresh(event.domain, 1_000);
       }
       case 'device-added':
-        this.addedWaiters.get(`${event.domain}\0${event.alias}`)?.();
+        this.addedWaiters.get(aliasKey(event.domain, event.alias))?.();
         if (this.busy.has(event.alias) || this.isOwn(event.domain, event.alias)) return;
         return this.scheduleRefresh(event.domain, 1_000);
       case 'device-removal-failed':
@@ -872,11 +872,11 @@ export class LibvirtConnector implements Connector {
   private markOwn(domain: DomainName, alias: string): void {
     const now = Date.now();
     for (const [key, until] of this.recent) if (until < now) this.recent.delete(key);
-    this.recent.set(`${domain}\0${alias}`, now + 3_000);
+    this.recent.set(aliasKey(domain, alias), now + 3_000);
   }
 
   private isOwn(domain: DomainName, alias: string): boolean {
-    return (this.recent.get(`${domain}\0${alias}`) ?? 0) >= Date.now();
+    return (this.recent.get(aliasKey(domain, alias)) ?? 0) >= Date.now();
   }
 
   private scheduleRefresh(domain: DomainName, delayMs = 50): void {
@@ -1016,4 +1016,9 @@ function parseJson(text: string): unknown {
   } catch {
     return undefined;
   }
+}
+
+/** One device of one domain, as the waiters and the recent-removals table key it. */
+function aliasKey(domain: string, alias: string): string {
+  return `${domain}\0${alias}`;
 }

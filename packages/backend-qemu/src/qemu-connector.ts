@@ -8,7 +8,7 @@ import {
   chooseFrontendDev,
   type AttachSpec,
   type Connector,
-  DevgateError,
+  errorCode,
   type DomainLifecycleEvent,
   type DomainName,
   Errors,
@@ -223,7 +223,7 @@ export class QemuConnector implements Connector {
       }
       return !shutDown;
     } catch (error) {
-      if (error instanceof DevgateError && error.code === Errors.domainNotRunning.code) return false;
+      if (errorCode(error) === Errors.domainNotRunning.code) return false;
       throw error;
     }
   }
@@ -271,7 +271,7 @@ export class QemuConnector implements Connector {
       return await client.execute<T>(command, args);
     } catch (error) {
       // QEMU went away between connecting and answering (killed, or `quit`).
-      if (error instanceof DevgateError && error.code === Errors.qmpDisconnected.code) {
+      if (errorCode(error) === Errors.qmpDisconnected.code) {
         throw Errors.domainNotRunning({ domain, role: 'frontend' });
       }
       throw error;
@@ -342,7 +342,7 @@ export class QemuConnector implements Connector {
     try {
       await add(added);
     } catch (error) {
-      const present = isQmpTimeout(error) ? await this.peripheralIds(frontend) : new Set(added);
+      const present = errorCode(error) === Errors.qmpTimeout.code ? await this.peripheralIds(frontend) : new Set(added);
       // It went in, late: the VM holds the device, so it is attached (and listed).
       if (present?.has(qdevId)) return this.noteDevice(frontend, qdevId, decodeQdevId(qdevId));
       if (!present) {
@@ -354,7 +354,7 @@ export class QemuConnector implements Connector {
       }
       await undo(present);
       // A command that timed out went through unknown to undo: the next reading removes what it left.
-      if (isQmpTimeout(error)) await this.forgetDevices(frontend);
+      if (errorCode(error) === Errors.qmpTimeout.code) await this.forgetDevices(frontend);
       throw error;
     } finally {
       this.adding.delete(qdevId);
@@ -492,9 +492,10 @@ export class QemuConnector implements Connector {
       await this.execute(frontend, 'device_del', { id: qdevId });
       await deleted;
     } catch (error) {
-      if (isQmpTimeout(error)) throw Errors.detachTimeout({ domain: frontend, device: qdevId, timeoutMs });
+      if (errorCode(error) === Errors.qmpTimeout.code)
+        throw Errors.detachTimeout({ domain: frontend, device: qdevId, timeoutMs });
       // QEMU went away while the guest was letting go (the wait sees the socket close, as execute does).
-      if (error instanceof DevgateError && error.code === Errors.qmpDisconnected.code) {
+      if (errorCode(error) === Errors.qmpDisconnected.code) {
         throw Errors.domainNotRunning({ domain: frontend, role: 'frontend' });
       }
       throw error;
@@ -695,14 +696,10 @@ export class QemuConnector implements Connector {
     } catch (error) {
       if (this.clients.get(socket) === opening) this.clients.delete(socket);
       // Nothing listens: the socket is gone or stale, so QEMU is not running.
-      if (error instanceof DevgateError && error.code === Errors.qmpUnreachable.code) {
+      if (errorCode(error) === Errors.qmpUnreachable.code) {
         throw Errors.domainNotRunning({ domain, role: 'frontend' });
       }
       throw error;
     }
   }
-}
-
-function isQmpTimeout(error: unknown): boolean {
-  return error instanceof DevgateError && error.code === Errors.qmpTimeout.code;
 }

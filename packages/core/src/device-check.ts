@@ -64,7 +64,7 @@ export function snapshotChecker(
         if (problem === undefined) checked.set(device, (key = portKey(device.port)));
       }
       // Two devices in one port would collapse into one, whichever the diff saw last.
-      if (key !== undefined && listedIn.get(key) === pass) problem = `${labelOf(device.port)} is listed twice`;
+      if (key !== undefined && listedIn.get(key) === pass) problem = `${portText(device.port)} is listed twice`;
       if (problem !== undefined) {
         problems.push(problem);
         devices ??= snapshot.slice(0, i);
@@ -93,11 +93,11 @@ export function invalidDevicesError(
 }
 
 /** What is wrong with one device a driver listed for this class and backend, or undefined. */
-export function deviceProblem(device: DeviceInfo, devclass: string, backend: DomainName): string | undefined {
+function deviceProblem(device: DeviceInfo, devclass: string, backend: DomainName): string | undefined {
   if (typeof device !== 'object' || device === null) return 'an entry that is not a device';
   const { port } = device;
   if (!isPort(port)) return 'a device without a valid port';
-  const label = labelOf(port);
+  const label = portText(port);
   if (port.devclass !== devclass) return `${label} is of class ${inert(port.devclass)}, not ${devclass}`;
   if (port.backend !== backend) return `${label} is of backend ${inert(port.backend)}, not ${backend}`;
   // Qubes' BACKEND:PORT:DEVICE_ID arguments: a port id holds no ':'.
@@ -140,7 +140,7 @@ function isPort(port: unknown): port is Port {
 }
 
 /** A port as a fault names it: its parts came from the driver, so they are made inert first. */
-function labelOf(port: Port): string {
+function portText(port: Port): string {
   return sanitizeText(portKey(port), 100) ?? 'a device with an empty port';
 }
 

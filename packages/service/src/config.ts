@@ -346,7 +346,7 @@ function untrustedReason(file: string, fd: number | undefined): string | undefin
     parentStat = fs.statSync(parent, { throwIfNoEntry: false });
   }
   const where = parent === directory ? 'its directory' : `${parent}, where it would be created,`;
-  return parentStat && writableByOthers(parentStat, where, 'creating');
+  return parentStat && writableByOthers(parentStat, where, true);
 }
 
 /**
@@ -354,7 +354,7 @@ function untrustedReason(file: string, fd: number | undefined): string | undefin
  * could: another owner, or group or other write (a sticky directory, like /tmp, keeps others from
  * replacing a file they do not own, not from creating one that is not there).
  */
-function writableByOthers(stat: fs.Stats, what: string, creating?: 'creating'): string | undefined {
+function writableByOthers(stat: fs.Stats, what: string, creating = false): string | undefined {
   const uid = process.geteuid?.() ?? 0;
   const mode = (stat.mode & 0o7777).toString(8).padStart(4, '0');
   if (stat.uid !== 0 && stat.uid !== uid) return `${what} is owned by uid ${stat.uid}, neither root nor uid ${uid}`;
