@@ -12,8 +12,8 @@ const { median, timeProcess } = require('./timing.cjs');
 const { rawQmpRound } = require('./raw-qmp.cjs');
 const { QmpClient, labUp, labDown } = require('@devgate/backend-qemu');
 const { removePartitions } = require('@devgate/testkit');
+const { shipped } = require('./shipped.cjs');
 
-const ROOT = path.join(__dirname, '..');
 const ROUNDS = Math.min(Number(process.env.BENCH_ROUNDS ?? 30), 30);
 const WARMUP = 3;
 
@@ -39,12 +39,12 @@ async function cliAttach(dir, { startDaemon }) {
     daemon = await startDaemon(dir, 'cli-attach', { dom0: { source: 'local' } });
     qmp = await QmpClient.connect(rawVm.socket);
     const env = { ...process.env, DEVGATE_SOCKET: daemon.socket, DEVGATE_DOMAINS: registryFile };
-    const qvmBlock = path.join(ROOT, 'apps/cli/bin/qvm-block.cjs');
+    const qvmBlock = shipped('apps/cli/bin/qvm-block.cjs');
     const device = `dom0:${path.basename(loop)}`;
     const times = { attach: [], detach: [], node: [], rawAttach: [], rawDetach: [] };
     for (let i = 0; i < ROUNDS + WARMUP; i++) {
-      const attach = (await timeProcess(process.execPath, [qvmBlock, 'attach', 'bench-cli', device], env)).ms;
-      const detach = (await timeProcess(process.execPath, [qvmBlock, 'detach', 'bench-cli', device], env)).ms;
+      const attach = (await timeProcess(process.execPath, qvmBlock.argv(['attach', 'bench-cli', device]), env)).ms;
+      const detach = (await timeProcess(process.execPath, qvmBlock.argv(['detach', 'bench-cli', device]), env)).ms;
       const node = (await timeProcess(process.execPath, ['-e', '0'], env)).ms;
       const raw = await rawQmpRound(qmp, rawLoop);
       if (i < WARMUP) continue;

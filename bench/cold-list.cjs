@@ -11,9 +11,9 @@ const fs = require('node:fs');
 const path = require('node:path');
 const { execFileSync } = require('node:child_process');
 const { median, timeProcess } = require('./timing.cjs');
+const { shipped } = require('./shipped.cjs');
 const { createLoopDisk, ensureUdevd, udevdRunning } = require('@devgate/testkit');
 
-const ROOT = path.join(__dirname, '..');
 const DISKS = 64;
 const ROUNDS = Math.min(Number(process.env.BENCH_ROUNDS ?? 30), 30);
 const WARMUP = 3;
@@ -38,7 +38,7 @@ function contenders(dir) {
     {
       name: 'devgate list --json',
       command: process.execPath,
-      args: [path.join(ROOT, 'apps/cli/bin/devgate.cjs'), 'list', '--json'],
+      args: shipped('apps/cli/bin/devgate.cjs').argv(['list', '--json']),
       env,
       count: (out) => JSON.parse(out).filter((d) => d.class === 'block').length,
     },

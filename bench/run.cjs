@@ -12,6 +12,7 @@ const { blockModule } = require('@devgate/driver-block');
 const { LocalHostSource } = require('@devgate/host');
 const { QmpClient, labUp, labDown, qemuModule } = require('@devgate/backend-qemu');
 const { removePartitions } = require('@devgate/testkit');
+const { shipped } = require('./shipped.cjs');
 const { usbVmLatency } = require('./usbvm.cjs');
 const { median, time } = require('./timing.cjs');
 const { rawQmpRound } = require('./raw-qmp.cjs');
@@ -76,21 +77,6 @@ async function attachLatency(dir) {
 }
 
 /**
- * The environment and Node flags devgated ships with: its bin's `#!/usr/bin/env -S [VAR=value ...]
- * node FLAGS` line, which the systemd unit and `npx devgated` run it with. The benchmarks start it
- * the same way.
- */
-function shippedDaemon() {
-  const shebang = fs.readFileSync(path.join(ROOT, 'apps/daemon/bin/devgated.cjs'), 'utf8').split('\n', 1)[0];
-  const words = /^#!\/usr\/bin\/env -S (.+)$/.exec(shebang)?.[1].trim().split(/\s+/) ?? [];
-  const node = words.indexOf('node');
-  const env = Object.fromEntries(
-    words.slice(0, Math.max(node, 0)).map((w) => [w.slice(0, w.indexOf('=')), w.slice(w.indexOf('=') + 1)]),
-  );
-  return { env, flags: words.slice(node + 1), line: words.join(' ') };
-}
-
-/**
  * The nice value devgated's systemd unit runs it at (`Nice=`); the benchmarks give it the same, and
  * so does the udevadm monitor it spawns, as under systemd.
  */
@@ -114,15 +100,11 @@ async function startDaemon(dir, name, backends, env = {}) {
     }),
   );
   const extra = process.env.BENCH_DAEMON_ARGS ? process.env.BENCH_DAEMON_ARGS.split(' ') : [];
-  const shipped = shippedDaemon();
-  const child = spawn(
-    process.execPath,
-    [...shipped.flags, ...extra, path.join(ROOT, 'apps/daemon/bin/devgated.cjs'), '--config', configFile],
-    {
-      stdio: ['ignore', 'ignore', 'inherit'],
-      env: { ...process.env, ...shipped.env, DEVGATE_LOG_LEVEL: 'warn', ...env },
-    },
-  );
+  const daemon = shipped('apps/daemon/bin/devgated.cjs');
+  const child = spawn(process.execPath, daemon.argv(['--config', configFile], extra), {
+    stdio: ['ignore', 'ignore', 'inherit'],
+    env: { ...process.env, ...daemon.env, DEVGATE_LOG_LEVEL: 'warn', ...env },
+  });
   // Before it spawns anything: what it spawns (its udevadm monitor) starts at the same priority.
   os.setPriority(child.pid, shippedNice());
   for (let i = 0; i < 300; i++) {
@@ -170,11 +152,11 @@ async function cliStartup(dir) {
   const daemon = await startDaemon(dir, 'cli', { dom0: { source: 'local' } });
   try {
     const env = { ...process.env, DEVGATE_SOCKET: daemon.socket };
-    const cli = path.join(ROOT, 'apps/cli/bin/devgate.cjs');
+    const cli = shipped('apps/cli/bin/devgate.cjs');
     const ours = [];
     const node = [];
     for (let i = 0; i < ROUNDS + WARMUP; i++) {
-      const a = await time(() => run(process.execPath, [cli, 'list'], env));
+      const a = await time(() => run(process.execPath, cli.argv(['list']), env));
       const b = await time(() => run(process.execPath, ['-e', '0'], env));
       if (i < WARMUP) continue;
       ours.push(a);
@@ -349,7 +331,7 @@ async function usbList(dir) {
     }
   };
   console.log(
-    `devgated as shipped: ${shippedDaemon().line}; API lists timed from request to last byte, median of ${ROUNDS}; load ${os.loadavg()[0].toFixed(2)}`,
+    `devgated as shipped: ${shipped('apps/daemon/bin/devgated.cjs').line}; API lists timed from request to last byte, median of ${ROUNDS}; load ${os.loadavg()[0].toFixed(2)}`,
   );
   let rss;
   for (const [cache, label] of API_CACHE_MODES) {

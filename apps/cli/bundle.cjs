@@ -15,6 +15,22 @@ const esbuild = require('esbuild');
 const CLI = __dirname;
 const OUT = path.join(CLI, 'dist/bundle');
 const BUNDLE = path.join(OUT, 'cli.js');
+const BINS = ['devgate', 'qvm-device', 'qvm-block', 'qvm-usb', 'qvm-pci'].map((name) =>
+  path.join(CLI, `bin/${name}.cjs`),
+);
+
+/**
+ * The Node flags the bins run with, from their `#!/usr/bin/env -S node FLAGS` line (ADR 0014, fourth
+ * round). V8 takes a code cache only under the flags it was made with, so the cache is made with these;
+ * every bin must carry the same line.
+ */
+function shippedNodeFlags() {
+  const lines = new Set(BINS.map((bin) => fs.readFileSync(bin, 'utf8').split('\n', 1)[0]));
+  const words = /^#!\/usr\/bin\/env -S node(( --[\w-]+(=\S+)?)*)$/.exec([...lines][0] ?? '');
+  if (lines.size !== 1 || !words)
+    throw new Error(`bin/*.cjs: one '#!/usr/bin/env -S node FLAGS' line for all: ${[...lines]}`);
+  return words[1].trim().split(' ').filter(Boolean);
+}
 
 /** The directory of the package.json above `file`, and the package's name. */
 function packageOf(file) {
@@ -118,8 +134,8 @@ const sharedBuiltins = {
 
 /**
  * V8's code cache of the bundle, as bin/load-bundle.cjs compiles it, made after its top level ran
- * (so it holds what running the top level compiled too), in a Node of its own with no flags, as the
- * bins run. A cache of another bundle must never be left beside this one: it goes first.
+ * (so it holds what running the top level compiled too), in a Node of its own with the bins' flags.
+ * A cache of another bundle must never be left beside this one: it goes first.
  */
 function writeCodeCache() {
   const script = new vm.Script(Module.wrap(fs.readFileSync(BUNDLE, 'latin1')), { filename: BUNDLE });
@@ -181,5 +197,7 @@ if (process.argv[2] === '--code-cache') writeCodeCache();
 else
   build()
     .then(asciiOnly)
-    .then(() => execFileSync(process.execPath, [__filename, '--code-cache'], { stdio: 'inherit' }))
+    .then(() =>
+      execFileSync(process.execPath, [...shippedNodeFlags(), __filename, '--code-cache'], { stdio: 'inherit' }),
+    )
     .catch(() => process.exit(1));
