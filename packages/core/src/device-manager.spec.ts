@@ -1,7 +1,7 @@
 import { BehaviorSubject, Subject, map } from 'rxjs';
 import { type DeviceInfo, type Port, portKey } from './device-model';
 import { driverReport } from './driver-report';
-import { DevgateError, DriverContractError } from './errors';
+import { DevgateError, DriverContractError, Errors } from './errors';
 import { HostTree } from './host-tree';
 import { Kernel } from './kernel';
 import {
@@ -676,6 +676,43 @@ describe('DeviceManager: what driver and hook code gives back at attach', () => 
       expect(connector.attached.size).toBe(0);
       kernel.dispose();
     }
+  });
+
+  it('refuses with DG_DRIVER_CONTRACT, naming the hook, when preAttach throws an uncoded error', async () => {
+    const spec = () => ({ kind: 'block', params: {}, options: {} });
+    for (const preAttach of [
+      () => {
+        throw new Error('no \u001b[31mrules\u001b[0m\nfile');
+      },
+      async () => Promise.reject(new Error('no \u001b[31mrules\u001b[0m\nfile')),
+    ]) {
+      const { kernel, connector, attach } = setupAttach(spec, [{ id: 'usbguard', preAttach }]);
+      const error = (await attach().catch((e: unknown) => e)) as DriverContractError;
+      expect(error).toBeInstanceOf(DriverContractError);
+      expect(error.code).toBe('DG_DRIVER_CONTRACT');
+      expect(error.driverId).toBe('usbguard');
+      expect(error.message).toBe("driver 'usbguard': preAttach failed for dom0:sdb: no rules file");
+      expect(connector.attached.size).toBe(0);
+      kernel.dispose();
+    }
+  });
+
+  it('keeps the coded errors preAttach throws (a refusal of its own) as they are', async () => {
+    const refusal = Errors.policyDenied({ device: 'dom0:sdb', frontend: 'work', reason: 'not on weekends' });
+    const { kernel, connector, attach } = setupAttach(
+      () => ({ kind: 'block', params: {}, options: {} }),
+      [
+        {
+          id: 'calendar',
+          preAttach: () => {
+            throw refusal;
+          },
+        },
+      ],
+    );
+    expect(await attach().catch((e: unknown) => e)).toBe(refusal);
+    expect(connector.attached.size).toBe(0);
+    kernel.dispose();
   });
 
   it('an onAttached hook that fails does not fail an attach that succeeded: it is logged', async () => {

@@ -33,6 +33,7 @@ import {
   type InjectedInputEvent,
   type Logger,
   type PolicyHook,
+  type PolicyVerdict,
   type RawInputEvent,
 } from './plugin-api.js';
 import { Disposable } from './disposable.js';
@@ -423,12 +424,17 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
       }
       if (!(await connector.isRunning(frontend))) throw Errors.domainNotRunning({ domain: frontend, role: 'frontend' });
       for (const hook of this.policyHooks) {
-        const verdict = await hook.preAttach?.({
-          device,
-          frontend,
-          options: spec.options,
-          requestedBy: request.requestedBy ?? 'unknown',
-        });
+        let verdict: PolicyVerdict | undefined;
+        try {
+          verdict = await hook.preAttach?.({
+            device,
+            frontend,
+            options: spec.options,
+            requestedBy: request.requestedBy ?? 'unknown',
+          });
+        } catch (error) {
+          throw contractFailure(hook.id, `preAttach failed for ${label}`, error);
+        }
         if (verdict && verdict.verdict !== 'allow') {
           throw Errors.policyDenied({
             device: label,
@@ -468,9 +474,7 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
     try {
       spec = driver.attachSpec!(device, options);
     } catch (error) {
-      if (errorCode(error) !== 'DG_INTERNAL') throw error;
-      const reason = sanitizeText(asError(error).message, 300) ?? asError(error).name;
-      throw new DriverContractError(driver.id, `attachSpec failed for ${label}: ${reason}`);
+      throw contractFailure(driver.id, `attachSpec failed for ${label}`, error);
     }
     if (!isAttachSpec(spec))
       throw new DriverContractError(driver.id, `attachSpec returned no attach spec for ${label}`);
@@ -580,6 +584,16 @@ function isRecord(value: unknown): boolean {
 
 function isThenable(value: unknown): value is PromiseLike<unknown> {
   return typeof (value as PromiseLike<unknown> | undefined)?.then === 'function';
+}
+
+/**
+ * What a driver's or hook's code threw: its coded errors (a refusal) as they are, anything else a
+ * contract failure that names it, with its message made plain text.
+ */
+function contractFailure(id: string, what: string, error: unknown): unknown {
+  if (errorCode(error) !== 'DG_INTERNAL') return error;
+  const reason = sanitizeText(asError(error).message, 300) ?? asError(error).name;
+  return new DriverContractError(id, `${what}: ${reason}`);
 }
 
 function asError(error: unknown): Error {
