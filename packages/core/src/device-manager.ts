@@ -484,7 +484,8 @@ export class DeviceManager extends EventEmitter<EventMap> implements Disposable 
   /** `on*` hooks only observe: one that fails is logged, and the attach it saw stands. */
   private notifyAttached(hook: PolicyHook, request: AttachRequest): void {
     const failed = (thrown: unknown) => {
-      const error = new DriverContractError(hook.id, `onAttached failed: ${asError(thrown).message}`);
+      const reason = sanitizeText(asError(thrown).message, 300) ?? asError(thrown).name;
+      const error = new DriverContractError(hook.id, `onAttached failed: ${reason}`);
       this.log?.error('a policy hook failed after an attach, which stands', {
         code: error.code,
         hook: hook.id,
