@@ -128,6 +128,20 @@ export class Devgated implements Disposable {
         taken: (backend) => backend in config.backends,
         added: (source) => source instanceof AgentSource && daemon.watchAgent(source),
         warn: (fields, message) => log.warn(fields, message),
+        // As its refusal at start is (main.ts), with the same code; audited too, since devgated runs on.
+        refused: (error) => {
+          log.error(
+            { err: error, code: error.code, reason: error.message },
+            'domain registry refused; backends unchanged',
+          );
+          devices.audit({
+            actor: 'devgated',
+            action: 'registry',
+            outcome: 'denied',
+            code: error.code,
+            reason: error.message,
+          });
+        },
       });
       daemon.registry.start();
       // Their first trees are awaited (bounded) before what is attached is read back, so an

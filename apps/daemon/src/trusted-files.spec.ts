@@ -6,9 +6,20 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import pino from 'pino';
 import { errorCode } from '@devgate/core';
+import { labBackendUp } from '@devgate/backend-qemu';
 import { type DaemonConfig } from '@devgate/service';
-import { cleanupHarness, harnessConfig, makeTempDir, startInProcess } from './testing/daemon-harness.js';
+import { recordedFixture } from '@devgate/testkit';
+import { Devgated } from './devgated.js';
+import {
+  ApiClient,
+  cleanupHarness,
+  harnessConfig,
+  makeTempDir,
+  startInProcess,
+  until,
+} from './testing/daemon-harness.js';
 
 afterAll(() => cleanupHarness());
 
@@ -91,5 +102,59 @@ describe('the domain registry', () => {
     expect(await startWith(config())).toBe(
       `DG_CONFIG_INVALID: ${domains}: it does not exist, and its directory is writable by other users, who could create it (mode 1777)`,
     );
+  });
+});
+
+describe('the domain registry, re-read while devgated runs', () => {
+  // The registry is followed every second (services/registry-watch.ts): one made writable by others
+  // after the start must not be read either, or the check at start would only delay its writer.
+  interface AuditRow {
+    readonly actor: string;
+    readonly action: string;
+    readonly outcome: string;
+    readonly code?: string;
+    readonly reason?: string;
+  }
+
+  it('is refused as at start (logged, audited, DG_CONFIG_INVALID) and the last good one stays', async () => {
+    const dir = makeTempDir('devgated-trusted-reread-');
+    fs.mkdirSync(path.join(dir, 'registry'));
+    const domains = path.join(dir, 'registry', 'domains.json');
+    await labBackendUp('sys-usb', recordedFixture('usbkbd.umockdev'), { registryFile: domains });
+    const config = harnessConfig(dir, { domains });
+    const lines: { level: number; msg: string; code?: string; reason?: string }[] = [];
+    const daemon = await Devgated.start(
+      config,
+      pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line)) }),
+    );
+    try {
+      const client = new ApiClient(config.socket);
+      const backends = async () =>
+        new Set(
+          (await client.get<{ devices: { backend: string }[] }>('/v1/devices?all=true')).body.devices.map(
+            (d) => d.backend,
+          ),
+        );
+      const audited = async () => (await client.get<{ entries: AuditRow[] }>('/v1/audit?action=registry')).body.entries;
+      expect(await backends()).toContain('sys-usb');
+
+      fs.chmodSync(domains, 0o666);
+      fs.writeFileSync(domains, JSON.stringify({ domains: {} }));
+      await until(
+        'the rewritten registry refused or read',
+        async () => (await audited()).length > 0 || !(await backends()).has('sys-usb'),
+        10_000,
+      );
+      const reason = `${domains}: the file is writable by other users (mode 0666)`;
+      expect(await audited()).toEqual([
+        expect.objectContaining({ actor: 'devgated', outcome: 'denied', code: 'DG_CONFIG_INVALID', reason }),
+      ]);
+      expect(lines.filter((line) => line.code === 'DG_CONFIG_INVALID')).toEqual([
+        expect.objectContaining({ level: 50, reason }),
+      ]);
+      expect(await backends()).toContain('sys-usb');
+    } finally {
+      await daemon.stop();
+    }
   });
 });

@@ -10,7 +10,7 @@ import { blockModule } from '@devgate/driver-block';
 import { usbModule } from '@devgate/driver-usb';
 import { inputModule } from '@devgate/driver-input';
 import { pciModule } from '@devgate/driver-pci';
-import { qemuModule, readRegistrySync } from '@devgate/backend-qemu';
+import { type DomainRegistryData, qemuModule, readRegistrySync } from '@devgate/backend-qemu';
 import { AgentSource } from '@devgate/backend-agent';
 import { type LibvirtModule, type LibvirtModuleOptions, libvirtModule } from '@devgate/backend-libvirt';
 
@@ -47,10 +47,14 @@ export interface RegistryBackend {
 /**
  * The backend domains the registry names, except those `taken` (configured otherwise): hosts
  * replayed from recordings (`devgate lab up NAME --recording FILE`) and backend VMs read through
- * their devgate-agent (`devgate usbvm create`, ADR 0008), under the registry's names.
+ * their devgate-agent (`devgate usbvm create`, ADR 0008), under the registry's names. `registry`: as
+ * the caller read it already (devgated, through `readTrustedRegistry`).
  */
-export function registryBackends(domains: string | undefined, taken: (backend: string) => boolean): RegistryBackend[] {
-  const registry = readRegistrySync(domains);
+export function registryBackends(
+  domains: string | undefined,
+  taken: (backend: string) => boolean,
+  registry: DomainRegistryData = readRegistrySync(domains),
+): RegistryBackend[] {
   const backends: RegistryBackend[] = [];
   for (const [backend, { recording }] of Object.entries(registry.backends ?? {})) {
     if (taken(backend)) continue;

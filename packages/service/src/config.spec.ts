@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { checkConfig, defaultConfig, loadConfig, requireTrustedFile } from './config.js';
+import { checkConfig, defaultConfig, loadConfig, readTrustedRegistry, requireTrustedFile } from './config.js';
 import { TempDir } from './store/testing/temp-store.js';
 
 // Who may change state by default: nobody but root. The read group (`devgate`) reads through
@@ -135,5 +135,42 @@ describe('requireTrustedFile: a file devgated reads that is not there yet', () =
     expect(reason(file)).toBe('trusted');
     fs.chownSync(path.dirname(file), 4242, 4242);
     expect(reason(file)).toBe(`DG_CONFIG_INVALID: ${file}: its directory is owned by uid 4242, neither root nor uid 0`);
+  });
+});
+
+describe('readTrustedRegistry: the domain registry, at every read devgated makes', () => {
+  let tmp: TempDir;
+  let file: string;
+  beforeEach(() => {
+    tmp = new TempDir();
+    file = path.join(tmp.dir, 'domains.json');
+  });
+  afterEach(() => tmp.remove());
+  const read = () => {
+    try {
+      return readTrustedRegistry(file);
+    } catch (error) {
+      return `${(error as { code: string }).code}: ${(error as Error).message}`;
+    }
+  };
+
+  it('reads one only root can change, and an absent one as empty when nobody else could create it', () => {
+    expect(read()).toEqual({ dom0: 'dom0', domains: {} });
+    fs.writeFileSync(file, JSON.stringify({ domains: { work: { qmp: '/run/work.qmp' } } }), { mode: 0o644 });
+    expect(read()).toEqual({ dom0: 'dom0', domains: { work: { qmp: '/run/work.qmp' } } });
+    // Broken is another matter than untrusted: its own code, as the QEMU connector gives it.
+    fs.writeFileSync(file, '{ "domains": ');
+    expect(read()).toMatch(/^DG_REGISTRY_INVALID: /);
+  });
+
+  it('refuses one another user could write, or create', () => {
+    fs.writeFileSync(file, JSON.stringify({ domains: {} }), { mode: 0o644 });
+    fs.chmodSync(file, 0o666);
+    expect(read()).toBe(`DG_CONFIG_INVALID: ${file}: the file is writable by other users (mode 0666)`);
+    fs.rmSync(file);
+    fs.chmodSync(tmp.dir, 0o777);
+    expect(read()).toBe(
+      `DG_CONFIG_INVALID: ${file}: it does not exist, and its directory is writable by other users, who could create it (mode 0777)`,
+    );
   });
 });

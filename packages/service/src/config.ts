@@ -11,6 +11,7 @@ import {
   isValidDomainName,
 } from '@devgate/core';
 import { defaultLibvirtUri } from '@devgate/backend-libvirt';
+import { type DomainRegistryData, EMPTY_REGISTRY, parseRegistry } from '@devgate/backend-qemu';
 
 /** Where a backend domain's devices come from. */
 export type BackendSource =
@@ -331,6 +332,22 @@ export function readTrustedFile(file: string): string {
     throw Errors.configInvalid({ location: file, reason: (error as Error).message });
   } finally {
     if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
+/**
+ * The domain registry as devgated reads it, at start and at every re-read while it runs: through
+ * `readTrustedFile`, so a registry made writable by others after the start is refused
+ * (DG_CONFIG_INVALID) as it would have been then. Not there: empty, if nobody else could create it.
+ */
+export function readTrustedRegistry(file: string): DomainRegistryData {
+  try {
+    return parseRegistry(readTrustedFile(file), file);
+  } catch (error) {
+    if (!(error instanceof DevgateError && error.code === Errors.configInvalid.code) || fs.existsSync(file))
+      throw error;
+    requireTrustedFile(file);
+    return EMPTY_REGISTRY;
   }
 }
 

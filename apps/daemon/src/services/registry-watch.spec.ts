@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Kernel } from '@devgate/core';
+import { Kernel, errorCode } from '@devgate/core';
 import { labBackendUp, labDown } from '@devgate/backend-qemu';
 import { recordedFixture } from '@devgate/testkit';
 import { RegistryWatch } from './registry-watch.js';
@@ -26,6 +26,7 @@ it('follows the registry’s backends, and keeps them through a registry that ca
     taken: (backend) => backend === 'configured',
     added: (source) => added.push(source.backend),
     warn: (_fields, message) => warnings.push(message),
+    refused: (error) => warnings.push(error.message),
   });
   const backends = () => manager.sources.map((s) => s.backend).sort();
   try {
@@ -47,6 +48,48 @@ it('follows the registry’s backends, and keeps them through a registry that ca
     await labDown(['sys-usb'], { registryFile });
     await waitFor('sys-usb withdrawn', () => !backends().includes('sys-usb'));
     expect(backends()).toEqual([]);
+  } finally {
+    watch.dispose();
+    kernel.dispose();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+it('refuses a re-read of a registry another user could change, keeping what it read, until it is safe again', async () => {
+  // devgated checks the registry at start as sshd's StrictModes does; one made writable by others
+  // while it runs (a chmod, then a rewrite) must not choose its backends either.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'registry-watch-'));
+  const registryFile = path.join(dir, 'domains.json');
+  const kernel = new Kernel();
+  const manager = kernel.start();
+  const warnings: string[] = [];
+  const refusals: string[] = [];
+  const watch = new RegistryWatch(manager, {
+    domains: registryFile,
+    taken: () => false,
+    added: () => undefined,
+    warn: (_fields, message) => warnings.push(message),
+    refused: (error) => refusals.push(`${errorCode(error)}: ${error.message}`),
+  });
+  const backends = () => manager.sources.map((s) => s.backend).sort();
+  try {
+    await labBackendUp('sys-usb', recordedFixture('usbkbd.umockdev'), { registryFile });
+    watch.start(10);
+    expect(backends()).toEqual(['sys-usb']);
+
+    fs.chmodSync(registryFile, 0o666);
+    fs.writeFileSync(registryFile, JSON.stringify({ domains: {} }));
+    await waitFor('the rewrite refused or read', () => refusals.length > 0 || !backends().includes('sys-usb'));
+    // Several polls later: refused once (until the file changes again), and the last good backends stay.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(refusals).toEqual([`DG_CONFIG_INVALID: ${registryFile}: the file is writable by other users (mode 0666)`]);
+    expect(backends()).toEqual(['sys-usb']);
+
+    // Safe again (a chmod alone changes neither its size nor its mtime): what it says now is read.
+    fs.chmodSync(registryFile, 0o644);
+    await waitFor('sys-usb withdrawn', () => !backends().includes('sys-usb'));
+    expect(refusals).toHaveLength(1);
+    expect(warnings).toEqual([]);
   } finally {
     watch.dispose();
     kernel.dispose();

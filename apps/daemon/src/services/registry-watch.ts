@@ -1,7 +1,14 @@
 import * as fs from 'node:fs';
-import { type DeviceManager, type DeviceSource, type Disposable } from '@devgate/core';
+import {
+  type DevgateError,
+  type DeviceManager,
+  type DeviceSource,
+  type Disposable,
+  Errors,
+  errorCode,
+} from '@devgate/core';
 import { defaultRegistryFile } from '@devgate/backend-qemu';
-import { type RegistryBackend, registryBackends } from '@devgate/service';
+import { type RegistryBackend, readTrustedRegistry, registryBackends } from '@devgate/service';
 
 export interface RegistryWatchOptions {
   /** The domain registry (default: the user's, as the CLI writes it). */
@@ -11,6 +18,8 @@ export interface RegistryWatchOptions {
   /** A source was added (an agent's incidents are audited from then on). */
   readonly added: (source: DeviceSource) => unknown;
   readonly warn: (fields: object, message: string) => void;
+  /** The registry was refused (DG_CONFIG_INVALID): another user could change it. Its last good backends stay. */
+  readonly refused: (error: DevgateError) => void;
 }
 
 interface Live {
@@ -24,7 +33,9 @@ interface Live {
  * removed (`devgate usbvm create|remove`), a recorded host brought up or down (`devgate lab up NAME
  * --recording FILE`). The file is checked every second, as the QEMU connector checks it for VMs. A
  * backend that leaves the registry is withdrawn: its devices go, and what of it was attached is
- * detached and audited as a surprise removal.
+ * detached and audited as a surprise removal. Each read is held to the check devgated's start made
+ * (`readTrustedRegistry`): a registry another user could change is refused once per change of the
+ * file, and what was read before stays.
  */
 export class RegistryWatch implements Disposable {
   private readonly live = new Map<string, Live>();
@@ -50,15 +61,17 @@ export class RegistryWatch implements Disposable {
 
   private fileVersion(): string {
     const stat = fs.statSync(this.file, { throwIfNoEntry: false });
-    return stat ? `${stat.ino}:${stat.size}:${stat.mtimeMs}` : 'absent';
+    // ctime too: a chmod or chown (which decide whether the file is read at all) changes only that.
+    return stat ? `${stat.ino}:${stat.size}:${stat.mtimeMs}:${stat.ctimeMs}` : 'absent';
   }
 
   private sync(): void {
     this.version = this.fileVersion();
     let wanted: RegistryBackend[];
     try {
-      wanted = registryBackends(this.options.domains, this.options.taken);
+      wanted = registryBackends(this.options.domains, this.options.taken, readTrustedRegistry(this.file));
     } catch (error) {
+      if (errorCode(error) === Errors.configInvalid.code) return this.options.refused(error as DevgateError);
       // A registry being rewritten by hand, or broken: keep what is read until it is sound again.
       this.options.warn({ file: this.file, err: error }, 'domain registry unreadable; backends unchanged');
       return;
