@@ -72,6 +72,51 @@ it('refuses misspelt keys in access and usbPolicy, which left their defaults in 
   ]);
 });
 
+describe('paths in the configuration', () => {
+  // devgated's working directory is `/` under systemd: a relative path is read beside the file
+  // that names it, as sshd reads an included one.
+  it('are resolved beside the file that names them; absolute ones are kept', () => {
+    const text = JSON.stringify({
+      socket: 'run/devgate.sock',
+      stateDir: 'state',
+      domains: '../shared/domains.json',
+      backends: {
+        dom0: { sysroot: 'host' },
+        'sys-usb': { recording: 'usbkbd.umockdev' },
+        'sys-usb2': { agent: 'agents/control.sock', exports: { disk0: 'agents/disk0.sock' } },
+      },
+      usbPolicy: { rules: 'usb/rules.conf' },
+      modules: ['./drivers/serial'],
+    });
+    expect(checkConfig(text, '/etc/devgate/devgated.json').config).toMatchObject({
+      socket: '/etc/devgate/run/devgate.sock',
+      stateDir: '/etc/devgate/state',
+      domains: '/etc/shared/domains.json',
+      backends: {
+        dom0: { sysroot: '/etc/devgate/host' },
+        'sys-usb': { recording: '/etc/devgate/usbkbd.umockdev' },
+        'sys-usb2': { agent: '/etc/devgate/agents/control.sock', exports: { disk0: '/etc/devgate/agents/disk0.sock' } },
+      },
+      usbPolicy: { rules: '/etc/devgate/usb/rules.conf', implicitTarget: 'block' },
+      modules: [{ specifier: './drivers/serial', from: '/etc/devgate' }],
+    });
+    const absolute = {
+      socket: '/run/devgate/devgate.sock',
+      stateDir: '/var/lib/devgate',
+      domains: '/etc/devgate/domains.json',
+      backends: { dom0: { sysroot: '/srv/host' }, 'sys-usb': { recording: '/srv/usbkbd.umockdev' } },
+      usbPolicy: { rules: '/etc/usbguard/rules.conf', implicitTarget: 'block' },
+    };
+    expect(checkConfig(JSON.stringify(absolute), '/etc/devgate/devgated.json').config).toMatchObject(absolute);
+  });
+
+  it('named relatively, a configuration file is found from the working directory, and its paths beside it', () => {
+    expect(checkConfig('{ "stateDir": "state" }', 'conf/devgated.json').config!.stateDir).toBe(
+      path.resolve('conf', 'state'),
+    );
+  });
+});
+
 describe('loadConfig: a file another user could change is refused', () => {
   // It names devgated's writers and the driver code it loads as root: whoever can write the file,
   // or replace it in its directory, could make themselves root.

@@ -26,6 +26,7 @@ export interface AgentBackend {
   readonly exports: Readonly<Record<string, string>>;
 }
 
+/** Read from a file, its paths are beside the file when written relatively (docs/configuration.md). */
 export interface DaemonConfig {
   /** The read-only API socket; state-changing requests go to `<socket>.rw` (see ADR 0004). */
   readonly socket: string;
@@ -142,9 +143,16 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
     if (node.type !== 'string' || node.value === '') at(node.offset, `${keyPath.join('.')} must be a non-empty string`);
     return typeof node.value === 'string' ? node.value : fallback;
   };
-  const socket = string(['socket'], base.socket)!;
-  const stateDir = string(['stateDir'], base.stateDir)!;
-  const domains = string(['domains']);
+  // Every path the file gives is read through here: beside the file, as sshd reads an included
+  // one, since devgated's working directory is `/` under systemd. Absolute paths are kept.
+  const configDir = path.dirname(path.resolve(file));
+  const pathSetting = (keyPath: string[]): string | undefined => {
+    const value = string(keyPath);
+    return value === undefined ? undefined : path.resolve(configDir, value);
+  };
+  const socket = pathSetting(['socket']) ?? base.socket;
+  const stateDir = pathSetting(['stateDir']) ?? base.stateDir;
+  const domains = pathSetting(['domains']);
 
   const backends: Record<string, BackendSource> = {};
   const backendsNode = findNodeAtLocation(tree, ['backends']);
@@ -156,15 +164,19 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
     const source = value(valueNode) as Record<string, unknown> | undefined;
     if (source && source.source === 'local' && Object.keys(source).length === 1) backends[name] = { source: 'local' };
     else if (source && typeof source.recording === 'string' && Object.keys(source).length === 1) {
-      backends[name] = { recording: source.recording };
+      backends[name] = { recording: pathSetting(['backends', name, 'recording'])! };
     } else if (source && typeof source.sysroot === 'string' && Object.keys(source).length === 1) {
-      backends[name] = { sysroot: source.sysroot };
+      backends[name] = { sysroot: pathSetting(['backends', name, 'sysroot'])! };
     } else if (source && typeof source.agent === 'string' && isAgentBackend(source)) {
-      backends[name] = { agent: source.agent, exports: { ...((source.exports ?? {}) as Record<string, string>) } };
+      const exports = Object.keys((source.exports ?? {}) as Record<string, string>).map((port) => [
+        port,
+        pathSetting(['backends', name, 'exports', port])!,
+      ]);
+      backends[name] = { agent: pathSetting(['backends', name, 'agent'])!, exports: Object.fromEntries(exports) };
     } else {
       at(
         valueNode.offset,
-        `backend '${name}' must be {"source": "local"}, {"recording": FILE}, {"sysroot": DIR} or {"agent": SOCKET, "exports": {PORT: SOCKET}} (absolute paths)`,
+        `backend '${name}' must be {"source": "local"}, {"recording": FILE}, {"sysroot": DIR} or {"agent": SOCKET, "exports": {PORT: SOCKET}}`,
       );
     }
   }
@@ -202,7 +214,7 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
   let usbPolicy: DaemonConfig['usbPolicy'];
   const policyNode = findNodeAtLocation(tree, ['usbPolicy']);
   if (policyNode) {
-    const rules = string(['usbPolicy', 'rules']);
+    const rules = pathSetting(['usbPolicy', 'rules']);
     const targetNode = findNodeAtLocation(tree, ['usbPolicy', 'implicitTarget']);
     const target = targetNode?.value ?? 'block';
     if (!rules) at(policyNode.offset, 'usbPolicy needs "rules": the path of a USBGuard rules file');
@@ -234,7 +246,8 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
     const useDefault = defaultNode?.value !== false;
     libvirt = { uris: [...new Set([...(useDefault ? (base.libvirt?.uris ?? []) : []), ...uris])] };
   }
-  // Driver packages: names or paths, resolved from the configuration's directory when loaded.
+  // Driver packages: names or paths, resolved from the configuration's directory when loaded (a
+  // name is looked up in node_modules from there, so it is not a path to resolve here).
   const modules: ModuleReference[] = [];
   const modulesNode = findNodeAtLocation(tree, ['modules']);
   if (modulesNode && modulesNode.type !== 'array')
@@ -252,7 +265,7 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
       );
     } else if (modules.some((m) => m.specifier === specifier)) {
       at(item.offset, `modules: '${specifier}' is named twice`);
-    } else modules.push({ specifier, from: path.dirname(path.resolve(file)) });
+    } else modules.push({ specifier, from: configDir });
   }
   const inputTargets: Record<string, string> = {};
   const targetsNode = findNodeAtLocation(tree, ['inputTargets']);
@@ -387,14 +400,13 @@ function isAgentBackend(source: Record<string, unknown>): boolean {
   const exports = source.exports;
   return (
     keys.every((key) => key === 'agent' || key === 'exports') &&
-    path.isAbsolute(source.agent as string) &&
+    source.agent !== '' &&
     (exports === undefined ||
       (typeof exports === 'object' &&
         exports !== null &&
         !Array.isArray(exports) &&
         Object.entries(exports).every(
-          ([port, file]) =>
-            /^[a-z0-9][a-z0-9._-]{0,63}$/.test(port) && typeof file === 'string' && path.isAbsolute(file),
+          ([port, file]) => /^[a-z0-9][a-z0-9._-]{0,63}$/.test(port) && typeof file === 'string' && file !== '',
         )))
   );
 }
