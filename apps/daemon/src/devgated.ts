@@ -22,6 +22,7 @@ import { InputProxy, InputReplug, forwardInput, inputProxyPolicy } from '@devgat
 import { AgentSource } from '@devgate/backend-agent';
 import { defaultRegistryFile } from '@devgate/backend-qemu';
 import {
+  AUDIT_KEEP_DAYS,
   type AuditEntryInput,
   type DaemonConfig,
   DaemonEvents,
@@ -39,6 +40,7 @@ import {
 import { AskService } from './services/asks.js';
 import { AutoAttach } from './services/auto-attach.js';
 import { RegistryWatch } from './services/registry-watch.js';
+import { AuditRetention } from './services/audit-retention.js';
 import { buildApi } from './api/server.js';
 import { READ_SOCKET_MODE, RW_SOCKET_MODE, applySocketAccess, listenOnNewSocket } from './access.js';
 import { IdleCollector } from './idle-collect.js';
@@ -63,6 +65,7 @@ export class Devgated implements Disposable {
   private authorizer?: UsbAuthorizer;
   private stopped = false;
   private registry?: RegistryWatch;
+  private retention?: AuditRetention;
   /** Qubes' input proxy: policy, asks and audit for input devices of backends other than dom0. */
   private inputProxy?: InputProxy;
   /** Input passthrough survives a replug: QEMU never reopens a node, so the same device is attached again. */
@@ -118,6 +121,7 @@ export class Devgated implements Disposable {
     const autoAttach = new AutoAttach(manager, store, asks, devices);
     const daemon = new Devgated(config, kernel, manager, store, events, asks, devices, autoAttach, log);
     try {
+      daemon.keepAudit(config.audit ? config.audit.keepDays : AUDIT_KEEP_DAYS);
       // The registry's backend domains (recordings, devgate-agents) that the configuration does not
       // name, followed while devgated runs. Before anything is awaited: an agent's first words are
       // audited too.
@@ -210,6 +214,21 @@ export class Devgated implements Disposable {
       'devgated started',
     );
     return daemon;
+  }
+
+  /** Prunes the audit log now and about once a day; `null` keeps every entry. */
+  private keepAudit(keepDays: number | null): void {
+    if (keepDays === null) return;
+    this.retention = new AuditRetention(this.store, {
+      keepDays,
+      pruned: (entry) => {
+        this.log.info({ pruned: entry.details?.pruned, keepDays }, 'audit log pruned');
+        this.events.publish({ type: 'audit', entry });
+      },
+      failed: (error) =>
+        this.log.warn({ code: errorCode(error), reason: (error as Error).message }, 'audit log not pruned'),
+    });
+    this.retention.start();
   }
 
   /** A backend VM's agent: its connections, and what it does wrong (cut off: a broken protocol, a flood, a stall), audited. */
@@ -421,6 +440,7 @@ export class Devgated implements Disposable {
     this.idle.dispose();
     this.authorizer?.dispose();
     this.registry?.dispose();
+    this.retention?.dispose();
     this.autoAttach.dispose();
     this.inputProxy?.dispose();
     this.inputReplug?.dispose();

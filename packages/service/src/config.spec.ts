@@ -72,6 +72,24 @@ it('refuses misspelt keys in access and usbPolicy, which left their defaults in 
   ]);
 });
 
+it('audit.keepDays: how long audit entries are kept, 365 days unless set, null for ever; bad values refused', () => {
+  const audit = (text: string) => checkConfig(text, 'devgated.json').config?.audit;
+  const messages = (text: string) =>
+    checkConfig(text, 'devgated.json').issues.map((i) => `${i.line}:${i.column} ${i.message}`);
+  expect(defaultConfig({}).audit).toEqual({ keepDays: 365 });
+  expect(audit('{}')).toEqual({ keepDays: 365 });
+  expect(audit('{ "audit": {} }')).toEqual({ keepDays: 365 });
+  expect(audit('{ "audit": { "keepDays": 30 } }')).toEqual({ keepDays: 30 });
+  expect(audit('{ "audit": { "keepDays": null } }')).toEqual({ keepDays: null });
+  for (const bad of ['0', '-1', '1.5', '"30"', 'true', '36501', '[]'])
+    expect([bad, messages(`{\n  "audit": { "keepDays": ${bad} }\n}`)]).toEqual([
+      bad,
+      ['2:26 audit.keepDays must be a whole number of days from 1 to 36500, or null to keep every entry'],
+    ]);
+  expect(messages('{ "audit": { "keepdays": 30 } }')).toEqual(["1:14 unknown setting 'audit.keepdays'"]);
+  expect(messages('{ "audit": 30 }')).toEqual(['1:12 audit must be an object: {"keepDays": 365}']);
+});
+
 describe('paths in the configuration', () => {
   // devgated's working directory is `/` under systemd: a relative path is read beside the file
   // that names it, as sshd reads an included one.

@@ -64,7 +64,17 @@ export interface DaemonConfig {
    * input-proxy-target of a USB VM). Default dom0.
    */
   readonly inputTargets?: Readonly<Record<string, string>>;
+  /**
+   * How many days audit entries are kept (pruned at start and about once a day); `null`: for ever.
+   * Absent: `AUDIT_KEEP_DAYS`.
+   */
+  readonly audit?: { readonly keepDays: number | null };
 }
+
+/** A year: what `audit.keepDays` is unless set. */
+export const AUDIT_KEEP_DAYS = 365;
+/** A century: a bound that catches a mistyped number (milliseconds, a date) rather than a wish. */
+const MAX_AUDIT_KEEP_DAYS = 36_500;
 
 export interface ConfigIssue {
   readonly file: string;
@@ -88,6 +98,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfi
     access: { readGroup: root ? 'devgate' : undefined, users: [], groups: [] },
     askTimeoutSeconds: 60,
     libvirt: { uris: [defaultLibvirtUri(env)] },
+    audit: { keepDays: AUDIT_KEEP_DAYS },
   };
 }
 
@@ -102,6 +113,7 @@ const TOP_KEYS = new Set([
   'libvirt',
   'modules',
   'inputTargets',
+  'audit',
 ]);
 const LIBVIRT_URI = /^[a-z][a-z0-9+]*:\/\/[^\s]{0,1000}$/i;
 const ACCOUNT = /^[a-z_][a-z0-9_-]{0,31}\$?$/;
@@ -137,6 +149,7 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
   known([], [...TOP_KEYS], '');
   known(['access'], ['readGroup', 'users', 'groups'], '{"readGroup": GROUP, "users": [...], "groups": [...]}');
   known(['usbPolicy'], ['rules', 'implicitTarget'], '{"rules": FILE, "implicitTarget": "block"}');
+  known(['audit'], ['keepDays'], `{"keepDays": ${AUDIT_KEEP_DAYS}}`);
   const string = (keyPath: string[], fallback?: string): string | undefined => {
     const node = findNodeAtLocation(tree, keyPath);
     if (!node) return fallback;
@@ -279,6 +292,18 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
       at(valueNode?.offset ?? keyNode.offset, `inputTargets.${String(keyNode.value)} must be a domain name`);
     else inputTargets[String(keyNode.value)] = valueNode.value;
   }
+  let audit = base.audit;
+  const keepDaysNode = findNodeAtLocation(tree, ['audit', 'keepDays']);
+  if (keepDaysNode?.type === 'null') audit = { keepDays: null };
+  else if (keepDaysNode) {
+    const days = keepDaysNode.value;
+    if (keepDaysNode.type !== 'number' || !Number.isInteger(days) || days < 1 || days > MAX_AUDIT_KEEP_DAYS)
+      at(
+        keepDaysNode.offset,
+        `audit.keepDays must be a whole number of days from 1 to ${MAX_AUDIT_KEEP_DAYS}, or null to keep every entry`,
+      );
+    else audit = { keepDays: days };
+  }
   if (issues.length > 0) return { issues };
   return {
     issues,
@@ -293,6 +318,7 @@ export function checkConfig(text: string, file: string): { config?: DaemonConfig
       libvirt,
       ...(modules.length > 0 ? { modules } : {}),
       ...(Object.keys(inputTargets).length > 0 ? { inputTargets } : {}),
+      audit,
     },
   };
 }

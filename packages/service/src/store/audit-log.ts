@@ -1,4 +1,7 @@
-/** The audit_log table: append-only (the schema's triggers refuse UPDATE and DELETE), paged in the order written. */
+/**
+ * The audit_log table: append-only (the schema's triggers refuse UPDATE, and DELETE but of its oldest
+ * entries, which retention prunes), paged in the order written.
+ */
 import { type DomainName, Errors } from '@devgate/core';
 import { type StoreConnection, present } from './connection.js';
 import * as check from './validate.js';
@@ -19,6 +22,8 @@ export const AUDIT_ACTIONS = [
   'reconcile',
   'input-policy',
   'input-forward',
+  'registry',
+  'audit-prune',
 ] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number] | (string & {});
 export type AuditOutcome = 'ok' | 'denied' | 'error';
@@ -98,6 +103,31 @@ export class AuditLog {
         .run(row),
     );
     return auditFromRow({ id: Number(lastInsertRowid), ...row });
+  }
+
+  /**
+   * Retention: removes the entries stamped before `before`, in one transaction with the entry
+   * `record(count)` makes (appended first: the newest entry always stays), or does nothing when none
+   * is that old. Only a run of the oldest: it stops at the first entry it keeps, so one stamped early
+   * but written after it (a clock set back) waits, and the log never gets a hole.
+   */
+  prune(before: Date | string, record: (pruned: number) => AuditEntryInput): AuditEntry | undefined {
+    const cutoff = check.isoTime('before', before);
+    return this.connection.transaction(() => {
+      const { keep } = this.connection
+        .stmt(
+          `SELECT coalesce((SELECT min(id) FROM audit_log WHERE at >= @cutoff), (SELECT max(id) FROM audit_log) + 1, 0)
+             AS keep`,
+        )
+        .get({ cutoff }) as { keep: number };
+      const { pruned } = this.connection
+        .stmt('SELECT count(*) AS pruned FROM audit_log WHERE id < @keep')
+        .get({ keep }) as { pruned: number };
+      if (pruned === 0) return undefined;
+      const entry = this.append(record(pruned));
+      this.connection.stmt('DELETE FROM audit_log WHERE id < @keep').run({ keep });
+      return entry;
+    });
   }
 
   query(query: AuditQuery = {}): AuditEntry[] {

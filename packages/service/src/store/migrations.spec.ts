@@ -116,4 +116,27 @@ describe('migrations', () => {
       }),
     );
   });
+
+  it('keep a version 1 audit log, which can then be pruned from its oldest end only', () => {
+    const db = new Database(tmp.file());
+    migrate(db, tmp.file(), MIGRATIONS.slice(0, 1));
+    const insert = db.prepare(
+      "INSERT INTO audit_log (at, actor, action, outcome) VALUES (?, 'devgated', 'attach', 'ok')",
+    );
+    insert.run('2020-01-01T00:00:00.000Z');
+    insert.run('2020-01-02T00:00:00.000Z');
+    insert.run('2026-11-27T10:00:00.000Z');
+    expect(() => db.prepare('DELETE FROM audit_log WHERE id = 1').run()).toThrow(/append-only/);
+    db.close();
+    const store = new SqliteStateStore(tmp.file());
+    expect(store.info().schemaVersion).toBe(SCHEMA_VERSION);
+    const pruning = store.audit.prune('2026-01-01T00:00:00.000Z', (pruned) => ({
+      actor: 'devgated',
+      action: 'audit-prune',
+      outcome: 'ok',
+      details: { pruned },
+    }));
+    expect(store.audit.query().map((e) => e.id)).toEqual([3, pruning!.id]);
+    store.dispose();
+  });
 });

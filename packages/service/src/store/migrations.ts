@@ -108,7 +108,20 @@ CREATE TABLE attachment_journal (
 CREATE INDEX attachment_journal_pending ON attachment_journal (id) WHERE state = 'pending';
 `;
 
-export const MIGRATIONS: readonly Migration[] = [{ version: 1, description: 'initial schema', up: V1 }];
+// Retention (the configuration's audit.keepDays) prunes the audit log, from its oldest end only: a
+// deletion that would leave a hole, or take the newest entry (the log never empties), is refused, so
+// what remains is always everything written since some point.
+const V2 = `
+DROP TRIGGER audit_log_no_delete;
+CREATE TRIGGER audit_log_oldest_first BEFORE DELETE ON audit_log
+  WHEN OLD.id <> (SELECT min(id) FROM audit_log) OR OLD.id = (SELECT max(id) FROM audit_log)
+  BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: only its oldest entries are pruned, never its newest'); END;
+`;
+
+export const MIGRATIONS: readonly Migration[] = [
+  { version: 1, description: 'initial schema', up: V1 },
+  { version: 2, description: 'audit log retention: pruned from its oldest end', up: V2 },
+];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;
 

@@ -329,6 +329,80 @@ describe('audit log', () => {
   });
 });
 
+describe('audit log retention', () => {
+  const DAY = 86_400_000;
+  const entry = (portId: string) =>
+    store.audit.append({ actor: 'devgated', action: 'attach', outcome: 'ok', backend: 'dom0', portId }).id;
+  const record = (pruned: number) => ({
+    actor: 'devgated',
+    action: 'audit-prune',
+    outcome: 'ok' as const,
+    reason: `${pruned} pruned`,
+    details: { pruned },
+  });
+  const ids = () => store.audit.query({ limit: 10_000 }).map((e) => e.id);
+  const daysAgo = (days: number) => new Date(clock.getTime() - days * DAY);
+
+  it('removes the entries older than the cutoff, with an entry saying how many', () => {
+    const old = [entry('sda'), entry('sdb')];
+    tick(10 * DAY);
+    const recent = entry('sdc');
+    const pruning = store.audit.prune(daysAgo(5), record);
+    expect(pruning).toMatchObject({ action: 'audit-prune', reason: '2 pruned', details: { pruned: 2 } });
+    expect(ids()).toEqual([recent, pruning!.id]);
+    expect(ids()).not.toContain(old[0]);
+    // Nothing that old any more: nothing removed, nothing written.
+    expect(store.audit.prune(daysAgo(5), record)).toBeUndefined();
+    expect(ids()).toEqual([recent, pruning!.id]);
+  });
+
+  it('keeps an entry stamped at the cutoff, and the pruning entry when every other one was older', () => {
+    entry('sda');
+    tick(DAY);
+    const atCutoff = entry('sdb');
+    expect(store.audit.prune(clock, record)).toMatchObject({ details: { pruned: 1 } });
+    tick(DAY);
+    const pruning = store.audit.prune(clock, record);
+    expect(pruning).toMatchObject({ details: { pruned: 2 } });
+    expect(ids()).toEqual([pruning!.id]);
+    expect(atCutoff).toBeLessThan(pruning!.id);
+  });
+
+  it('never prunes past an entry it keeps: one stamped early but written after it waits (a clock set back)', () => {
+    const first = entry('sda');
+    tick(10 * DAY);
+    const recent = entry('sdb');
+    tick(-20 * DAY);
+    const stampedEarly = entry('sdc');
+    tick(20 * DAY);
+    const pruning = store.audit.prune(daysAgo(5), record);
+    expect(pruning).toMatchObject({ details: { pruned: 1 } });
+    expect(ids()).toEqual([recent, stampedEarly, pruning!.id]);
+    expect(ids()).not.toContain(first);
+  });
+
+  it('is one transaction: a pruning entry the log refuses prunes nothing', () => {
+    entry('sda');
+    tick(10 * DAY);
+    const before = ids();
+    expect(codeOf(() => store.audit.prune(daysAgo(5), () => ({ ...record(1), action: 'Prune!' })))).toBe(
+      'DG_INVALID_STATE_VALUE',
+    );
+    expect(ids()).toEqual(before);
+  });
+
+  it('holds in the database itself: only the oldest entries go, never one in the middle nor the newest', () => {
+    const [a, b, c] = [entry('sda'), entry('sdb'), entry('sdc')];
+    raw((db) => {
+      expect(() => db.prepare('DELETE FROM audit_log WHERE id = ?').run(b)).toThrow(/append-only/);
+      expect(() => db.prepare('DELETE FROM audit_log WHERE id = ?').run(c)).toThrow(/append-only/);
+      expect(() => db.prepare('DELETE FROM audit_log').run()).toThrow(/append-only/);
+      expect(db.prepare('DELETE FROM audit_log WHERE id = ?').run(a).changes).toBe(1);
+    });
+    expect(ids()).toEqual([b, c]);
+  });
+});
+
 describe('attachment journal', () => {
   const intent = { op: 'attach', devclass: 'block', backend: 'dom0', portId: 'loop3', frontend: 'work' } as const;
 
