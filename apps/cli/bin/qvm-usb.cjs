@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-semi-space-size=1 --v8-pool-size=2 --no-opt
+#!/usr/bin/env -S node --v8-pool-size=2
 'use strict';
 // The quick path has devgated answer common listings, attach and detach without loading the whole
 // CLI; the whole CLI is one bundled file (ADR 0014).
