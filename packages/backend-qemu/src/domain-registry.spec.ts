@@ -1,5 +1,6 @@
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { DevgateError, isValidDomainName } from '@devgate/core';
 import {
   defaultRegistryFile,
@@ -162,6 +163,46 @@ describe('reading and writing', () => {
     expect(() => getDomain(data, 'toString', FILE)).toThrow("no such domain: 'toString'");
     expect(() => getDomain(data, 'b', FILE)).toThrow(expect.objectContaining({ code: 'DG_NO_SUCH_DOMAIN' }));
   });
+});
+
+describe('a FIFO where the registry should be', () => {
+  // Opening one waits for a writer (the connector's first call would hang devgated). Read in a child
+  // node, so that a read that blocks fails this test by its timeout instead of hanging jest.
+  const REGISTER_TS = resolve(__dirname, '../../service/src/store/testing/register-ts.cjs');
+  const children = new Set<ChildProcess>();
+  afterEach(() => {
+    for (const child of children) child.kill('SIGKILL');
+    children.clear();
+  });
+
+  /** What readRegistrySync, then readRegistry, say of `file` in a child: each 'read' or its error. */
+  const readInChild = (file: string) =>
+    new Promise<string[]>((done, fail) => {
+      const script = `
+        const registry = require(${JSON.stringify(join(__dirname, 'domain-registry.ts'))});
+        const say = (error) => error.code + ': ' + error.message;
+        const said = [];
+        try { registry.readRegistrySync(process.argv[1]); said.push('read'); } catch (error) { said.push(say(error)); }
+        registry.readRegistry(process.argv[1]).then(() => 'read', say).then((text) => {
+          said.push(text);
+          process.stdout.write(JSON.stringify(said));
+        });`;
+      const child = spawn(process.execPath, ['--conditions=@devgate/source', '-r', REGISTER_TS, '-e', script, file], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      children.add(child);
+      let out = '';
+      child.stdout!.setEncoding('utf8').on('data', (text: string) => (out += text));
+      child.once('error', fail);
+      child.once('close', () => done(out ? JSON.parse(out) : []));
+    });
+
+  it('is refused as not a regular file, at once, by both readers', async () => {
+    const file = join(await cleanup.tempDir(), 'domains.json');
+    execFileSync('mkfifo', [file]);
+    const refusal = `DG_REGISTRY_INVALID: domain registry ${file}: $: not a regular file`;
+    expect(await readInChild(file)).toEqual([refusal, refusal]);
+  }, 8_000);
 });
 
 describe('a backend VM entry (agent)', () => {

@@ -12,7 +12,7 @@
  * sees half a file. Writers are not locked against each other: the last rename wins.
  */
 import { randomBytes } from 'node:crypto';
-import { promises as fs, readFileSync } from 'node:fs';
+import { closeSync, constants, fstatSync, promises as fs, openSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, isAbsolute, join } from 'node:path';
 import { DevgateError, Errors, isValidDomainName } from '@devgate/core';
@@ -120,14 +120,25 @@ export function parseRegistry(text: string, file: string): DomainRegistryData {
   return { dom0, domains: result, ...(Object.keys(backends).length > 0 ? { backends } : {}) };
 }
 
+/**
+ * Non-blocking: a FIFO's open waits for a writer, which would hang the connector's caller (devgated),
+ * so it is opened at once and refused by what fstat says. Symlinks are followed.
+ */
+const OPEN_FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY;
+
 /** Reads the registry; a missing file is an empty registry. */
 export async function readRegistry(file: string = defaultRegistryFile()): Promise<DomainRegistryData> {
   let text: string;
   try {
-    text = await fs.readFile(file, 'utf8');
+    const handle = await fs.open(file, OPEN_FLAGS);
+    try {
+      if (!(await handle.stat()).isFile()) throw notRegularFile(file);
+      text = await handle.readFile('utf8');
+    } finally {
+      await handle.close();
+    }
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return EMPTY_REGISTRY;
-    throw Errors.registryInvalid({ file, path: '$', reason: `unreadable (${(error as Error).message})` });
+    return unreadable(file, error);
   }
   return parseRegistry(text, file);
 }
@@ -136,10 +147,15 @@ export async function readRegistry(file: string = defaultRegistryFile()): Promis
 export function readRegistrySync(file: string = defaultRegistryFile()): DomainRegistryData {
   let text: string;
   try {
-    text = readFileSync(file, 'utf8');
+    const fd = openSync(file, OPEN_FLAGS);
+    try {
+      if (!fstatSync(fd).isFile()) throw notRegularFile(file);
+      text = readFileSync(fd, 'utf8');
+    } finally {
+      closeSync(fd);
+    }
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return EMPTY_REGISTRY;
-    throw Errors.registryInvalid({ file, path: '$', reason: `unreadable (${(error as Error).message})` });
+    return unreadable(file, error);
   }
   return parseRegistry(text, file);
 }
@@ -188,6 +204,18 @@ export function isRegistryError(error: unknown): error is DevgateError {
 }
 
 // -- helpers
+
+/** A FIFO or a device node is never a registry: reading one waits, or never ends. */
+function notRegularFile(file: string): DevgateError {
+  return Errors.registryInvalid({ file, path: '$', reason: 'not a regular file' });
+}
+
+/** A registry that is not there is empty; one that cannot be read is DG_REGISTRY_INVALID. */
+function unreadable(file: string, error: unknown): DomainRegistryData {
+  if (isRegistryError(error)) throw error;
+  if ((error as NodeJS.ErrnoException).code === 'ENOENT') return EMPTY_REGISTRY;
+  throw Errors.registryInvalid({ file, path: '$', reason: `unreadable (${(error as Error).message})` });
+}
 
 function parseAgentEndpoints(value: unknown, path: string, invalid: Invalid): AgentEndpoints {
   if (!isObject(value)) throw invalid(path, `expected an object, got ${typeName(value)}`);
