@@ -4,6 +4,7 @@
  * device). Like the configuration (sshd's StrictModes), one another user could write, or put in
  * place, is refused before devgated opens anything.
  */
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import pino from 'pino';
@@ -14,6 +15,7 @@ import { recordedFixture } from '@devgate/testkit';
 import { Devgated } from './devgated.js';
 import {
   ApiClient,
+  DaemonProcess,
   cleanupHarness,
   harnessConfig,
   makeTempDir,
@@ -103,6 +105,19 @@ describe('the domain registry', () => {
       `DG_CONFIG_INVALID: ${domains}: it does not exist, and its directory is writable by other users, who could create it (mode 1777)`,
     );
   });
+});
+
+describe('a FIFO in the place of the domain registry', () => {
+  // Opening one waits for a writer: devgated hung at start, before it logged a word. It runs as its
+  // own process here, so that a start that blocks fails this test by its timeout, not jest.
+  it('is refused at start, at once, as not a regular file', async () => {
+    const dir = makeTempDir('devgated-trusted-fifo-');
+    const domains = path.join(dir, 'domains.json');
+    execFileSync('mkfifo', ['-m', '0644', domains]);
+    await expect(DaemonProcess.start(harnessConfig(dir, { domains }), { readyTimeoutMs: 60_000 })).rejects.toThrow(
+      `devgated: error: DG_CONFIG_INVALID: ${domains}: not a regular file`,
+    );
+  }, 10_000);
 });
 
 describe('the domain registry, re-read while devgated runs', () => {

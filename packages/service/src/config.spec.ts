@@ -1,3 +1,4 @@
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { checkConfig, defaultConfig, loadConfig, readTrustedRegistry, requireTrustedFile } from './config.js';
@@ -236,4 +237,50 @@ describe('readTrustedRegistry: the domain registry, at every read devgated makes
       `DG_CONFIG_INVALID: ${file}: it does not exist, and its directory is writable by other users, who could create it (mode 0777)`,
     );
   });
+});
+
+describe('a FIFO where a file devgated trusts should be', () => {
+  // Opening one waits for a writer: devgated hung at start, before it said a word. Read in a child
+  // node, so that a read that blocks fails this test by its timeout instead of hanging jest.
+  const REGISTER_TS = path.resolve(__dirname, 'store/testing/register-ts.cjs');
+  const children = new Set<ChildProcess>();
+  let tmp: TempDir;
+  let fifo: string;
+  beforeEach(() => {
+    tmp = new TempDir();
+    fifo = path.join(tmp.dir, 'fifo.json');
+    execFileSync('mkfifo', ['-m', '0644', fifo]);
+  });
+  afterEach(() => {
+    for (const child of children) child.kill('SIGKILL');
+    children.clear();
+    tmp.remove();
+  });
+
+  /** What `read(file)` of config.ts says in a child: 'read', or the code and message it throws. */
+  const readInChild = (read: 'loadConfig' | 'readTrustedRegistry', file: string) =>
+    new Promise<string>((resolve, reject) => {
+      const script = `
+        const config = require(${JSON.stringify(path.join(__dirname, 'config.ts'))});
+        try { config[process.argv[1]](process.argv[2]); process.stdout.write('read'); }
+        catch (error) { process.stdout.write(error.code + ': ' + error.message); }`;
+      const child = spawn(
+        process.execPath,
+        ['--conditions=@devgate/source', '-r', REGISTER_TS, '-e', script, read, file],
+        { stdio: ['ignore', 'pipe', 'inherit'] },
+      );
+      children.add(child);
+      let out = '';
+      child.stdout!.setEncoding('utf8').on('data', (text: string) => (out += text));
+      child.once('error', reject);
+      child.once('close', () => resolve(out));
+    });
+
+  it('is refused as not a regular file, at once: the configuration, and the domain registry', async () => {
+    const refusal = `DG_CONFIG_INVALID: ${fifo}: not a regular file`;
+    expect(await readInChild('loadConfig', fifo)).toBe(refusal);
+    expect(await readInChild('readTrustedRegistry', fifo)).toBe(refusal);
+    // And where only its kind is checked (the registry at start: devgated opens it later).
+    expect(() => requireTrustedFile(fifo)).toThrow(`${fifo}: not a regular file`);
+  }, 8_000);
 });

@@ -346,8 +346,8 @@ export function formatIssue(issue: ConfigIssue): string {
  * Refuses (DG_CONFIG_INVALID) a file devgated trusts as root that a user other than root and its own
  * could change, as sshd's StrictModes does: its configuration, the USB rules, the domain registry
  * (which QMP sockets and agents it talks to). `fd`, the file as the caller opened it, is what is
- * checked, so that what is checked is what is read. A file not there yet is checked where it would
- * be created: whoever may create it chooses what it says.
+ * checked, so that what is checked is what is read; anything but a regular file is refused too. A
+ * file not there yet is checked where it would be created: whoever may create it chooses what it says.
  */
 export function requireTrustedFile(file: string, fd?: number): void {
   let unsafe: string | undefined;
@@ -359,11 +359,17 @@ export function requireTrustedFile(file: string, fd?: number): void {
   if (unsafe) throw Errors.configInvalid({ location: file, reason: unsafe });
 }
 
+/**
+ * Non-blocking: a FIFO's open waits for a writer, and devgated would hang there before a word, so
+ * it is opened at once and refused by what fstat says. No O_NOFOLLOW: a symlink is followed, as ever.
+ */
+const TRUSTED_OPEN_FLAGS = fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY;
+
 /** The text of a file devgated trusts as root, once `requireTrustedFile` accepted the file opened. */
 export function readTrustedFile(file: string): string {
   let fd: number | undefined;
   try {
-    fd = fs.openSync(file, 'r');
+    fd = fs.openSync(file, TRUSTED_OPEN_FLAGS);
     requireTrustedFile(file, fd);
     return fs.readFileSync(fd, 'utf8');
   } catch (error) {
@@ -393,7 +399,11 @@ export function readTrustedRegistry(file: string): DomainRegistryData {
 function untrustedReason(file: string, fd: number | undefined): string | undefined {
   const stat = fd === undefined ? fs.statSync(file, { throwIfNoEntry: false }) : fs.fstatSync(fd);
   const directory = path.dirname(path.resolve(file));
-  if (stat) return writableByOthers(stat, 'the file') ?? writableByOthers(fs.statSync(directory), 'its directory');
+  if (stat) {
+    const unsafe = writableByOthers(stat, 'the file') ?? writableByOthers(fs.statSync(directory), 'its directory');
+    // A FIFO or a device node is never a configuration: reading one waits, or never ends.
+    return unsafe ?? (stat.isFile() ? undefined : 'not a regular file');
+  }
   // The nearest directory on its path that exists: the missing ones could be made there.
   let parent = directory;
   let parentStat = fs.statSync(parent, { throwIfNoEntry: false });
