@@ -11,27 +11,11 @@ const vm = require('node:vm');
 const Module = require('node:module');
 const { execFileSync } = require('node:child_process');
 const esbuild = require('esbuild');
+const { cliBinLine } = require('./bin-line.cjs');
 
 const CLI = __dirname;
 const OUT = path.join(CLI, 'dist/bundle');
 const BUNDLE = path.join(OUT, 'cli.js');
-const BINS = ['devgate', 'qvm-device', 'qvm-block', 'qvm-usb', 'qvm-pci'].map((name) =>
-  path.join(CLI, `bin/${name}.cjs`),
-);
-
-/**
- * The Node flags the bins run with, from their `#!/usr/bin/env -S node FLAGS` line (ADR 0014, fourth
- * round). V8 takes a code cache only under the flags it was made with, so the cache is made with these;
- * every bin must carry the same line.
- */
-function shippedNodeFlags() {
-  const lines = new Set(BINS.map((bin) => fs.readFileSync(bin, 'utf8').split('\n', 1)[0]));
-  const words = /^#!\/usr\/bin\/env -S node(( --[\w-]+(=\S+)?)*)$/.exec([...lines][0] ?? '');
-  if (lines.size !== 1 || !words)
-    throw new Error(`bin/*.cjs: one '#!/usr/bin/env -S node FLAGS' line for all: ${[...lines]}`);
-  return words[1].trim().split(' ').filter(Boolean);
-}
-
 /** The directory of the package.json above `file`, and the package's name. */
 function packageOf(file) {
   for (let dir = path.dirname(file); dir !== path.dirname(dir); dir = path.dirname(dir)) {
@@ -198,6 +182,10 @@ else
   build()
     .then(asciiOnly)
     .then(() =>
-      execFileSync(process.execPath, [...shippedNodeFlags(), __filename, '--code-cache'], { stdio: 'inherit' }),
+      execFileSync(process.execPath, [...cliBinLine().flags, __filename, '--code-cache'], { stdio: 'inherit' }),
     )
-    .catch(() => process.exit(1));
+    .catch((error) => {
+      // esbuild prints its own errors; anything else would go unsaid.
+      if (!error.errors) console.error(`bundle.cjs: ${error.message}`);
+      process.exit(1);
+    });

@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import { createRequire } from 'node:module';
 import * as path from 'node:path';
 
 // The bins run Node with flags of their own (their `#!/usr/bin/env -S node FLAGS` line), and V8 takes
@@ -8,16 +9,12 @@ import * as path from 'node:path';
 jest.setTimeout(30_000);
 
 const CLI = path.join(__dirname, '..');
-const BINS = ['devgate', 'qvm-device', 'qvm-block', 'qvm-usb', 'qvm-pci'].map((name) =>
-  path.join(CLI, 'bin', `${name}.cjs`),
-);
 const BUNDLE = path.join(CLI, 'dist/bundle/cli.js');
-
-/** The bins' Node flags, from their first line. */
-function binFlags(): string[] {
-  const line = fs.readFileSync(BINS[0], 'utf8').split('\n', 1)[0];
-  return line.replace(/^#!\/usr\/bin\/env -S node/, '').trim().split(' ').filter(Boolean);
-}
+// The same reader of the bins' line as the build's (a CommonJS build script, without types).
+const { CLI_BINS, cliBinLine } = createRequire(__filename)('../bin-line.cjs') as {
+  CLI_BINS: string[];
+  cliBinLine(): { flags: string[] };
+};
 
 /** Whether V8, in a Node started with `flags`, rejects the bundle's code cache. */
 function cacheRejected(flags: string[]): boolean {
@@ -31,18 +28,18 @@ function cacheRejected(flags: string[]): boolean {
 }
 
 it('gives every bin the same Node line', () => {
-  const lines = BINS.map((bin) => fs.readFileSync(bin, 'utf8').split('\n', 1)[0]);
+  const lines = CLI_BINS.map((bin) => fs.readFileSync(bin, 'utf8').split('\n', 1)[0]);
   expect(new Set(lines).size).toBe(1);
   expect(lines[0]).toMatch(/^#!\/usr\/bin\/env -S node( --[\w-]+(=\S+)?)+$/);
 });
 
 it('makes the code cache V8 takes under the flags the bins run with', () => {
-  expect(cacheRejected(binFlags())).toBe(false);
+  expect(cacheRejected(cliBinLine().flags)).toBe(false);
   // Under a flag that changes V8's flag hash the same cache is refused: the check above can fail.
-  expect(cacheRejected([...binFlags(), '--max-lazy'])).toBe(true);
+  expect(cacheRejected([...cliBinLine().flags, '--max-lazy'])).toBe(true);
 });
 
 it('runs a bin through its own line, as a shell on PATH does', () => {
   const version = JSON.parse(fs.readFileSync(path.join(CLI, 'package.json'), 'utf8')).version as string;
-  expect(execFileSync(BINS[0], ['--version'], { encoding: 'utf8' }).trim()).toBe(version);
+  expect(execFileSync(CLI_BINS[0], ['--version'], { encoding: 'utf8' }).trim()).toBe(version);
 });
