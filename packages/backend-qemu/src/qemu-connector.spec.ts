@@ -1,7 +1,7 @@
-import { promises as fs } from 'node:fs';
+import { promises as fs, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { Connector, Kernel } from '@devgate/core';
-import { readRegistry, updateRegistry } from './domain-registry.js';
+import { Connector, Errors, Kernel } from '@devgate/core';
+import { readRegistry, readRegistrySync, updateRegistry, writeRegistry } from './domain-registry.js';
 import { labDown, labUp } from './lab.js';
 import { QemuConnector } from './qemu-connector.js';
 import { qemuContributions, qemuModule } from './qemu-module.js';
@@ -136,6 +136,48 @@ describe('QemuConnector', () => {
       }),
     );
     await expect(connector.isRunning('stale')).resolves.toBe(false);
+  });
+});
+
+describe('a registry reader that refuses (devgated: its StrictModes check)', () => {
+  // As devgated's (readTrustedRegistry, in @devgate/service): DG_CONFIG_INVALID for a file that
+  // another user could write. Without it, a registry made writable later could move a VM's socket.
+  const strict = (file: string) => {
+    if ((statSync(file).mode & 0o022) !== 0)
+      throw Errors.configInvalid({ location: file, reason: 'the file is writable by other users' });
+    return readRegistrySync(file);
+  };
+
+  it('keeps the registry read before until the file is safe again; a broken one is still an error', async () => {
+    const file = join(dir, 'strict.json');
+    await writeRegistry(file, {
+      dom0: 'dom0',
+      domains: { front: (await readRegistry(registryFile)).domains['front'] },
+    });
+    const own = new QemuConnector({ registryFile: file, registryReader: strict });
+    try {
+      await expect(own.isRunning('front')).resolves.toBe(true);
+      // Made writable by others, then rewritten: front's QMP socket moved, and a VM added.
+      await fs.chmod(file, 0o666);
+      const moved = { domains: { front: { qmp: join(dir, 'elsewhere.qmp') }, other: { qmp: join(dir, 'other.qmp') } } };
+      await fs.writeFile(file, JSON.stringify(moved));
+      expect(own.domains()).toEqual(['front']);
+      await expect(own.isRunning('front')).resolves.toBe(true);
+      // Safe again, by a chmod alone (only the file's ctime changes): what it says now is read.
+      await fs.chmod(file, 0o644);
+      expect(own.domains()).toEqual(['front', 'other']);
+      await expect(own.isRunning('front')).resolves.toBe(false);
+      // Broken is not refused: its error, as without a reader.
+      await fs.writeFile(file, '{ "domains": ');
+      expect(() => own.domains()).toThrow(expect.objectContaining({ code: 'DG_REGISTRY_INVALID' }));
+    } finally {
+      own.dispose();
+    }
+    // Refused before anything was read: the refusal is the answer.
+    await fs.chmod(file, 0o666);
+    const fresh = new QemuConnector({ registryFile: file, registryReader: strict });
+    expect(() => fresh.domains()).toThrow(expect.objectContaining({ code: 'DG_CONFIG_INVALID' }));
+    fresh.dispose();
   });
 });
 

@@ -48,6 +48,13 @@ export const QEMU_CONNECTOR_ID = 'qemu';
 export interface QemuConnectorOptions extends QmpClientOptions {
   /** Default: `defaultRegistryFile()`, resolved when the connector is created. */
   readonly registryFile?: string;
+  /**
+   * How the registry file is read; default `readRegistrySync`. devgated gives its StrictModes check
+   * (`readTrustedRegistry`): a DG_CONFIG_INVALID it throws is a refusal, and the registry read before
+   * stays until the file changes again. The connector does not report it: devgated's registry watch
+   * follows the same file with the same check, and reports each refusal once.
+   */
+  readonly registryReader?: (file: string) => DomainRegistryData;
   /** How long a guest has to acknowledge an unplug (DEVICE_DELETED). Default 5 s. */
   readonly unplugTimeoutMs?: number;
   /** How often lifecycle$ looks for domains that started or vanished. Default 1 s. */
@@ -663,9 +670,18 @@ export class QemuConnector implements Connector {
    */
   private registry(): DomainRegistryData {
     const stat = fs.statSync(this.registryFile, { throwIfNoEntry: false });
-    const version = stat ? `${stat.mtimeMs}:${stat.size}:${stat.ino}` : 'missing';
+    // ctime too: a chmod or chown alone decides whether a checking reader accepts the file.
+    const version = stat ? `${stat.mtimeMs}:${stat.ctimeMs}:${stat.size}:${stat.ino}` : 'missing';
     if (this.cachedRegistry?.version !== version) {
-      this.cachedRegistry = { version, data: readRegistrySync(this.registryFile) };
+      const read = this.options.registryReader ?? readRegistrySync;
+      try {
+        this.cachedRegistry = { version, data: read(this.registryFile) };
+      } catch (error) {
+        // Refused: what was read before stays, as in devgated's registry watch, and is not re-read
+        // until the file changes. With nothing read before, the refusal is the answer.
+        if (errorCode(error) !== Errors.configInvalid.code || !this.cachedRegistry) throw error;
+        this.cachedRegistry = { version, data: this.cachedRegistry.data };
+      }
     }
     return this.cachedRegistry.data;
   }
