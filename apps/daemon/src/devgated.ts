@@ -35,6 +35,7 @@ import {
   openStateStore,
   provideServices,
   readTrustedFile,
+  readTrustedRegistry,
   requireTrustedFile,
 } from '@devgate/service';
 import { AskService } from './services/asks.js';
@@ -101,6 +102,9 @@ export class Devgated implements Disposable {
     const isListed = (port: Port) => listing.manager?.get(port) !== undefined;
     const { modules, libvirt } = builtinModules({
       domains: config.domains,
+      // Every re-read of the registry by the QEMU connector (which socket is which VM) is checked
+      // as the start checked it; a refusal keeps what it read, and the registry watch reports it.
+      registryReader: readTrustedRegistry,
       libvirt: { uris: config.libvirt?.uris ?? [], dom0: localBackend, isListed, logger: pinoLogger(log) },
     });
     const kernel = new Kernel().load(...modules);

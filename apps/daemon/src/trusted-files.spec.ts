@@ -19,6 +19,7 @@ import {
   cleanupHarness,
   harnessConfig,
   makeTempDir,
+  registerVms,
   startInProcess,
   until,
 } from './testing/daemon-harness.js';
@@ -168,6 +169,42 @@ describe('the domain registry, re-read while devgated runs', () => {
         expect.objectContaining({ level: 50, reason }),
       ]);
       expect(await backends()).toContain('sys-usb');
+    } finally {
+      await daemon.stop();
+    }
+  });
+
+  it("holds the QEMU connector's own re-read to it too: the refused registry names no VM, and is reported once", async () => {
+    const dir = makeTempDir('devgated-trusted-connector-');
+    fs.mkdirSync(path.join(dir, 'registry'));
+    const config = harnessConfig(dir, { domains: path.join(dir, 'registry', 'domains.json') });
+    registerVms(config, ['work']);
+    const domains = config.domains!;
+    const lines: { code?: string }[] = [];
+    const daemon = await Devgated.start(
+      config,
+      pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line)) }),
+    );
+    try {
+      const client = new ApiClient(config.socket);
+      const vms = async () => (await client.get<{ domains: string[] }>('/v1/domains')).body.domains.sort();
+      const audited = async () => (await client.get<{ entries: AuditRow[] }>('/v1/audit?action=registry')).body.entries;
+      expect(await vms()).toEqual(['dom0', 'work']);
+
+      // Writable by others, then rewritten: work's QMP socket moved, and a VM added.
+      fs.chmodSync(domains, 0o666);
+      const moved = { work: { qmp: path.join(dir, 'elsewhere.qmp') }, evil: { qmp: path.join(dir, 'evil.qmp') } };
+      fs.writeFileSync(domains, JSON.stringify({ domains: moved }));
+      expect(await vms()).toEqual(['dom0', 'work']);
+      // Reported as the registry watch reports it, once: the connector adds no report of its own.
+      await until('the rewritten registry refused', async () => (await audited()).length > 0, 10_000);
+      expect(await vms()).toEqual(['dom0', 'work']);
+      expect(await audited()).toHaveLength(1);
+      expect(lines.filter((line) => line.code === 'DG_CONFIG_INVALID')).toHaveLength(1);
+
+      // Safe again (a chmod alone): what it says now is read.
+      fs.chmodSync(domains, 0o644);
+      expect(await vms()).toEqual(['dom0', 'evil', 'work']);
     } finally {
       await daemon.stop();
     }

@@ -17,6 +17,8 @@ import { type LibvirtModule, type LibvirtModuleOptions, libvirtModule } from '@d
 export interface BuiltinModulesOptions {
   /** The domain registry (default: $DEVGATE_DOMAINS, else the user's state directory). */
   readonly domains?: string;
+  /** How the QEMU connector reads it: devgated gives `readTrustedRegistry`; default, as it is. */
+  readonly registryReader?: (file: string) => DomainRegistryData;
   /** Which libvirt URIs, and how (devgated watches them; the CLI reads them once). */
   readonly libvirt: LibvirtModuleOptions;
 }
@@ -31,7 +33,14 @@ export interface BuiltinModules {
 export function builtinModules(options: BuiltinModulesOptions): BuiltinModules {
   const libvirt = libvirtModule(options.libvirt);
   return {
-    modules: [blockModule, usbModule, inputModule, pciModule, qemuModule({ registryFile: options.domains }), libvirt],
+    modules: [
+      blockModule,
+      usbModule,
+      inputModule,
+      pciModule,
+      qemuModule({ registryFile: options.domains, registryReader: options.registryReader }),
+      libvirt,
+    ],
     libvirt,
   };
 }

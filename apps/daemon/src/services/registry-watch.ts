@@ -35,7 +35,8 @@ interface Live {
  * backend that leaves the registry is withdrawn: its devices go, and what of it was attached is
  * detached and audited as a surprise removal. Each read is held to the check devgated's start made
  * (`readTrustedRegistry`): a registry another user could change is refused once per change of the
- * file, and what was read before stays.
+ * file, and what was read before stays. Its report stands for the QEMU connector's refusals too: the
+ * connector reads the same file through the same check, keeps its last good registry and says nothing.
  */
 export class RegistryWatch implements Disposable {
   private readonly live = new Map<string, Live>();
