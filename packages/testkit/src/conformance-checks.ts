@@ -258,8 +258,8 @@ export async function checkHotplug(
 }
 
 /**
- * Resource kinds that a driver leaves open if it forgets to clean up: async_hooks' type, and the
- * name a failure gives it (process.getActiveResourcesInfo()'s).
+ * Resource kinds that a driver leaves open if it forgets to clean up (a listening server among
+ * them): async_hooks' type, and the name a failure gives it.
  */
 const HANDLES = new Map([
   ['Timeout', 'Timeout'],
@@ -268,7 +268,9 @@ const HANDLES = new Map([
   ['STATWATCHER', 'StatWatcher'],
   ['PROCESSWRAP', 'ProcessWrap'],
   ['PIPEWRAP', 'PipeWrap'],
-  ['TCPWRAP', 'TCPWrap'],
+  ['TCPWRAP', 'TCPSocketWrap'],
+  ['TCPSERVERWRAP', 'TCPServerWrap'],
+  ['PIPESERVERWRAP', 'PipeServerWrap'],
   ['UDPWRAP', 'UDPWrap'],
 ]);
 

@@ -1,3 +1,4 @@
+import * as net from 'node:net';
 import { type Observable, type Subscription, interval, map, take } from 'rxjs';
 import {
   type AttachSpec,
@@ -31,6 +32,7 @@ type Defect =
   | 'duplicate-ports'
   | 'leaking-subscription'
   | 'leaking-timer'
+  | 'leaking-server'
   | 'ignores-hotplug'
   | 'bad-interface'
   | 'host-path'
@@ -43,9 +45,13 @@ type Defect =
 /** Characters the kernel refuses in text that a sanitizer of its own may miss. */
 type Invisible = 'U+200B' | 'U+FEFF' | 'U+2028';
 
-/** The seeded timer leaks, ended once the kit has seen them: a live interval would keep jest running. */
+/** The seeded handle leaks, ended once the kit has seen them: a live one would keep jest running. */
 const leakedTimers: Subscription[] = [];
-afterAll(() => leakedTimers.forEach((timer) => timer.unsubscribe()));
+const leakedServers: net.Server[] = [];
+afterAll(() => {
+  leakedTimers.forEach((timer) => timer.unsubscribe());
+  leakedServers.forEach((server) => server.close());
+});
 
 /** USB devices by busid, as a small third-party driver would write it, with one defect or none. */
 class ToyDriver implements DeviceClassDriver {
@@ -56,6 +62,7 @@ class ToyDriver implements DeviceClassDriver {
   discover(source: DeviceSource): Observable<readonly DeviceInfo[]> {
     if (this.defect === 'leaking-subscription') source.trees$.subscribe(() => undefined);
     if (this.defect === 'leaking-timer') leakedTimers.push(interval(60_000).subscribe());
+    if (this.defect === 'leaking-server') leakedServers.push(net.createServer().listen(0, '127.0.0.1'));
     const trees = this.defect === 'ignores-hotplug' ? source.trees$.pipe(take(1)) : source.trees$;
     return trees.pipe(map((tree) => this.parse(tree, source.backend)));
   }
@@ -133,6 +140,7 @@ describe('the conformance kit', () => {
     ['duplicate-ports', /^discovery: the kernel faults it: .* left out: toy:backend-x:same is listed twice/],
     ['leaking-subscription', /^dispose: leaking subscription: 1 subscription\(s\) to the source's trees\$/],
     ['leaking-timer', /^dispose: open handles left after unsubscribing: Timeout ×\d+/],
+    ['leaking-server', /^dispose: open handles left after unsubscribing: TCPServerWrap ×1$/],
     ['ignores-hotplug', /^hotplug: 1 snapshots for two trees/],
     [
       'bad-interface',
