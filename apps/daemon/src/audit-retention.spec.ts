@@ -33,7 +33,8 @@ it('prunes what is older than audit.keepDays when it starts, keeps the rest, and
   const config = loadConfig(file);
   const seed = openStateStore(config.stateDir);
   const now = Date.now();
-  for (const days of [400, 31, 29, 1])
+  // The newest one now: days are counted from it when the clock is past it (services/audit-retention.spec.ts).
+  for (const days of [400, 31, 29, 0])
     seed.audit.append({
       actor: 'devgated',
       action: 'attach',
@@ -48,7 +49,7 @@ it('prunes what is older than audit.keepDays when it starts, keeps the rest, and
     .entries;
   expect(entries.map((e) => e.reason)).toEqual([
     '29 days ago',
-    '1 days ago',
+    '0 days ago',
     '2 audit entries older than 30 days pruned',
   ]);
   expect(entries[2]).toMatchObject({ actor: 'devgated', action: 'audit-prune', details: { pruned: 2, keepDays: 30 } });

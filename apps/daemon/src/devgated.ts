@@ -231,6 +231,7 @@ export class Devgated implements Disposable {
       },
       failed: (error) =>
         this.log.warn({ code: errorCode(error), reason: (error as Error).message }, 'audit log not pruned'),
+      warn: (fields, message) => this.log.warn(fields, message),
     });
     this.retention.start();
   }

@@ -37,6 +37,7 @@ it('prunes at start, then at every interval, on a timer that never keeps the pro
   tick(40 * DAY);
   append('day 40');
   const pruned: AuditEntry[] = [];
+  const warnings: string[] = [];
   const retention = new AuditRetention(store, {
     keepDays: 30,
     now: () => clock,
@@ -44,6 +45,7 @@ it('prunes at start, then at every interval, on a timer that never keeps the pro
     failed: (error) => {
       throw error;
     },
+    warn: (_fields, message) => warnings.push(message),
   });
   const timers = refTimers();
   retention.start(20);
@@ -68,6 +70,7 @@ it('prunes at start, then at every interval, on a timer that never keeps the pro
   tick(40 * DAY);
   await new Promise((resolve) => setTimeout(resolve, 100));
   expect(pruned).toHaveLength(2);
+  expect(warnings).toEqual([]);
 });
 
 it('says nothing when nothing is that old, and hands a failure over rather than throwing it', () => {
@@ -79,16 +82,97 @@ it('says nothing when nothing is that old, and hands a failure over rather than 
     now: () => clock,
     pruned: (entry) => pruned.push(entry),
     failed: (error) => failures.push(String(errorCode(error))),
+    warn: () => undefined,
   });
   retention.start();
   expect(pruned).toEqual([]);
   expect(reasons()).toEqual(['day 0']);
   retention.dispose();
   store.dispose();
-  new AuditRetention(store, {
+  const closed = new AuditRetention(store, {
     keepDays: 30,
     pruned: () => undefined,
     failed: (error) => failures.push(String(errorCode(error))),
-  }).start();
+    warn: () => undefined,
+  });
+  closed.start();
+  closed.dispose();
   expect(failures).toEqual(['DG_STATE_CLOSED']);
+});
+
+it('counts from the newest entry, not from a clock set ahead: the history stays, and it says so', () => {
+  // devgated started with the clock years ahead (a dead RTC battery, a bad NTP answer) must not
+  // take every entry for one older than keepDays.
+  append('day 0');
+  tick(40 * DAY);
+  append('day 40');
+  tick(2 * 365 * DAY);
+  const warnings: unknown[] = [];
+  const retention = new AuditRetention(store, {
+    keepDays: 30,
+    now: () => clock,
+    pruned: () => undefined,
+    failed: (error) => {
+      throw error;
+    },
+    warn: (fields, message) => warnings.push([message, fields]),
+  });
+  retention.start();
+  retention.dispose();
+  expect(reasons()).toEqual(['day 40', '1 audit entry older than 30 days pruned']);
+  expect(store.audit.query({ order: 'desc', limit: 1 })[0].details).toMatchObject({
+    before: '2026-12-07T10:00:00.000Z',
+  });
+  expect(warnings).toEqual([
+    [
+      'the clock is more than a day past the newest audit entry: retention counts from that entry',
+      { newest: '2027-01-06T10:00:00.000Z', now: '2029-01-05T10:00:00.000Z', keepDays: 30 },
+    ],
+  ]);
+});
+
+it('says nothing of the clock when it is less than a day past the newest entry', () => {
+  append('day 0');
+  tick(DAY - 1);
+  const warnings: unknown[] = [];
+  const retention = new AuditRetention(store, {
+    keepDays: 30,
+    now: () => clock,
+    pruned: () => undefined,
+    failed: () => undefined,
+    warn: (fields, message) => warnings.push([message, fields]),
+  });
+  retention.start();
+  retention.dispose();
+  expect(warnings).toEqual([]);
+});
+
+it('logs a callback that throws on its timer, rather than letting it end the process', async () => {
+  append('day 0');
+  tick(40 * DAY);
+  append('day 40');
+  const warnings: string[] = [];
+  let reported = 0;
+  const retention = new AuditRetention(store, {
+    keepDays: 30,
+    now: () => clock,
+    // The first report goes through; the next one throws, on the timer.
+    pruned: () => {
+      if (++reported > 1) throw new Error('a subscriber broke');
+    },
+    failed: () => undefined,
+    warn: (fields, message) => warnings.push(`${message}: ${(fields as { err: Error }).err.message}`),
+  });
+  // Uncaught on a timer, the throw would fail this test (jest reports it) and end devgated.
+  retention.start(20);
+  try {
+    expect(warnings).toEqual([]);
+    tick(40 * DAY);
+    append('day 80');
+    await waitFor('the next pruning', () => warnings.length > 0);
+    expect(warnings).toEqual(['audit retention: a callback failed: a subscriber broke']);
+    expect(reasons()).toEqual(['day 80', '2 audit entries older than 30 days pruned']);
+  } finally {
+    retention.dispose();
+  }
 });

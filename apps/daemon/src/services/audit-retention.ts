@@ -4,7 +4,7 @@ import { type AuditEntry, type SqliteStateStore } from '@devgate/service';
 const DAY_MS = 86_400_000;
 
 export interface AuditRetentionOptions {
-  /** Entries stamped more than this many days ago go. */
+  /** Entries stamped more than this many days before now, and before the newest entry, go. */
   readonly keepDays: number;
   /** Default: the system clock. */
   readonly now?: () => Date;
@@ -12,12 +12,18 @@ export interface AuditRetentionOptions {
   readonly pruned: (entry: AuditEntry) => void;
   /** Pruning failed (a locked database): the log is kept as it is until the next time. */
   readonly failed: (error: unknown) => void;
+  /** The clock is well past the newest entry, or a callback above threw. */
+  readonly warn: (fields: object, message: string) => void;
 }
 
 /**
  * The audit log's retention (the configuration's `audit.keepDays`): entries older than that are
  * pruned when devgated starts and about once a day while it runs, so the log does not grow without
  * bound on a machine that never restarts it. The timer never keeps devgated alive.
+ *
+ * "Older" is counted from the newest entry when the clock is past it: a clock set years ahead (a
+ * dead RTC battery) must not make the whole history look expired. The last keepDays of what was
+ * written always stay.
  */
 export class AuditRetention implements Disposable {
   private timer?: NodeJS.Timeout;
@@ -34,10 +40,23 @@ export class AuditRetention implements Disposable {
   }
 
   private prune(): void {
+    // Run on a timer, a callback that throws (an event subscriber's bug) would be an uncaught
+    // exception, and devgated would exit.
+    try {
+      this.pruneOnce();
+    } catch (error) {
+      this.options.warn({ err: error }, 'audit retention: a callback failed');
+    }
+  }
+
+  private pruneOnce(): void {
     const { keepDays } = this.options;
-    const before = new Date((this.options.now?.() ?? new Date()).getTime() - keepDays * DAY_MS);
+    const now = (this.options.now?.() ?? new Date()).getTime();
+    let newest: string | undefined;
     let entry: AuditEntry | undefined;
     try {
+      newest = this.store.audit.query({ order: 'desc', limit: 1 })[0]?.at;
+      const before = new Date(Math.min(now, newest ? Date.parse(newest) : now) - keepDays * DAY_MS);
       entry = this.store.audit.prune(before, (pruned) => ({
         actor: 'devgated',
         action: 'audit-prune',
@@ -48,6 +67,11 @@ export class AuditRetention implements Disposable {
     } catch (error) {
       return this.options.failed(error);
     }
+    if (newest && now - Date.parse(newest) > DAY_MS)
+      this.options.warn(
+        { newest, now: new Date(now).toISOString(), keepDays },
+        'the clock is more than a day past the newest audit entry: retention counts from that entry',
+      );
     if (entry) this.options.pruned(entry);
   }
 
