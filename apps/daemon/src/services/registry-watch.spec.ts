@@ -96,3 +96,47 @@ it('refuses a re-read of a registry another user could change, keeping what it r
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+it('logs a callback that throws on its timer, rather than letting it end the process, and keeps following', async () => {
+  // devgated's `refused` audits the refusal: a store that refuses the entry throws there.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'registry-watch-'));
+  const registryFile = path.join(dir, 'domains.json');
+  const kernel = new Kernel();
+  const manager = kernel.start();
+  const warnings: string[] = [];
+  const watch = new RegistryWatch(manager, {
+    domains: registryFile,
+    taken: () => false,
+    added: () => {
+      throw new Error('added broke');
+    },
+    warn: (fields, message) => warnings.push(`${message}: ${(fields as { err: Error }).err.message}`),
+    refused: () => {
+      throw new Error('refused broke');
+    },
+  });
+  const backends = () => manager.sources.map((s) => s.backend).sort();
+  try {
+    watch.start(10);
+    await labBackendUp('sys-usb', recordedFixture('usbkbd.umockdev'), { registryFile });
+    await labBackendUp('sys-net', recordedFixture('fido2.umockdev'), { registryFile });
+    // Uncaught on the timer, either throw would fail this test (jest reports it) and end devgated.
+    await waitFor('both added', () => backends().length === 2);
+    expect(backends()).toEqual(['sys-net', 'sys-usb']);
+
+    fs.chmodSync(registryFile, 0o666);
+    await waitFor('the refusal', () => warnings.some((w) => w.includes('refused broke')));
+    fs.chmodSync(registryFile, 0o644);
+    await labDown(['sys-usb'], { registryFile });
+    await waitFor('sys-usb withdrawn', () => !backends().includes('sys-usb'));
+    expect(warnings).toEqual([
+      'domain registry watch: the added callback failed: added broke',
+      'domain registry watch: the added callback failed: added broke',
+      'domain registry watch: the refused callback failed: refused broke',
+    ]);
+  } finally {
+    watch.dispose();
+    kernel.dispose();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -55,7 +55,12 @@ export class RegistryWatch implements Disposable {
   start(intervalMs = 1000): void {
     this.sync();
     this.timer = setInterval(() => {
-      if (this.fileVersion() !== this.version) this.sync();
+      // On a timer, a throw would be an uncaught exception, and devgated would exit.
+      try {
+        if (this.fileVersion() !== this.version) this.sync();
+      } catch (error) {
+        this.options.warn({ file: this.file, err: error }, 'domain registry watch: a poll failed');
+      }
     }, intervalMs);
     this.timer.unref();
   }
@@ -72,7 +77,8 @@ export class RegistryWatch implements Disposable {
     try {
       wanted = registryBackends(this.options.domains, this.options.taken, readTrustedRegistry(this.file));
     } catch (error) {
-      if (errorCode(error) === Errors.configInvalid.code) return this.options.refused(error as DevgateError);
+      if (errorCode(error) === Errors.configInvalid.code)
+        return this.tell('refused', () => this.options.refused(error as DevgateError));
       // A registry being rewritten by hand, or broken: keep what is read until it is sound again.
       this.options.warn({ file: this.file, err: error }, 'domain registry unreadable; backends unchanged');
       return;
@@ -92,7 +98,16 @@ export class RegistryWatch implements Disposable {
         this.options.warn({ backend: backend.backend, err: error }, 'backend not added');
         continue;
       }
-      this.options.added(source);
+      this.tell('added', () => this.options.added(source));
+    }
+  }
+
+  /** A callback (devgated audits in them) that throws is logged: the other backends are still followed. */
+  private tell(callback: string, call: () => unknown): void {
+    try {
+      call();
+    } catch (error) {
+      this.options.warn({ file: this.file, err: error }, `domain registry watch: the ${callback} callback failed`);
     }
   }
 
