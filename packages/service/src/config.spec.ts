@@ -239,6 +239,80 @@ describe('readTrustedRegistry: the domain registry, at every read devgated makes
   });
 });
 
+describe('readTrustedRegistry: a registry that is not a readable regular file', () => {
+  let tmp: TempDir;
+  let file: string;
+  beforeEach(() => {
+    tmp = new TempDir();
+    file = path.join(tmp.dir, 'domains.json');
+  });
+  afterEach(() => tmp.remove());
+  const read = () => {
+    try {
+      return readTrustedRegistry(file);
+    } catch (error) {
+      return `${(error as { code: string }).code}: ${(error as Error).message}`;
+    }
+  };
+  /** `script` run in a child node that loaded config.ts (as `config`) after `before`, its output. */
+  const inChild = (before: string, script: string, options: { uid?: number; gid?: number } = {}) =>
+    execFileSync(
+      process.execPath,
+      [
+        '--conditions=@devgate/source',
+        '-r',
+        path.resolve(__dirname, 'store/testing/register-ts.cjs'),
+        '-e',
+        `const fs = require('node:fs'); const file = process.argv[1]; ${before}
+        const config = require(${JSON.stringify(path.join(__dirname, 'config.ts'))});
+        const read = () => {
+          try { return JSON.stringify(config.readTrustedRegistry(file)); }
+          catch (error) { return error.code + ': ' + error.message; }
+        };
+        ${script}`,
+        file,
+      ],
+      { ...options, encoding: 'utf8', timeout: 8_000 },
+    );
+
+  it('is absent, not refused, when it was not there at the open and is renamed into place just after', () => {
+    // `devgate lab up` writes the registry beside it and renames it into place; devgated's watch may
+    // open it just before. It is read next time: the watch sees the file changed. The child's open
+    // renames it into place after failing (config.ts's fs is a copy made when it loads, so patched first).
+    const out = inChild(
+      `const open = fs.openSync;
+      fs.openSync = (...args) => {
+        fs.openSync = open;
+        try { return open(...args); } finally {
+          fs.writeFileSync(file + '.tmp', JSON.stringify({ domains: { work: { qmp: '/run/work.qmp' } } }));
+          fs.renameSync(file + '.tmp', file);
+        }
+      };`,
+      `process.stdout.write(read() + '\\n' + read());`,
+    );
+    expect(out.split('\n')).toEqual([
+      JSON.stringify({ dom0: 'dom0', domains: {} }),
+      JSON.stringify({ dom0: 'dom0', domains: { work: { qmp: '/run/work.qmp' } } }),
+    ]);
+  }, 10_000);
+
+  it('a directory is refused as not a regular file, not as writable by others, whoever owns it', () => {
+    fs.mkdirSync(file);
+    fs.chmodSync(file, 0o777);
+    expect(read()).toBe(`DG_CONFIG_INVALID: ${file}: not a regular file`);
+    fs.chownSync(file, 4242, 4242);
+    expect(read()).toBe(`DG_CONFIG_INVALID: ${file}: not a regular file`);
+  });
+
+  it('one devgated may not read says so (a non-root devgated, root on NFS with root_squash)', () => {
+    fs.writeFileSync(file, JSON.stringify({ domains: {} }), { mode: 0o600 });
+    fs.chmodSync(tmp.dir, 0o755);
+    expect(inChild('', 'process.stdout.write(read());', { uid: 65534, gid: 65534 })).toBe(
+      `DG_CONFIG_INVALID: ${file}: cannot read it: permission denied (EACCES)`,
+    );
+  }, 10_000);
+});
+
 describe('a FIFO where a file devgated trusts should be', () => {
   // Opening one waits for a writer: devgated hung at start, before it said a word. Read in a child
   // node, so that a read that blocks fails this test by its timeout instead of hanging jest.

@@ -367,16 +367,10 @@ const TRUSTED_OPEN_FLAGS = fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.
 
 /** The text of a file devgated trusts as root, once `requireTrustedFile` accepted the file opened. */
 export function readTrustedFile(file: string): string {
-  let fd: number | undefined;
   try {
-    fd = fs.openSync(file, TRUSTED_OPEN_FLAGS);
-    requireTrustedFile(file, fd);
-    return fs.readFileSync(fd, 'utf8');
+    return readOpened(file, (fd) => requireTrustedFile(file, fd));
   } catch (error) {
-    if (error instanceof DevgateError) throw error;
-    throw Errors.configInvalid({ location: file, reason: (error as Error).message });
-  } finally {
-    if (fd !== undefined) fs.closeSync(fd);
+    throw refusal(file, error);
   }
 }
 
@@ -386,23 +380,47 @@ export function readTrustedFile(file: string): string {
  * (DG_CONFIG_INVALID) as it would have been then. Not there: empty, if nobody else could create it.
  */
 export function readTrustedRegistry(file: string): DomainRegistryData {
+  let text: string;
   try {
-    return parseRegistry(readTrustedFile(file), file);
+    text = readOpened(file, (fd) => requireTrustedFile(file, fd));
   } catch (error) {
-    if (!(error instanceof DevgateError && error.code === Errors.configInvalid.code) || fs.existsSync(file))
-      throw error;
+    // What the open found, not a second look: a registry renamed into place since (`lab up`) is
+    // read next time, as a change of the file, rather than refused now.
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw refusal(file, error);
     requireTrustedFile(file);
     return EMPTY_REGISTRY;
   }
+  return parseRegistry(text, file);
+}
+
+/** `file`'s text, once `check` accepted it opened; the file system's own errors as they are. */
+function readOpened(file: string, check: (fd: number) => void): string {
+  const fd = fs.openSync(file, TRUSTED_OPEN_FLAGS);
+  try {
+    check(fd);
+    return fs.readFileSync(fd, 'utf8');
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** A file that cannot be read as the refusal it is, saying why (its path is the message's start). */
+function refusal(file: string, error: unknown): DevgateError {
+  if (error instanceof DevgateError) return error;
+  const { code, message } = error as NodeJS.ErrnoException;
+  // `EACCES: permission denied, open '/etc/devgate/domains.json'`: the middle is what happened.
+  const what = code && /^[A-Z]+: ([^,]+)/.exec(message)?.[1];
+  return Errors.configInvalid({ location: file, reason: what ? `cannot read it: ${what} (${code})` : message });
 }
 
 function untrustedReason(file: string, fd: number | undefined): string | undefined {
   const stat = fd === undefined ? fs.statSync(file, { throwIfNoEntry: false }) : fs.fstatSync(fd);
   const directory = path.dirname(path.resolve(file));
   if (stat) {
-    const unsafe = writableByOthers(stat, 'the file') ?? writableByOthers(fs.statSync(directory), 'its directory');
-    // A FIFO or a device node is never a configuration: reading one waits, or never ends.
-    return unsafe ?? (stat.isFile() ? undefined : 'not a regular file');
+    // A FIFO or a device node is never a configuration: reading one waits, or never ends. Said
+    // first: who may write a directory is beside the point.
+    if (!stat.isFile()) return 'not a regular file';
+    return writableByOthers(stat, 'the file') ?? writableByOthers(fs.statSync(directory), 'its directory');
   }
   // The nearest directory on its path that exists: the missing ones could be made there.
   let parent = directory;
