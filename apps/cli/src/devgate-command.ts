@@ -134,8 +134,16 @@ export function devgateProgram(io: Io): Command {
     .description('check a devgated configuration file; problems are printed as FILE:LINE:COLUMN')
     .argument('FILE')
     .action(async (file: string) => {
-      const { checkConfig, formatIssue } = await import('@devgate/service');
-      const { issues } = checkConfig(fs.readFileSync(file, 'utf8'), file);
+      const { checkConfig, formatIssue, readConfigFile } = await import('@devgate/service');
+      let text: string;
+      try {
+        text = readConfigFile(file);
+      } catch (error) {
+        // Said as devgated --check-config says it, without DG_CONFIG_INVALID's hint: it names this command.
+        io.err(`devgate: error: ${(error as Error).message}\n`);
+        throw Object.assign(new Error('unreadable configuration'), { exitCode: 1, silent: true });
+      }
+      const { issues } = checkConfig(text, file);
       if (issues.length === 0) return io.out(`${file}: ok\n`);
       io.err(issues.map((issue) => formatIssue(issue) + '\n').join(''));
       throw Object.assign(new Error('invalid configuration'), { exitCode: 1, silent: true });

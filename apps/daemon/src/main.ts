@@ -2,9 +2,15 @@ import 'reflect-metadata';
 import { Command, Option } from 'commander';
 import pino from 'pino';
 import { DevgateError } from '@devgate/core';
-import { checkConfig, type DaemonConfig, defaultConfig, formatIssue, loadConfig } from '@devgate/service';
+import {
+  checkConfig,
+  type DaemonConfig,
+  defaultConfig,
+  formatIssue,
+  loadConfig,
+  readConfigFile,
+} from '@devgate/service';
 import { Devgated } from './devgated.js';
-import * as fs from 'node:fs';
 
 /** `devgated [--config FILE] [--socket PATH] [--state-dir DIR]`, or `devgated --check-config FILE`. */
 export async function main(argv: readonly string[]): Promise<number> {
@@ -59,7 +65,7 @@ export async function main(argv: readonly string[]): Promise<number> {
 function checkConfigFile(file: string): number {
   let text: string;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    text = readConfigFile(file);
   } catch (error) {
     process.stderr.write(`devgated: error: ${(error as Error).message}\n`);
     return 1;

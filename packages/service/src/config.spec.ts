@@ -1,7 +1,14 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { checkConfig, defaultConfig, loadConfig, readTrustedRegistry, requireTrustedFile } from './config.js';
+import {
+  checkConfig,
+  defaultConfig,
+  loadConfig,
+  readConfigFile,
+  readTrustedRegistry,
+  requireTrustedFile,
+} from './config.js';
 import { TempDir } from './store/testing/temp-store.js';
 
 // Who may change state by default: nobody but root. The read group (`devgate`) reads through
@@ -332,7 +339,7 @@ describe('a FIFO where a file devgated trusts should be', () => {
   });
 
   /** What `read(file)` of config.ts says in a child: 'read', or the code and message it throws. */
-  const readInChild = (read: 'loadConfig' | 'readTrustedRegistry', file: string) =>
+  const readInChild = (read: 'loadConfig' | 'readTrustedRegistry' | 'readConfigFile', file: string) =>
     new Promise<string>((resolve, reject) => {
       const script = `
         const config = require(${JSON.stringify(path.join(__dirname, 'config.ts'))});
@@ -357,4 +364,26 @@ describe('a FIFO where a file devgated trusts should be', () => {
     // And where only its kind is checked (the registry at start: devgated opens it later).
     expect(() => requireTrustedFile(fifo)).toThrow(`${fifo}: not a regular file`);
   }, 8_000);
+
+  it('is refused as not a regular file, at once, where a configuration is only checked (config check)', async () => {
+    expect(await readInChild('readConfigFile', fifo)).toBe(`DG_CONFIG_INVALID: ${fifo}: not a regular file`);
+  }, 8_000);
+});
+
+describe('readConfigFile: a configuration `devgate config check` reads', () => {
+  let tmp: TempDir;
+  beforeEach(() => (tmp = new TempDir()));
+  afterEach(() => tmp.remove());
+
+  it('is any regular file, whoever may write it: it is checked before it is installed', () => {
+    const file = tmp.file('devgated.json');
+    fs.writeFileSync(file, '{}');
+    fs.chmodSync(file, 0o666);
+    fs.chownSync(file, 4242, 4242);
+    expect(readConfigFile(file)).toBe('{}');
+    expect(() => readConfigFile(tmp.dir)).toThrow(`${tmp.dir}: not a regular file`);
+    expect(() => readConfigFile(tmp.file('none.json'))).toThrow(
+      `${tmp.file('none.json')}: cannot read it: no such file or directory (ENOENT)`,
+    );
+  });
 });

@@ -363,7 +363,9 @@ export function requireTrustedFile(file: string, fd?: number): void {
  * Non-blocking: a FIFO's open waits for a writer, and devgated would hang there before a word, so
  * it is opened at once and refused by what fstat says. No O_NOFOLLOW: a symlink is followed, as ever.
  */
-const TRUSTED_OPEN_FLAGS = fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY;
+const NON_BLOCKING_OPEN = fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY;
+/** A FIFO or a device node is never a configuration: reading one waits, or never ends. */
+const NOT_REGULAR = 'not a regular file';
 
 /** The text of a file devgated trusts as root, once `requireTrustedFile` accepted the file opened. */
 export function readTrustedFile(file: string): string {
@@ -393,9 +395,25 @@ export function readTrustedRegistry(file: string): DomainRegistryData {
   return parseRegistry(text, file);
 }
 
+/**
+ * A configuration's text as `devgate config check` and `devgated --check-config` read it: any file
+ * their user may read (one is checked before it is installed; devgated's own trust check is
+ * `loadConfig`'s), but only a regular file, opened as `readTrustedFile` opens it: a FIFO is refused
+ * at once, not waited on.
+ */
+export function readConfigFile(file: string): string {
+  try {
+    return readOpened(file, (fd) => {
+      if (!fs.fstatSync(fd).isFile()) throw Errors.configInvalid({ location: file, reason: NOT_REGULAR });
+    });
+  } catch (error) {
+    throw refusal(file, error);
+  }
+}
+
 /** `file`'s text, once `check` accepted it opened; the file system's own errors as they are. */
 function readOpened(file: string, check: (fd: number) => void): string {
-  const fd = fs.openSync(file, TRUSTED_OPEN_FLAGS);
+  const fd = fs.openSync(file, NON_BLOCKING_OPEN);
   try {
     check(fd);
     return fs.readFileSync(fd, 'utf8');
@@ -417,9 +435,8 @@ function untrustedReason(file: string, fd: number | undefined): string | undefin
   const stat = fd === undefined ? fs.statSync(file, { throwIfNoEntry: false }) : fs.fstatSync(fd);
   const directory = path.dirname(path.resolve(file));
   if (stat) {
-    // A FIFO or a device node is never a configuration: reading one waits, or never ends. Said
-    // first: who may write a directory is beside the point.
-    if (!stat.isFile()) return 'not a regular file';
+    // Said first: who may write a FIFO or a directory is beside the point.
+    if (!stat.isFile()) return NOT_REGULAR;
     return writableByOthers(stat, 'the file') ?? writableByOthers(fs.statSync(directory), 'its directory');
   }
   // The nearest directory on its path that exists: the missing ones could be made there.
