@@ -42,6 +42,7 @@ import { AskService } from './services/asks.js';
 import { AutoAttach } from './services/auto-attach.js';
 import { RegistryWatch } from './services/registry-watch.js';
 import { AuditRetention } from './services/audit-retention.js';
+import { RemovedDomains } from './services/removed-domains.js';
 import { buildApi } from './api/server.js';
 import { READ_SOCKET_MODE, RW_SOCKET_MODE, applySocketAccess, listenOnNewSocket } from './access.js';
 import { IdleCollector } from './idle-collect.js';
@@ -67,6 +68,7 @@ export class Devgated implements Disposable {
   private stopped = false;
   private registry?: RegistryWatch;
   private retention?: AuditRetention;
+  private removedDomains?: RemovedDomains;
   /** Qubes' input proxy: policy, asks and audit for input devices of backends other than dom0. */
   private inputProxy?: InputProxy;
   /** Input passthrough survives a replug: QEMU never reopens a node, so the same device is attached again. */
@@ -170,6 +172,10 @@ export class Devgated implements Disposable {
       await daemon.reconcile();
       for (const agent of starting) if (daemon.unread.has(agent.backend)) void daemon.reconcileWhenReady(agent);
       daemon.authorizeUsb(usbRules);
+      daemon.removedDomains = new RemovedDomains(manager, store, events, devices, (fields, message) =>
+        log.warn(fields, message),
+      );
+      daemon.removedDomains.start();
       autoAttach.start();
       const auditInput = (
         device: DeviceInfo,
@@ -446,6 +452,7 @@ export class Devgated implements Disposable {
     this.authorizer?.dispose();
     this.registry?.dispose();
     this.retention?.dispose();
+    this.removedDomains?.dispose();
     this.autoAttach.dispose();
     this.inputProxy?.dispose();
     this.inputReplug?.dispose();
