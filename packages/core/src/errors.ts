@@ -265,10 +265,10 @@ export const Errors = {
   }),
 
   // -- the daemon and its API
-  configInvalid: define<{ location: string; reason: string }>({
+  configInvalid: define<{ location: string; reason: string; hint?: string }>({
     code: 'DG_CONFIG_INVALID',
     message: (p) => `${p.location}: ${p.reason}`,
-    hint: () => "check it with 'devgate config check FILE'",
+    hint: (p) => p.hint ?? "check it with 'devgate config check FILE'",
   }),
   daemonUnavailable: define<{ socket: string; reason: string }>({
     code: 'DG_DAEMON_UNAVAILABLE',

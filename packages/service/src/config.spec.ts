@@ -179,6 +179,18 @@ describe('loadConfig: a file another user could change is refused', () => {
     fs.chmodSync(tmp.dir, 0o777);
     expect(reason()).toBe(`DG_CONFIG_INVALID: ${file}: its directory is writable by other users (mode 0777)`);
   });
+
+  it('says how to make it safe, not to check what it says', () => {
+    fs.chmodSync(file, 0o666);
+    const refused = (() => {
+      try {
+        loadConfig(file);
+      } catch (error) {
+        return error as { hint?: string };
+      }
+    })();
+    expect(refused?.hint).toMatch(/^make it root's and writable by root alone/);
+  });
 });
 
 describe('requireTrustedFile: a file devgated reads that is not there yet', () => {

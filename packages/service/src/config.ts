@@ -356,7 +356,13 @@ export function requireTrustedFile(file: string, fd?: number): void {
   } catch (error) {
     throw Errors.configInvalid({ location: file, reason: (error as Error).message });
   }
-  if (unsafe) throw Errors.configInvalid({ location: file, reason: unsafe });
+  if (unsafe)
+    throw Errors.configInvalid({
+      location: file,
+      reason: unsafe,
+      // Who may write it is what is wrong, not what it says (a registry is no configuration either).
+      hint: `make it root's and writable by root alone, and its directory too (chown root; chmod go-w)`,
+    });
 }
 
 /**
