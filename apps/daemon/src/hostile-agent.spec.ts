@@ -200,8 +200,15 @@ describe('configuration', () => {
       agent: '/run/u/agent.sock',
       exports: { 'org.devgate.export.0': '/run/u/e0.sock' },
     });
+    // A relative socket is read beside the configuration file, as every path in it is.
+    const relative = checkConfig(
+      JSON.stringify({ backends: { 'sys-usb': { agent: 'agent.sock' } } }),
+      '/etc/dg/d.json',
+    );
+    expect(relative.config?.backends['sys-usb']).toEqual({ agent: '/etc/dg/agent.sock', exports: {} });
     for (const bad of [
-      { agent: 'relative.sock' },
+      { agent: '' },
+      { agent: 42 },
       { agent: '/a', exports: { 'x/../y': '/e' } },
       { agent: '/a', backend: 'dom0' },
     ]) {
