@@ -2,13 +2,20 @@ import {
   type DeviceManager,
   type DeviceSource,
   Errors,
+  errorCode,
   Kernel,
   type ModuleReference,
   type PolicyHook,
 } from '@devgate/core';
-import { builtinModules, loadConfiguredModules, provideServices, registryBackends } from '@devgate/service';
+import {
+  builtinModules,
+  loadConfiguredModules,
+  provideServices,
+  readTrustedRegistry,
+  registryBackends,
+} from '@devgate/service';
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
-import { defaultRegistryFile, readRegistrySync } from '@devgate/backend-qemu';
+import { defaultRegistryFile } from '@devgate/backend-qemu';
 import { AgentSource } from '@devgate/backend-agent';
 import { defaultLibvirtUri, missingLocalSocket } from '@devgate/backend-libvirt';
 import { withCliLock } from './cli-lock.js';
@@ -46,6 +53,9 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
   if (options.sysroot && options.recording) {
     throw Errors.badOption({ option: '--recording', reason: 'not allowed with argument --sysroot' });
   }
+  // Read as devgated reads it, before anything is opened: a registry another user could write is
+  // refused (DG_CONFIG_INVALID), so a root command talks to no QMP socket or agent it names.
+  const registry = readTrustedRegistry(registryFileOf(options));
   const backend = options.backend ?? 'dom0';
   let source: DeviceSource;
   let local: LocalHostSource | undefined;
@@ -63,6 +73,8 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
   // detach is confirmed by reading back.
   const { modules, libvirt } = builtinModules({
     domains: options.domains,
+    // Every re-read by the QEMU connector is checked too: a refusal keeps what it read before.
+    registryReader: readTrustedRegistry,
     libvirt: { uris: options.libvirtUris ?? [defaultLibvirtUri()], dom0: backend, watch: false },
   });
   const kernel = new Kernel().load(...modules);
@@ -73,7 +85,7 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
   for (const hook of options.policyHooks ?? []) kernel.registerPolicyHook(hook);
   // The registry's backend domains: recordings (`devgate lab up sys-usb --recording FILE`), and
   // backend VMs read through their devgate-agent (`devgate usbvm create`).
-  const others = registryBackends(options.domains, (name) => name === backend).map((b) => b.create());
+  const others = registryBackends(options.domains, (name) => name === backend, registry).map((b) => b.create());
   for (const other of others) kernel.registerSource(other);
   const agents = others.filter((s): s is AgentSource => s instanceof AgentSource);
   const manager = kernel.start();
@@ -115,7 +127,7 @@ export async function withHost<T>(options: HostOptions, work: (host: OpenHost) =
     }
   };
   if (!hasPeers(options)) return run();
-  return withCliLock(`${options.domains ?? defaultRegistryFile()}.lock`, run, undefined, {
+  return withCliLock(`${registryFileOf(options)}.lock`, run, undefined, {
     readOnly: options.readOnly,
   });
 }
@@ -123,10 +135,18 @@ export async function withHost<T>(options: HostOptions, work: (host: OpenHost) =
 /** Whether the command may talk to a hypervisor or a backend VM: registered domains, or a reachable libvirt. */
 function hasPeers(options: HostOptions): boolean {
   try {
-    const registry = readRegistrySync(options.domains);
+    const registry = readTrustedRegistry(registryFileOf(options));
     if (Object.keys(registry.domains).length > 0 || Object.keys(registry.backends ?? {}).length > 0) return true;
-  } catch {
-    return true; // an unreadable registry: openHost says why, under the lock as before
+  } catch (error) {
+    // Refused (others may write it, or it is no file devgate can read): said at once, before a
+    // lock file is made beside it, in a directory others may write.
+    if (errorCode(error) === Errors.configInvalid.code) throw error;
+    return true; // a broken registry: openHost says why, under the lock as before
   }
   return (options.libvirtUris ?? [defaultLibvirtUri()]).some((uri) => missingLocalSocket(uri) === undefined);
+}
+
+/** The registry the command reads: `--domains`, `$DEVGATE_DOMAINS` or devgated's, else the default. */
+function registryFileOf(options: HostOptions): string {
+  return options.domains ?? defaultRegistryFile();
 }

@@ -221,6 +221,31 @@ describe('requireTrustedFile: a file devgated reads that is not there yet', () =
   });
 });
 
+/**
+ * `script` run in a child node that loaded config.ts (as `config`) after `before`, its output; `read()`
+ * there reads `file` through readTrustedRegistry.
+ */
+function registryInChild(file: string, before: string, script: string, options: { uid?: number; gid?: number } = {}) {
+  return execFileSync(
+    process.execPath,
+    [
+      '--conditions=@devgate/source',
+      '-r',
+      path.resolve(__dirname, 'store/testing/register-ts.cjs'),
+      '-e',
+      `const fs = require('node:fs'); const file = process.argv[1]; ${before}
+      const config = require(${JSON.stringify(path.join(__dirname, 'config.ts'))});
+      const read = () => {
+        try { return JSON.stringify(config.readTrustedRegistry(file)); }
+        catch (error) { return error.code + ': ' + error.message; }
+      };
+      ${script}`,
+      file,
+    ],
+    { ...options, encoding: 'utf8', timeout: 8_000 },
+  );
+}
+
 describe('readTrustedRegistry: the domain registry, at every read devgated makes', () => {
   let tmp: TempDir;
   let file: string;
@@ -256,6 +281,25 @@ describe('readTrustedRegistry: the domain registry, at every read devgated makes
       `DG_CONFIG_INVALID: ${file}: it does not exist, and its directory is writable by other users, who could create it (mode 0777)`,
     );
   });
+
+  it("as a user other than root (the CLI without devgated), reads the user's own registry, or root's", () => {
+    const NOBODY = 65534;
+    const home = path.join(tmp.dir, 'home');
+    const own = path.join(home, 'domains.json');
+    fs.chmodSync(tmp.dir, 0o755);
+    fs.mkdirSync(home, { mode: 0o700 });
+    fs.chownSync(home, NOBODY, NOBODY);
+    const asNobody = () => registryInChild(own, '', 'process.stdout.write(read());', { uid: NOBODY, gid: NOBODY });
+    // Not there yet, in a directory of its own: empty.
+    expect(asNobody()).toBe(JSON.stringify({ dom0: 'dom0', domains: {} }));
+    fs.writeFileSync(own, JSON.stringify({ domains: { work: { qmp: '/run/work.qmp' } } }), { mode: 0o644 });
+    const work = JSON.stringify({ dom0: 'dom0', domains: { work: { qmp: '/run/work.qmp' } } });
+    expect(asNobody()).toBe(work); // root's
+    fs.chownSync(own, NOBODY, NOBODY);
+    expect(asNobody()).toBe(work);
+    fs.chownSync(own, 4242, 4242);
+    expect(asNobody()).toBe(`DG_CONFIG_INVALID: ${own}: the file is owned by uid 4242, neither root nor uid ${NOBODY}`);
+  }, 20_000);
 });
 
 describe('readTrustedRegistry: a registry that is not a readable regular file', () => {
@@ -273,26 +317,8 @@ describe('readTrustedRegistry: a registry that is not a readable regular file', 
       return `${(error as { code: string }).code}: ${(error as Error).message}`;
     }
   };
-  /** `script` run in a child node that loaded config.ts (as `config`) after `before`, its output. */
   const inChild = (before: string, script: string, options: { uid?: number; gid?: number } = {}) =>
-    execFileSync(
-      process.execPath,
-      [
-        '--conditions=@devgate/source',
-        '-r',
-        path.resolve(__dirname, 'store/testing/register-ts.cjs'),
-        '-e',
-        `const fs = require('node:fs'); const file = process.argv[1]; ${before}
-        const config = require(${JSON.stringify(path.join(__dirname, 'config.ts'))});
-        const read = () => {
-          try { return JSON.stringify(config.readTrustedRegistry(file)); }
-          catch (error) { return error.code + ': ' + error.message; }
-        };
-        ${script}`,
-        file,
-      ],
-      { ...options, encoding: 'utf8', timeout: 8_000 },
-    );
+    registryInChild(file, before, script, options);
 
   it('is absent, not refused, when it was not there at the open and is renamed into place just after', () => {
     // `devgate lab up` writes the registry beside it and renames it into place; devgated's watch may

@@ -1,0 +1,77 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { recordedFixture } from '@devgate/testkit';
+import { openHost } from './host';
+import { runCaptured } from './test-io';
+
+// Without devgated, a root `devgate` or `qvm-*` command reads the domain registry as devgated does
+// (readTrustedRegistry): one another user could write names no QMP socket, agent or recording it uses.
+let dir: string;
+let registry: string;
+const saved = { domains: process.env.DEVGATE_DOMAINS, socket: process.env.DEVGATE_SOCKET };
+
+beforeEach(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-cli-registry-'));
+  registry = path.join(dir, 'domains.json');
+  // A backend domain replayed from a recording: what the registry names shows in a listing.
+  const backends = { 'sys-usb': { recording: recordedFixture('KIOXIA_TransMemory.txt') } };
+  fs.writeFileSync(registry, JSON.stringify({ domains: {}, backends }), { mode: 0o644 });
+  process.env.DEVGATE_DOMAINS = registry;
+  // No daemon: a socket nobody listens on.
+  process.env.DEVGATE_SOCKET = path.join(dir, 'no-devgated.sock');
+});
+
+afterEach(() => {
+  for (const [key, value] of [
+    ['DEVGATE_DOMAINS', saved.domains],
+    ['DEVGATE_SOCKET', saved.socket],
+  ] as const)
+    if (value === undefined) delete process.env[key];
+    else process.env[key] = value;
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+it('lists what a registry only root and its owner may write names (0644)', async () => {
+  const { code, out, notices } = await runCaptured('devgate', ['list', '--json', '--class', 'usb']);
+  expect(notices).toContain('working in-process');
+  expect(code).toBe(0);
+  expect((JSON.parse(out) as { port: string }[]).map((d) => d.port)).toContain('sys-usb:1-1.1.2');
+});
+
+it('refuses a registry others may write (0666): DG_CONFIG_INVALID with its hint, nothing listed', async () => {
+  fs.chmodSync(registry, 0o666);
+  for (const [prog, argv] of [
+    ['devgate', ['list']],
+    ['qvm-block', ['list']],
+    ['qvm-block', ['attach', 'work', 'sys-usb:sda1']],
+  ] as const) {
+    const { code, out, err } = await runCaptured(prog, argv);
+    expect({ code, out }).toEqual({ code: 1, out: '' });
+    expect(err).toBe(
+      `${prog}: error: ${registry}: the file is writable by other users (mode 0666)\n` +
+        `${prog}: hint: make it root's and writable by root alone, and its directory too (chown root; chmod go-w)\n`,
+    );
+  }
+  // Refused before the lock a change takes turns with, which would be made beside the registry.
+  expect(fs.readdirSync(dir)).toEqual(['domains.json']);
+});
+
+it("keeps the QEMU connector to the registry it read when the file is made others' while the command runs", async () => {
+  fs.writeFileSync(registry, JSON.stringify({ domains: { work: { qmp: path.join(dir, 'work.qmp') } } }));
+  const host = await openHost({
+    domains: registry,
+    recording: recordedFixture('KIOXIA_TransMemory.txt'),
+    libvirtUris: [],
+  });
+  try {
+    expect(host.manager.domains()).toEqual(['dom0', 'work']);
+    // Rewritten by another user: a VM added, and work's QMP socket moved.
+    fs.chmodSync(registry, 0o666);
+    const moved = { work: { qmp: path.join(dir, 'elsewhere.qmp') }, other: { qmp: path.join(dir, 'other.qmp') } };
+    fs.writeFileSync(registry, JSON.stringify({ domains: moved }));
+    expect(host.manager.domains()).toEqual(['dom0', 'work']);
+  } finally {
+    host.close();
+  }
+});
