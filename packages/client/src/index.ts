@@ -125,10 +125,20 @@ export function resolveSocket(
   if (env.DEVGATE_SOCKET) return env.DEVGATE_SOCKET;
   const system = lookup.systemSocket ?? SYSTEM_SOCKET;
   if ((lookup.uid ?? process.getuid?.()) === 0) return system;
-  const own = path.join(env.XDG_RUNTIME_DIR ?? os.tmpdir(), 'devgate', 'devgate.sock');
+  const own = path.join(runtimeDir(env), 'devgate', 'devgate.sock');
   if (socketListening(own)) return own;
   if (daemonPresent(system)) return system;
   return own;
+}
+
+/**
+ * $XDG_RUNTIME_DIR if absolute, else os.tmpdir(): the XDG spec says a relative one is to be ignored,
+ * and an empty one put the socket relative to the working directory. devgated's defaultConfig
+ * (@devgate/service, which this package may not import) has the same check: keep the two alike.
+ */
+function runtimeDir(env: NodeJS.ProcessEnv): string {
+  const dir = env.XDG_RUNTIME_DIR;
+  return dir && path.isAbsolute(dir) ? dir : os.tmpdir();
 }
 
 /**

@@ -82,6 +82,11 @@ it('names the user’s own socket when no daemon runs at all', () => {
   expect(user()).toBe(own);
 });
 
+it('takes an empty or relative XDG_RUNTIME_DIR for none (the XDG spec), as devgated does: os.tmpdir()', () => {
+  const fallback = path.join(os.tmpdir(), 'devgate', 'devgate.sock');
+  for (const runtime of ['', 'run/user/1000', './run']) expect(user({ XDG_RUNTIME_DIR: runtime })).toBe(fallback);
+});
+
 it('sees a listening socket through a symlinked directory', async () => {
   await listen(own);
   const link = path.join(dir, 'link');

@@ -1,5 +1,6 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import {
   checkConfig,
@@ -16,6 +17,20 @@ import { TempDir } from './store/testing/temp-store.js';
 it('as root, the default lets the read group read and nobody but root write', () => {
   expect(process.getuid?.()).toBe(0);
   expect(defaultConfig({}).access).toEqual({ readGroup: 'devgate', users: [], groups: [] });
+});
+
+describe('defaultConfig: the socket of a devgated not run as root', () => {
+  let getuid: jest.SpyInstance;
+  beforeEach(() => (getuid = jest.spyOn(process, 'getuid').mockReturnValue(1000)));
+  afterEach(() => getuid.mockRestore());
+
+  it('is in $XDG_RUNTIME_DIR when absolute, else in os.tmpdir(): never relative to the working directory', () => {
+    expect(defaultConfig({ XDG_RUNTIME_DIR: '/run/user/1000' }).socket).toBe('/run/user/1000/devgate/devgate.sock');
+    // The XDG spec: a relative one is ignored. An empty one is none (the client's resolveSocket agrees).
+    const fallback = path.join(os.tmpdir(), 'devgate', 'devgate.sock');
+    for (const runtime of [undefined, '', 'run/user/1000', './run'])
+      expect(defaultConfig({ XDG_RUNTIME_DIR: runtime }).socket).toBe(fallback);
+  });
 });
 
 it('a configuration that names only the read group gives it no write access', () => {

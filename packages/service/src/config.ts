@@ -86,7 +86,7 @@ export interface ConfigIssue {
 /** Defaults: the system paths as root, the user's runtime and state directories otherwise. */
 export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfig {
   const root = process.getuid?.() === 0;
-  const runtime = root ? '/run/devgate' : path.join(env.XDG_RUNTIME_DIR ?? os.tmpdir(), 'devgate');
+  const runtime = root ? '/run/devgate' : path.join(runtimeDir(env), 'devgate');
   const state = root
     ? '/var/lib/devgate'
     : path.join(env.XDG_STATE_HOME ?? path.join(os.homedir(), '.local', 'state'), 'devgate');
@@ -100,6 +100,16 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfi
     libvirt: { uris: [defaultLibvirtUri(env)] },
     audit: { keepDays: AUDIT_KEEP_DAYS },
   };
+}
+
+/**
+ * $XDG_RUNTIME_DIR if absolute, else os.tmpdir(): the XDG spec says a relative one is to be ignored,
+ * and an empty one put the socket relative to the working directory. The client's resolveSocket
+ * (@devgate/client, which cannot import this) has the same check: keep the two alike.
+ */
+function runtimeDir(env: NodeJS.ProcessEnv): string {
+  const dir = env.XDG_RUNTIME_DIR;
+  return dir && path.isAbsolute(dir) ? dir : os.tmpdir();
 }
 
 const TOP_KEYS = new Set([
