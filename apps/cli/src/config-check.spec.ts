@@ -7,6 +7,7 @@ import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { childOutput } from '@devgate/testkit';
 
 const children = new Set<ChildProcess>();
 let dir: string;
@@ -18,23 +19,17 @@ afterEach(() => {
 });
 
 /** `devgate config check FILE` from the sources: its exit code, stdout and stderr. */
-const configCheck = (file: string) =>
-  new Promise<{ code: number | null; out: string; err: string }>((resolve, reject) => {
-    const script = `require(${JSON.stringify(path.join(__dirname, 'main.ts'))})
-      .run('devgate', ['config', 'check', process.argv[1]]).then((code) => (process.exitCode = code));`;
-    const child = spawn(
-      process.execPath,
-      ['--conditions=@devgate/source', '-r', '@devgate/service/testing/register-ts.cjs', '-e', script, file],
-      { cwd: __dirname, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    children.add(child);
-    let out = '';
-    let err = '';
-    child.stdout!.setEncoding('utf8').on('data', (text: string) => (out += text));
-    child.stderr!.setEncoding('utf8').on('data', (text: string) => (err += text));
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, out, err }));
-  });
+const configCheck = (file: string) => {
+  const script = `require(${JSON.stringify(path.join(__dirname, 'main.ts'))})
+    .run('devgate', ['config', 'check', process.argv[1]]).then((code) => (process.exitCode = code));`;
+  const child = spawn(
+    process.execPath,
+    ['--conditions=@devgate/source', '-r', '@devgate/service/testing/register-ts.cjs', '-e', script, file],
+    { cwd: __dirname, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  children.add(child);
+  return childOutput(child);
+};
 
 it('checks a file its user may write, locating its problems, and refuses a FIFO at once as not a regular file', async () => {
   const good = path.join(dir, 'devgated.json');

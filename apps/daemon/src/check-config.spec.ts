@@ -5,6 +5,7 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { childOutput } from '@devgate/testkit';
 import { DAEMON_SRC, cleanupHarness, makeTempDir } from './testing/daemon-harness.js';
 
 const RUNNER = path.join(DAEMON_SRC, 'testing', 'run-devgated.cjs');
@@ -16,20 +17,14 @@ afterEach(() => {
 afterAll(() => cleanupHarness());
 
 /** Its exit code, stdout and stderr. */
-const checkConfig = (file: string) =>
-  new Promise<{ code: number | null; out: string; err: string }>((resolve, reject) => {
-    const child = spawn(process.execPath, ['--conditions=@devgate/source', RUNNER, '--check-config', file], {
-      cwd: DAEMON_SRC,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    children.add(child);
-    let out = '';
-    let err = '';
-    child.stdout!.setEncoding('utf8').on('data', (text: string) => (out += text));
-    child.stderr!.setEncoding('utf8').on('data', (text: string) => (err += text));
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, out, err }));
+const checkConfig = (file: string) => {
+  const child = spawn(process.execPath, ['--conditions=@devgate/source', RUNNER, '--check-config', file], {
+    cwd: DAEMON_SRC,
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
+  children.add(child);
+  return childOutput(child);
+};
 
 it('checks a file, and refuses a FIFO at once as not a regular file rather than wait for a writer', async () => {
   const dir = makeTempDir('devgated-check-config-');

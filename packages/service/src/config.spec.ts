@@ -315,23 +315,8 @@ describe('readTrustedRegistry: the domain registry, at every read devgated makes
     fs.chownSync(own, 4242, 4242);
     expect(asNobody()).toBe(`DG_CONFIG_INVALID: ${own}: the file is owned by uid 4242, neither root nor uid ${NOBODY}`);
   }, 20_000);
-});
 
-describe('readTrustedRegistry: a registry that is not a readable regular file', () => {
-  let tmp: TempDir;
-  let file: string;
-  beforeEach(() => {
-    tmp = new TempDir();
-    file = path.join(tmp.dir, 'domains.json');
-  });
-  afterEach(() => tmp.remove());
-  const read = () => {
-    try {
-      return readTrustedRegistry(file);
-    } catch (error) {
-      return `${(error as { code: string }).code}: ${(error as Error).message}`;
-    }
-  };
+  // A registry that is not a readable regular file.
   const inChild = (before: string, script: string, options: { uid?: number; gid?: number } = {}) =>
     registryInChild(file, before, script, options);
 

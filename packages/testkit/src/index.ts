@@ -11,3 +11,4 @@ export * from './pty.js';
 export * from './conformance-checks.js';
 export * from './until.js';
 export * from './stale-socket.js';
+export * from './child-output.js';
