@@ -12,7 +12,7 @@ export interface AuditRetentionOptions {
   readonly pruned: (entry: AuditEntry) => void;
   /** Pruning failed (a locked database): the log is kept as it is until the next time. */
   readonly failed: (error: unknown) => void;
-  /** The clock is well past the newest entry, or a callback above threw. */
+  /** The clock is more than keepDays past the newest entry, or a callback above threw. */
   readonly warn: (fields: object, message: string) => void;
 }
 
@@ -67,10 +67,12 @@ export class AuditRetention implements Disposable {
     } catch (error) {
       return this.options.failed(error);
     }
-    if (newest && now - Date.parse(newest) > DAY_MS)
+    // Said only when it kept something the clock alone would have pruned: a quiet host writes no
+    // entry for days, and that is no clock to warn of.
+    if (newest && now - Date.parse(newest) > keepDays * DAY_MS)
       this.options.warn(
         { newest, now: new Date(now).toISOString(), keepDays },
-        'the clock is more than a day past the newest audit entry: retention counts from that entry',
+        'the clock is more than keepDays past the newest audit entry: retention counts from that entry',
       );
     if (entry) this.options.pruned(entry);
   }
