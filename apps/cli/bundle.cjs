@@ -16,6 +16,7 @@ const { cliBinLine } = require('./bin-line.cjs');
 const CLI = __dirname;
 const OUT = path.join(CLI, 'dist/bundle');
 const BUNDLE = path.join(OUT, 'cli.js');
+
 /** The directory of the package.json above `file`, and the package's name. */
 function packageOf(file) {
   for (let dir = path.dirname(file); dir !== path.dirname(dir); dir = path.dirname(dir)) {

@@ -12,10 +12,10 @@
  * sees half a file. Writers are not locked against each other: the last rename wins.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants, fstatSync, promises as fs, openSync, readFileSync } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, isAbsolute, join } from 'node:path';
-import { DevgateError, Errors, isValidDomainName } from '@devgate/core';
+import { DevgateError, Errors, isValidDomainName, readCheckedFile } from '@devgate/core';
 
 export interface DomainEntry {
   /** Absolute path of the domain's QMP Unix socket. */
@@ -121,43 +121,24 @@ export function parseRegistry(text: string, file: string): DomainRegistryData {
 }
 
 /**
- * Non-blocking: a FIFO's open waits for a writer, which would hang the connector's caller (devgated),
- * so it is opened at once and refused by what fstat says. Symlinks are followed.
+ * Reads the registry; a missing file is an empty registry. Opened without blocking and read only if
+ * it is a regular file: a FIFO at its path would hang the reader (devgated, the CLI) for a writer.
  */
-const OPEN_FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY;
-
-/** Reads the registry; a missing file is an empty registry. */
-export async function readRegistry(file: string = defaultRegistryFile()): Promise<DomainRegistryData> {
+export function readRegistrySync(file: string = defaultRegistryFile()): DomainRegistryData {
   let text: string;
   try {
-    const handle = await fs.open(file, OPEN_FLAGS);
-    try {
-      if (!(await handle.stat()).isFile()) throw notRegularFile(file);
-      text = await handle.readFile('utf8');
-    } finally {
-      await handle.close();
-    }
+    text = readCheckedFile(file, (opened) => {
+      if (!opened.isFile()) throw notRegularFile(file);
+    });
   } catch (error) {
     return unreadable(file, error);
   }
   return parseRegistry(text, file);
 }
 
-/** `readRegistry` for synchronous callers (a Connector's `manages`/`domains`). */
-export function readRegistrySync(file: string = defaultRegistryFile()): DomainRegistryData {
-  let text: string;
-  try {
-    const fd = openSync(file, OPEN_FLAGS);
-    try {
-      if (!fstatSync(fd).isFile()) throw notRegularFile(file);
-      text = readFileSync(fd, 'utf8');
-    } finally {
-      closeSync(fd);
-    }
-  } catch (error) {
-    return unreadable(file, error);
-  }
-  return parseRegistry(text, file);
+/** `readRegistrySync` for the lab's asynchronous callers: the file is small, read at once. */
+export async function readRegistry(file: string = defaultRegistryFile()): Promise<DomainRegistryData> {
+  return readRegistrySync(file);
 }
 
 /** Validates, then replaces the file atomically. Creates the directory (mode 0700) if needed. */

@@ -5,6 +5,7 @@ import 'reflect-metadata';
 export * from './errors.js';
 export * from './sanitize.js';
 export * from './ids-file.js';
+export * from './checked-file.js';
 export * from './natural-order.js';
 export * from './disposable.js';
 export * from './interfaces.js';

@@ -9,6 +9,7 @@ import {
   PACKAGE_NAME,
   isPathSpecifier,
   isValidDomainName,
+  readCheckedFile,
 } from '@devgate/core';
 import { defaultLibvirtUri } from '@devgate/backend-libvirt';
 import { type DomainRegistryData, EMPTY_REGISTRY, parseRegistry } from '@devgate/backend-qemu';
@@ -355,14 +356,14 @@ export function formatIssue(issue: ConfigIssue): string {
 /**
  * Refuses (DG_CONFIG_INVALID) a file devgated trusts as root that a user other than root and its own
  * could change, as sshd's StrictModes does: its configuration, the USB rules, the domain registry
- * (which QMP sockets and agents it talks to). `fd`, the file as the caller opened it, is what is
+ * (which QMP sockets and agents it talks to). `opened`, the file as the caller opened it, is what is
  * checked, so that what is checked is what is read; anything but a regular file is refused too. A
  * file not there yet is checked where it would be created: whoever may create it chooses what it says.
  */
-export function requireTrustedFile(file: string, fd?: number): void {
+export function requireTrustedFile(file: string, opened?: fs.Stats): void {
   let unsafe: string | undefined;
   try {
-    unsafe = untrustedReason(file, fd);
+    unsafe = untrustedReason(file, opened);
   } catch (error) {
     throw Errors.configInvalid({ location: file, reason: (error as Error).message });
   }
@@ -375,18 +376,13 @@ export function requireTrustedFile(file: string, fd?: number): void {
     });
 }
 
-/**
- * Non-blocking: a FIFO's open waits for a writer, and devgated would hang there before a word, so
- * it is opened at once and refused by what fstat says. No O_NOFOLLOW: a symlink is followed, as ever.
- */
-const NON_BLOCKING_OPEN = fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY;
 /** A FIFO or a device node is never a configuration: reading one waits, or never ends. */
 const NOT_REGULAR = 'not a regular file';
 
 /** The text of a file devgated trusts as root, once `requireTrustedFile` accepted the file opened. */
 export function readTrustedFile(file: string): string {
   try {
-    return readOpened(file, (fd) => requireTrustedFile(file, fd));
+    return readCheckedFile(file, (opened) => requireTrustedFile(file, opened));
   } catch (error) {
     throw refusal(file, error);
   }
@@ -400,7 +396,7 @@ export function readTrustedFile(file: string): string {
 export function readTrustedRegistry(file: string): DomainRegistryData {
   let text: string;
   try {
-    text = readOpened(file, (fd) => requireTrustedFile(file, fd));
+    text = readCheckedFile(file, (opened) => requireTrustedFile(file, opened));
   } catch (error) {
     // What the open found, not a second look: a registry renamed into place since (`lab up`) is
     // read next time, as a change of the file, rather than refused now.
@@ -419,22 +415,11 @@ export function readTrustedRegistry(file: string): DomainRegistryData {
  */
 export function readConfigFile(file: string): string {
   try {
-    return readOpened(file, (fd) => {
-      if (!fs.fstatSync(fd).isFile()) throw Errors.configInvalid({ location: file, reason: NOT_REGULAR });
+    return readCheckedFile(file, (opened) => {
+      if (!opened.isFile()) throw Errors.configInvalid({ location: file, reason: NOT_REGULAR });
     });
   } catch (error) {
     throw refusal(file, error);
-  }
-}
-
-/** `file`'s text, once `check` accepted it opened; the file system's own errors as they are. */
-function readOpened(file: string, check: (fd: number) => void): string {
-  const fd = fs.openSync(file, NON_BLOCKING_OPEN);
-  try {
-    check(fd);
-    return fs.readFileSync(fd, 'utf8');
-  } finally {
-    fs.closeSync(fd);
   }
 }
 
@@ -447,8 +432,8 @@ function refusal(file: string, error: unknown): DevgateError {
   return Errors.configInvalid({ location: file, reason: what ? `cannot read it: ${what} (${code})` : message });
 }
 
-function untrustedReason(file: string, fd: number | undefined): string | undefined {
-  const stat = fd === undefined ? fs.statSync(file, { throwIfNoEntry: false }) : fs.fstatSync(fd);
+function untrustedReason(file: string, opened: fs.Stats | undefined): string | undefined {
+  const stat = opened ?? fs.statSync(file, { throwIfNoEntry: false });
   const directory = path.dirname(path.resolve(file));
   if (stat) {
     // Said first: who may write a FIFO or a directory is beside the point.
