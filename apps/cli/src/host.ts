@@ -85,7 +85,7 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
   for (const hook of options.policyHooks ?? []) kernel.registerPolicyHook(hook);
   // The registry's backend domains: recordings (`devgate lab up sys-usb --recording FILE`), and
   // backend VMs read through their devgate-agent (`devgate usbvm create`).
-  const others = registryBackends(options.domains, (name) => name === backend, registry).map((b) => b.create());
+  const others = registryBackends(registry, (name) => name === backend).map((b) => b.create());
   for (const other of others) kernel.registerSource(other);
   const agents = others.filter((s): s is AgentSource => s instanceof AgentSource);
   const manager = kernel.start();

@@ -10,14 +10,14 @@ import { blockModule } from '@devgate/driver-block';
 import { usbModule } from '@devgate/driver-usb';
 import { inputModule } from '@devgate/driver-input';
 import { pciModule } from '@devgate/driver-pci';
-import { type DomainRegistryData, qemuModule, readRegistrySync } from '@devgate/backend-qemu';
+import { type DomainRegistryData, qemuModule } from '@devgate/backend-qemu';
 import { AgentSource } from '@devgate/backend-agent';
 import { type LibvirtModule, type LibvirtModuleOptions, libvirtModule } from '@devgate/backend-libvirt';
 
 export interface BuiltinModulesOptions {
   /** The domain registry (default: $DEVGATE_DOMAINS, else the user's state directory). */
   readonly domains?: string;
-  /** How the QEMU connector reads it: devgated gives `readTrustedRegistry`; default, as it is. */
+  /** How the QEMU connector reads it: devgated and the CLI give `readTrustedRegistry`; default, unchecked. */
   readonly registryReader?: (file: string) => DomainRegistryData;
   /** Which libvirt URIs, and how (devgated watches them; the CLI reads them once). */
   readonly libvirt: LibvirtModuleOptions;
@@ -57,13 +57,9 @@ export interface RegistryBackend {
  * The backend domains the registry names, except those `taken` (configured otherwise): hosts
  * replayed from recordings (`devgate lab up NAME --recording FILE`) and backend VMs read through
  * their devgate-agent (`devgate usbvm create`, ADR 0008), under the registry's names. `registry`: as
- * the caller read it already (devgated, through `readTrustedRegistry`).
+ * the caller read it, through `readTrustedRegistry` (devgated and the CLI alike).
  */
-export function registryBackends(
-  domains: string | undefined,
-  taken: (backend: string) => boolean,
-  registry: DomainRegistryData = readRegistrySync(domains),
-): RegistryBackend[] {
+export function registryBackends(registry: DomainRegistryData, taken: (backend: string) => boolean): RegistryBackend[] {
   const backends: RegistryBackend[] = [];
   for (const [backend, { recording }] of Object.entries(registry.backends ?? {})) {
     if (taken(backend)) continue;

@@ -75,7 +75,7 @@ export class RegistryWatch implements Disposable {
     this.version = this.fileVersion();
     let wanted: RegistryBackend[];
     try {
-      wanted = registryBackends(this.options.domains, this.options.taken, readTrustedRegistry(this.file));
+      wanted = registryBackends(readTrustedRegistry(this.file), this.options.taken);
     } catch (error) {
       if (errorCode(error) === Errors.configInvalid.code)
         return this.tell('refused', () => this.options.refused(error as DevgateError));
