@@ -75,3 +75,12 @@ it("keeps the QEMU connector to the registry it read when the file is made other
     host.close();
   }
 });
+
+it('says what is wrong with a broken registry under the lock, as it opens the host', async () => {
+  fs.writeFileSync(registry, '{ "domains": ');
+  const { code, out, err } = await runCaptured('qvm-block', ['attach', 'work', 'sys-usb:sda1']);
+  expect({ code, out }).toEqual({ code: 1, out: '' });
+  expect(err).toContain(`qvm-block: error: domain registry ${registry}: $: not valid JSON`);
+  // Taken before the read was reported: the lock file a change takes turns with is there.
+  expect(fs.readdirSync(dir).sort()).toEqual(['domains.json', 'domains.json.lock']);
+});

@@ -15,7 +15,7 @@ import {
   registryBackends,
 } from '@devgate/service';
 import { LocalHostSource, RecordedHostSource, rootsUnder } from '@devgate/host';
-import { defaultRegistryFile } from '@devgate/backend-qemu';
+import { type DomainRegistryData, defaultRegistryFile } from '@devgate/backend-qemu';
 import { AgentSource } from '@devgate/backend-agent';
 import { defaultLibvirtUri, missingLocalSocket } from '@devgate/backend-libvirt';
 import { withCliLock } from './cli-lock.js';
@@ -47,15 +47,19 @@ export interface OpenHost {
 
 /**
  * Runs the kernel in-process for one command: no daemon, no hotplug, one snapshot of the host,
- * and the attachments read back from every running VM.
+ * and the attachments read back from every running VM. `readRegistry` gives the domain registry:
+ * `withHost` hands over the read it took the lock by, so both see the same file contents.
  */
-export async function openHost(options: HostOptions): Promise<OpenHost> {
+export async function openHost(
+  options: HostOptions,
+  readRegistry: () => DomainRegistryData = () => readTrustedRegistry(registryFileOf(options)),
+): Promise<OpenHost> {
   if (options.sysroot && options.recording) {
     throw Errors.badOption({ option: '--recording', reason: 'not allowed with argument --sysroot' });
   }
   // Read as devgated reads it, before anything is opened: a registry another user could write is
   // refused (DG_CONFIG_INVALID), so a root command talks to no QMP socket or agent it names.
-  const registry = readTrustedRegistry(registryFileOf(options));
+  const registry = readRegistry();
   const backend = options.backend ?? 'dom0';
   let source: DeviceSource;
   let local: LocalHostSource | undefined;
@@ -118,24 +122,26 @@ export async function openHost(options: HostOptions): Promise<OpenHost> {
  * to go to), so it runs without the lock and without spawning flock(1) for it (ADR 0014).
  */
 export async function withHost<T>(options: HostOptions, work: (host: OpenHost) => Promise<T> | T): Promise<T> {
+  // Read once: whether to take the lock and what to open are decided on the same file contents.
+  const readRegistry = readRegistryOnce(registryFileOf(options));
   const run = async () => {
-    const host = await openHost(options);
+    const host = await openHost(options, readRegistry);
     try {
       return await work(host);
     } finally {
       host.close();
     }
   };
-  if (!hasPeers(options)) return run();
+  if (!hasPeers(options, readRegistry)) return run();
   return withCliLock(`${registryFileOf(options)}.lock`, run, undefined, {
     readOnly: options.readOnly,
   });
 }
 
 /** Whether the command may talk to a hypervisor or a backend VM: registered domains, or a reachable libvirt. */
-function hasPeers(options: HostOptions): boolean {
+function hasPeers(options: HostOptions, readRegistry: () => DomainRegistryData): boolean {
   try {
-    const registry = readTrustedRegistry(registryFileOf(options));
+    const registry = readRegistry();
     if (Object.keys(registry.domains).length > 0 || Object.keys(registry.backends ?? {}).length > 0) return true;
   } catch (error) {
     // Refused (others may write it, or it is no file devgate can read): said at once, before a
@@ -144,6 +150,18 @@ function hasPeers(options: HostOptions): boolean {
     return true; // a broken registry: openHost says why, under the lock as before
   }
   return (options.libvirtUris ?? [defaultLibvirtUri()]).some((uri) => missingLocalSocket(uri) === undefined);
+}
+
+/** The registry read now: what it held, or its error thrown again, each time it is asked for. */
+function readRegistryOnce(file: string): () => DomainRegistryData {
+  try {
+    const registry = readTrustedRegistry(file);
+    return () => registry;
+  } catch (error) {
+    return () => {
+      throw error;
+    };
+  }
 }
 
 /** The registry the command reads: `--domains`, `$DEVGATE_DOMAINS` or devgated's, else the default. */
