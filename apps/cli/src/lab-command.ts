@@ -24,6 +24,7 @@ import {
   parseDeviceSpec,
   withLabGuest,
 } from '@devgate/guest-lab';
+import { readTrustedRegistry } from '@devgate/service';
 import { formatColumns } from './format.js';
 import { type Io } from './io.js';
 
@@ -78,7 +79,15 @@ export async function labUpOs(names: string[], options: UpOsOptions, io: Io): Pr
 
 /** `lab down`: also stops guests with an OS and removes their files. */
 export async function labDownAll(names: string[], options: { domains?: string }): Promise<void> {
-  await labDownWithGuests(names.length ? names : undefined, { registryFile: options.domains });
+  await labDownWithGuests(names.length ? names : undefined, registryOf(options));
+}
+
+/**
+ * The registry a lab command works on, read as devgated and the CLI's other commands read it: it
+ * names the processes stopped and the sockets connected to, so one others could write is refused.
+ */
+function registryOf(options: { domains?: string }) {
+  return { registryFile: options.domains, registryReader: readTrustedRegistry };
 }
 
 /** Adds exec, plug, unplug and wait to `lab`. */
@@ -88,7 +97,7 @@ export function addLabGuestCommands(lab: Command, io: Io, registry: (command: Co
     .argument('CMD...', 'the command and its arguments (after --)')
     .action(async (name: string, argv: string[], options: { domains?: string }) => {
       const code = await labExec(name, argv, {
-        registryFile: options.domains,
+        ...registryOf(options),
         onStdout: (chunk) => io.out(chunk.toString('utf8')),
         onStderr: (chunk) => io.err(chunk.toString('utf8')),
       });
@@ -121,7 +130,7 @@ export function addLabGuestCommands(lab: Command, io: Io, registry: (command: Co
         if (spec.image && !fs.existsSync(spec.image)) {
           throw Errors.badOption({ option: '--image', reason: `no such file: ${spec.image}` });
         }
-        const id = await withLabGuest(name, { registryFile: options.domains }, (guest) => guest.plug(spec));
+        const id = await withLabGuest(name, registryOf(options), (guest) => guest.plug(spec));
         io.out(`${id}\n`);
       },
     );
@@ -130,7 +139,7 @@ export function addLabGuestCommands(lab: Command, io: Io, registry: (command: Co
     .argument('NAME')
     .argument('ID|KIND', 'a device id, or a kind when the guest has one device of it')
     .action(async (name: string, device: string, options: { domains?: string }) => {
-      const id = await withLabGuest(name, { registryFile: options.domains }, (guest) => guest.unplug(device));
+      const id = await withLabGuest(name, registryOf(options), (guest) => guest.unplug(device));
       io.out(`${id}\n`);
     });
 
@@ -142,7 +151,7 @@ export function addLabGuestCommands(lab: Command, io: Io, registry: (command: Co
     .action(async (name: string, file: string, options: { domains?: string; gone?: boolean; timeout: string }) => {
       const seconds = Number(options.timeout);
       if (!(seconds > 0)) throw Errors.badOption({ option: '--timeout', reason: 'a positive number of seconds' });
-      await withLabGuest(name, { registryFile: options.domains }, (guest) =>
+      await withLabGuest(name, registryOf(options), (guest) =>
         guest.waitForPath(file, { exists: !options.gone, timeoutMs: seconds * 1000 }),
       );
     });

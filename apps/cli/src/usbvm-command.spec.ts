@@ -55,3 +55,20 @@ it('remove refuses a domain usbvm create did not make', async () => {
   });
   fs.rmSync(path.join(dir, 'domains.json'));
 });
+
+it('create and remove refuse a registry others may write (0666), as the other commands do', async () => {
+  const registry = path.join(dir, 'domains.json');
+  // sys-usb registered already: create stops at the registry whether it is checked or not, and boots nothing.
+  const agent = { control: path.join(dir, 'agent.sock'), exports: {}, usbvm: true };
+  const domains = { 'sys-usb': { qmp: path.join(dir, 'sys-usb.qmp'), lab: true, agent } };
+  fs.writeFileSync(registry, JSON.stringify({ dom0: 'dom0', domains }));
+  fs.chmodSync(registry, 0o666);
+  const refusal =
+    `devgate: error: ${registry}: the file is writable by other users (mode 0666)\n` +
+    `devgate: hint: make it root's and writable by root alone, and its directory too (chown root; chmod go-w)\n`;
+  expect(await devgate('usbvm', 'create', '--emulated')).toMatchObject({ code: 1, out: '', err: refusal });
+  const warning = 'Warning: This procedure will result in your USB controller(s) being attached directly to dom0.\n';
+  expect(await devgate('usbvm', 'remove', '--yes')).toMatchObject({ code: 1, out: '', err: warning + refusal });
+  expect(JSON.parse(fs.readFileSync(registry, 'utf8'))).toEqual({ dom0: 'dom0', domains });
+  fs.rmSync(registry);
+});

@@ -21,17 +21,12 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { Errors, isValidDomainName } from '@devgate/core';
-import {
-  type AgentEndpoints,
-  defaultLabStateDir,
-  defaultRegistryFile,
-  readRegistry,
-  updateRegistry,
-} from '@devgate/backend-qemu';
+import { type AgentEndpoints, defaultLabStateDir, defaultRegistryFile, updateRegistry } from '@devgate/backend-qemu';
 import { CONTROL_PORT_NAME, exportPortName } from '@devgate/backend-agent';
 import { type AcceleratorChoice, type Guest, bootGuest, labDownWithGuests } from '@devgate/guest-lab';
 import { LOCAL_ROOTS, readHostTree } from '@devgate/host';
 import { systemPciNames, usbControllerReport } from '@devgate/driver-pci';
+import { readTrustedRegistry } from '@devgate/service';
 
 export interface UsbVmOptions {
   readonly name?: string;
@@ -74,7 +69,8 @@ export async function createEmulatedUsbVm(options: UsbVmOptions = {}): Promise<U
   if (!Number.isInteger(ports) || ports < 1 || ports > 16) {
     throw Errors.badOption({ option: '--export-ports', reason: 'a number from 1 to 16' });
   }
-  const registry = await readRegistry(registryFile);
+  // Read as devgated reads it: a registry others could write is refused before anything boots.
+  const registry = readTrustedRegistry(registryFile);
   if (name === registry.dom0 || Object.hasOwn(registry.domains, name) || Object.hasOwn(registry.backends ?? {}, name)) {
     throw Errors.usbvmExists({ name });
   }
@@ -205,11 +201,12 @@ export interface RemoveResult {
 export async function removeUsbVm(options: Pick<UsbVmOptions, 'name' | 'registryFile'> = {}): Promise<RemoveResult> {
   const name = options.name ?? 'sys-usb';
   const registryFile = options.registryFile ?? defaultRegistryFile();
-  const registry = await readRegistry(registryFile);
+  // Checked as devgated checks it: what it names is stopped and its files removed.
+  const registry = readTrustedRegistry(registryFile);
   const entry = Object.hasOwn(registry.domains, name) ? registry.domains[name] : undefined;
   if (!entry) throw Errors.noSuchDomain({ domain: name, file: registryFile });
   if (!entry.agent?.usbvm || !entry.lab) throw Errors.notUsbvm({ name });
-  await labDownWithGuests([name], { registryFile });
+  await labDownWithGuests([name], { registryFile, registryReader: readTrustedRegistry });
   return { name, controllers: [] };
 }
 

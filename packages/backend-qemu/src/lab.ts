@@ -13,12 +13,25 @@ import { spawn } from 'node:child_process';
 import { existsSync, promises as fs, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { DevgateError, Errors, isValidDomainName } from '@devgate/core';
-import { type DomainEntry, defaultRegistryFile, getDomain, readRegistry, updateRegistry } from './domain-registry.js';
+import {
+  type DomainEntry,
+  type DomainRegistryData,
+  defaultRegistryFile,
+  getDomain,
+  readRegistrySync,
+  updateRegistry,
+} from './domain-registry.js';
 import { QmpClient } from './qmp-client.js';
 
 export interface LabOptions {
   /** Default: `defaultRegistryFile()`. */
   readonly registryFile?: string;
+  /**
+   * How the registry is read; default `readRegistrySync`. The CLI gives devgated's check
+   * (`readTrustedRegistry`): what a registry names is stopped, killed and removed, so one that
+   * another user could write is refused. Writes (`updateRegistry`) are not changed by it.
+   */
+  readonly registryReader?: (file: string) => DomainRegistryData;
   /** Where sockets, pidfiles and logs go. Default: `$XDG_RUNTIME_DIR/devgate/lab`, else `lab/` beside the registry. */
   readonly stateDir?: string;
   /** Default: `$DEVGATE_QEMU`, else `qemu-system-x86_64`. */
@@ -75,7 +88,7 @@ export function labQemuArgs(name: string, socket: string, pidfile: string, memor
 export async function labUp(names: readonly string[], options: LabOptions = {}): Promise<LabDomain[]> {
   const registryFile = options.registryFile ?? defaultRegistryFile();
   const stateDir = options.stateDir ?? defaultLabStateDir(registryFile);
-  const registry = await readRegistry(registryFile);
+  const registry = readLabRegistry(registryFile, options);
   const seen = new Set<string>();
   for (const name of names) {
     if (!isValidDomainName(name)) throw Errors.invalidDomainName({ name });
@@ -143,7 +156,7 @@ export async function labBackendUp(name: string, recording: string, options: Lab
 
 export async function labDown(names?: readonly string[], options: LabOptions = {}): Promise<string[]> {
   const registryFile = options.registryFile ?? defaultRegistryFile();
-  const before = await readRegistry(registryFile);
+  const before = readLabRegistry(registryFile, options);
   // Recorded backends have no process: unregistering them is all there is to it.
   const recorded = (names ?? Object.keys(before.backends ?? {})).filter((n) => Object.hasOwn(before.backends ?? {}, n));
   if (recorded.length > 0) {
@@ -155,7 +168,7 @@ export async function labDown(names?: readonly string[], options: LabOptions = {
     names = names?.filter((n) => !recorded.includes(n));
     if (names?.length === 0) return recorded;
   }
-  const registry = await readRegistry(registryFile);
+  const registry = readLabRegistry(registryFile, options);
   const targets = names ?? Object.keys(registry.domains).filter((name) => registry.domains[name].lab);
   const entries = targets.map((name) => [name, getDomain(registry, name, registryFile)] as const);
   for (const [name, entry] of entries) if (!entry.lab) throw Errors.notLabDomain({ domain: name });
@@ -176,8 +189,8 @@ export async function labDown(names?: readonly string[], options: LabOptions = {
 }
 
 /** The lab domains in the registry and whether their QEMU is alive. */
-export async function labList(options: Pick<LabOptions, 'registryFile'> = {}): Promise<LabDomain[]> {
-  const registry = await readRegistry(options.registryFile ?? defaultRegistryFile());
+export async function labList(options: Pick<LabOptions, 'registryFile' | 'registryReader'> = {}): Promise<LabDomain[]> {
+  const registry = readLabRegistry(options.registryFile ?? defaultRegistryFile(), options);
   const vms = Object.entries(registry.domains)
     .filter(([, entry]) => entry.lab)
     .map(([name, entry]: [string, DomainEntry]) => {
@@ -192,6 +205,11 @@ export async function labList(options: Pick<LabOptions, 'registryFile'> = {}): P
     running: existsSync(recording),
   }));
   return [...vms, ...recorded];
+}
+
+/** The registry read as `options` says (`registryReader`); the lab's guests (@devgate/guest-lab) read it so too. */
+export function readLabRegistry(file: string, options: Pick<LabOptions, 'registryReader'>): DomainRegistryData {
+  return (options.registryReader ?? readRegistrySync)(file);
 }
 
 /**

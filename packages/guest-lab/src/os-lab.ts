@@ -18,8 +18,9 @@ import {
   defaultLabStateDir,
   defaultRegistryFile,
   getDomain,
+  type LabOptions,
   labDown,
-  readRegistry,
+  readLabRegistry,
   updateRegistry,
 } from '@devgate/backend-qemu';
 import { type AcceleratorChoice } from './accelerator.js';
@@ -32,6 +33,8 @@ import { isGuestQemu, readPid } from './reaper.js';
 export interface OsLabOptions {
   /** Default: `defaultRegistryFile()`. */
   readonly registryFile?: string;
+  /** How the registry is read, as for paused lab VMs (LabOptions' `registryReader`). */
+  readonly registryReader?: LabOptions['registryReader'];
   /** Default: `defaultLabStateDir(registryFile)`, as for paused lab VMs. */
   readonly stateDir?: string;
   readonly devices?: readonly DeviceSpec[];
@@ -62,7 +65,7 @@ export function guestDir(entry: DomainEntry, name: string): string {
 export async function labOsUp(names: readonly string[], options: OsLabOptions = {}): Promise<OsLabDomain[]> {
   const registryFile = options.registryFile ?? defaultRegistryFile();
   const stateDir = options.stateDir ?? defaultLabStateDir(registryFile);
-  const registry = await readRegistry(registryFile);
+  const registry = readLabRegistry(registryFile, options);
   const seen = new Set<string>();
   for (const name of names) {
     if (!isValidDomainName(name)) throw Errors.invalidDomainName({ name });
@@ -125,11 +128,11 @@ export async function labOsUp(names: readonly string[], options: OsLabOptions = 
 /** Runs `fn` with a connection to a registered guest, closed afterwards. */
 export async function withLabGuest<T>(
   name: string,
-  options: Pick<OsLabOptions, 'registryFile'>,
+  options: Pick<OsLabOptions, 'registryFile' | 'registryReader'>,
   fn: (session: GuestSession) => Promise<T>,
 ): Promise<T> {
   const registryFile = options.registryFile ?? defaultRegistryFile();
-  const entry = getDomain(await readRegistry(registryFile), name, registryFile);
+  const entry = getDomain(readLabRegistry(registryFile, options), name, registryFile);
   const dir = guestDir(entry, name);
   if (!entry.lab || !fs.existsSync(path.join(dir, 'agent.sock'))) throw GuestErrors.notAGuest({ domain: name });
   let session: GuestSession;
@@ -149,7 +152,7 @@ export async function withLabGuest<T>(
 export async function labExec(
   name: string,
   argv: readonly string[],
-  options: Pick<OsLabOptions, 'registryFile'> & Pick<ExecOptions, 'onStdout' | 'onStderr' | 'input'>,
+  options: Pick<OsLabOptions, 'registryFile' | 'registryReader'> & Pick<ExecOptions, 'onStdout' | 'onStderr' | 'input'>,
 ): Promise<number> {
   return withLabGuest(name, options, async (session) => {
     const result = await session.exec(argv, options);
@@ -162,15 +165,15 @@ const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGS
 /** `devgate lab down`: stops lab VMs (paused ones and guests) and removes the guests' own files. */
 export async function labDownWithGuests(
   names: readonly string[] | undefined,
-  options: Pick<OsLabOptions, 'registryFile'> = {},
+  options: Pick<OsLabOptions, 'registryFile' | 'registryReader'> = {},
 ): Promise<string[]> {
   const registryFile = options.registryFile ?? defaultRegistryFile();
-  const before = await readRegistry(registryFile);
+  const before = readLabRegistry(registryFile, options);
   const guests = Object.entries(before.domains)
     .filter(([name, entry]) => entry.lab && (!names || names.includes(name)))
     .map(([name, entry]) => guestDir(entry, name))
     .filter((dir) => fs.existsSync(dir));
-  const stopped = await labDown(names, { registryFile });
+  const stopped = await labDown(names, { registryFile, registryReader: options.registryReader });
   for (const dir of guests) removeGuestDir(dir);
   return stopped;
 }
