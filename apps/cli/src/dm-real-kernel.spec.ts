@@ -4,7 +4,8 @@ import { type Guest, bootGuest } from '@devgate/guest-lab';
 // device-mapper on a real kernel (this host's has none; the lab guest's kernel has dm-mod): a mapping
 // set up on a listed partition, then taken down, makes uevents for the dm device only. devgate
 // follows the partition's `holders` all the same: busy while the mapping holds it, and its disk
-// with it, free again once it is gone. Runs in the guest from the host's build, with udevd.
+// with it, free again once it is gone. The mapping itself is busy while a program holds it open
+// (sysfs has no open count: dmsetup's). Runs in the guest from the host's build, with udevd.
 // (udevd's inotify watch happens to send a `change` of the partition when dmsetup closes it after
 // setting up the mapping; nothing at all comes for it when the mapping goes.)
 jest.setTimeout(20 * 60_000);
@@ -37,8 +38,8 @@ const { execFileSync } = require('node:child_process');
 const fs = require('node:fs');
 const { firstValueFrom, filter, timeout } = require('rxjs');
 const { Kernel } = require('@devgate/core');
-const { LocalHostSource } = require('@devgate/host');
-const { blockModule } = require('@devgate/driver-block');
+const { LOCAL_ROOTS, LocalHostSource, blockInUseNow } = require('@devgate/host');
+const { blockModule, parseBlockDevices } = require('@devgate/driver-block');
 
 const run = (command, ...args) => execFileSync(command, args, { encoding: 'utf8' }).trim();
 const image = '/run/dm-lab.img';
@@ -75,6 +76,19 @@ const until = (what, test) =>
     const holder = fs.readdirSync('/sys/class/block/' + part + '/holders')[0];
     await until(part + ' in use by ' + holder, () => shown(part) === 'in use by ' + holder);
     seen.push({ ...states(), holder });
+    // The mapping itself, while a program holds it open (this one) and once it is closed: a fresh
+    // listing and the hand-over's own look. Opening makes no uevent; udev's probes end first.
+    run('udevadm', 'settle');
+    const mapping = () => {
+      const oneShot = new LocalHostSource({ backend: 'dom0', hotplug: 'static', probeBlock: false });
+      const listed = parseBlockDevices(oneShot.snapshot(), 'dom0').find((d) => d.port.portId === holder);
+      return { listed: listed ? (listed.hiddenReason ?? 'free') : 'absent', handOver: blockInUseNow(LOCAL_ROOTS, holder) ?? 'free' };
+    };
+    const closed = mapping();
+    const fd = fs.openSync('/dev/' + holder, 'r');
+    const open = mapping();
+    fs.closeSync(fd);
+    seen.push({ closed, open, closedAgain: mapping() });
     run('dmsetup', 'remove', '--retry', 'devgate-lab');
     await until(part + ' free again', () => shown(part) === 'free' && shown(disk) === 'free');
     seen.push(states());
@@ -89,7 +103,7 @@ const until = (what, test) =>
 });
 `;
 
-it('lists a partition busy while a device-mapper mapping holds it, and free once the mapping is gone', async () => {
+it('lists a partition busy while a device-mapper mapping holds it, the mapping busy while open, and both free once it is gone', async () => {
   const out = await guest.check(['node', '-e', SCRIPT], { ...SLOW, cwd: PACKAGE });
   const { part, disk, seen } = JSON.parse(out) as { part: string; disk: string; seen: Record<string, string>[] };
   expect(part).toBe(`${disk}p1`);
@@ -98,6 +112,11 @@ it('lists a partition busy while a device-mapper mapping holds it, and free once
   expect(seen).toEqual([
     { [part]: 'free', [disk]: 'free' },
     { [part]: `in use by ${holder}`, [disk]: `partition ${part} is in use`, holder },
+    {
+      closed: { listed: 'free', handOver: 'free' },
+      open: { listed: 'open', handOver: 'open' },
+      closedAgain: { listed: 'free', handOver: 'free' },
+    },
     { [part]: 'free', [disk]: 'free' },
   ]);
 });

@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import { of } from 'rxjs';
-import { type DeviceSource, HostTree, Kernel, type RawDeviceRecord } from '@devgate/core';
+import { type DeviceSource, HostTree, Kernel, type RawDeviceRecord, recordOf } from '@devgate/core';
 import { RecordedHostSource } from '@devgate/host';
 import { blockModule } from '@devgate/driver-block';
 import { usbModule } from '@devgate/driver-usb';
@@ -96,6 +96,28 @@ describe('parseAgentMessage', () => {
       }
     }
     expect(refused).toBeGreaterThan(1000);
+  });
+
+  it('carries the dm devices an agent says are held open, when it says, and refuses anything else there', () => {
+    const records = [
+      { devpath: '/devices/virtual/block/dm-0', subsystem: 'block', properties: { DEVNAME: '/dev/dm-0' } },
+    ];
+    const sent = new HostTree([recordOf(records[0].devpath, 'block', records[0].properties)], {
+      mounted: new Set(),
+      swaps: new Set(),
+      heldOpen: new Set(['254:0']),
+    });
+    const message = parseAgentMessage(JSON.stringify(treeMessageOf(sent, 1))) as TreeMessage;
+    expect([...hostTreeOf(message.records, message.usage).usage.heldOpen!]).toEqual(['254:0']);
+    const without = parseAgentMessage(JSON.stringify(treeMessageOf(new HostTree(sent.devices()), 2))) as TreeMessage;
+    expect(hostTreeOf(without.records, without.usage).usage.heldOpen).toBeUndefined();
+    const tree = (heldOpen: unknown) =>
+      JSON.stringify({ v: 1, type: 'tree', seq: 1, records, usage: { mounted: [], swaps: [], heldOpen } });
+    expect(() => parseAgentMessage(tree(['/dev/dm-0']))).toThrow(/tree.usage.heldOpen\[0\]: malformed/);
+    expect(() => parseAgentMessage(tree('254:0'))).toThrow(AgentViolation);
+    expect(() =>
+      parseAgentMessage(tree(Array.from({ length: DEFAULT_LIMITS.maxUsageEntries + 1 }, () => '254:0'))),
+    ).toThrow(AgentViolation);
   });
 
   it('refuses bounds crossed: records, properties, value length, device paths, line length per type', () => {

@@ -225,19 +225,27 @@ function inputEvent(value: unknown, at: string): readonly [number, number, numbe
 
 function usage(value: unknown, limits: AgentLimits): WireUsage {
   const raw = object(value, 'tree.usage');
-  keys(raw, ['mounted', 'swaps'], 'tree.usage');
-  const list = (field: 'mounted' | 'swaps', pattern: RegExp) =>
+  keys(raw, ['mounted', 'swaps', 'heldOpen'], 'tree.usage');
+  const list = (field: keyof WireUsage, pattern: RegExp) =>
     array(raw[field], `tree.usage.${field}`, limits.maxUsageEntries).map((entry, i) => {
       const text = string(entry, `tree.usage.${field}[${i}]`, 256);
       if (!pattern.test(text)) throw new AgentViolation(`tree.usage.${field}[${i}]: malformed`);
       return text;
     });
-  return { mounted: list('mounted', MAJOR_MINOR), swaps: list('swaps', SWAP_NODE) };
+  return {
+    mounted: list('mounted', MAJOR_MINOR),
+    swaps: list('swaps', SWAP_NODE),
+    ...(raw.heldOpen !== undefined ? { heldOpen: list('heldOpen', MAJOR_MINOR) } : {}),
+  };
 }
 
 /** The host tree the drivers read, built from a checked tree message. */
 export function hostTreeOf(records: readonly WireRecord[], usage: WireUsage): HostTree {
-  const hostUsage: HostUsage = { mounted: new Set(usage.mounted), swaps: new Set(usage.swaps) };
+  const hostUsage: HostUsage = {
+    mounted: new Set(usage.mounted),
+    swaps: new Set(usage.swaps),
+    ...(usage.heldOpen ? { heldOpen: new Set(usage.heldOpen) } : {}),
+  };
   return new HostTree(
     records.map((record) => new WireDevice(record)),
     hostUsage,

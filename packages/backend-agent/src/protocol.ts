@@ -173,6 +173,8 @@ export interface WireUsage {
   readonly mounted: readonly string[];
   /** Device nodes in use as swap. */
   readonly swaps: readonly string[];
+  /** `major:minor` of the device-mapper devices some program holds open (absent: not known). */
+  readonly heldOpen?: readonly string[];
 }
 
 /** What an agent can do for devgated: export a block device (nbd), a USB device (usbredir), send input events. */

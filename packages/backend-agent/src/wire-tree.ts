@@ -55,6 +55,10 @@ export function treeMessageOf(
     type: 'tree',
     seq,
     records: tree.devices().map((record) => wire(record)),
-    usage: { mounted: [...tree.usage.mounted], swaps: [...tree.usage.swaps] },
+    usage: {
+      mounted: [...tree.usage.mounted],
+      swaps: [...tree.usage.swaps],
+      ...(tree.usage.heldOpen ? { heldOpen: [...tree.usage.heldOpen] } : {}),
+    },
   };
 }

@@ -24,6 +24,11 @@ export interface HostUsage {
   readonly mounted: ReadonlySet<string>;
   /** Device nodes (`/dev/sda2`) in use as swap. */
   readonly swaps: ReadonlySet<string>;
+  /**
+   * `major:minor` of every device-mapper device some program holds open (a volume a VM runs from, a
+   * mapping in use), where the backend could tell: sysfs has no open count.
+   */
+  readonly heldOpen?: ReadonlySet<string>;
 }
 
 export const NO_USAGE: HostUsage = { mounted: new Set(), swaps: new Set() };

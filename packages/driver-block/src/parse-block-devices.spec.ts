@@ -249,3 +249,51 @@ describe('labels in Qubes’ one-line description', () => {
     }
   });
 });
+
+describe('device-mapper devices, by Qubes’ rules', () => {
+  const dm = (n: number, properties: Record<string, string> = {}, attributes: Record<string, string> = {}) =>
+    recordOf(
+      `/devices/virtual/block/dm-${n}`,
+      'block',
+      { DEVNAME: `/dev/dm-${n}`, DEVTYPE: 'disk', MAJOR: '254', MINOR: String(n), ...properties },
+      { size: '2048', ...attributes },
+    );
+  const hidden = (records: RawDeviceRecord[], heldOpen?: string[]) =>
+    Object.fromEntries(
+      parseBlockDevices(
+        new HostTree(records, {
+          mounted: new Set(),
+          swaps: new Set(),
+          ...(heldOpen ? { heldOpen: new Set(heldOpen) } : {}),
+        }),
+        'dom0',
+      ).map((d) => [d.port.portId, d.hiddenReason ?? 'offered']),
+    );
+
+  it('hides a dm device some program holds open, and offers it once closed', () => {
+    const records = [dm(0, { DM_NAME: 'vg-work' }), dm(1, { DM_NAME: 'vg-spare' })];
+    expect(hidden(records, ['254:0'])).toEqual({ 'dm-0': 'open', 'dm-1': 'offered' });
+    expect(hidden(records, [])).toEqual({ 'dm-0': 'offered', 'dm-1': 'offered' });
+    // Not known (a backend that cannot tell): offered, and the hand-over asks again.
+    expect(hidden(records)).toEqual({ 'dm-0': 'offered', 'dm-1': 'offered' });
+  });
+
+  it('hides what udev’s dm rules leave alone, and what a rule excludes, unless a rule exports it', () => {
+    const records = [
+      dm(0, { DM_NAME: 'vg-pool_tdata', DM_UDEV_DISABLE_DISK_RULES_FLAG: '1' }),
+      dm(1, { DM_NAME: 'vg-pool_tmeta', DM_UDEV_DISABLE_DISK_RULES_FLAG: '1', QUBES_EXPORT_BLOCK_DEVICE: '1' }),
+      dm(2, { DM_NAME: 'vg-private', QUBES_EXPORT_BLOCK_DEVICE: '0' }),
+      dm(3, {}, { 'dm/name': '' }),
+      dm(4, {}, { 'dm/name': 'snapshot-1' }),
+      dm(5, {}, { 'dm/name': 'vg-data' }),
+    ];
+    expect(hidden(records)).toEqual({
+      'dm-0': 'internal device-mapper device',
+      'dm-1': 'offered',
+      'dm-2': 'excluded by a udev rule',
+      'dm-3': 'internal device-mapper device',
+      'dm-4': 'internal device-mapper device',
+      'dm-5': 'offered',
+    });
+  });
+});

@@ -23,7 +23,7 @@ const PORT_NAME = /^[a-z0-9-]{1,12}$/;
 const SKIPPED = /^(zram|ram)\d+$/;
 const XEN_FRONTEND_MAJOR = '202';
 /** Partitions that make their disk busy when they are busy, and disks that make their partitions busy. */
-const BUSY_REASONS = /^(mounted|swap|in use by|partition \S+ is in use|disk \S+ is in use)/;
+const BUSY_REASONS = /^(mounted|swap|open$|in use by|partition \S+ is in use|disk \S+ is in use)/;
 
 export const BLOCK_INTERFACES = ['b******'];
 
@@ -171,14 +171,26 @@ function kernelName(record: RawDeviceRecord): string {
   return devname ? (devname.startsWith('/dev/') ? devname.slice(5) : devname) : sysname(record.devpath);
 }
 
-/** Mounted and swap (the tree's usage, read again with every tree) first, then the record's own reason. */
+/**
+ * Mounted, swap and held open (the tree's usage, read again with every tree) first, then the
+ * record's own reason.
+ */
 function hiddenReason(tree: HostTree, known: RecordFacts): string | undefined {
-  if (known.majmin && tree.usage.mounted.has(known.majmin)) return 'mounted';
-  if (tree.usage.swaps.size > 0 && tree.usage.swaps.has(`/dev/${known.name}`)) return 'swap';
+  const { usage } = tree;
+  if (known.majmin && usage.mounted.has(known.majmin)) return 'mounted';
+  if (usage.swaps.size > 0 && usage.swaps.has(`/dev/${known.name}`)) return 'swap';
+  if (known.majmin && usage.heldOpen?.has(known.majmin)) return 'open';
   return known.ownReason;
 }
 
 function recordHiddenReason(record: RawDeviceRecord, name: string): string | undefined {
+  const props = record.properties;
+  // Qubes' udev rules: a device a rule excludes (QUBES_EXPORT_BLOCK_DEVICE=0), and the dm devices
+  // udev itself leaves alone (LVM's internal volumes: thin pools' data and metadata, snapshots'
+  // copy-on-write stores) unless a rule exports them.
+  if (props.QUBES_EXPORT_BLOCK_DEVICE === '0') return 'excluded by a udev rule';
+  if (props.DM_UDEV_DISABLE_DISK_RULES_FLAG === '1' && props.QUBES_EXPORT_BLOCK_DEVICE !== '1')
+    return 'internal device-mapper device';
   const holders = record.entries?.('holders') ?? [];
   if (holders.length > 0) return inUseBy(holders);
   const size = record.attribute('size');
@@ -190,8 +202,9 @@ function recordHiddenReason(record: RawDeviceRecord, name: string): string | und
     if (noMedia) return 'no medium';
   }
   if (/^nbd\d+$/.test(name) && record.attribute('pid') === undefined) return 'not connected';
-  const dmName = record.properties.DM_NAME ?? (name.startsWith('dm-') ? record.attribute('dm/name') : undefined);
-  if (dmName !== undefined && /^(snapshot-|origin-)/.test(dmName)) return 'internal device-mapper device';
+  const dmName = props.DM_NAME ?? (name.startsWith('dm-') ? record.attribute('dm/name') : undefined);
+  if (dmName !== undefined && (dmName === '' || /^(snapshot-|origin-)/.test(dmName)))
+    return 'internal device-mapper device';
   return undefined;
 }
 

@@ -23,6 +23,7 @@ import {
   subsystemLists,
 } from './sysfs-reader.js';
 import { BlockProbes } from './block-probes.js';
+import { withHeldOpen } from './dm-open.js';
 import { type KernelUevent, UeventMonitor } from './uevent-monitor.js';
 
 export type HotplugMechanism = 'uevent' | 'fs.watch' | 'poll' | 'static';
@@ -139,7 +140,7 @@ export class LocalHostSource implements DeviceSource {
           }
           fullRescan = false;
           events = [];
-          subscriber.next(this.withProbes(new HostTree(devices.values(), currentUsage())));
+          subscriber.next(this.complete(new HostTree(devices.values(), currentUsage())));
           this.probes?.emitted();
         } catch (error) {
           subscriber.error(error);
@@ -318,11 +319,13 @@ export class LocalHostSource implements DeviceSource {
 
   /** A fresh tree, without subscribing: what a one-shot command needs. */
   snapshot(): HostTree {
-    return this.withProbes(readHostTree(this.roots, this.subsystems));
+    return this.complete(readHostTree(this.roots, this.subsystems));
   }
 
-  private withProbes(tree: HostTree): HostTree {
-    return this.probes?.withProbes(tree) ?? tree;
+  /** A tree as read, with what sysfs does not say: the dm devices held open, and blkid's probes. */
+  private complete(tree: HostTree): HostTree {
+    const known = withHeldOpen(tree, this.roots);
+    return this.probes?.withProbes(known) ?? known;
   }
 
   private watch(rescan: () => void, onUevent: (event: KernelUevent) => void): () => void {
