@@ -21,7 +21,8 @@ import {
   startLab,
   until,
 } from '../testing/daemon-harness.js';
-import { MAX_PATTERNS, PolicyStateService, answerId } from './policy-routes.js';
+import { PolicyStateService, answerId } from '../services/policy-state-service.js';
+import { MAX_PATTERNS } from './policy-routes.js';
 
 jest.setTimeout(60_000);
 

@@ -14,8 +14,9 @@ import {
 } from '@devgate/core';
 import { type DaemonEvents, type DeviceService, type SqliteStateStore } from '@devgate/service';
 import { type AskService } from '../services/asks.js';
+import { PolicyStateService } from '../services/policy-state-service.js';
 import { ListAnswer } from './list-answer.js';
-import { PolicyStateService, registerPolicyRoutes } from './policy-routes.js';
+import { registerPolicyRoutes } from './policy-routes.js';
 
 export const API_VERSION = 'v1';
 const BODY_LIMIT = 64 * 1024;

@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { type DeviceInfo } from '@devgate/core';
 import { type AuditEntry, DaemonEvents, SqliteStateStore } from '@devgate/service';
-import { answerId } from '../api/policy-routes';
+import { answerId } from './policy-state-service';
 import { AskService } from './asks';
 
 // A remembered answer decides later asks with nobody asked: who gave it must be in the audit.

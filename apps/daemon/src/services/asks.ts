@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { type DeviceInfo, Errors, portLabel } from '@devgate/core';
 import { type Ask, type DaemonEvents, type SqliteStateStore } from '@devgate/service';
-import { answerId } from '../api/policy-routes.js';
+import { answerId } from './policy-state-service.js';
 
 export interface AskAnswer {
   readonly verdict: 'allow' | 'deny';

@@ -1,6 +1,6 @@
 import { type DeviceEvent, type DeviceManager } from '@devgate/core';
 import { type DaemonEvents, type DeviceService, type SqliteStateStore } from '@devgate/service';
-import { PolicyStateService } from '../api/policy-routes.js';
+import { PolicyStateService } from './policy-state-service.js';
 
 export const REMOVED_DOMAIN_ACTOR = 'devgated (VM removed)';
 

@@ -5,7 +5,7 @@
 import * as path from 'node:path';
 import { DaemonEvents, SqliteStateStore } from '@devgate/service';
 import { cleanupHarness, makeTempDir } from '../testing/daemon-harness.js';
-import { PolicyStateService } from './policy-routes.js';
+import { PolicyStateService } from './policy-state-service.js';
 
 let store: SqliteStateStore;
 let service: PolicyStateService;
