@@ -373,11 +373,19 @@ export class DeviceService {
   }
 
   private auditFailure(error: unknown, entry: Omit<AuditEntryInput, 'outcome'>): void {
-    const code = errorCode(error);
-    const outcome =
-      code === 'DG_INTERNAL' || FAILURE_CODES.test(code) || !(error instanceof DevgateError) ? 'error' : 'denied';
-    this.audit(recordable({ ...entry, outcome, code, reason: (error as Error).message }));
+    this.audit(failureAuditEntry(error, entry));
   }
+}
+
+/**
+ * The audit row of a refused or failed request, for every writer of one (devgated's deny-list
+ * changes too): 'denied' when devgate said no, 'error' when something broke (a failure's code, or
+ * no devgate error at all), and recordable whatever the request held.
+ */
+export function failureAuditEntry(error: unknown, entry: Omit<AuditEntryInput, 'outcome'>): AuditEntryInput {
+  const code = errorCode(error);
+  const outcome = error instanceof DevgateError && !FAILURE_CODES.test(code) ? 'denied' : 'error';
+  return recordable({ ...entry, outcome, code, reason: (error as Error).message });
 }
 
 /** Free text as the audit log keeps it: printable and bounded (an error's message echoes the request). */
@@ -389,9 +397,8 @@ function printable(text: string): string {
  * A refusal as the audit log can keep it, whatever the request held: a refused request is often
  * refused for the very name the store would refuse too (a newline in a device id), and the record of
  * it must not fail in turn. Such a name leaves its column for `details.invalid`, made printable.
- * Every writer of refusals uses it (devgated's deny-list routes too).
  */
-export function recordable(entry: AuditEntryInput): AuditEntryInput {
+function recordable(entry: AuditEntryInput): AuditEntryInput {
   const invalid: Record<string, string> = {};
   const valid = (field: string, value: string | undefined, checkValue: (v: string) => unknown) => {
     if (value === undefined) return undefined;

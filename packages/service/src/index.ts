@@ -4,7 +4,7 @@ export * from './config.js';
 export * from './builtin-modules.js';
 export * from './driver-packages.js';
 export * from './daemon-events.js';
-export { DeviceService, denyListHook, recordable } from './device-service.js';
+export { DeviceService, denyListHook, failureAuditEntry } from './device-service.js';
 export * from './store/state-store.js';
 export * from './store/assignments.js';
 export * from './store/deny-lists.js';

@@ -6,14 +6,14 @@
  */
 import { createHash } from 'node:crypto';
 import { type DenyListChangeJson, type DenyListJson, type RememberedAnswerJson } from '@devgate/client';
-import { DevgateError, Errors, errorCode } from '@devgate/core';
+import { Errors } from '@devgate/core';
 import {
   type AuditEntry,
   type AuditEntryInput,
   type DaemonEvents,
   type PolicyAnswer,
   type SqliteStateStore,
-  recordable,
+  failureAuditEntry,
 } from '@devgate/service';
 
 export type DenyOp = 'add' | 'remove' | 'replace';
@@ -114,14 +114,13 @@ export class PolicyStateService {
   }
 
   /**
-   * A refused or failed change is audited too, unless the store itself is what failed. Recordable:
-   * the message echoes the request, and what the store refused in it would fail the record as well.
+   * A refused or failed change is audited too, as a device's is, unless the store itself is what
+   * failed. Recordable: the message echoes the request, and what the store refused in it would fail
+   * the record as well.
    */
   private auditFailure(error: unknown, entry: Omit<AuditEntryInput, 'outcome'>): void {
-    const code = errorCode(error);
-    const outcome = error instanceof DevgateError && !code.startsWith('DG_STATE_') ? 'denied' : 'error';
     try {
-      this.publish(this.store.audit.append(recordable({ ...entry, outcome, code, reason: (error as Error).message })));
+      this.publish(this.store.audit.append(failureAuditEntry(error, entry)));
     } catch {
       // the store is unusable: the original error says so
     }
