@@ -57,6 +57,46 @@ describe('block devices on this host (real loop devices)', () => {
     }
   });
 
+  it('offers one of two loop devices over the same image: the one the host uses, if it uses one', () => {
+    disk = createLoopDisk({ sizeMiB: 32, partitions: [{ sizeMiB: 16, label: 'TWIN' }, {}] });
+    const twin = execFileSync('losetup', ['-f', '--show', disk.image], { encoding: 'utf8' }).trim();
+    const twinName = path.basename(twin);
+    const mountpoint = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-mnt-'));
+    let mounted = false;
+    try {
+      execFileSync('partx', ['-a', twin]);
+      const hidden = () => {
+        const devices = byPort(parseBlockDevices(readHostTree(LOCAL_ROOTS), 'dom0'));
+        return [disk.name, `${disk.name}p1`, twinName, `${twinName}p1`].map(
+          (name) => devices.get(name)?.hiddenReason ?? 'offered',
+        );
+      };
+      const [first, second] =
+        Number(disk.name.slice(4)) < Number(twinName.slice(4)) ? [disk.name, twinName] : [twinName, disk.name];
+      const expected = (name: string, reason: string) => (name === second ? reason : 'offered');
+      expect(hidden()).toEqual([
+        expected(disk.name, `same file as ${first}`),
+        expected(disk.name, `same file as ${first}`),
+        expected(twinName, `same file as ${first}`),
+        expected(twinName, `same file as ${first}`),
+      ]);
+      // The host mounts the twin's partition: the twin is the one in use, the other name hidden.
+      execFileSync('mount', [`/dev/${twinName}p1`, mountpoint]);
+      mounted = true;
+      expect(hidden()).toEqual([
+        `same file as ${twinName}`,
+        `same file as ${twinName}`,
+        `partition ${twinName}p1 is in use`,
+        'mounted',
+      ]);
+    } finally {
+      if (mounted) execFileSync('umount', [mountpoint]);
+      fs.rmdirSync(mountpoint);
+      execFileSync('partx', ['-d', twin]);
+      execFileSync('losetup', ['-d', twin]);
+    }
+  });
+
   it('hides a mounted btrfs partition (mountinfo names no device for it), and the backend refuses it', async () => {
     disk = createLoopDisk({ sizeMiB: 160, partitions: [{ sizeMiB: 128 }, {}] });
     const [p1] = disk.partitions;

@@ -227,6 +227,52 @@ describe('a loop device whose backing file is a block device', () => {
   });
 });
 
+describe('loop devices over one file', () => {
+  // `losetup -f disk.img` run twice, or an image mounted with `-o loop` and set up again: one disk
+  // under two names.
+  const loop = (n: number, file: string) => [
+    recordOf(
+      `/devices/virtual/block/loop${n}`,
+      'block',
+      { DEVNAME: `/dev/loop${n}`, DEVTYPE: 'disk', MAJOR: '7', MINOR: String(n) },
+      { size: '2048', 'loop/backing_file': file },
+    ),
+    recordOf(
+      `/devices/virtual/block/loop${n}/loop${n}p1`,
+      'block',
+      { DEVNAME: `/dev/loop${n}p1`, DEVTYPE: 'partition', MAJOR: '259', MINOR: String(n) },
+      { size: '1024', partition: '1' },
+    ),
+  ];
+  const hidden = (records: RawDeviceRecord[], mounted: string[] = []) =>
+    Object.fromEntries(
+      parseBlockDevices(new HostTree(records, { mounted: new Set(mounted), swaps: new Set() }), 'dom0').map((d) => [
+        d.port.portId,
+        d.hiddenReason ?? 'offered',
+      ]),
+    );
+
+  it('offers the lowest-numbered one and hides the others with their partitions', () => {
+    expect(hidden([...loop(12, '/srv/a.img'), ...loop(3, '/srv/a.img'), ...loop(7, '/srv/b.img')])).toEqual({
+      loop12: 'same file as loop3',
+      loop12p1: 'same file as loop3',
+      loop3: 'offered',
+      loop3p1: 'offered',
+      loop7: 'offered',
+      loop7p1: 'offered',
+    });
+  });
+
+  it('offers none of them while the host uses one: the one in use keeps its own reason', () => {
+    expect(hidden([...loop(3, '/srv/a.img'), ...loop(12, '/srv/a.img')], ['259:12'])).toEqual({
+      loop3: 'same file as loop12',
+      loop3p1: 'same file as loop12',
+      loop12: 'partition loop12p1 is in use',
+      loop12p1: 'mounted',
+    });
+  });
+});
+
 describe('labels in Qubes’ one-line description', () => {
   const partition = (properties: Record<string, string>) =>
     recordOf(

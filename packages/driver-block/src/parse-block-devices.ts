@@ -3,6 +3,7 @@
  * untrusted strings (udev properties, sysfs attributes) are sanitized.
  */
 import {
+  compareNatural,
   type DeviceInfo,
   type HostTree,
   type Port,
@@ -68,6 +69,7 @@ export function parseBlockDevices(tree: HostTree, backend: string): DeviceInfo[]
     const busy = busyPartition.get(entry.record);
     if (busy) entry.hidden = `partition ${busy} is in use`;
   }
+  markSharedBackingFiles(parsed);
   // Disks first, then partitions (a partition's id is its disk's and its number), each in tree order.
   const ids = new Map<RawDeviceRecord, string>();
   const result: DeviceInfo[] = [];
@@ -93,6 +95,38 @@ function markLoopBackings(parsed: Parsed[]): void {
     byName ??= new Map(parsed.map((p) => [p.name, p]));
     const backing = byName.get(node[1]);
     if (backing && backing !== entry && !backing.hidden) backing.hidden = inUseBy([entry.name]);
+  }
+}
+
+/**
+ * Two loop devices over one file are one disk under two names (`losetup` run twice on an image, or
+ * on one mounted with `-o loop`): given to two VMs, or to one while the host uses the other, it is
+ * written from both sides. So only one of them is offered: the one in use, if any, so that the
+ * data the host uses is never offered under another name; else the lowest-numbered. The others
+ * and their partitions are hidden as the same file. (Qubes lists both: its issue #10829.)
+ */
+function markSharedBackingFiles(parsed: Parsed[]): void {
+  const byFile = new Map<string, Parsed[]>();
+  for (const entry of parsed) {
+    if (entry.isPartition || !/^loop\d+$/.test(entry.name) || entry.record.attribute('size') === '0') continue;
+    const file = entry.record.attribute('loop/backing_file');
+    if (!file) continue;
+    const group = byFile.get(file);
+    if (group) group.push(entry);
+    else byFile.set(file, [entry]);
+  }
+  let keeperOf: Map<RawDeviceRecord, string> | undefined;
+  for (const group of byFile.values()) {
+    if (group.length < 2) continue;
+    const inUse = group.find((entry) => entry.hidden !== undefined && BUSY_REASONS.test(entry.hidden));
+    const keeper = inUse ?? group.reduce((a, b) => (compareNatural(b.name, a.name) < 0 ? b : a));
+    keeperOf ??= new Map();
+    for (const entry of group) if (entry !== keeper) keeperOf.set(entry.record, keeper.name);
+  }
+  if (!keeperOf) return;
+  for (const entry of parsed) {
+    const keeper = keeperOf.get(entry.disk ?? entry.record);
+    if (keeper !== undefined && entry.hidden === undefined) entry.hidden = `same file as ${keeper}`;
   }
 }
 
