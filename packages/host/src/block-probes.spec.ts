@@ -63,4 +63,30 @@ describe('BlockProbes', () => {
     await probes.whenIdle(10_000);
     expect(probed().trim().split('\n')).toHaveLength(1);
   });
+
+  it('forks no blkid once disposed, not even for a batch whose nodes were being opened', async () => {
+    const dev = devNodes('loop7p1');
+    const probes = new BlockProbes(dev, { blkid, batchDelayMs: 0 });
+    // The batch's open is held until the probes are disposed.
+    const open = fs.promises.open;
+    let opening!: () => void;
+    const opened = new Promise<void>((resolve) => (opening = resolve));
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const held = jest.spyOn(fs.promises, 'open').mockImplementation(async (...args) => {
+      opening();
+      await released;
+      return open(...args);
+    });
+    try {
+      probes.withProbes(new HostTree([partition('loop7p1', {})], { mounted: new Set(), swaps: new Set() }));
+      await opened;
+      probes.dispose();
+      release();
+      await probes.whenIdle(10_000);
+    } finally {
+      held.mockRestore();
+    }
+    expect(probed()).toBe('');
+  });
 });

@@ -203,10 +203,14 @@ export class BlockProbes {
   }
 
   /** A device that does not open has nothing blkid could find: settled without a fork. */
-  private settleUnopened({ key, token }: QueuedProbe): void {
-    if (this.found.get(key) === token) this.found.set(key, {});
+  private settleUnopened({ key }: QueuedProbe): void {
+    this.found.set(key, {});
     this.retries.delete(key);
-    this.running--;
+  }
+
+  /** Whether the probe still stands for its device: not forgotten (a `change`, or dispose()) since queued. */
+  private wanted({ key, token }: QueuedProbe): boolean {
+    return this.found.get(key) === token;
   }
 
   /** Runs queued probes in batches: a disk with 256 partitions must not fork 256 blkids. */
@@ -228,15 +232,12 @@ export class BlockProbes {
         : queued.map(() => true);
     const batch: QueuedProbe[] = [];
     for (const [i, entry] of queued.entries()) {
+      // Forgotten while it waited or opened (a `change`, or dispose()): no blkid is forked for it.
+      if (!this.wanted(entry)) continue;
       if (opens[i]) batch.push(entry);
       else this.settleUnopened(entry);
     }
-    if (batch.length === 0) {
-      this.active--;
-      this.drain();
-      if (this.running === 0) this.wakeIdleWaiters();
-      return;
-    }
+    if (batch.length === 0) return this.finishBatch(queued.length, false);
     const nodes = batch.map((entry) => entry.node);
     const timeout = this.options.timeoutMs ?? 10_000;
     execFile(this.options.blkid ?? 'blkid', ['-p', '-o', 'export', ...nodes], { timeout }, (error, stdout, stderr) => {
@@ -254,9 +255,10 @@ export class BlockProbes {
       }
       let foundAny = false;
       let retry = false;
-      for (const [index, { key, node, token }] of batch.entries()) {
+      for (const [index, entry] of batch.entries()) {
+        const { key, node } = entry;
         // Forgotten while it ran (a `change`): a newer probe, or none, stands for the device now.
-        if (this.found.get(key) !== token) continue;
+        if (!this.wanted(entry)) continue;
         const retries = this.retries.get(key) ?? 0;
         const unprobed = cutShort || (stoppedAt >= 0 && index > stoppedAt);
         if (unprobed && !byNode.has(node) && retries < MAX_PROBE_RETRIES) {
@@ -278,13 +280,17 @@ export class BlockProbes {
         foundAny ||= Object.keys(found).length > 0;
       }
       if (foundAny || retry) this.listeners.forEach((rescan) => rescan());
-      this.active--;
-      this.drain();
-      this.running -= batch.length;
       // With a live subscription, the new tree carries the findings: its emission wakes the waiters.
-      const rescanning = (foundAny || retry) && this.listeners.size > 0;
-      if (this.running === 0 && !rescanning) this.wakeIdleWaiters();
+      this.finishBatch(queued.length, (foundAny || retry) && this.listeners.size > 0);
     });
+  }
+
+  /** A batch is done, forked for or not: the next one may start, and waiters wake once none runs. */
+  private finishBatch(probes: number, rescanning: boolean): void {
+    this.running -= probes;
+    this.active--;
+    this.drain();
+    if (this.running === 0 && !rescanning) this.wakeIdleWaiters();
   }
 }
 
