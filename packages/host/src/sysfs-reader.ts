@@ -333,13 +333,21 @@ function readAttribute(dir: string, name: string): string | undefined {
 const OPEN_FLAGS = fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY;
 
 /**
+ * The running kernel's sysfs and procfs, and udevd's database: nobody but the kernel, or root, puts
+ * a file there, and none of them is a FIFO or a device node.
+ */
+const KERNEL_FILES = [`${LOCAL_ROOTS.sys}/`, `${LOCAL_ROOTS.proc}/`, `${LOCAL_ROOTS.udevData}/`];
+
+/**
  * A descriptor of `file` if it is a regular file (sysfs attributes and procfs files are: S_IFREG,
  * size 4096 or 0), else undefined. A `--sysroot` tree is anyone's: O_NONBLOCK keeps a FIFO's open
  * from waiting for a writer, and nothing but a regular file is read, so a device node cannot feed
- * the reader without end. One fstat, no stat before the open: these reads are a burst's cost (ADR 0015).
+ * the reader without end. One fstat, no stat before the open, and none for the kernel's own files:
+ * these reads are a burst's and a cold listing's cost (ADR 0014, 0015).
  */
 function openRegular(file: string): number | undefined {
   const fd = fs.openSync(file, OPEN_FLAGS);
+  if (KERNEL_FILES.some((prefix) => file.startsWith(prefix))) return fd;
   try {
     if (fs.fstatSync(fd).isFile()) return fd;
   } catch {
