@@ -80,7 +80,7 @@ export function readHostTree(roots: HostRoots, subsystems: readonly string[] = [
       derived.set(dir, device);
     }
   }
-  const devpaths = new Map<string, { derived?: DerivedDevice; subsystem?: string }>();
+  const devpaths = new Map<string, { uevent?: string; derived?: DerivedDevice; subsystem?: string }>();
   // Directories looked at, devices or not (`virtual/block`): each is looked at once, and so are
   // its ancestors, so a walk up stops at the first one seen.
   const seen = new Set<string>();
@@ -91,9 +91,13 @@ export function readHostTree(roots: HostRoots, subsystems: readonly string[] = [
       const devpath = '/devices' + dir.slice(devicesDir.length);
       if (seen.has(devpath)) break;
       seen.add(devpath);
-      const hasUevent = fs.existsSync(path.join(dir, 'uevent'));
-      const device = trimmed ? (derived.get(dir) ?? (hasUevent ? undefined : trimmedAncestor(dir))) : undefined;
-      if (hasUevent || device) devpaths.set(devpath, { derived: device, subsystem: subsystemOf.get(dir) });
+      // A device directory is one with a uevent file: read now, not looked for and then read.
+      const uevent = readIfPresent(path.join(dir, 'uevent'));
+      const device = trimmed
+        ? (derived.get(dir) ?? (uevent !== undefined ? undefined : trimmedAncestor(dir)))
+        : undefined;
+      if (uevent !== undefined || device)
+        devpaths.set(devpath, { uevent, derived: device, subsystem: subsystemOf.get(dir) });
     }
   }
   const records: RawDeviceRecord[] = [];
@@ -134,7 +138,10 @@ export function readDeviceWithAncestors(
     if (at !== devpath && known(at)) break;
     if (at === devpath && fromUevent)
       records.push(sysfsRecord(roots, at, { fromUevent, udevDatabase, udevFollows, sameEvent }));
-    else if (fs.existsSync(path.join(roots.sys, at, 'uevent'))) records.push(sysfsRecord(roots, at));
+    else {
+      const uevent = readIfPresent(path.join(roots.sys, at, 'uevent'));
+      if (uevent !== undefined) records.push(sysfsRecord(roots, at, { uevent }));
+    }
   }
   return records;
 }
@@ -187,6 +194,8 @@ function blockDeviceNumber(node: string): string | undefined {
 
 /** What is known of a device directory before it is read (see readDeviceWithAncestors). */
 interface RecordSource {
+  /** Its uevent file, read already. */
+  readonly uevent?: string;
   /** The properties a uevent just delivered for it: its uevent file's, which need not be read again. */
   readonly fromUevent?: Record<string, string>;
   /** A trimmed dump's device (trimmed-sysfs.ts). */
@@ -202,7 +211,15 @@ interface RecordSource {
 function sysfsRecord(
   roots: HostRoots,
   devpath: string,
-  { fromUevent, derived, subsystem: listedAs, udevDatabase = true, udevFollows = false, sameEvent }: RecordSource = {},
+  {
+    uevent,
+    fromUevent,
+    derived,
+    subsystem: listedAs,
+    udevDatabase = true,
+    udevFollows = false,
+    sameEvent,
+  }: RecordSource = {},
 ): RawDeviceRecord {
   const dir = path.join(roots.sys, devpath);
   let properties: Record<string, string>;
@@ -210,7 +227,7 @@ function sysfsRecord(
   if (derived) {
     // A trimmed dump's device: what the kernel would have written (see trimmed-sysfs.ts), under
     // whatever the dump kept of its uevent file and subsystem link.
-    properties = { ...derived.properties, ...parseKeyValueLines(readOrEmpty(path.join(dir, 'uevent'))) };
+    properties = { ...derived.properties, ...parseKeyValueLines(uevent ?? readOrEmpty(path.join(dir, 'uevent'))) };
     const subsystemLink = readlinkOrUndefined(path.join(dir, 'subsystem'));
     subsystem = subsystemLink ? path.basename(subsystemLink) : (properties.SUBSYSTEM ?? derived.subsystem);
   } else if (fromUevent?.SUBSYSTEM) {
@@ -220,7 +237,7 @@ function sysfsRecord(
     );
     subsystem = fromUevent.SUBSYSTEM;
   } else {
-    properties = parseKeyValueLines(readOrEmpty(path.join(dir, 'uevent')));
+    properties = parseKeyValueLines(uevent ?? readOrEmpty(path.join(dir, 'uevent')));
     const subsystemLink = listedAs === undefined ? readlinkOrUndefined(path.join(dir, 'subsystem')) : undefined;
     subsystem = listedAs ?? (subsystemLink ? path.basename(subsystemLink) : (properties.SUBSYSTEM ?? ''));
   }
@@ -363,35 +380,43 @@ function safeJoin(dir: string, name: string): string | undefined {
   return path.join(dir, name);
 }
 
-/**
- * A whole file, up to `limit` bytes (counted as read: procfs files report size 0), or '' for none
- * or anything but a regular file.
- */
+/** A whole file, up to `limit` bytes, or '' for none or anything but a regular file. */
 function readOrEmpty(file: string, limit = MAX_ATTRIBUTE_BYTES): string {
+  return readIfPresent(file, limit) ?? '';
+}
+
+/**
+ * A whole file, up to `limit` bytes (counted as read: procfs files report size 0); '' for anything
+ * but a regular file, undefined for none.
+ */
+function readIfPresent(file: string, limit = MAX_ATTRIBUTE_BYTES): string | undefined {
+  let fd: number | undefined;
   try {
-    const fd = openRegular(file);
-    if (fd === undefined) return '';
-    try {
-      // Most files fit the shared buffer; a longer one (mountinfo) is kept in copies of it.
-      const chunks: Buffer[] = [];
-      let used = 0;
-      for (let total = 0; total < limit;) {
-        if (used === attributeBuffer.length) {
-          chunks.push(Buffer.from(attributeBuffer));
-          used = 0;
-        }
-        const n = fs.readSync(fd, attributeBuffer, used, Math.min(attributeBuffer.length - used, limit - total), null);
-        if (n === 0) break;
-        used += n;
-        total += n;
-      }
-      if (chunks.length === 0) return attributeBuffer.toString('utf8', 0, used);
-      return Buffer.concat([...chunks, attributeBuffer.subarray(0, used)]).toString('utf8');
-    } finally {
-      fs.closeSync(fd);
-    }
+    fd = openRegular(file);
   } catch {
-    return '';
+    return undefined;
+  }
+  if (fd === undefined) return ''; // there, but not a regular file: nothing is read of it
+  try {
+    // Most files fit the shared buffer; a longer one (mountinfo) is kept in copies of it.
+    const chunks: Buffer[] = [];
+    let used = 0;
+    for (let total = 0; total < limit;) {
+      if (used === attributeBuffer.length) {
+        chunks.push(Buffer.from(attributeBuffer));
+        used = 0;
+      }
+      const n = fs.readSync(fd, attributeBuffer, used, Math.min(attributeBuffer.length - used, limit - total), null);
+      if (n === 0) break;
+      used += n;
+      total += n;
+    }
+    if (chunks.length === 0) return attributeBuffer.toString('utf8', 0, used);
+    return Buffer.concat([...chunks, attributeBuffer.subarray(0, used)]).toString('utf8');
+  } catch {
+    return ''; // there, but unreadable (an attribute whose driver refuses reads)
+  } finally {
+    fs.closeSync(fd);
   }
 }
 
