@@ -98,7 +98,7 @@ describe('parseAgentMessage', () => {
     expect(refused).toBeGreaterThan(1000);
   });
 
-  it('carries the dm devices an agent says are held open, when it says, and refuses anything else there', () => {
+  it('carries the dm devices held open and the images excluded that an agent names, and refuses anything else there', () => {
     const records = [
       { devpath: '/devices/virtual/block/dm-0', subsystem: 'block', properties: { DEVNAME: '/dev/dm-0' } },
     ];
@@ -106,18 +106,29 @@ describe('parseAgentMessage', () => {
       mounted: new Set(),
       swaps: new Set(),
       heldOpen: new Set(['254:0']),
+      excludedLoops: new Set(['7:2']),
     });
     const message = parseAgentMessage(JSON.stringify(treeMessageOf(sent, 1))) as TreeMessage;
-    expect([...hostTreeOf(message.records, message.usage).usage.heldOpen!]).toEqual(['254:0']);
+    const { usage } = hostTreeOf(message.records, message.usage);
+    expect([...usage.heldOpen!]).toEqual(['254:0']);
+    expect([...usage.excludedLoops!]).toEqual(['7:2']);
+    // Not named: not known (the hand-over asks again), rather than none.
     const without = parseAgentMessage(JSON.stringify(treeMessageOf(new HostTree(sent.devices()), 2))) as TreeMessage;
-    expect(hostTreeOf(without.records, without.usage).usage.heldOpen).toBeUndefined();
-    const tree = (heldOpen: unknown) =>
-      JSON.stringify({ v: 1, type: 'tree', seq: 1, records, usage: { mounted: [], swaps: [], heldOpen } });
-    expect(() => parseAgentMessage(tree(['/dev/dm-0']))).toThrow(/tree.usage.heldOpen\[0\]: malformed/);
-    expect(() => parseAgentMessage(tree('254:0'))).toThrow(AgentViolation);
-    expect(() =>
-      parseAgentMessage(tree(Array.from({ length: DEFAULT_LIMITS.maxUsageEntries + 1 }, () => '254:0'))),
-    ).toThrow(AgentViolation);
+    expect(hostTreeOf(without.records, without.usage).usage).toEqual({ mounted: new Set(), swaps: new Set() });
+    const tree = (field: string, value: unknown) =>
+      JSON.stringify({ v: 1, type: 'tree', seq: 1, records, usage: { mounted: [], swaps: [], [field]: value } });
+    for (const field of ['heldOpen', 'excludedLoops']) {
+      expect(() => parseAgentMessage(tree(field, ['/dev/dm-0']))).toThrow(`tree.usage.${field}[0]: malformed`);
+      expect(() => parseAgentMessage(tree(field, '254:0'))).toThrow(AgentViolation);
+      expect(() =>
+        parseAgentMessage(
+          tree(
+            field,
+            Array.from({ length: DEFAULT_LIMITS.maxUsageEntries + 1 }, () => '254:0'),
+          ),
+        ),
+      ).toThrow(AgentViolation);
+    }
   });
 
   it('refuses bounds crossed: records, properties, value length, device paths, line length per type', () => {

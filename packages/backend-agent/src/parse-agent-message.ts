@@ -225,7 +225,7 @@ function inputEvent(value: unknown, at: string): readonly [number, number, numbe
 
 function usage(value: unknown, limits: AgentLimits): WireUsage {
   const raw = object(value, 'tree.usage');
-  keys(raw, ['mounted', 'swaps', 'heldOpen'], 'tree.usage');
+  keys(raw, ['mounted', 'swaps', 'heldOpen', 'excludedLoops'], 'tree.usage');
   const list = (field: keyof WireUsage, pattern: RegExp) =>
     array(raw[field], `tree.usage.${field}`, limits.maxUsageEntries).map((entry, i) => {
       const text = string(entry, `tree.usage.${field}[${i}]`, 256);
@@ -236,6 +236,7 @@ function usage(value: unknown, limits: AgentLimits): WireUsage {
     mounted: list('mounted', MAJOR_MINOR),
     swaps: list('swaps', SWAP_NODE),
     ...(raw.heldOpen !== undefined ? { heldOpen: list('heldOpen', MAJOR_MINOR) } : {}),
+    ...(raw.excludedLoops !== undefined ? { excludedLoops: list('excludedLoops', MAJOR_MINOR) } : {}),
   };
 }
 
@@ -245,6 +246,7 @@ export function hostTreeOf(records: readonly WireRecord[], usage: WireUsage): Ho
     mounted: new Set(usage.mounted),
     swaps: new Set(usage.swaps),
     ...(usage.heldOpen ? { heldOpen: new Set(usage.heldOpen) } : {}),
+    ...(usage.excludedLoops ? { excludedLoops: new Set(usage.excludedLoops) } : {}),
   };
   return new HostTree(
     records.map((record) => new WireDevice(record)),

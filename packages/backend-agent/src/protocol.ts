@@ -175,6 +175,8 @@ export interface WireUsage {
   readonly swaps: readonly string[];
   /** `major:minor` of the device-mapper devices some program holds open (absent: not known). */
   readonly heldOpen?: readonly string[];
+  /** `major:minor` of the loop devices whose image a `.qubes-exclude-block-devices` file excludes. */
+  readonly excludedLoops?: readonly string[];
 }
 
 /** What an agent can do for devgated: export a block device (nbd), a USB device (usbredir), send input events. */

@@ -59,6 +59,7 @@ export function treeMessageOf(
       mounted: [...tree.usage.mounted],
       swaps: [...tree.usage.swaps],
       ...(tree.usage.heldOpen ? { heldOpen: [...tree.usage.heldOpen] } : {}),
+      ...(tree.usage.excludedLoops ? { excludedLoops: [...tree.usage.excludedLoops] } : {}),
     },
   };
 }

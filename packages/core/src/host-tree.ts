@@ -29,6 +29,8 @@ export interface HostUsage {
    * mapping in use), where the backend could tell: sysfs has no open count.
    */
   readonly heldOpen?: ReadonlySet<string>;
+  /** `major:minor` of the loop devices whose image a `.qubes-exclude-block-devices` file excludes. */
+  readonly excludedLoops?: ReadonlySet<string>;
 }
 
 export const NO_USAGE: HostUsage = { mounted: new Set(), swaps: new Set() };

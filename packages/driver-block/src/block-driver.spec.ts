@@ -97,6 +97,24 @@ describe('block devices on this host (real loop devices)', () => {
     }
   });
 
+  it('hides an image below a .qubes-exclude-block-devices file, with its partitions, and offers it without one', () => {
+    disk = createLoopDisk({ sizeMiB: 16, partitions: [{}] });
+    const flag = path.join(path.dirname(disk.image), '.qubes-exclude-block-devices');
+    // A fresh one-shot read each time: a device's record is looked at once (as Qubes' rules, at udev time).
+    const reasons = () => {
+      const devices = byPort(parseBlockDevices(new LocalHostSource({ hotplug: 'static' }).snapshot(), 'dom0'));
+      return [disk.name, disk.partitions[0]].map((name) => devices.get(name)?.hiddenReason ?? 'offered');
+    };
+    expect(reasons()).toEqual(['offered', 'offered']);
+    fs.writeFileSync(flag, '');
+    try {
+      expect(reasons()).toEqual(['excluded (.qubes-exclude-block-devices)', 'excluded (.qubes-exclude-block-devices)']);
+    } finally {
+      fs.rmSync(flag);
+    }
+    expect(reasons()).toEqual(['offered', 'offered']);
+  });
+
   it('hides a mounted btrfs partition (mountinfo names no device for it), and the backend refuses it', async () => {
     disk = createLoopDisk({ sizeMiB: 160, partitions: [{ sizeMiB: 128 }, {}] });
     const [p1] = disk.partitions;

@@ -263,6 +263,21 @@ describe('loop devices over one file', () => {
     });
   });
 
+  it('hides an image a .qubes-exclude-block-devices file excludes, with its partitions', () => {
+    const tree = new HostTree([...loop(3, '/var/lib/vms/a.img'), ...loop(4, '/srv/b.img')], {
+      mounted: new Set(),
+      swaps: new Set(),
+      excludedLoops: new Set(['7:3']),
+    });
+    const reasons = Object.fromEntries(parseBlockDevices(tree, 'dom0').map((d) => [d.port.portId, d.hiddenReason]));
+    expect(reasons).toEqual({
+      loop3: 'excluded (.qubes-exclude-block-devices)',
+      loop3p1: 'excluded (.qubes-exclude-block-devices)',
+      loop4: undefined,
+      loop4p1: undefined,
+    });
+  });
+
   it('offers none of them while the host uses one: the one in use keeps its own reason', () => {
     expect(hidden([...loop(3, '/srv/a.img'), ...loop(12, '/srv/a.img')], ['259:12'])).toEqual({
       loop3: 'same file as loop12',

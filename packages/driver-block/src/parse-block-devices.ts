@@ -44,7 +44,13 @@ export function parseBlockDevices(tree: HostTree, backend: string): DeviceInfo[]
     if (!known.offered) continue;
     const disk = known.isPartition ? tree.parent(record) : undefined;
     if (known.isPartition) partitions++;
-    parsed.push({ record, name: known.name, isPartition: known.isPartition, disk, hidden: hiddenReason(tree, known) });
+    parsed.push({
+      record,
+      name: known.name,
+      isPartition: known.isPartition,
+      disk,
+      hidden: hiddenReason(tree, known, disk),
+    });
   }
   markLoopBackings(parsed);
   // A disk is one resource with its partitions. While the disk itself is busy (a hybrid ISO mounted
@@ -206,14 +212,19 @@ function kernelName(record: RawDeviceRecord): string {
 }
 
 /**
- * Mounted, swap and held open (the tree's usage, read again with every tree) first, then the
- * record's own reason.
+ * Mounted, swap, held open and excluded images (the tree's usage, read again with every tree)
+ * first, then the record's own reason.
  */
-function hiddenReason(tree: HostTree, known: RecordFacts): string | undefined {
+function hiddenReason(tree: HostTree, known: RecordFacts, disk?: RawDeviceRecord): string | undefined {
   const { usage } = tree;
   if (known.majmin && usage.mounted.has(known.majmin)) return 'mounted';
   if (usage.swaps.size > 0 && usage.swaps.has(`/dev/${known.name}`)) return 'swap';
   if (known.majmin && usage.heldOpen?.has(known.majmin)) return 'open';
+  if (usage.excludedLoops) {
+    // A partition of an excluded image is a slice of it.
+    const image = disk ? factsOf(disk).majmin : known.majmin;
+    if (image && usage.excludedLoops.has(image)) return 'excluded (.qubes-exclude-block-devices)';
+  }
   return known.ownReason;
 }
 

@@ -5,7 +5,7 @@
  * about: a host without one forks nothing.
  */
 import { spawnSync } from 'node:child_process';
-import { HostTree, sysname } from '@devgate/core';
+import { type HostTree, sysname } from '@devgate/core';
 import { type HostRoots, LOCAL_ROOTS } from './sysfs-reader.js';
 
 /** `dmsetup info` of every mapping: major, minor and open count, one line each. */
@@ -44,15 +44,15 @@ function hasDmDevice(tree: HostTree): boolean {
 }
 
 /**
- * The tree with the dm devices held open in its usage, when it has one and `roots` are the running
- * kernel's (`dmsetup` cannot be asked about a recording or a sysroot dump). When dmsetup cannot say
- * (missing, not root, timed out), the tree is as it was, as with Qubes' rules: the hand-over asks
- * again (`blockInUseNow`).
+ * The dm devices held open, when the tree has one and `roots` are the running kernel's (`dmsetup`
+ * cannot be asked about a recording or a sysroot dump). Undefined when there is nothing to ask or
+ * dmsetup cannot say (missing, not root, timed out), as with Qubes' rules: the hand-over asks again
+ * (`blockInUseNow`).
  */
-export function withHeldOpen(tree: HostTree, roots: HostRoots, run: DmsetupRun = runDmsetup): HostTree {
-  if (roots.sys !== LOCAL_ROOTS.sys || !hasDmDevice(tree)) return tree;
+export function heldOpenOf(tree: HostTree, roots: HostRoots, run: DmsetupRun = runDmsetup): Set<string> | undefined {
+  if (roots.sys !== LOCAL_ROOTS.sys || !hasDmDevice(tree)) return undefined;
   const text = run();
-  return text === undefined ? tree : new HostTree(tree.devices(), { ...tree.usage, heldOpen: parseDmOpen(text) });
+  return text === undefined ? undefined : parseDmOpen(text);
 }
 
 /** Whether the dm device `majmin` is open now; undefined when dmsetup cannot say or `roots` are not the kernel's. */

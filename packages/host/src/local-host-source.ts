@@ -23,7 +23,8 @@ import {
   subsystemLists,
 } from './sysfs-reader.js';
 import { BlockProbes } from './block-probes.js';
-import { withHeldOpen } from './dm-open.js';
+import { heldOpenOf } from './dm-open.js';
+import { excludedLoopsOf } from './excluded-images.js';
 import { type KernelUevent, UeventMonitor } from './uevent-monitor.js';
 
 export type HotplugMechanism = 'uevent' | 'fs.watch' | 'poll' | 'static';
@@ -322,9 +323,21 @@ export class LocalHostSource implements DeviceSource {
     return this.complete(readHostTree(this.roots, this.subsystems));
   }
 
-  /** A tree as read, with what sysfs does not say: the dm devices held open, and blkid's probes. */
+  /**
+   * A tree as read, with what sysfs does not say: the dm devices held open, the loop devices a flag
+   * file excludes, and blkid's probes.
+   */
   private complete(tree: HostTree): HostTree {
-    const known = withHeldOpen(tree, this.roots);
+    const heldOpen = heldOpenOf(tree, this.roots);
+    const excludedLoops = excludedLoopsOf(tree, this.roots);
+    const known =
+      heldOpen || excludedLoops
+        ? new HostTree(tree.devices(), {
+            ...tree.usage,
+            ...(heldOpen ? { heldOpen } : {}),
+            ...(excludedLoops ? { excludedLoops } : {}),
+          })
+        : tree;
     return this.probes?.withProbes(known) ?? known;
   }
 
