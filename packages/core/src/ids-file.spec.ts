@@ -182,8 +182,20 @@ describe('ID files (pci.ids, usb.ids)', () => {
     expect(names.progIfName('0c', '03', '30')).toBe('XHCI'); // the last line, without a line end
   });
 
+  it('finds classes from the first class line on, wherever it is, and none in a file without one', () => {
+    expect(idsText('C 0c  First\n\t03  USB\n').subclassName('0c', '03')).toBe('USB');
+    expect(idsText('8086  Intel\nC 0x  not a class\n1af4  Red Hat\nC 0c  Serial\n').className('0c')).toBe('Serial');
+    expect(idsText('8086  Intel\n\tc0c0  Not a class\n').className('0c')).toBeUndefined();
+  });
+
   it('survives lines of nothing but tabs, spaces and hex digits', () => {
-    const text = ['\t'.repeat(50_000), ' '.repeat(50_000), '8'.repeat(50_000), '8086' + ' '.repeat(50_000), '\t\t\t\t'].join('\n');
+    const text = [
+      '\t'.repeat(50_000),
+      ' '.repeat(50_000),
+      '8'.repeat(50_000),
+      '8086' + ' '.repeat(50_000),
+      '\t\t\t\t',
+    ].join('\n');
     const names = idsText(text);
     expect(names.vendor('8888')).toBeUndefined();
     expect(names.vendor('8086')).toBe(' '.repeat(49_998));
@@ -203,7 +215,8 @@ describe('ID files (pci.ids, usb.ids)', () => {
 
   // The real databases, where installed (CI installs hwdata): the well-known names, and vendors and
   // devices throughout the file the same as a full parse finds.
-  const real = (name: string) => ['/usr/share/hwdata', '/usr/share/misc'].map((d) => path.join(d, name)).find((f) => fs.existsSync(f));
+  const real = (name: string) =>
+    ['/usr/share/hwdata', '/usr/share/misc'].map((d) => path.join(d, name)).find((f) => fs.existsSync(f));
   const pciIds = real('pci.ids');
   const usbIds = real('usb.ids');
 

@@ -140,6 +140,7 @@ interface ClassEntry {
 class IdsReader implements IdsFile {
   private readonly vendors = new Map<string, VendorEntry | null>();
   private readonly classes = new Map<string, ClassEntry | null>();
+  private firstClass?: number;
 
   /** The file's bytes behind a `\n`, so that every line follows one; lines start at 1 or later. */
   constructor(private readonly data: Buffer) {}
@@ -236,7 +237,7 @@ class IdsReader implements IdsFile {
     let entry = this.classes.get(id);
     if (entry === undefined) {
       entry = null;
-      for (let from = 1; ; ) {
+      for (let from = this.classesStart(); from > 0;) {
         const line = this.findLine(`C ${id}  `, from, this.data.length);
         if (line === undefined) break;
         const end = this.endOf(TOP_LEVEL, line.body);
@@ -249,11 +250,23 @@ class IdsReader implements IdsFile {
     return entry ?? undefined;
   }
 
+  /**
+   * Where the first class line starts (-1 for none): no class is defined before it, so a class is
+   * looked for from there, not through the vendors' megabyte before the class section each time.
+   */
+  private classesStart(): number {
+    if (this.firstClass === undefined) {
+      const at = this.data.indexOf('\nC ', 0, 'latin1');
+      this.firstClass = at < 0 ? -1 : at + 1;
+    }
+    return this.firstClass;
+  }
+
   /** A class's lines (a few dozen at most in the real files), read one by one. */
   private readClassBody(from: number, to: number, names: Map<string, string>): void {
     const text = this.data.toString('latin1', from, to);
     let subclass: string | undefined;
-    for (let at = 0; at < text.length; ) {
+    for (let at = 0; at < text.length;) {
       const newline = text.indexOf('\n', at);
       const lineEnd = newline < 0 ? text.length : newline;
       const line = text.slice(at, lineEnd);
@@ -261,7 +274,11 @@ class IdsReader implements IdsFile {
       const sub = progIf ? null : /^\t([0-9a-fA-F]{2}) {2}/.exec(line);
       const match = progIf ?? sub;
       const name = match ? this.decodeName(from + at + match[0].length, from + lineEnd) : undefined;
-      const id = sub ? sub[1].toLowerCase() : progIf && subclass !== undefined ? subclass + progIf[1].toLowerCase() : undefined;
+      const id = sub
+        ? sub[1].toLowerCase()
+        : progIf && subclass !== undefined
+          ? subclass + progIf[1].toLowerCase()
+          : undefined;
       if (id !== undefined && name !== undefined) {
         if (sub) subclass = id;
         if (!names.has(id)) names.set(id, name);
