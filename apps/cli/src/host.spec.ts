@@ -1,8 +1,10 @@
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import { once } from 'node:events';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { recordedFixture } from '@devgate/testkit';
-import { openHost } from './host';
+import { openHost, withHost } from './host';
 import { runCaptured } from './test-io';
 
 // Without devgated, a root `devgate` or `qvm-*` command reads the domain registry as devgated does
@@ -83,4 +85,24 @@ it('says what is wrong with a broken registry under the lock, as it opens the ho
   expect(err).toContain(`qvm-block: error: domain registry ${registry}: $: not valid JSON`);
   // Taken before the read was reported: the lock file a change takes turns with is there.
   expect(fs.readdirSync(dir).sort()).toEqual(['domains.json', 'domains.json.lock']);
+});
+
+it('reads the registry again once it holds the lock: the command that held it may have added a backend', async () => {
+  const work = { qmp: path.join(dir, 'work.qmp') };
+  fs.writeFileSync(registry, JSON.stringify({ domains: { work } }));
+  // Another command holds the CLI lock (flock(1) on the lock file beside the registry) until its
+  // input closes, and adds a backend VM meanwhile (`devgate usbvm create`).
+  const holder = spawn('flock', [`${registry}.lock`, '-c', 'echo held; read done'], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  try {
+    await once(holder.stdout, 'data');
+    const backends = withHost({ domains: registry, libvirtUris: [] }, (host) => host.backends);
+    const backend = { 'sys-usb': { recording: recordedFixture('KIOXIA_TransMemory.txt') } };
+    fs.writeFileSync(registry, JSON.stringify({ domains: { work }, backends: backend }));
+    holder.stdin.end();
+    expect(await backends).toContain('sys-usb');
+  } finally {
+    holder.kill();
+  }
 });

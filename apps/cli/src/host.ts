@@ -47,8 +47,8 @@ export interface OpenHost {
 
 /**
  * Runs the kernel in-process for one command: no daemon, no hotplug, one snapshot of the host,
- * and the attachments read back from every running VM. `readRegistry` gives the domain registry:
- * `withHost` hands over the read it took the lock by, so both see the same file contents.
+ * and the attachments read back from every running VM. `readRegistry` gives the domain registry
+ * (read now unless `withHost` has a read to hand over).
  */
 export async function openHost(
   options: HostOptions,
@@ -122,9 +122,7 @@ export async function openHost(
  * to go to), so it runs without the lock and without spawning flock(1) for it (ADR 0014).
  */
 export async function withHost<T>(options: HostOptions, work: (host: OpenHost) => Promise<T> | T): Promise<T> {
-  // Read once: whether to take the lock and what to open are decided on the same file contents.
-  const readRegistry = readRegistryOnce(registryFileOf(options));
-  const run = async () => {
+  const run = async (readRegistry?: () => DomainRegistryData) => {
     const host = await openHost(options, readRegistry);
     try {
       return await work(host);
@@ -132,8 +130,12 @@ export async function withHost<T>(options: HostOptions, work: (host: OpenHost) =
       host.close();
     }
   };
-  if (!hasPeers(options, readRegistry)) return run();
-  return withCliLock(`${registryFileOf(options)}.lock`, run, undefined, {
+  // Without peers, the read that said so is the one opened (nothing to take turns with, no second
+  // read). With them, the registry is read again under the lock: a command that held it may have
+  // just added the VM this one is about to use (`devgate lab up`).
+  const firstRead = readRegistryOnce(registryFileOf(options));
+  if (!hasPeers(options, firstRead)) return run(firstRead);
+  return withCliLock(`${registryFileOf(options)}.lock`, () => run(), undefined, {
     readOnly: options.readOnly,
   });
 }
