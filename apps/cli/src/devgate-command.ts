@@ -8,7 +8,7 @@ import { type Io } from './io.js';
 import { type AccessOptions, assertDeviceClass, holderOf, withAccess } from './device-access.js';
 import { assertRequiredDevices } from './required-devices.js';
 import { formatColumns, formatDevgateTable } from './format.js';
-import { addLabGuestCommands, addLabUpOsOptions, labDownAll, labUpOs } from './lab-command.js';
+import { addLabGuestCommands, addLabUpOsOptions, labDownAll, labUpOs, registryOf } from './lab-command.js';
 import { addUsbVmCommands } from './usbvm-command.js';
 import { addHostOptions } from './host-options.js';
 import { attachOptions } from './qvm-device-command.js';
@@ -169,7 +169,7 @@ export function devgateProgram(io: Io): Command {
         const uri = defaultLibvirtUri();
         return io.out(formatColumns((await libvirtLabUp(names, { uri })).map((name) => [name, 'libvirt', uri])));
       }
-      const started = await labUp(names, { registryFile: options.domains });
+      const started = await labUp(names, registryOf(options));
       io.out(formatColumns(started.map((d) => [d.name, `pid ${d.pid}`, d.socket])));
     });
   registry(lab.command('down').description('stop lab VMs and unregister them').argument('[NAME...]'))
@@ -179,7 +179,7 @@ export function devgateProgram(io: Io): Command {
       await labDownAll(names, options);
     });
   registry(lab.command('list').description('list lab VMs')).action(async (options: { domains?: string }) => {
-    const domains = await labList({ registryFile: options.domains });
+    const domains = await labList(registryOf(options));
     io.out(formatColumns(domains.map((d) => [d.name, d.running ? 'running' : 'stopped', String(d.pid), d.socket])));
   });
   addLabGuestCommands(lab, io, registry);

@@ -29,6 +29,9 @@ const commands = [
   ['lab', 'unplug', 'work', 'kbd1'],
   ['lab', 'exec', 'work', '--', 'true'],
   ['lab', 'wait', 'work', '/'],
+  ['lab', 'list'],
+  ['lab', 'up', 'other'],
+  ['lab', 'up', '--os', 'other'],
 ];
 
 /** What each command says of the registry as it is now: each refusal, and the file left as it was. */

@@ -64,7 +64,7 @@ export async function labUpOs(names: string[], options: UpOsOptions, io: Io): Pr
     throw Errors.badOption({ option: '--memory', reason: 'a number of MiB, at least 128' });
   }
   const started = await labOsUp(names, {
-    registryFile: options.domains,
+    ...registryOf(options),
     devices: (options.device ?? []).map(parseDeviceSpec),
     iommu: options.iommu,
     memoryMb,
@@ -86,7 +86,7 @@ export async function labDownAll(names: string[], options: { domains?: string })
  * The registry a lab command works on, read as devgated and the CLI's other commands read it: it
  * names the processes stopped and the sockets connected to, so one others could write is refused.
  */
-function registryOf(options: { domains?: string }) {
+export function registryOf(options: { domains?: string }) {
   return { registryFile: options.domains, registryReader: readTrustedRegistry };
 }
 
