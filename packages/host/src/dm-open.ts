@@ -1,8 +1,9 @@
 /**
  * Device-mapper devices some program holds open. Qubes hides an open dm device (an LVM volume a VM
  * runs from, a mapping another tool uses), and so do we; sysfs has no open count, so it is asked of
- * the running kernel through `dmsetup`, once per read, and only where there is a dm device to ask
- * about: a host without one forks nothing.
+ * the running kernel through `dmsetup` (a fork, synchronous), only where there is a dm device to ask
+ * about: a host without one forks nothing. A hotplug pass reuses an answer a quarter of a second old
+ * (LocalHostSource); the hand-over asks afresh.
  */
 import { spawnSync } from 'node:child_process';
 import { type HostTree, sysname } from '@devgate/core';
@@ -39,7 +40,7 @@ export function parseDmOpen(text: string): Set<string> {
 }
 
 /** Whether the tree has a device-mapper device (`dm-N`). */
-function hasDmDevice(tree: HostTree): boolean {
+export function hasDmDevice(tree: HostTree): boolean {
   return tree.devices('block').some((record) => /^dm-\d+$/.test(sysname(record.devpath)));
 }
 

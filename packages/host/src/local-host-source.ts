@@ -23,7 +23,7 @@ import {
   subsystemLists,
 } from './sysfs-reader.js';
 import { BlockProbes } from './block-probes.js';
-import { heldOpenOf } from './dm-open.js';
+import { hasDmDevice, heldOpenOf } from './dm-open.js';
 import { excludedLoopsOf } from './excluded-images.js';
 import { type KernelUevent, UeventMonitor } from './uevent-monitor.js';
 
@@ -81,6 +81,8 @@ export class LocalHostSource implements DeviceSource {
   /** blkid's findings where udev has none (hosts without udevd); absent when not probing. */
   private readonly probes?: BlockProbes;
   /** Whether a live subscription's hotplug mechanism is listening, and who waits for it. */
+  /** dmsetup's last answer: asked at most every USAGE_FRESH_MS, not once per pass of a burst. */
+  private heldOpenRead?: { readonly at: number; readonly heldOpen: ReadonlySet<string> | undefined };
   private listening = false;
   private readonly listeningWaiters: (() => void)[] = [];
   /** Subsystems the drivers asked for beyond the built-in lists (see readSubsystems). */
@@ -328,7 +330,7 @@ export class LocalHostSource implements DeviceSource {
    * file excludes, and blkid's probes.
    */
   private complete(tree: HostTree): HostTree {
-    const heldOpen = heldOpenOf(tree, this.roots);
+    const heldOpen = this.heldOpenIn(tree);
     const excludedLoops = excludedLoopsOf(tree, this.roots);
     const known =
       heldOpen || excludedLoops
@@ -339,6 +341,15 @@ export class LocalHostSource implements DeviceSource {
           })
         : tree;
     return this.probes?.withProbes(known) ?? known;
+  }
+
+  /** The dm devices held open, when the tree has one: dmsetup's answer, if under USAGE_FRESH_MS old. */
+  private heldOpenIn(tree: HostTree): ReadonlySet<string> | undefined {
+    if (!hasDmDevice(tree)) return undefined;
+    const now = Date.now();
+    if (!this.heldOpenRead || now - this.heldOpenRead.at >= USAGE_FRESH_MS)
+      this.heldOpenRead = { at: now, heldOpen: heldOpenOf(tree, this.roots) };
+    return this.heldOpenRead.heldOpen;
   }
 
   private watch(rescan: () => void, onUevent: (event: KernelUevent) => void): () => void {
