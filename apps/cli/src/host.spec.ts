@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import { once } from 'node:events';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { recordedFixture } from '@devgate/testkit';
+import { recordedFixture, savedEnv } from '@devgate/testkit';
 import { openHost, withHost } from './host';
 import { runCaptured } from './test-io';
 
@@ -11,7 +11,7 @@ import { runCaptured } from './test-io';
 // (readTrustedRegistry): one another user could write names no QMP socket, agent or recording it uses.
 let dir: string;
 let registry: string;
-const saved = { domains: process.env.DEVGATE_DOMAINS, socket: process.env.DEVGATE_SOCKET };
+const env = savedEnv('DEVGATE_DOMAINS', 'DEVGATE_SOCKET');
 
 beforeEach(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-cli-registry-'));
@@ -25,12 +25,7 @@ beforeEach(() => {
 });
 
 afterEach(() => {
-  for (const [key, value] of [
-    ['DEVGATE_DOMAINS', saved.domains],
-    ['DEVGATE_SOCKET', saved.socket],
-  ] as const)
-    if (value === undefined) delete process.env[key];
-    else process.env[key] = value;
+  env.restore();
   fs.rmSync(dir, { recursive: true, force: true });
 });
 

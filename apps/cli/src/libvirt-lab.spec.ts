@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { aliasFor, parseDomainXml } from '@devgate/backend-libvirt';
 import { PrivateLibvirtd, stopAllLibvirtds } from '@devgate/backend-libvirt/testing';
-import { type LoopDisk, createLoopDisk, disposeAllLoopDisks } from '@devgate/testkit';
+import { type LoopDisk, createLoopDisk, disposeAllLoopDisks, savedEnv } from '@devgate/testkit';
 import { runCaptured } from './test-io';
 
 // The CLI with libvirt domains, without devgated: `devgate lab up --libvirt` at LIBVIRT_DEFAULT_URI
@@ -13,11 +13,7 @@ jest.setTimeout(120_000);
 let dir: string;
 let libvirtd: PrivateLibvirtd;
 let disk: LoopDisk;
-const saved = {
-  uri: process.env.LIBVIRT_DEFAULT_URI,
-  domains: process.env.DEVGATE_DOMAINS,
-  socket: process.env.DEVGATE_SOCKET,
-};
+const env = savedEnv('LIBVIRT_DEFAULT_URI', 'DEVGATE_DOMAINS', 'DEVGATE_SOCKET');
 
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-cli-libvirt-'));
@@ -31,14 +27,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await stopAllLibvirtds();
   disposeAllLoopDisks();
-  for (const [key, value] of [
-    ['LIBVIRT_DEFAULT_URI', saved.uri],
-    ['DEVGATE_DOMAINS', saved.domains],
-    ['DEVGATE_SOCKET', saved.socket],
-  ] as const) {
-    if (value === undefined) delete process.env[key];
-    else process.env[key] = value;
-  }
+  env.restore();
   fs.rmSync(dir, { recursive: true, force: true });
 });
 

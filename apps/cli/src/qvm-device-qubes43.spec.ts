@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { ApiError } from '@devgate/client';
 import { Errors } from '@devgate/core';
-import { recordedFixture } from '@devgate/testkit';
+import { recordedFixture, savedEnv } from '@devgate/testkit';
 import { reportDaemonError } from './main.js';
 import { captureIo, runCaptured } from './test-io.js';
 
@@ -13,7 +13,7 @@ const KIOXIA = recordedFixture('KIOXIA_TransMemory.txt');
 /** What the recording has in dom0:sda1 (a partition of the KIOXIA stick). */
 const SDA1_ID = '30de:6544:0022CFF6BD70C670E32160AA:u080650:1.0:1';
 
-const saved = { domains: process.env.DEVGATE_DOMAINS, socket: process.env.DEVGATE_SOCKET };
+const env = savedEnv('DEVGATE_DOMAINS', 'DEVGATE_SOCKET');
 let dir: string;
 beforeAll(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devgate-qvm43-'));
@@ -21,13 +21,7 @@ beforeAll(() => {
   process.env.DEVGATE_SOCKET = path.join(dir, 'no-devgated.sock');
 });
 afterAll(() => {
-  for (const [name, value] of [
-    ['DEVGATE_DOMAINS', saved.domains],
-    ['DEVGATE_SOCKET', saved.socket],
-  ] as const) {
-    if (value === undefined) delete process.env[name];
-    else process.env[name] = value;
-  }
+  env.restore();
   fs.rmSync(dir, { recursive: true, force: true });
 });
 

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { recordedFixture } from '@devgate/testkit';
+import { recordedFixture, savedEnv } from '@devgate/testkit';
 import { runCaptured } from './test-io';
 
 // --recording replays a recorded machine: what a user sends with a bug report.
@@ -51,15 +51,10 @@ describe('devgate list --recording', () => {
 });
 
 describe('a listing creates nothing', () => {
-  const saved = { domains: process.env.DEVGATE_DOMAINS, state: process.env.DEVGATE_STATE_DIR };
+  const env = savedEnv('DEVGATE_DOMAINS', 'DEVGATE_STATE_DIR');
   let dir: string;
   afterEach(() => {
-    for (const [key, value] of [
-      ['DEVGATE_DOMAINS', saved.domains],
-      ['DEVGATE_STATE_DIR', saved.state],
-    ] as const)
-      if (value === undefined) delete process.env[key];
-      else process.env[key] = value;
+    env.restore();
     fs.rmSync(dir, { recursive: true, force: true });
   });
 

@@ -12,3 +12,4 @@ export * from './conformance-checks.js';
 export * from './until.js';
 export * from './stale-socket.js';
 export * from './child-output.js';
+export * from './saved-env.js';
