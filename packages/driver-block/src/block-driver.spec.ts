@@ -100,9 +100,13 @@ describe('block devices on this host (real loop devices)', () => {
   it('hides an image below a .qubes-exclude-block-devices file, with its partitions, and offers it without one', () => {
     disk = createLoopDisk({ sizeMiB: 16, partitions: [{}] });
     const flag = path.join(path.dirname(disk.image), '.qubes-exclude-block-devices');
-    // A fresh one-shot read each time: a device's record is looked at once (as Qubes' rules, at udev time).
+    // A fresh one-shot read each time: a device's record is looked at once (as Qubes' rules, at udev
+    // time). No blkid probes: labels are not asked for, and one still running would hold the next
+    // test's partitions open.
     const reasons = () => {
-      const devices = byPort(parseBlockDevices(new LocalHostSource({ hotplug: 'static' }).snapshot(), 'dom0'));
+      const devices = byPort(
+        parseBlockDevices(new LocalHostSource({ hotplug: 'static', probeBlock: false }).snapshot(), 'dom0'),
+      );
       return [disk.name, disk.partitions[0]].map((name) => devices.get(name)?.hiddenReason ?? 'offered');
     };
     expect(reasons()).toEqual(['offered', 'offered']);
