@@ -52,7 +52,13 @@ export function parseBlockDevices(tree: HostTree, backend: string): DeviceInfo[]
       hidden: hiddenReason(tree, known, disk),
     });
   }
-  markLoopBackings(parsed);
+  // Attached loop devices and their files, read once for both looks at what loop devices share.
+  const loops: AttachedLoop[] = [];
+  for (const entry of parsed) {
+    const file = entry.isPartition ? undefined : loopBackingFile(entry.record, entry.name);
+    if (file) loops.push({ entry, file });
+  }
+  markLoopBackings(parsed, loops);
   // A disk is one resource with its partitions. While the disk itself is busy (a hybrid ISO mounted
   // whole, a disk held by multipath or dm-crypt), every partition is too: each is a slice of it.
   // Read before the pass below, which marks a disk busy for its partition, not for its siblings.
@@ -75,7 +81,7 @@ export function parseBlockDevices(tree: HostTree, backend: string): DeviceInfo[]
     const busy = busyPartition.get(entry.record);
     if (busy) entry.hidden = `partition ${busy} is in use`;
   }
-  markSharedBackingFiles(parsed);
+  markSharedBackingFiles(parsed, loops);
   // Disks first, then partitions (a partition's id is its disk's and its number), each in tree order.
   const ids = new Map<RawDeviceRecord, string>();
   const result: DeviceInfo[] = [];
@@ -85,6 +91,16 @@ export function parseBlockDevices(tree: HostTree, backend: string): DeviceInfo[]
   return result;
 }
 
+interface AttachedLoop {
+  readonly entry: Parsed;
+  readonly file: string;
+}
+
+/** The file behind an attached loop device; undefined for any other device, and a detached loop (size 0). */
+function loopBackingFile(record: RawDeviceRecord, name: string): string | undefined {
+  return /^loop\d+$/.test(name) && record.attribute('size') !== '0' ? record.attribute('loop/backing_file') : undefined;
+}
+
 /** A loop device's backing file when it is a device node (`losetup /dev/loop0 /dev/sdb`). */
 const BACKING_NODE = /^\/dev\/([a-z0-9-]{1,12})$/;
 
@@ -92,11 +108,10 @@ const BACKING_NODE = /^\/dev\/([a-z0-9-]{1,12})$/;
  * A loop device over a block device reaches the same blocks, yet the kernel lists no holder for it:
  * the device under it is in use by the loop device as it would be by a dm or md device.
  */
-function markLoopBackings(parsed: Parsed[]): void {
+function markLoopBackings(parsed: Parsed[], loops: readonly AttachedLoop[]): void {
   let byName: Map<string, Parsed> | undefined;
-  for (const entry of parsed) {
-    if (!/^loop\d+$/.test(entry.name) || entry.record.attribute('size') === '0') continue;
-    const node = BACKING_NODE.exec(entry.record.attribute('loop/backing_file') ?? '');
+  for (const { entry, file } of loops) {
+    const node = BACKING_NODE.exec(file);
     if (!node) continue;
     byName ??= new Map(parsed.map((p) => [p.name, p]));
     const backing = byName.get(node[1]);
@@ -111,12 +126,9 @@ function markLoopBackings(parsed: Parsed[]): void {
  * data the host uses is never offered under another name; else the lowest-numbered. The others
  * and their partitions are hidden as the same file. (Qubes lists both: its issue #10829.)
  */
-function markSharedBackingFiles(parsed: Parsed[]): void {
+function markSharedBackingFiles(parsed: Parsed[], loops: readonly AttachedLoop[]): void {
   const byFile = new Map<string, Parsed[]>();
-  for (const entry of parsed) {
-    if (entry.isPartition || !/^loop\d+$/.test(entry.name) || entry.record.attribute('size') === '0') continue;
-    const file = entry.record.attribute('loop/backing_file');
-    if (!file) continue;
+  for (const { entry, file } of loops) {
     const group = byFile.get(file);
     if (group) group.push(entry);
     else byFile.set(file, [entry]);
@@ -286,11 +298,8 @@ function toDeviceInfo(tree: HostTree, backend: string, entry: Parsed, ids: Map<R
   const serial = sanitizeText(props.ID_SERIAL_SHORT ?? inherited(tree, diskRecord, 'serial'));
   const label = sanitizeText(decodeEnc(props.ID_FS_LABEL_ENC) ?? props.ID_FS_LABEL);
   // Only the loop device itself has a backing file; its partitions are described like any other.
-  // Sysfs reads cost: ask each device only for what its kind has.
   const sizeAttribute = record.attribute('size');
-  // A detached loop device (size 0) has no backing file.
-  const attachedLoop = /^loop\d+$/.test(name) && sizeAttribute !== '0';
-  const backingFile = attachedLoop ? sanitizeText(record.attribute('loop/backing_file'), 4096) : undefined;
+  const backingFile = sanitizeText(loopBackingFile(record, name), 4096);
   const dmName = sanitizeText(props.DM_NAME ?? (name.startsWith('dm-') ? record.attribute('dm/name') : undefined));
   const size = Number(sizeAttribute);
   const readOnly = record.attribute('ro') === '1' || (/^sr\d+$/.test(name) && props.ID_CDROM_MEDIA === '1');
